@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages keylock needs to build, test and benchmark.
+# As root it runs apt-get; otherwise it prints the exact command and stops (exit 1).
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config        # toolchain (g++ 12, CMake 3.25)
+  libboost-dev                            # Boost.Asio / Beast 1.74 (header-only parts)
+  libspdlog-dev libfmt-dev                # logging
+  libcli11-dev                            # command lines
+  nlohmann-json3-dev                      # JSON
+  catch2                                  # tests (Catch2 v2)
+  libssl-dev                              # libcrypto: MD5, constant-time compare
+  libhiredis-dev redis-server             # keylock-bench's Redis target and its peer server
+  util-linux procps                       # taskset, ps/pgrep for scripts
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "keylock needs these Debian packages: ${missing[*]}" >&2
+  echo "Run as root:  $cmd" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
