@@ -1,1 +1,707 @@
-// placeholder: being written
+// keylock wire codec (codec.hpp).
+//
+// decode_request is on the daemon's hot path, so it runs nlohmann's SAX parser with a handler
+// that writes straight into the caller's `request`: no DOM, and the request's strings keep
+// their capacity from frame to frame. The encoders write JSON by hand into the caller's string.
+// decode_reply is the client side and uses the DOM for simplicity.
+//
+// No exception leaves this file: nlohmann reports parse faults to the SAX handler, and the only
+// other throw (std::bad_alloc, or a library bug) is caught at each decoder's edge.
+#include "keylock/codec.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <charconv>
+#include <cstddef>
+#include <limits>
+#include <utility>
+
+namespace keylock {
+namespace {
+
+using json = nlohmann::json;
+
+// Messages quote at most this many bytes of client input (PROTOCOL.md).
+constexpr std::size_t max_quote_bytes = 64;
+// request::op_name keeps at most this many bytes of an unknown op (protocol.hpp).
+constexpr std::size_t max_op_name_bytes = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Numbers
+
+void append_uint(std::string& out, std::uint64_t value) {
+  std::array<char, 20> digits{};
+  const auto end = std::to_chars(digits.data(), digits.data() + digits.size(), value).ptr;
+  out.append(digits.data(), end);
+}
+
+void append_int(std::string& out, int value) {
+  std::array<char, 12> digits{};
+  const auto end = std::to_chars(digits.data(), digits.data() + digits.size(), value).ptr;
+  out.append(digits.data(), end);
+}
+
+// ---------------------------------------------------------------------------------------------
+// UTF-8 helpers for messages
+
+// The length of the well-formed UTF-8 sequence that starts `s` (RFC 3629: no overlongs, no
+// surrogates, nothing above U+10FFFF), or 0 when `s` does not start with one. `s` is not empty.
+std::size_t utf8_sequence_length(std::string_view s) noexcept {
+  const auto byte = [s](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const auto continues = [s, byte](std::size_t i, unsigned lo, unsigned hi) {
+    return i < s.size() && byte(i) >= lo && byte(i) <= hi;
+  };
+  const unsigned lead = byte(0);
+  if (lead < 0x80) return 1;
+  if (lead >= 0xC2 && lead <= 0xDF) return continues(1, 0x80, 0xBF) ? 2 : 0;
+  if (lead >= 0xE0 && lead <= 0xEF) {
+    const unsigned lo = lead == 0xE0 ? 0xA0 : 0x80;  // E0 80..9F would be overlong
+    const unsigned hi = lead == 0xED ? 0x9F : 0xBF;  // ED A0..BF would be a surrogate
+    return continues(1, lo, hi) && continues(2, 0x80, 0xBF) ? 3 : 0;
+  }
+  if (lead >= 0xF0 && lead <= 0xF4) {
+    const unsigned lo = lead == 0xF0 ? 0x90 : 0x80;  // F0 80..8F would be overlong
+    const unsigned hi = lead == 0xF4 ? 0x8F : 0xBF;  // F4 90.. would be above U+10FFFF
+    return continues(1, lo, hi) && continues(2, 0x80, 0xBF) && continues(3, 0x80, 0xBF) ? 4 : 0;
+  }
+  return 0;
+}
+
+// Appends a rendering of `input` that is at most `limit` bytes long and valid UTF-8 whatever
+// `input` is: well-formed sequences as they are, other bytes as the text \xNN, and "..." after
+// a cut. Messages go back to the client inside a JSON string, which must be valid UTF-8, and
+// the input being quoted is often exactly the malformed part. Never quotes more than `limit`
+// bytes of `input`, since each input byte yields at least one output byte.
+void append_quote(std::string& msg, std::string_view input, std::size_t limit = max_quote_bytes) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::size_t written = 0;
+  std::size_t i = 0;
+  while (i < input.size()) {
+    const std::size_t length = utf8_sequence_length(input.substr(i));
+    const std::size_t cost = length == 0 ? 4 : length;
+    if (written + cost > limit) {
+      msg += "...";
+      return;
+    }
+    if (length == 0) {
+      const auto b = static_cast<unsigned char>(input[i]);
+      msg += "\\x";
+      msg += hex[b >> 4];
+      msg += hex[b & 0xF];
+      i += 1;
+    } else {
+      msg.append(input.substr(i, length));
+      i += length;
+    }
+    written += cost;
+  }
+}
+
+// The longest prefix of `s` (valid UTF-8) that has at most `limit` bytes and does not split a
+// sequence.
+std::string_view utf8_prefix(std::string_view s, std::size_t limit) noexcept {
+  if (s.size() <= limit) return s;
+  std::size_t n = limit;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return s.substr(0, n);
+}
+
+// "invalid JSON at column N: REASON; last read: 'TOKEN'" from a fault nlohmann reported.
+// nlohmann's what() is "[json.exception.parse_error.101] parse error at line 1, column N:
+// syntax error while parsing CONTEXT - REASON[; last read: 'TOKEN'][; expected WHAT]". Only
+// TOKEN is client input; it is re-quoted from `last_token` under the quoting rules. Everything
+// is still passed through append_quote so that a different what() layout cannot leak input.
+std::string json_fault_message(std::size_t position, std::string_view last_token,
+                               std::string_view what) {
+  static constexpr std::string_view reason_start = " - ";
+  static constexpr std::string_view token_start = "; last read: '";
+  std::string msg = "invalid JSON at column ";
+  append_uint(msg, position);
+  msg += ": ";
+
+  std::string_view reason = what;
+  if (const auto at = reason.find(reason_start); at != std::string_view::npos) {
+    reason.remove_prefix(at + reason_start.size());
+  }
+  const auto token_at = reason.find(token_start);
+  append_quote(msg, reason.substr(0, token_at), 96);
+  if (token_at != std::string_view::npos) {
+    msg += token_start;
+    append_quote(msg, last_token);
+    msg += '\'';
+  }
+  return msg;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request members
+
+enum class value_type : std::uint8_t { op, string, integer };
+
+struct member_spec {
+  std::string_view name;
+  field bit;  // unused for `op`, which is not a field
+  value_type type;
+  std::string request::*text;   // value_type::string
+  std::uint64_t request::*num;  // value_type::integer
+};
+
+// In field-bit order, which is also the order append_request writes them in.
+constexpr std::array<member_spec, 10> request_fields = {{
+    {"id", field::id, value_type::integer, nullptr, &request::id},
+    {"key", field::key, value_type::string, &request::key, nullptr},
+    {"token", field::token, value_type::integer, nullptr, &request::token},
+    {"ttl_ms", field::ttl_ms, value_type::integer, nullptr, &request::ttl_ms},
+    {"wait_ms", field::wait_ms, value_type::integer, nullptr, &request::wait_ms},
+    {"limit", field::limit, value_type::integer, nullptr, &request::limit},
+    {"target", field::target, value_type::integer, nullptr, &request::target},
+    {"auth", field::auth, value_type::string, &request::auth, nullptr},
+    {"client", field::client, value_type::string, &request::client, nullptr},
+    {"n", field::n, value_type::integer, nullptr, &request::n},
+}};
+
+constexpr member_spec op_member = {"op", field{}, value_type::op, nullptr, nullptr};
+
+// The spec of the request member called `name`, or nullptr for a member this build ignores.
+const member_spec* find_request_member(std::string_view name) noexcept {
+  if (name == op_member.name) return &op_member;
+  for (const member_spec& spec : request_fields) {
+    if (spec.name == name) return &spec;
+  }
+  return nullptr;
+}
+
+void reset_request(request& out) noexcept {
+  out.kind = op::unknown;
+  out.fields = 0;
+  out.id = 0;
+  out.token = 0;
+  out.ttl_ms = 0;
+  out.wait_ms = 0;
+  out.limit = 0;
+  out.target = 0;
+  out.n = 0;
+  // clear(), not assignment: the daemon reuses one request per connection, and keeping the
+  // capacity keeps the hot path free of allocations for keys of a usual length.
+  out.key.clear();
+  out.auth.clear();
+  out.client.clear();
+  out.op_name.clear();
+}
+
+// nlohmann SAX handler that decodes a request frame into `out`.
+//
+// depth_ counts the containers open around the next event: 0 before the top-level value, 1
+// inside the top-level object (where member values are decoded), more inside a member's value
+// (which is skipped, since only unknown members may hold containers). A `false` return stops
+// the parse; the reason is then in error_.
+class request_handler {
+ public:
+  explicit request_handler(request& out) noexcept : out_(out) {}
+
+  request_handler(const request_handler&) = delete;
+  request_handler& operator=(const request_handler&) = delete;
+
+  bool null() { return scalar(); }
+  bool boolean(bool /*value*/) { return scalar(); }
+  bool number_integer(json::number_integer_t /*value*/) { return scalar(); }  // negatives only
+  bool number_float(json::number_float_t /*value*/, const json::string_t& /*text*/) {
+    return scalar();  // fractions, exponents, and integers beyond 64 bits
+  }
+  bool binary(json::binary_t& /*value*/) { return scalar(); }  // not produced for JSON text
+
+  bool number_unsigned(json::number_unsigned_t value) {
+    if (!decoding_member() || current_->type != value_type::integer) return scalar();
+    out_.*(current_->num) = value;
+    out_.set(current_->bit);
+    return true;
+  }
+
+  bool string(json::string_t& value) {
+    if (!decoding_member()) return scalar();
+    switch (current_->type) {
+      case value_type::op:
+        out_.kind = op_from_string(value);
+        if (out_.kind == op::unknown) out_.op_name.assign(utf8_prefix(value, max_op_name_bytes));
+        return true;
+      case value_type::string:
+        (out_.*(current_->text)).assign(value);
+        out_.set(current_->bit);
+        return true;
+      case value_type::integer:
+        break;
+    }
+    return scalar();
+  }
+
+  bool start_object(std::size_t /*elements*/) {
+    if (depth_ == 0) {
+      depth_ = 1;
+      return true;
+    }
+    return open_container();
+  }
+
+  bool start_array(std::size_t /*elements*/) {
+    if (depth_ == 0) return fail("top-level value must be an object");
+    return open_container();
+  }
+
+  bool end_object() { return close_container(); }
+  bool end_array() { return close_container(); }
+
+  bool key(json::string_t& name) {
+    if (depth_ != 1) return true;
+    current_ = find_request_member(name);
+    if (current_ == nullptr) return true;
+    if (current_->type == value_type::op) {
+      if (seen_op_) return fail_member("duplicate field '", "'");
+      seen_op_ = true;
+    } else {
+      const auto bit = static_cast<std::uint16_t>(current_->bit);
+      if ((seen_ & bit) != 0) return fail_member("duplicate field '", "'");
+      seen_ = static_cast<std::uint16_t>(seen_ | bit);
+    }
+    return true;
+  }
+
+  bool parse_error(std::size_t position, const std::string& last_token, const json::exception& ex) {
+    error_ = json_fault_message(position, last_token, ex.what());
+    return false;
+  }
+
+  bool seen_op() const noexcept { return seen_op_; }
+  std::string& error() noexcept { return error_; }
+
+ private:
+  // True when the next value is the value of a known member of the top-level object.
+  bool decoding_member() const noexcept { return depth_ == 1 && current_ != nullptr; }
+
+  // Any value the caller has no use for: fine inside an unknown member, wrong elsewhere.
+  bool scalar() {
+    if (depth_ == 0) return fail("top-level value must be an object");
+    if (decoding_member()) return fail_mistyped();
+    return true;
+  }
+
+  bool open_container() {
+    if (decoding_member()) return fail_mistyped();
+    ++depth_;
+    return true;
+  }
+
+  bool close_container() noexcept {
+    --depth_;
+    // After the top-level object closes nothing else may follow (strict parsing checks that),
+    // and inside it the next member starts with key().
+    current_ = nullptr;
+    return true;
+  }
+
+  bool fail_mistyped() {
+    switch (current_->type) {
+      case value_type::op:
+      case value_type::string:
+        return fail_member("field '", "' must be a string");
+      case value_type::integer:
+        break;
+    }
+    return fail_member("field '", "' must be an integer in 0..18446744073709551615");
+  }
+
+  bool fail_member(std::string_view before, std::string_view after) {
+    error_.assign(before);
+    error_ += current_->name;
+    error_ += after;
+    return false;
+  }
+
+  bool fail(std::string_view message) {
+    error_.assign(message);
+    return false;
+  }
+
+  request& out_;
+  const member_spec* current_ = nullptr;  // known member whose value comes next, if any
+  std::size_t depth_ = 0;
+  std::uint16_t seen_ = 0;  // field bits whose name has been seen, for duplicate detection
+  bool seen_op_ = false;
+  std::string error_;
+};
+
+decode_error make_error(std::string message, std::optional<std::uint64_t> id = std::nullopt) {
+  decode_error error;
+  error.code = errc::bad_request;
+  error.message = std::move(message);
+  error.id = id;
+  return error;
+}
+
+// nlohmann's lexer takes a raw NUL byte for the end of the input (for C strings), so it
+// accepts "{...}\0anything" and drops the rest. JSON has no raw NUL outside strings (and the
+// lexer rejects one inside), so a frame whose parse succeeded but that holds a NUL is invalid.
+std::string nul_fault_message(std::size_t offset) {
+  std::string msg = "invalid JSON at column ";
+  append_uint(msg, offset + 1);
+  msg += ": NUL byte";
+  return msg;
+}
+
+// The frame without the tolerated '\r' before its newline.
+std::string_view strip_cr(std::string_view frame) noexcept {
+  if (!frame.empty() && frame.back() == '\r') frame.remove_suffix(1);
+  return frame;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding helpers
+
+// Appends ,"name": (names are ours: plain ASCII, nothing to escape).
+void append_name(std::string& out, std::string_view name) {
+  out += ",\"";
+  out += name;
+  out += "\":";
+}
+
+void append_uint_member(std::string& out, std::string_view name, std::uint64_t value) {
+  append_name(out, name);
+  append_uint(out, value);
+}
+
+void append_string_member(std::string& out, std::string_view name, std::string_view value) {
+  append_name(out, name);
+  append_json_string(out, value);
+}
+
+void append_holders(std::string& out, const std::vector<holder_info>& holders) {
+  append_name(out, "holders");
+  out += '[';
+  bool first = true;
+  for (const holder_info& h : holders) {
+    if (!first) out += ',';
+    first = false;
+    out += "{\"token\":";
+    append_uint(out, h.token);
+    append_uint_member(out, "ttl_ms_left", h.ttl_ms_left);
+    if (!h.client.empty()) append_string_member(out, "client", h.client);
+    if (!h.peer.empty()) append_string_member(out, "peer", h.peer);
+    out += '}';
+  }
+  out += ']';
+}
+
+// The stats members in stats_info order, shared by encoder and decoder.
+struct stats_member {
+  std::string_view name;
+  std::uint64_t stats_info::*value;
+};
+
+constexpr std::array<stats_member, 10> stats_members = {{
+    {"connections", &stats_info::connections},
+    {"keys", &stats_info::keys},
+    {"held", &stats_info::held},
+    {"waiting", &stats_info::waiting},
+    {"acquires", &stats_info::acquires},
+    {"grants", &stats_info::grants},
+    {"releases", &stats_info::releases},
+    {"timeouts", &stats_info::timeouts},
+    {"expirations", &stats_info::expirations},
+    {"uptime_ms", &stats_info::uptime_ms},
+}};
+
+// ---------------------------------------------------------------------------------------------
+// decode_reply helpers (DOM)
+
+// Reads the members of one reply object into a reply, recording the first mistyped member.
+class reply_reader {
+ public:
+  explicit reply_reader(const json& object) noexcept : object_(object) {}
+
+  // Each reader leaves `target` alone when the member is absent and returns false (with
+  // error() naming the member) when it is present with the wrong type.
+  bool read(std::string_view name, std::optional<std::uint64_t>& target) {
+    const json* value = find(name);
+    if (value == nullptr) return true;
+    if (!value->is_number_unsigned()) {
+      return mistyped(name, "an integer in 0..18446744073709551615");
+    }
+    target = value->get<std::uint64_t>();
+    return true;
+  }
+
+  bool read(std::string_view name, std::string& target) {
+    const json* value = find(name);
+    if (value == nullptr) return true;
+    if (!value->is_string()) return mistyped(name, "a string");
+    target = value->get_ref<const std::string&>();
+    return true;
+  }
+
+  bool read(std::string_view name, std::optional<int>& target) {
+    const json* value = find(name);
+    if (value == nullptr) return true;
+    if (value->is_number_unsigned()) {
+      const auto v = value->get<std::uint64_t>();
+      if (v > static_cast<std::uint64_t>(std::numeric_limits<int>::max())) {
+        return mistyped(name, "an int");
+      }
+      target = static_cast<int>(v);
+      return true;
+    }
+    if (value->is_number_integer()) {  // negative
+      const auto v = value->get<std::int64_t>();
+      if (v < std::numeric_limits<int>::min()) return mistyped(name, "an int");
+      target = static_cast<int>(v);
+      return true;
+    }
+    return mistyped(name, "an int");
+  }
+
+  const json* find(std::string_view name) const {
+    const auto it = object_.find(name);
+    return it == object_.end() ? nullptr : &*it;
+  }
+
+  bool mistyped(std::string_view name, std::string_view expected) {
+    error_ = "member '";
+    error_ += name;
+    error_ += "' must be ";
+    error_ += expected;
+    return false;
+  }
+
+  std::string& error() noexcept { return error_; }
+
+ private:
+  const json& object_;
+  std::string error_;
+};
+
+bool read_holders(reply_reader& reader, const json& value, std::vector<holder_info>& out) {
+  if (!value.is_array()) return reader.mistyped("holders", "an array of objects");
+  out.reserve(value.size());
+  for (const json& item : value) {
+    if (!item.is_object()) return reader.mistyped("holders", "an array of objects");
+    reply_reader holder(item);
+    std::optional<std::uint64_t> token;
+    std::optional<std::uint64_t> ttl_ms_left;
+    holder_info info;
+    if (!holder.read("token", token) || !holder.read("ttl_ms_left", ttl_ms_left) ||
+        !holder.read("client", info.client) || !holder.read("peer", info.peer)) {
+      reader.error() = "in 'holders': " + holder.error();
+      return false;
+    }
+    info.token = token.value_or(0);
+    info.ttl_ms_left = ttl_ms_left.value_or(0);
+    out.push_back(std::move(info));
+  }
+  return true;
+}
+
+// Fills `out` from a parsed reply object; on failure the reason is in reader.error().
+bool read_reply(reply_reader& reader, reply& out) {
+  if (!reader.read("id", out.id)) return false;
+
+  if (const json* ok = reader.find("ok"); ok != nullptr) {
+    if (!ok->is_boolean()) return reader.mistyped("ok", "a boolean");
+    out.type = ok->get<bool>() ? reply::kind::ok : reply::kind::error;
+  } else if (reader.find("event") != nullptr) {
+    out.type = reply::kind::event;
+  } else {
+    return reader.mistyped("ok", "present in a reply (or 'event' in an event)");
+  }
+
+  if (!reader.read("error", out.code_name)) return false;
+  if (!out.code_name.empty()) {
+    out.code = errc_from_string(out.code_name).value_or(errc::bad_request);
+  }
+  if (!reader.read("message", out.message) || !reader.read("event", out.event) ||
+      !reader.read("key", out.key) || !reader.read("token", out.token) ||
+      !reader.read("ttl_ms", out.ttl_ms) || !reader.read("server", out.server) ||
+      !reader.read("version", out.version) || !reader.read("protocol", out.protocol) ||
+      !reader.read("waiters", out.waiters) || !reader.read("limit", out.limit)) {
+    return false;
+  }
+
+  stats_info stats;
+  bool has_stats = false;
+  for (const stats_member& member : stats_members) {
+    const json* value = reader.find(member.name);
+    if (value == nullptr) continue;
+    // `held` is a boolean in inspect replies and a count in stats replies.
+    if (member.name == "held" && value->is_boolean()) {
+      out.held = value->get<bool>();
+      continue;
+    }
+    std::optional<std::uint64_t> number;
+    if (!reader.read(member.name, number)) return false;
+    stats.*(member.value) = *number;
+    has_stats = true;
+  }
+  if (has_stats) out.stats = stats;
+
+  if (const json* holders = reader.find("holders"); holders != nullptr) {
+    if (!read_holders(reader, *holders, out.holders)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+std::optional<decode_error> decode_request(std::string_view frame, request& out) {
+  reset_request(out);
+  frame = strip_cr(frame);
+  if (frame.empty()) return make_error("empty frame");
+
+  request_handler handler(out);
+  try {
+    const bool parsed = json::sax_parse(frame.data(), frame.data() + frame.size(), &handler,
+                                        json::input_format_t::json, /*strict=*/true);
+    if (!parsed) {
+      std::optional<std::uint64_t> id;
+      if (out.has(field::id)) id = out.id;
+      return make_error(std::move(handler.error()), id);
+    }
+  } catch (...) {
+    // Only std::bad_alloc should get here: the SAX interface reports parse faults by call.
+    // Decoders never throw, whatever the cause.
+    return make_error("request could not be decoded");
+  }
+  std::optional<std::uint64_t> id;
+  if (out.has(field::id)) id = out.id;
+  if (const auto nul = frame.find('\0'); nul != std::string_view::npos) {
+    return make_error(nul_fault_message(nul), id);
+  }
+  if (!handler.seen_op()) return make_error("missing field 'op'", id);
+  return std::nullopt;
+}
+
+void append_request(std::string& out, const request& req) {
+  out += "{\"op\":";
+  append_json_string(out,
+                     req.kind == op::unknown ? std::string_view(req.op_name) : to_string(req.kind));
+  for (const member_spec& spec : request_fields) {
+    if (!req.has(spec.bit)) continue;
+    if (spec.type == value_type::integer) {
+      append_uint_member(out, spec.name, req.*(spec.num));
+    } else {
+      append_string_member(out, spec.name, req.*(spec.text));
+    }
+  }
+  out += "}\n";
+}
+
+std::optional<decode_error> decode_reply(std::string_view frame, reply& out) {
+  out = reply{};
+  frame = strip_cr(frame);
+  try {
+    const json object = json::parse(frame.data(), frame.data() + frame.size(), nullptr,
+                                    /*allow_exceptions=*/false);
+    if (object.is_discarded() || frame.find('\0') != std::string_view::npos) {
+      return make_error("invalid JSON or UTF-8");
+    }
+    if (!object.is_object()) return make_error("top-level value must be an object");
+    reply_reader reader(object);
+    if (!read_reply(reader, out)) return make_error(std::move(reader.error()), out.id);
+  } catch (...) {
+    return make_error("reply could not be decoded");
+  }
+  return std::nullopt;
+}
+
+void append_reply(std::string& out, const reply& rep) {
+  out += '{';
+  if (rep.type == reply::kind::event) {
+    out += "\"event\":";
+    append_json_string(out, rep.event);
+    append_string_member(out, "key", rep.key);
+    if (rep.token) append_uint_member(out, "token", *rep.token);
+    out += "}\n";
+    return;
+  }
+
+  if (rep.id) {
+    out += "\"id\":";
+    append_uint(out, *rep.id);
+    out += ',';
+  }
+  if (rep.type == reply::kind::error) {
+    out += "\"ok\":false";
+    append_string_member(out, "error", to_string(rep.code));
+    append_string_member(out, "message", rep.message);
+    out += "}\n";
+    return;
+  }
+
+  out += "\"ok\":true";
+  if (rep.token) append_uint_member(out, "token", *rep.token);
+  if (rep.ttl_ms) append_uint_member(out, "ttl_ms", *rep.ttl_ms);
+  if (!rep.server.empty()) append_string_member(out, "server", rep.server);
+  if (!rep.version.empty()) append_string_member(out, "version", rep.version);
+  if (rep.protocol) {
+    append_name(out, "protocol");
+    append_int(out, *rep.protocol);
+  }
+  if (rep.held) {
+    append_name(out, "held");
+    out += *rep.held ? "true" : "false";
+    append_holders(out, rep.holders);
+  }
+  if (rep.waiters) append_uint_member(out, "waiters", *rep.waiters);
+  if (rep.limit) append_uint_member(out, "limit", *rep.limit);
+  if (rep.stats) {
+    for (const stats_member& member : stats_members) {
+      append_uint_member(out, member.name, (*rep.stats).*(member.value));
+    }
+  }
+  out += "}\n";
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
+  out += '"';
+  // Copy runs of bytes that need no escape in one append each.
+  std::size_t run = 0;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7F) continue;
+    out.append(s.data() + run, i - run);
+    run = i + 1;
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      default:
+        // Other controls, and DEL, which JSON allows raw but terminals do not show.
+        out += "\\u00";
+        out += hex[c >> 4];
+        out += hex[c & 0xF];
+        break;
+    }
+  }
+  out.append(s.data() + run, s.size() - run);
+  out += '"';
+}
+
+}  // namespace keylock

@@ -1,1 +1,411 @@
-// placeholder: being written
+#include "dispatch.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#include <string>
+
+#include "keylock_version.hpp"
+
+namespace keylock {
+
+namespace {
+
+constexpr std::uint16_t key_field = static_cast<std::uint16_t>(field::key);
+constexpr std::size_t max_client_name_bytes = 256;
+
+constexpr op_spec op_specs[] = {
+    {"hello", op::hello, 0, field::auth | field::client},
+    {"ping", op::ping, 0, 0},
+    {"acquire", op::acquire, key_field, field::ttl_ms | field::wait_ms | field::limit},
+    {"release", op::release, field::key | field::token, 0},
+    {"extend", op::extend, field::key | field::token, static_cast<std::uint16_t>(field::ttl_ms)},
+    {"cancel", op::cancel, static_cast<std::uint16_t>(field::target), 0},
+    {"inspect", op::inspect, key_field, 0},
+    {"stats", op::stats, 0, 0},
+};
+
+// Field names for messages, in bit order of `field`.
+constexpr std::string_view field_names[] = {"id",    "key",  "token",  "ttl_ms", "wait_ms",
+                                            "limit", "target", "auth", "client", "n"};
+
+std::array<unsigned char, 32> sha256(std::string_view s) {
+  std::array<unsigned char, 32> d{};
+  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d.data());
+  return d;
+}
+
+// Resets a reusable reply, keeping its buffers' capacity.
+reply& fresh(reply& r, const request* req) {
+  r.type = reply::kind::ok;
+  r.id.reset();
+  if (req != nullptr && req->has(field::id)) r.id = req->id;
+  r.message.clear();
+  r.event.clear();
+  r.key.clear();
+  r.token.reset();
+  r.ttl_ms.reset();
+  r.server.clear();
+  r.version.clear();
+  r.protocol.reset();
+  r.held.reset();
+  r.holders.clear();
+  r.waiters.reset();
+  r.limit.reset();
+  r.stats.reset();
+  return r;
+}
+
+std::string range_message(std::string_view name, std::uint64_t lo, std::uint64_t hi) {
+  std::string m(name);
+  m += " must be ";
+  m += std::to_string(lo);
+  m += "..";
+  m += std::to_string(hi);
+  return m;
+}
+
+}  // namespace
+
+std::span<const op_spec> op_table() { return op_specs; }
+
+dispatcher::dispatcher(const config& settings, lock_table& table, delivery& out, tick started)
+    : settings_(settings), table_(table), delivery_(out), started_(started) {
+  if (!settings_.auth.empty()) auth_digest_ = sha256(settings_.auth);
+}
+
+void dispatcher::reply_error(connection_info& conn, const request* req, errc code,
+                             std::string_view message, std::string& out) {
+  ++counters_.errors[static_cast<std::size_t>(code)];
+  switch (code) {
+    case errc::bad_request:
+    case errc::unknown_op:
+    case errc::frame_too_large:
+    case errc::unauthenticated:
+    case errc::limit_exceeded:
+      if (on_client_error) on_client_error(conn, code, message);
+      break;
+    default:
+      break;
+  }
+  reply& r = fresh(reply_, req);
+  r.type = reply::kind::error;
+  r.code = code;
+  r.message.assign(message);
+  append_reply(out, r);
+}
+
+void dispatcher::handle_decode_error(connection_info& conn, const decode_error& err,
+                                     std::string& out) {
+  if (!settings_.auth.empty() && !conn.authenticated) {
+    // Before authentication nothing but a well-formed hello is heard.
+    conn.close_after_reply = true;
+    request none;
+    if (err.id) {
+      none.id = *err.id;
+      none.set(field::id);
+    }
+    reply_error(conn, &none, errc::unauthenticated, "authenticate with hello first", out);
+    return;
+  }
+  ++counters_.errors[static_cast<std::size_t>(err.code)];
+  if (on_client_error) on_client_error(conn, err.code, err.message);
+  reply& r = fresh(reply_, nullptr);
+  r.id = err.id;
+  r.type = reply::kind::error;
+  r.code = err.code;
+  r.message = err.message;
+  append_reply(out, r);
+}
+
+void dispatcher::handle_oversized_frame(connection_info& conn, std::string& out) {
+  conn.close_after_reply = true;
+  reply_error(conn, nullptr, errc::frame_too_large,
+              "frame exceeds max_frame_bytes (" + std::to_string(settings_.max_frame_bytes) +
+                  "); closing",
+              out);
+}
+
+bool dispatcher::authorize_or_reply(connection_info& conn, const request& req, std::string& out) {
+  if (settings_.auth.empty() || conn.authenticated) return true;
+  if (req.kind == op::hello && req.has(field::auth)) {
+    // Compare digests: constant time, and independent of the secrets' lengths.
+    auto given = sha256(req.auth);
+    if (CRYPTO_memcmp(given.data(), auth_digest_.data(), given.size()) == 0) {
+      conn.authenticated = true;
+      return true;
+    }
+    conn.close_after_reply = true;
+    reply_error(conn, &req, errc::unauthenticated, "wrong secret", out);
+    return false;
+  }
+  conn.close_after_reply = true;
+  reply_error(conn, &req, errc::unauthenticated, "authenticate with hello first", out);
+  return false;
+}
+
+bool dispatcher::validate_or_reply(connection_info& conn, const request& req, std::string& out) {
+  const op_spec& spec = op_specs[static_cast<std::size_t>(req.kind)];
+  std::uint16_t missing = spec.required & static_cast<std::uint16_t>(~req.fields);
+  if (missing != 0) {
+    for (std::size_t bit = 0; bit < std::size(field_names); ++bit) {
+      if ((missing & (1u << bit)) != 0) {
+        reply_error(conn, &req, errc::bad_request,
+                    std::string(spec.name) + " needs '" + std::string(field_names[bit]) + "'", out);
+        return false;
+      }
+    }
+  }
+  auto check = [&](field f, std::string_view name, std::uint64_t value, std::uint64_t lo,
+                   std::uint64_t hi) {
+    if (!req.has(f) || (value >= lo && value <= hi)) return true;
+    reply_error(conn, &req, errc::bad_request, range_message(name, lo, hi), out);
+    return false;
+  };
+  bool uses_key = (spec.required & key_field) != 0;
+  if (uses_key && !check(field::key, "key length in bytes", req.key.size(), 1,
+                         settings_.max_key_bytes)) {
+    return false;
+  }
+  switch (req.kind) {
+    case op::acquire:
+      return check(field::ttl_ms, "ttl_ms", req.ttl_ms, 1, settings_.max_ttl_ms) &&
+             check(field::wait_ms, "wait_ms", req.wait_ms, 0, settings_.max_wait_ms) &&
+             check(field::limit, "limit", req.limit, 1, settings_.max_limit);
+    case op::extend:
+      return check(field::ttl_ms, "ttl_ms", req.ttl_ms, 1, settings_.max_ttl_ms);
+    case op::hello:
+      return check(field::client, "client name length in bytes", req.client.size(), 0,
+                   max_client_name_bytes);
+    default:
+      return true;
+  }
+}
+
+void dispatcher::handle(connection_info& conn, const request& req, tick now, std::string& out) {
+  if (!authorize_or_reply(conn, req, out)) return;
+  if (req.kind == op::unknown) {
+    reply_error(conn, &req, errc::unknown_op, "unknown op '" + req.op_name + "'", out);
+    return;
+  }
+  if (!validate_or_reply(conn, req, out)) return;
+  switch (req.kind) {
+    case op::hello:
+      do_hello(conn, req, out);
+      break;
+    case op::ping:
+      append_reply(out, fresh(reply_, &req));
+      break;
+    case op::acquire:
+      do_acquire(conn, req, now, out);
+      break;
+    case op::release:
+      do_release(conn, req, now, out);
+      break;
+    case op::extend:
+      do_extend(conn, req, now, out);
+      break;
+    case op::cancel:
+      do_cancel(conn, req, out);
+      break;
+    case op::inspect:
+      do_inspect(conn, req, now, out);
+      break;
+    case op::stats:
+      do_stats(conn, req, now, out);
+      break;
+    case op::unknown:
+      break;
+  }
+}
+
+void dispatcher::do_hello(connection_info& conn, const request& req, std::string& out) {
+  if (req.has(field::client)) conn.client = req.client;
+  reply& r = fresh(reply_, &req);
+  r.server = "keylockd";
+  r.version = KEYLOCK_VERSION;
+  r.protocol = protocol_version;
+  append_reply(out, r);
+}
+
+void dispatcher::do_acquire(connection_info& conn, const request& req, tick now,
+                            std::string& out) {
+  acquire_args args;
+  args.key = req.key;
+  args.ttl_ms = req.has(field::ttl_ms) ? static_cast<std::uint32_t>(req.ttl_ms)
+                                       : settings_.default_ttl_ms;
+  if (req.has(field::wait_ms)) args.wait_ms = static_cast<std::uint32_t>(req.wait_ms);
+  args.limit = req.has(field::limit) ? static_cast<std::uint32_t>(req.limit) : 1;
+  if (req.has(field::id)) args.request_id = req.id;
+  events_.clear();
+  acquire_result res = table_.acquire(conn.owner, args, now, events_);
+  deliver_events(&conn, &out);
+  switch (res.status) {
+    case acquire_status::granted: {
+      reply& r = fresh(reply_, &req);
+      r.token = res.token;
+      r.ttl_ms = args.ttl_ms;
+      append_reply(out, r);
+      return;
+    }
+    case acquire_status::queued:
+      return;  // answered later by a granted / wait_timeout / cancelled / aborted event
+    case acquire_status::busy:
+      return reply_error(conn, &req, errc::timeout, "lock is not free", out);
+    case acquire_status::conflict:
+      return reply_error(conn, &req, errc::conflict, "key is live with another limit", out);
+    case acquire_status::too_many_keys:
+      return reply_error(conn, &req, errc::limit_exceeded, "too many keys (max_keys)", out);
+    case acquire_status::too_many_waiters:
+      return reply_error(conn, &req, errc::limit_exceeded,
+                         "too many waiters on this key (max_waiters_per_key)", out);
+    case acquire_status::too_many_pending:
+      return reply_error(conn, &req, errc::limit_exceeded,
+                         "too many waiting acquires on this connection "
+                         "(max_pending_per_connection)",
+                         out);
+  }
+}
+
+void dispatcher::do_release(connection_info& conn, const request& req, tick now,
+                            std::string& out) {
+  events_.clear();
+  lease_status st = table_.release(req.key, req.token, now, events_);
+  deliver_events(&conn, &out);
+  if (st == lease_status::ok) {
+    append_reply(out, fresh(reply_, &req));
+  } else {
+    reply_error(conn, &req, errc::not_held, "no lease with this key and token", out);
+  }
+}
+
+void dispatcher::do_extend(connection_info& conn, const request& req, tick now,
+                           std::string& out) {
+  std::optional<std::uint32_t> ttl;
+  if (req.has(field::ttl_ms)) ttl = static_cast<std::uint32_t>(req.ttl_ms);
+  std::uint32_t applied = 0;
+  events_.clear();
+  lease_status st = table_.extend(req.key, req.token, ttl, now, events_, &applied);
+  deliver_events(&conn, &out);
+  if (st == lease_status::ok) {
+    reply& r = fresh(reply_, &req);
+    r.ttl_ms = applied;
+    append_reply(out, r);
+  } else {
+    reply_error(conn, &req, errc::not_held, "no lease with this key and token", out);
+  }
+}
+
+void dispatcher::do_cancel(connection_info& conn, const request& req, std::string& out) {
+  events_.clear();
+  bool found = table_.cancel(conn.owner, req.target, events_);
+  deliver_events(&conn, &out);
+  if (found) {
+    append_reply(out, fresh(reply_, &req));
+  } else {
+    reply_error(conn, &req, errc::not_found, "no waiting acquire with that id", out);
+  }
+}
+
+void dispatcher::do_inspect(connection_info& conn, const request& req, tick now,
+                            std::string& out) {
+  (void)conn;
+  inspect_result info = table_.inspect(req.key, now);
+  reply& r = fresh(reply_, &req);
+  r.held = !info.holders.empty();
+  r.waiters = info.waiters;
+  r.limit = info.limit;
+  for (const lease_view& h : info.holders) {
+    holder_info hi;
+    hi.token = h.token;
+    hi.ttl_ms_left = h.ttl_ms_left;
+    if (const connection_info* owner = delivery_.info_for(h.owner)) {
+      hi.client = owner->client;
+      hi.peer = owner->peer;
+    }
+    r.holders.push_back(std::move(hi));
+  }
+  append_reply(out, r);
+}
+
+void dispatcher::do_stats(connection_info& conn, const request& req, tick now,
+                          std::string& out) {
+  (void)conn;
+  const table_counters& c = table_.counters();
+  stats_info s;
+  s.connections = delivery_.connections();
+  s.keys = table_.keys();
+  s.held = table_.held();
+  s.waiting = table_.waiting();
+  s.acquires = c.acquires;
+  s.grants = c.grants;
+  s.releases = c.releases;
+  s.timeouts = c.timeouts;
+  s.expirations = c.expirations;
+  s.uptime_ms = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(now - started_).count());
+  reply& r = fresh(reply_, &req);
+  r.stats = s;
+  append_reply(out, r);
+}
+
+void dispatcher::deliver_events(const connection_info* current, std::string* current_out) {
+  for (const table_event& ev : events_) {
+    std::string* out = (current != nullptr && ev.owner == current->owner)
+                           ? current_out
+                           : delivery_.output_for(ev.owner);
+    if (out == nullptr) continue;
+    reply& r = fresh(reply_, nullptr);
+    r.id = ev.request_id;
+    switch (ev.kind) {
+      case event_kind::granted:
+        r.token = ev.token;
+        r.ttl_ms = ev.ttl_ms;
+        break;
+      case event_kind::wait_timeout:
+        r.type = reply::kind::error;
+        r.code = errc::timeout;
+        r.message = "not granted within wait_ms";
+        break;
+      case event_kind::cancelled:
+        r.type = reply::kind::error;
+        r.code = errc::cancelled;
+        r.message = "cancelled";
+        break;
+      case event_kind::aborted:
+        r.type = reply::kind::error;
+        r.code = errc::shutting_down;
+        r.message = "server is shutting down";
+        break;
+      case event_kind::expired:
+        r.type = reply::kind::event;
+        r.event = "expired";
+        r.key = ev.key;
+        r.token = ev.token;
+        break;
+    }
+    if (r.type == reply::kind::error) ++counters_.errors[static_cast<std::size_t>(r.code)];
+    append_reply(*out, r);
+  }
+  events_.clear();
+}
+
+void dispatcher::expire_due(tick now) {
+  events_.clear();
+  table_.expire_due(now, events_);
+  deliver_events(nullptr, nullptr);
+}
+
+void dispatcher::disconnect(const connection_info& conn, tick now) {
+  events_.clear();
+  table_.disconnect(conn.owner, now, events_);
+  deliver_events(nullptr, nullptr);
+}
+
+void dispatcher::abort_waiters() {
+  events_.clear();
+  table_.abort_waiters(events_);
+  deliver_events(nullptr, nullptr);
+}
+
+}  // namespace keylock

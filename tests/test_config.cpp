@@ -1,1 +1,133 @@
-// placeholder: being written
+// Configuration: defaults, file, flags, and the checks made once at start-up.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+
+using namespace keylock;
+
+namespace {
+
+parse_outcome parse(std::vector<std::string> args) {
+  args.insert(args.begin(), "keylockd");
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  return parse_command_line(static_cast<int>(argv.size()), argv.data());
+}
+
+std::string temp_file(const std::string& content) {
+  char name[] = "/tmp/keylock-config-XXXXXX";
+  int fd = ::mkstemp(name);
+  REQUIRE(fd >= 0);
+  REQUIRE(::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()));
+  ::close(fd);
+  return name;
+}
+
+}  // namespace
+
+TEST_CASE("the shipped config file holds exactly the built-in defaults", "[config]") {
+  config from_file;
+  from_file.listen = "changed";  // proves the file sets it back
+  REQUIRE_FALSE(load_config_file(KEYLOCK_SOURCE_DIR "/config/keylockd.json", from_file));
+  config defaults;
+  REQUIRE(from_file.listen == defaults.listen);
+  REQUIRE(from_file.max_frame_bytes == defaults.max_frame_bytes);
+  REQUIRE(from_file.max_keys == defaults.max_keys);
+  REQUIRE(from_file.idle_timeout_ms == defaults.idle_timeout_ms);
+  REQUIRE(from_file.max_output_bytes == defaults.max_output_bytes);
+  REQUIRE(from_file.max_pending_per_connection == defaults.max_pending_per_connection);
+  REQUIRE(from_file.lock_delay_ms == defaults.lock_delay_ms);
+  REQUIRE(from_file.max_ttl_ms == defaults.max_ttl_ms);
+}
+
+TEST_CASE("flags override the config file, which overrides the defaults", "[config]") {
+  std::string path = temp_file(R"({"max_key_bytes": 64, "lock_delay_ms": 250})");
+  auto out = parse({"--config", path, "--max-key-bytes", "32"});
+  std::remove(path.c_str());
+  REQUIRE(out.what == parse_outcome::action::run);
+  REQUIRE(out.settings.max_key_bytes == 32);
+  REQUIRE(out.settings.lock_delay_ms == 250);
+  REQUIRE(out.settings.max_frame_bytes == config{}.max_frame_bytes);
+}
+
+TEST_CASE("a bad config file is refused with a message naming the problem", "[config]") {
+  SECTION("unknown key") {
+    std::string path = temp_file(R"({"max_kyes": 5})");
+    auto out = parse({"--config", path});
+    std::remove(path.c_str());
+    REQUIRE(out.exit_code != 0);
+    REQUIRE(out.output.find("max_kyes") != std::string::npos);
+  }
+  SECTION("wrong type") {
+    std::string path = temp_file(R"({"max_keys": "many"})");
+    auto out = parse({"--config", path});
+    std::remove(path.c_str());
+    REQUIRE(out.exit_code != 0);
+    REQUIRE(out.output.find("max_keys") != std::string::npos);
+  }
+  SECTION("not JSON") {
+    std::string path = temp_file("max_keys = 5");
+    auto out = parse({"--config", path});
+    std::remove(path.c_str());
+    REQUIRE(out.exit_code != 0);
+  }
+  SECTION("missing file") {
+    auto out = parse({"--config", "/nonexistent/keylockd.json"});
+    REQUIRE(out.exit_code != 0);
+  }
+}
+
+TEST_CASE("values outside their range are refused at start-up", "[config]") {
+  auto out = parse({"--max-frame-bytes", "10"});
+  REQUIRE(out.what == parse_outcome::action::exit);
+  REQUIRE(out.exit_code != 0);
+  REQUIRE(out.output.find("max_frame_bytes") != std::string::npos);
+  out = parse({"--default-ttl-ms", "5000", "--max-ttl-ms", "1000"});
+  REQUIRE(out.exit_code != 0);
+  out = parse({"--log-level", "loud"});
+  REQUIRE(out.exit_code != 0);
+}
+
+TEST_CASE("a non-loopback listen address without auth is refused with the reason", "[config]") {
+  auto out = parse({"--listen", "0.0.0.0:7400"});
+  REQUIRE(out.exit_code != 0);
+  REQUIRE(out.output.find("without auth") != std::string::npos);
+  out = parse({"--listen", "0.0.0.0:7400", "--auth", "s3cret"});
+  REQUIRE(out.what == parse_outcome::action::run);
+  REQUIRE(parse({"--listen", "[::1]:7400"}).what == parse_outcome::action::run);
+  REQUIRE(parse({"--listen", "127.0.0.2:0"}).what == parse_outcome::action::run);
+}
+
+TEST_CASE("the auth file's first line is the secret", "[config]") {
+  std::string path = temp_file("hunter2\nignored\n");
+  auto out = parse({"--auth-file", path});
+  std::remove(path.c_str());
+  REQUIRE(out.what == parse_outcome::action::run);
+  REQUIRE(out.settings.auth == "hunter2");
+  REQUIRE(parse({"--auth-file", "/nonexistent/secret"}).exit_code != 0);
+}
+
+TEST_CASE("unknown flags and malformed values exit non-zero", "[config]") {
+  REQUIRE(parse({"--no-such-flag"}).exit_code != 0);
+  REQUIRE(parse({"--max-keys", "lots"}).exit_code != 0);
+  REQUIRE(parse({"--listen", "nohostport"}).exit_code != 0);
+}
+
+TEST_CASE("help lists every setting's flag", "[config]") {
+  auto out = parse({"--help"});
+  REQUIRE(out.what == parse_outcome::action::exit);
+  REQUIRE(out.exit_code == 0);
+  for (const char* flag : {"--listen", "--state-dir", "--auth", "--auth-file", "--log-level",
+                           "--max-connections", "--max-frame-bytes", "--lock-delay-ms",
+                           "--idle-timeout-ms", "--max-output-bytes", "--config"}) {
+    INFO(flag);
+    REQUIRE(out.output.find(flag) != std::string::npos);
+  }
+}

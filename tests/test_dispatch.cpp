@@ -1,1 +1,209 @@
-// placeholder: being written
+// The dispatcher: the command table against proto/ops.json, validation, auth, event routing.
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+
+#include "dispatch.hpp"
+
+using namespace keylock;
+
+namespace {
+
+struct counter_tokens final : token_source {
+  std::uint64_t n = 0;
+  std::uint64_t next() override { return ++n; }
+};
+
+// Two connections' output buffers, routed by owner.
+struct fake_delivery final : delivery {
+  std::map<owner_id, std::string> outputs;
+  std::map<owner_id, connection_info> infos;
+  std::string* output_for(owner_id owner) override {
+    auto it = outputs.find(owner);
+    return it == outputs.end() ? nullptr : &it->second;
+  }
+  const connection_info* info_for(owner_id owner) const override {
+    auto it = infos.find(owner);
+    return it == infos.end() ? nullptr : &it->second;
+  }
+  std::uint64_t connections() const override { return outputs.size(); }
+};
+
+struct fixture {
+  config settings;
+  counter_tokens tokens;
+  lock_table table{table_limits{}, tokens};
+  fake_delivery out;
+  dispatcher dispatch;
+  tick now{1'000'000};
+
+  explicit fixture(config c = {}) : settings(std::move(c)), dispatch(settings, table, out, now) {}
+
+  connection_info& connect(const std::string& name) {
+    owner_id o = table.connect();
+    out.outputs[o];
+    connection_info& info = out.infos[o];
+    info.owner = o;
+    info.client = name;
+    info.peer = "127.0.0.1:" + std::to_string(1000 + o);
+    return info;
+  }
+
+  // Decodes and handles one frame from `conn`; returns what was appended to its output.
+  std::string send(connection_info& conn, std::string_view frame) {
+    std::string& buf = out.outputs[conn.owner];
+    buf.clear();
+    request req;
+    if (auto err = decode_request(frame, req)) {
+      dispatch.handle_decode_error(conn, *err, buf);
+    } else {
+      dispatch.handle(conn, req, now, buf);
+    }
+    return buf;
+  }
+};
+
+std::uint16_t mask_of(const nlohmann::json& names) {
+  static const std::map<std::string, field> fields = {
+      {"id", field::id},         {"key", field::key},       {"token", field::token},
+      {"ttl_ms", field::ttl_ms}, {"wait_ms", field::wait_ms}, {"limit", field::limit},
+      {"target", field::target}, {"auth", field::auth},     {"client", field::client},
+      {"n", field::n}};
+  std::uint16_t m = 0;
+  for (const auto& n : names) m = m | fields.at(n.get<std::string>());
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("the dispatcher's command table agrees with proto/ops.json", "[dispatch]") {
+  std::ifstream in(KEYLOCK_SOURCE_DIR "/proto/ops.json");
+  REQUIRE(in);
+  auto doc = nlohmann::json::parse(in);
+  std::set<std::string> documented;
+  for (const auto& row : doc["ops"]) {
+    std::string name = row["name"].get<std::string>();
+    documented.insert(name);
+    const op_spec* spec = nullptr;
+    for (const op_spec& s : op_table()) {
+      if (s.name == name) spec = &s;
+    }
+    INFO(name);
+    REQUIRE(spec != nullptr);
+    REQUIRE(spec->kind == op_from_string(name));
+    REQUIRE(spec->required == mask_of(row["required"]));
+    REQUIRE(spec->optional == mask_of(row["optional"]));
+  }
+  REQUIRE(documented.size() == op_table().size());
+  std::set<std::string> codes;
+  for (const auto& c : doc["errors"]) codes.insert(c.get<std::string>());
+  for (int i = 0; i <= static_cast<int>(errc::shutting_down); ++i) {
+    REQUIRE(codes.count(std::string(to_string(static_cast<errc>(i)))) == 1);
+  }
+  REQUIRE(codes.size() == static_cast<std::size_t>(errc::shutting_down) + 1);
+}
+
+TEST_CASE("a missing required field is named in the bad_request message", "[dispatch]") {
+  fixture f;
+  auto& c = f.connect("a");
+  std::string r = f.send(c, R"({"op":"release","id":4,"key":"k"})");
+  REQUIRE(r.find(R"("error":"bad_request")") != std::string::npos);
+  REQUIRE(r.find("token") != std::string::npos);
+  REQUIRE(r.find(R"("id":4)") != std::string::npos);
+}
+
+TEST_CASE("ranges are checked against the configured limits", "[dispatch]") {
+  config c;
+  c.max_key_bytes = 4;
+  c.max_ttl_ms = 1000;
+  c.max_limit = 2;
+  c.max_wait_ms = 500;
+  fixture f(c);
+  auto& conn = f.connect("a");
+  REQUIRE(f.send(conn, R"({"op":"acquire","key":"12345"})").find("bad_request") !=
+          std::string::npos);
+  REQUIRE(f.send(conn, R"({"op":"acquire","key":"k","ttl_ms":1001})").find("bad_request") !=
+          std::string::npos);
+  REQUIRE(f.send(conn, R"({"op":"acquire","key":"k","limit":3})").find("bad_request") !=
+          std::string::npos);
+  REQUIRE(f.send(conn, R"({"op":"acquire","key":"k","wait_ms":501})").find("bad_request") !=
+          std::string::npos);
+  REQUIRE(f.send(conn, R"({"op":"acquire","key":"1234","ttl_ms":1000,"limit":2,"wait_ms":500})")
+              .find(R"("ok":true)") != std::string::npos);
+  REQUIRE(f.table.held() == 1);
+}
+
+TEST_CASE("a grant caused by one connection is delivered to the waiter's connection",
+          "[dispatch]") {
+  fixture f;
+  auto& a = f.connect("a");
+  auto& b = f.connect("b");
+  std::string granted = f.send(a, R"({"op":"acquire","id":1,"key":"k"})");
+  REQUIRE(granted.find(R"("token":1)") != std::string::npos);
+  REQUIRE(f.send(b, R"({"op":"acquire","id":2,"key":"k"})").empty());  // queued: no reply yet
+  std::string released = f.send(a, R"({"op":"release","id":3,"key":"k","token":1})");
+  REQUIRE(released == "{\"id\":3,\"ok\":true}\n");
+  REQUIRE(f.out.outputs[b.owner] == "{\"id\":2,\"ok\":true,\"token\":2,\"ttl_ms\":30000}\n");
+}
+
+TEST_CASE("cancel answers the cancelled acquire before itself", "[dispatch]") {
+  fixture f;
+  auto& a = f.connect("a");
+  auto& b = f.connect("b");
+  f.send(a, R"({"op":"acquire","id":1,"key":"k"})");
+  f.send(b, R"({"op":"acquire","id":2,"key":"k"})");
+  std::string r = f.send(b, R"({"op":"cancel","id":3,"target":2})");
+  auto cancelled = r.find(R"({"id":2,"ok":false,"error":"cancelled")");
+  auto ok = r.find(R"({"id":3,"ok":true})");
+  REQUIRE(cancelled != std::string::npos);
+  REQUIRE(ok != std::string::npos);
+  REQUIRE(cancelled < ok);
+}
+
+TEST_CASE("inspect names each holder's client and peer", "[dispatch]") {
+  fixture f;
+  auto& a = f.connect("billing-7");
+  auto& b = f.connect("b");
+  f.send(a, R"({"op":"acquire","id":1,"key":"k"})");
+  std::string r = f.send(b, R"({"op":"inspect","id":2,"key":"k"})");
+  REQUIRE(r.find(R"("client":"billing-7")") != std::string::npos);
+  REQUIRE(r.find(R"("peer":")" + a.peer + "\"") != std::string::npos);
+}
+
+TEST_CASE("with auth every op before hello closes, and the right hello opens", "[dispatch]") {
+  config c;
+  c.auth = "s3cret";
+  fixture f(c);
+  auto& a = f.connect("a");
+  REQUIRE(f.send(a, R"({"op":"ping","id":1})").find("unauthenticated") != std::string::npos);
+  REQUIRE(a.close_after_reply);
+  auto& b = f.connect("b");
+  REQUIRE(f.send(b, R"({"op":"hello","id":1,"auth":"s3cre"})").find("unauthenticated") !=
+          std::string::npos);
+  REQUIRE(b.close_after_reply);
+  auto& d = f.connect("d");
+  REQUIRE(f.send(d, R"({"op":"hello","id":1,"auth":"s3cret"})").find(R"("ok":true)") !=
+          std::string::npos);
+  REQUIRE(f.send(d, R"({"op":"ping","id":2})") == "{\"id\":2,\"ok\":true}\n");
+  REQUIRE_FALSE(d.close_after_reply);
+}
+
+TEST_CASE("client errors are reported to the server's hook, normal failures are not",
+          "[dispatch]") {
+  fixture f;
+  std::vector<errc> seen;
+  f.dispatch.on_client_error = [&](connection_info&, errc code, std::string_view) {
+    seen.push_back(code);
+  };
+  auto& a = f.connect("a");
+  f.send(a, "nope");
+  f.send(a, R"({"op":"zap"})");
+  f.send(a, R"({"op":"release","key":"k","token":5})");  // not_held: normal
+  REQUIRE(seen == std::vector<errc>{errc::bad_request, errc::unknown_op});
+  REQUIRE(f.dispatch.counters().errors[static_cast<std::size_t>(errc::not_held)] == 1);
+}

@@ -1,0 +1,71 @@
+// keylockd's settings: one plain struct with documented defaults, loaded from a JSON file
+// (config/keylockd.json) and overridden by command-line flags, then checked once at start-up.
+//
+// Every setting has one row in the settings table in config.cpp, which drives the JSON keys,
+// the flags (`--max-key-bytes` for `max_key_bytes`), the help text and the range checks, so
+// the three can never disagree.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace keylock {
+
+struct config {
+  // Where the lock protocol listens: "HOST:PORT" (port 0 = ephemeral, for tests).
+  std::string listen = "127.0.0.1:7400";
+  // Directory for durable state (the fencing token high-water mark). Empty: none.
+  std::string state_dir;
+  // Shared secret clients must present in `hello`. Never logged.
+  std::string auth;
+  // File holding the secret (first line); alternative to `auth`, which it overrides.
+  std::string auth_file;
+  // trace, debug, info, warn, error, critical, off.
+  std::string log_level = "info";
+
+  std::uint32_t max_connections = 16384;       // beyond: limit_exceeded, then close
+  std::uint32_t max_frame_bytes = 65536;       // one request line; beyond: frame_too_large
+  std::uint32_t max_key_bytes = 1024;          // key length in bytes
+  std::uint32_t default_ttl_ms = 30000;        // acquire without ttl_ms
+  std::uint32_t max_ttl_ms = 3'600'000;        // largest ttl_ms accepted
+  std::uint32_t max_wait_ms = 86'400'000;      // largest wait_ms accepted
+  std::uint32_t max_limit = 1024;              // largest semaphore limit accepted
+  std::uint32_t max_keys = 1u << 20;           // live keys; beyond: limit_exceeded
+  std::uint32_t max_waiters_per_key = 10000;   // queued acquires on one key
+  std::uint32_t max_pending_per_connection = 4096;  // queued acquires of one connection
+  std::uint32_t max_output_bytes = 1u << 20;   // unsent reply bytes before a slow reader is cut
+  std::uint32_t idle_timeout_ms = 300'000;     // close connections idle this long (0 = never)
+  std::uint32_t tcp_keepalive_s = 60;          // TCP keepalive idle time (0 = off)
+  std::uint32_t lock_delay_ms = 0;             // see PROTOCOL.md "Lock delay"
+  std::uint32_t shutdown_grace_ms = 500;       // time to flush replies on SIGTERM before exit
+};
+
+// What parse_command_line decided.
+struct parse_outcome {
+  enum class action { run, exit };
+  action what = action::run;
+  int exit_code = 0;     // for action::exit
+  std::string output;    // for action::exit: text for stdout (help, version) or stderr (error)
+  config settings;
+};
+
+// Builds the configuration: built-in defaults, then the file named by --config (if any), then
+// every flag given. Help, version and errors come back as action::exit with the text to print.
+// Errors: unknown flag, bad value, unreadable or invalid config file, unknown key in it, a
+// value outside its range, unreadable auth file, non-loopback listen without auth.
+parse_outcome parse_command_line(int argc, const char* const* argv);
+
+// Checks ranges and cross-field rules; returns the first problem, or nullopt.
+std::optional<std::string> validate(const config& c);
+
+// Loads `path` (a JSON object of setting names) over `c`. Returns an error message or nullopt.
+std::optional<std::string> load_config_file(const std::string& path, config& c);
+
+// Splits "host:port" ("[v6]:port" allowed). False when malformed.
+bool split_host_port(const std::string& s, std::string& host, std::uint16_t& port);
+
+// True for 127.0.0.0/8, ::1 and "localhost".
+bool is_loopback_host(const std::string& host);
+
+}  // namespace keylock

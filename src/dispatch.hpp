@@ -1,0 +1,120 @@
+// The command dispatcher: validates decoded requests once, up front, runs them against the
+// lock table, and writes replies. Pure protocol logic, no sockets: the server hands it each
+// decoded frame and the connection's state, and gets replies appended to output buffers.
+//
+// Replies for other connections (a grant pushed because someone released, an expiry event)
+// go through the `delivery` interface the server implements. Events for the connection being
+// served are written before that request's own reply, so a `cancel` is answered after the
+// `cancelled` reply of the acquire it cancelled.
+//
+// Runs on the io_context thread only.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config.hpp"
+#include "keylock/codec.hpp"
+#include "keylock/protocol.hpp"
+#include "lock_table.hpp"
+
+namespace keylock {
+
+// What the dispatcher knows of a connection.
+struct connection_info {
+  owner_id owner = 0;
+  bool authenticated = false;
+  bool close_after_reply = false;  // set on frame_too_large / unauthenticated
+  bool warned = false;             // a client fault of this connection was logged already
+  std::string client;              // name from hello
+  std::string peer;                // "ip:port"
+};
+
+// Implemented by the server: where replies for a connection go.
+class delivery {
+ public:
+  virtual ~delivery() = default;
+  // The output buffer of `owner`'s connection, or nullptr when it is gone. The server flushes
+  // every buffer handed out once the current batch of work is done.
+  virtual std::string* output_for(owner_id owner) = 0;
+  virtual const connection_info* info_for(owner_id owner) const = 0;
+  virtual std::uint64_t connections() const = 0;
+};
+
+// One row of the command table: the op, and the fields it requires and may carry (besides
+// `op` and `id`). proto/ops.json says the same; a test holds the two together.
+struct op_spec {
+  std::string_view name;
+  op kind;
+  std::uint16_t required;
+  std::uint16_t optional;
+};
+
+std::span<const op_spec> op_table();
+
+// Counters the dispatcher keeps beyond the table's own (for stats and metrics).
+struct dispatch_counters {
+  std::array<std::uint64_t, 11> errors{};  // by errc, indexed by its value
+};
+
+class dispatcher {
+ public:
+  dispatcher(const config& settings, lock_table& table, delivery& out, tick started);
+
+  // Runs one decoded request from `conn`, appending its reply (and any events for `conn`) to
+  // `out`. May set conn.close_after_reply. Never throws on client input.
+  void handle(connection_info& conn, const request& req, tick now, std::string& out);
+
+  // Answers a frame that could not be decoded.
+  void handle_decode_error(connection_info& conn, const decode_error& err, std::string& out);
+
+  // Answers a frame longer than max_frame_bytes and marks the connection for closing.
+  void handle_oversized_frame(connection_info& conn, std::string& out);
+
+  // Processes due deadlines (expiries, wait timeouts, lock-delay ends) and delivers results.
+  void expire_due(tick now);
+
+  // The connection is gone: drop its waiters, release its leases, deliver the grants.
+  void disconnect(const connection_info& conn, tick now);
+
+  // Shutdown: every waiting acquire is answered shutting_down.
+  void abort_waiters();
+
+  const dispatch_counters& counters() const { return counters_; }
+
+  // Called for each error reply caused by the client's own input or a limit it hit
+  // (bad_request, unknown_op, frame_too_large, unauthenticated, limit_exceeded), so the server
+  // can log a bad client once. Not called for timeout, not_held and the like: those are normal.
+  std::function<void(connection_info&, errc, std::string_view)> on_client_error;
+
+ private:
+  void reply_error(connection_info& conn, const request* req, errc code,
+                   std::string_view message, std::string& out);
+  void deliver_events(const connection_info* current, std::string* current_out);
+  bool authorize_or_reply(connection_info& conn, const request& req, std::string& out);
+  bool validate_or_reply(connection_info& conn, const request& req, std::string& out);
+
+  void do_hello(connection_info& conn, const request& req, std::string& out);
+  void do_acquire(connection_info& conn, const request& req, tick now, std::string& out);
+  void do_release(connection_info& conn, const request& req, tick now, std::string& out);
+  void do_extend(connection_info& conn, const request& req, tick now, std::string& out);
+  void do_cancel(connection_info& conn, const request& req, std::string& out);
+  void do_inspect(connection_info& conn, const request& req, tick now, std::string& out);
+  void do_stats(connection_info& conn, const request& req, tick now, std::string& out);
+
+  const config& settings_;
+  lock_table& table_;
+  delivery& delivery_;
+  tick started_;
+  std::array<unsigned char, 32> auth_digest_{};  // SHA-256 of the secret, when auth is set
+  std::vector<table_event> events_;              // scratch, reused
+  reply reply_;                                  // scratch, reused
+  dispatch_counters counters_;
+};
+
+}  // namespace keylock
