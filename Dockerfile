@@ -1,0 +1,23 @@
+# Multi-stage build on Debian 12. The build stage runs the same install script and the same
+# CMake preset as CI (`make test` -> scripts/install-deps.sh, cmake --preset release).
+FROM debian:bookworm AS build
+WORKDIR /src
+COPY . .
+RUN ./scripts/install-deps.sh \
+ && cmake --preset release \
+ && cmake --build --preset release -j "$(nproc)" \
+ && ctest --preset release -L "unit|smoke" \
+ && cmake --install build/release --prefix /opt/keylock
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl3 libspdlog1.10 libfmt9 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --home /var/lib/keylock --create-home keylock
+COPY --from=build /opt/keylock/ /usr/local/
+USER keylock
+EXPOSE 7400
+# Inside a container the port must be reachable from outside it, which keylockd allows only
+# with auth: pass the secret as a file (docker secret) or with --auth.
+ENTRYPOINT ["/usr/local/bin/keylockd", "--config", "/usr/local/etc/keylock/keylockd.json", "--state-dir", "/var/lib/keylock"]
+CMD ["--listen", "0.0.0.0:7400", "--auth-file", "/run/secrets/keylock_auth"]
