@@ -9,6 +9,8 @@
 // other throw (std::bad_alloc, or a library bug) is caught at each decoder's edge.
 #include "keylock/codec.hpp"
 
+#include "codec_internal.hpp"
+
 #include <nlohmann/json.hpp>
 
 #include <array>
@@ -551,7 +553,93 @@ bool read_reply(reply_reader& reader, reply& out) {
 
 // ---------------------------------------------------------------------------------------------
 
+bool decode_request_fast(std::string_view frame, request& out) noexcept {
+  reset_request(out);
+  const char* p = frame.data();
+  const char* const end = p + frame.size();
+  auto skip_ws = [&] {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) ++p;
+  };
+  // A string with nothing to unescape or validate: printable ASCII only. Anything else
+  // (escapes, UTF-8, control bytes) is left to the full parser.
+  auto plain_string = [&](std::string_view& s) {
+    if (p == end || *p != '"') return false;
+    const char* begin = ++p;
+    while (p < end && *p != '"') {
+      auto c = static_cast<unsigned char>(*p);
+      if (c == '\\' || c < 0x20 || c >= 0x80) return false;
+      ++p;
+    }
+    if (p == end) return false;
+    s = std::string_view(begin, static_cast<std::size_t>(p - begin));
+    ++p;
+    return true;
+  };
+  skip_ws();
+  if (p == end || *p != '{') return false;
+  ++p;
+  bool seen_op = false;
+  for (;;) {
+    skip_ws();
+    std::string_view name;
+    if (!plain_string(name)) return false;
+    skip_ws();
+    if (p == end || *p != ':') return false;
+    ++p;
+    skip_ws();
+    const member_spec* spec = find_request_member(name);
+    if (spec == nullptr) return false;  // unknown member: its value may be anything
+    if (spec->type == value_type::integer) {
+      if (out.has(spec->bit)) return false;
+      if (p == end || *p < '0' || *p > '9') return false;
+      std::uint64_t v = 0;
+      if (*p == '0') {
+        ++p;
+      } else {
+        // At most 19 digits, so that v cannot overflow; longer numbers take the full parser.
+        for (int digits = 0; p < end && *p >= '0' && *p <= '9'; ++p) {
+          if (++digits > 19) return false;
+          v = v * 10 + static_cast<std::uint64_t>(*p - '0');
+        }
+      }
+      if (p < end && ((*p >= '0' && *p <= '9') || *p == '.' || *p == 'e' || *p == 'E')) {
+        return false;
+      }
+      out.*(spec->num) = v;
+      out.set(spec->bit);
+    } else {
+      std::string_view value;
+      if (!plain_string(value)) return false;
+      if (spec->type == value_type::op) {
+        if (seen_op) return false;
+        seen_op = true;
+        out.kind = op_from_string(value);
+        if (out.kind == op::unknown) out.op_name.assign(value.substr(0, max_op_name_bytes));
+      } else {
+        if (out.has(spec->bit)) return false;
+        (out.*(spec->text)).assign(value);
+        out.set(spec->bit);
+      }
+    }
+    skip_ws();
+    if (p == end) return false;
+    if (*p == '}') break;
+    if (*p != ',') return false;
+    ++p;
+  }
+  ++p;
+  skip_ws();
+  return p == end && seen_op;
+}
+
 std::optional<decode_error> decode_request(std::string_view frame, request& out) {
+  // Nearly every frame a client library sends is a flat object of known members with plain
+  // ASCII strings and small integers: decode those without the general parser.
+  if (decode_request_fast(frame, out)) return std::nullopt;
+  return decode_request_full(frame, out);
+}
+
+std::optional<decode_error> decode_request_full(std::string_view frame, request& out) {
   reset_request(out);
   frame = strip_cr(frame);
   if (frame.empty()) return make_error("empty frame");

@@ -135,7 +135,13 @@ void session::handle_frame(std::string_view frame) {
     host_.dispatch().handle(info_, req, last_active_, out_);
   }
   host_.mark_dirty(info_.owner);
-  if (info_.close_after_reply) close(true);
+  if (info_.close_after_reply) {
+    close(true);
+  } else if (out_.size() > host_.settings().max_output_bytes) {
+    // Large replies to a long pipeline: write now rather than at the end of the batch, so
+    // memory stays bounded by max_output_bytes (flush closes a client that does not read).
+    flush();
+  }
 }
 
 void session::flush() {

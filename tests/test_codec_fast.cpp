@@ -1,0 +1,109 @@
+// The fast request decoder against the full one: whatever the fast path accepts, the full
+// decoder must accept with the same result, and the fast path must handle the common frames.
+#include <catch2/catch.hpp>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "codec_internal.hpp"
+
+using namespace keylock;
+
+namespace {
+
+void require_same(const request& a, const request& b) {
+  REQUIRE(a.kind == b.kind);
+  REQUIRE(a.fields == b.fields);
+  REQUIRE(a.id == b.id);
+  REQUIRE(a.key == b.key);
+  REQUIRE(a.token == b.token);
+  REQUIRE(a.ttl_ms == b.ttl_ms);
+  REQUIRE(a.wait_ms == b.wait_ms);
+  REQUIRE(a.limit == b.limit);
+  REQUIRE(a.target == b.target);
+  REQUIRE(a.n == b.n);
+  REQUIRE(a.auth == b.auth);
+  REQUIRE(a.client == b.client);
+  REQUIRE(a.op_name == b.op_name);
+}
+
+const std::vector<std::string> seeds = {
+    R"({"op":"ping","id":1})",
+    R"({"op":"acquire","id":12345,"key":"user:42:report","ttl_ms":30000})",
+    R"({"op":"acquire","id":7,"key":"k","ttl_ms":1,"wait_ms":0,"limit":3})",
+    R"({"op":"release","id":1844674407370955161,"key":"k","token":1795751562920184})",
+    R"({"op":"release","id":18446744073709551615,"key":"k","token":1})",
+    R"({"op":"extend","key":"k","token":9,"ttl_ms":500})",
+    R"({"op":"cancel","id":3,"target":2})",
+    R"({"op":"hello","id":0,"auth":"s3cret","client":"worker-1"})",
+    R"({"op":"inspect","key":"a b c"})",
+    R"({"op":"stats"})",
+    R"({"op":"frobnicate","id":4})",
+    R"( { "op" : "ping" , "id" : 10 } )",
+    R"({"id":5,"op":"ping","extra":[1,{"x":2}]})",
+    R"({"op":"acquire","key":"caf\u00e9","id":1})",
+    "{\"op\":\"acquire\",\"key\":\"caf\xc3\xa9\",\"id\":1}",
+    R"({"op":"ping","id":-1})",
+    R"({"op":"ping","id":1.0})",
+    R"({"op":"ping","id":01})",
+    R"({"op":"ping","id":1e2})",
+    R"({"op":"ping","id":99999999999999999999})",
+    R"({"op":"ping","op":"ping"})",
+    R"({"op":"acquire","key":"a","key":"b"})",
+    R"({"op":"ping"} x)",
+    R"({"op":"ping",})",
+    R"({"op":7})",
+    R"({})",
+    R"([])",
+};
+
+}  // namespace
+
+TEST_CASE("the fast decoder handles the frames clients send", "[codec]") {
+  request r;
+  for (std::size_t i = 0; i < 12; ++i) {
+    if (i == 4) continue;  // 20 digits: left to the full parser
+    INFO(seeds[i]);
+    REQUIRE(decode_request_fast(seeds[i], r));
+  }
+  REQUIRE(decode_request_fast(R"({"op":"acquire","id":12345,"key":"user:42","ttl_ms":30000})", r));
+  REQUIRE(r.kind == op::acquire);
+  REQUIRE(r.key == "user:42");
+  REQUIRE(r.ttl_ms == 30000);
+}
+
+TEST_CASE("the fast decoder declines what it cannot decide and agrees with the full one",
+          "[codec]") {
+  std::mt19937_64 rng(20261127);
+  const std::string alphabet = "{}[]\":,0123456789 -.eE\\uabcdefghijklmnopqrstuvwxyz_\x01\xff\xc3\r";
+  std::size_t accepted = 0;
+  for (std::size_t round = 0; round < 200'000; ++round) {
+    std::string frame = seeds[rng() % seeds.size()];
+    int edits = static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits && !frame.empty(); ++e) {
+      std::size_t at = rng() % frame.size();
+      switch (rng() % 3) {
+        case 0:
+          frame[at] = alphabet[rng() % alphabet.size()];
+          break;
+        case 1:
+          frame.insert(frame.begin() + static_cast<std::ptrdiff_t>(at),
+                       alphabet[rng() % alphabet.size()]);
+          break;
+        default:
+          frame.erase(at, 1);
+          break;
+      }
+    }
+    request fast;
+    if (!decode_request_fast(frame, fast)) continue;
+    ++accepted;
+    request full;
+    auto err = decode_request_full(frame, full);
+    INFO(frame);
+    REQUIRE_FALSE(err.has_value());
+    require_same(fast, full);
+  }
+  REQUIRE(accepted > 10'000);  // the comparison above really ran on many frames
+}
