@@ -17,9 +17,9 @@
 // Single-threaded: the daemon calls it on its io_context thread only.
 #pragma once
 
-#include <array>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -168,7 +168,7 @@ class lock_table {
 
   inspect_result inspect(std::string_view key, tick now) const;
 
-  std::size_t keys() const { return index_.size(); }
+  std::size_t keys() const { return index_count_; }
   std::size_t held() const;
   std::size_t waiting() const;
   std::size_t owner_leases(owner_id owner) const;
@@ -180,40 +180,63 @@ class lock_table {
   std::string check_invariants() const;
 
  private:
-  using digest = std::array<std::uint8_t, 16>;
-  struct digest_hash {
-    std::size_t operator()(const digest& d) const noexcept;
-  };
   static constexpr std::uint32_t nil = 0xffffffffu;
 
-  // Records live in slabs (vectors with free lists) and link to each other by index, so a
-  // lease costs one slot and no allocation of its own.
-  struct entry_rec {
-    digest hash{};
+  // Records live in chunked slabs (no per-record allocation, no doubling slack, stable
+  // indices) and link to each other by 32-bit index. Sizes matter: a held lease on its own key
+  // costs one entry_rec, one lease_rec, one heap node and ~8 bytes of index.
+  template <class T>
+  class slab {
+   public:
+    T& operator[](std::uint32_t i) { return chunks_[i >> chunk_bits][i & chunk_mask]; }
+    const T& operator[](std::uint32_t i) const {
+      return chunks_[i >> chunk_bits][i & chunk_mask];
+    }
+    std::uint32_t alloc();
+    void release(std::uint32_t i);
+    std::size_t live() const { return high_water_ - free_.size(); }
+    std::uint32_t high_water() const { return high_water_; }
+
+   private:
+    static constexpr std::uint32_t chunk_bits = 12;
+    static constexpr std::uint32_t chunk_mask = (1u << chunk_bits) - 1;
+    std::vector<std::unique_ptr<T[]>> chunks_;
+    std::vector<std::uint32_t> free_;
+    std::uint32_t high_water_ = 0;
+  };
+
+  struct entry_rec {  // one live key; free when limit == 0
     std::string key;
-    std::uint64_t incarnation = 0;  // tells a recycled slot from the one a deadline names
-    tick delay_until{0};            // lock delay end; 0 when none runs
+    std::uint32_t hash = 0;  // from the key's MD5: index position and quick compare
     std::uint32_t limit = 0;
     std::uint32_t held = 0;
     std::uint32_t waiting = 0;
-    std::uint32_t first_lease = nil, last_lease = nil;
-    std::uint32_t first_waiter = nil, last_waiter = nil;
-    bool live = false;
+    std::uint32_t first_lease = nil, last_lease = nil;    // holders, singly linked, grant order
+    std::uint32_t first_waiter = nil, last_waiter = nil;  // FIFO queue, doubly linked
   };
-  struct lease_rec {
-    std::uint64_t token = 0;  // 0 marks a free slot
-    tick deadline{0};
+#pragma pack(push, 4)
+  struct lease_rec {  // free when token == 0
+    std::uint64_t token = 0;
     std::uint32_t entry = nil, owner = nil, ttl_ms = 0;
-    std::uint32_t key_prev = nil, key_next = nil;
+    std::uint32_t key_next = nil;
     std::uint32_t owner_prev = nil, owner_next = nil;
+    std::uint32_t heap_pos = nil;  // its deadline in deadlines_
   };
-  struct waiter_rec {
-    std::uint64_t ticket = 0;  // 0 marks a free slot
+  // One node of the deadline index, a binary min-heap. Each record it names knows its node's
+  // position (heap_pos), so an extend moves the node and a release removes it: the heap holds
+  // exactly one node per live lease, bounded waiter and running lock delay.
+  struct heap_node {
+    std::int64_t when;  // tick count
+    std::uint32_t ref;  // kind in the top two bits, slot below
+  };
+#pragma pack(pop)
+  struct waiter_rec {  // free when seq == 0
+    std::uint64_t seq = 0;  // arrival order, for the invariant checker
     std::uint64_t request_id = 0;
-    tick deadline{0};          // tick::max() when waiting without bound
     std::uint32_t entry = nil, owner = nil, ttl_ms = 0;
     std::uint32_t key_prev = nil, key_next = nil;
     std::uint32_t owner_prev = nil, owner_next = nil;
+    std::uint32_t heap_pos = nil;  // nil when waiting without bound
     bool has_request_id = false;
     lock_mode mode = lock_mode::exclusive;
   };
@@ -223,51 +246,46 @@ class lock_table {
     std::uint32_t leases = 0, waiters = 0;
     bool live = false;
   };
-  // One entry of the deadline index: a binary min-heap with lazy deletion. An item is stale
-  // when the record it names was freed or got another deadline; stale items are skipped when
-  // they reach the top, and the heap is rebuilt when they outnumber the live ones.
-  enum class deadline_kind : std::uint8_t { lease, waiter, delay };
-  struct deadline_item {
-    tick when;
-    std::uint64_t ident;  // lease token, waiter ticket or entry incarnation
-    std::uint32_t slot;
-    deadline_kind kind;
-  };
+  enum class ref_kind : std::uint32_t { lease = 0, waiter = 1, delay = 2 };
+  static constexpr std::uint32_t max_slot = (1u << 30) - 1;
 
-  template <class T>
-  struct slab {
-    std::vector<T> items;
-    std::vector<std::uint32_t> free;
-    std::uint32_t alloc();
-    void release(std::uint32_t i);
-    std::size_t live() const { return items.size() - free.size(); }
-  };
-
-  static digest md5_of(std::string_view key);
-  std::uint32_t find_entry(std::string_view key) const;
-  std::uint32_t new_entry(const digest& hash, std::string_view key, std::uint32_t limit);
+  static std::uint32_t hash_of(std::string_view key);
+  std::uint32_t find_entry(std::string_view key, std::uint32_t hash) const;
+  std::uint32_t find_entry(std::string_view key) const { return find_entry(key, hash_of(key)); }
+  void index_insert(std::uint32_t e);
+  void index_erase(std::uint32_t e);
+  void index_resize(std::size_t capacity);
+  std::uint32_t new_entry(std::uint32_t hash, std::string_view key, std::uint32_t limit);
+  bool in_delay(std::uint32_t e) const { return !delays_.empty() && delays_.count(e) != 0; }
   void erase_if_idle(std::uint32_t e);
   std::uint32_t find_lease(std::uint32_t e, std::uint64_t token) const;
+  tick deadline_of(std::uint32_t heap_pos) const { return tick(deadlines_[heap_pos].when); }
   std::uint64_t grant(std::uint32_t e, std::uint32_t owner, std::uint32_t ttl_ms, tick now);
   void unlink_lease(std::uint32_t l);
   void unlink_waiter(std::uint32_t w);
   void lose_lease(std::uint32_t l, tick now);
+  void end_delay(std::uint32_t e);
   void expire_lease(std::uint32_t l, tick now, std::vector<table_event>& events);
   void promote(std::uint32_t e, tick now, std::vector<table_event>& events);
-  void push_deadline(const deadline_item& item);
-  bool is_current(const deadline_item& item) const;
-  void compact_deadlines();
+
+  std::uint32_t heap_push(tick when, ref_kind kind, std::uint32_t slot);
+  void heap_remove(std::uint32_t pos);
+  void heap_update(std::uint32_t pos, tick when);
+  void heap_place(std::uint32_t pos, heap_node node);  // writes node, tells its record
+  void heap_sift_up(std::uint32_t pos);
+  void heap_sift_down(std::uint32_t pos);
 
   table_limits limits_;
   token_source& tokens_;
-  std::unordered_map<digest, std::uint32_t, digest_hash> index_;
+  std::vector<std::uint32_t> index_;  // open addressing, linear probing: entry slot or nil
+  std::size_t index_count_ = 0;
   slab<entry_rec> entries_;
   slab<lease_rec> leases_;
   slab<waiter_rec> waiters_;
   slab<owner_rec> owners_;
-  std::vector<deadline_item> deadlines_;
-  std::uint64_t next_ticket_ = 1;
-  std::uint64_t next_incarnation_ = 1;
+  std::vector<heap_node> deadlines_;
+  std::unordered_map<std::uint32_t, std::uint32_t> delays_;  // entry -> heap pos of its lock delay
+  std::uint64_t next_seq_ = 1;
   std::uint64_t last_token_ = 0;
   table_counters counters_;
 };

@@ -1,6 +1,8 @@
 // The lock table's semantics, with a fake clock and no sleeps.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -429,4 +431,95 @@ TEST_CASE("idle keys leave the table and slots are reused", "[table]") {
   }
   REQUIRE(f.table.keys() == 0);
   REQUIRE(f.table.held() == 0);
+}
+
+TEST_CASE("random operations keep every invariant and never grant beyond the limit",
+          "[table]") {
+  table_limits limits;
+  limits.max_waiters_per_key = 8;
+  limits.max_pending_per_owner = 6;
+  limits.max_keys = 40;
+  SECTION("without lock delay") {}
+  SECTION("with lock delay") { limits.lock_delay_ms = 30; }
+  fixture f(limits);
+  std::mt19937_64 rng(42);
+  std::vector<owner_id> owners;
+  for (int i = 0; i < 6; ++i) owners.push_back(f.table.connect());
+  struct held_lease {
+    std::string key;
+    std::uint64_t token;
+  };
+  std::vector<held_lease> held;
+  std::uint64_t last_token = 0;
+  std::uint64_t next_id = 1;
+  auto key_of = [&](std::uint64_t r) { return "k" + std::to_string(r % 50); };
+  auto limit_of = [](const std::string& key) { return key.size() % 2 == 0 ? 1u : 3u; };
+  auto absorb = [&] {
+    for (const auto& ev : f.take()) {
+      if (ev.kind == event_kind::granted) {
+        REQUIRE(ev.token > last_token);
+        last_token = ev.token;
+      }
+    }
+  };
+  for (int step = 0; step < 20000; ++step) {
+    std::uint64_t r = rng();
+    owner_id o = owners[r % owners.size()];
+    std::string key = key_of(r >> 8);
+    switch ((r >> 16) % 8) {
+      case 0:
+      case 1: {
+        std::optional<std::uint32_t> wait;
+        if ((r >> 24) % 3 == 0) wait = 0;
+        if ((r >> 24) % 3 == 1) wait = static_cast<std::uint32_t>((r >> 32) % 50);
+        auto res = f.acquire(o, key, wait, next_id++, 1 + (r >> 40) % 80, limit_of(key));
+        if (res.status == acquire_status::granted) {
+          REQUIRE(res.token > last_token);
+          last_token = res.token;
+          held.push_back({key, res.token});
+        }
+        break;
+      }
+      case 2:
+        if (!held.empty()) {
+          auto i = (r >> 24) % held.size();
+          f.release(held[i].key, held[i].token);
+          held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
+        }
+        break;
+      case 3:
+        if (!held.empty()) {
+          auto i = (r >> 24) % held.size();
+          std::uint32_t ttl = 0;
+          f.table.extend(held[i].key, held[i].token, 1 + (r >> 32) % 80, f.now, f.events, &ttl);
+          f.check();
+        }
+        break;
+      case 4:
+        f.table.cancel(o, (r >> 24) % next_id, f.events);
+        f.check();
+        break;
+      case 5:
+        if ((r >> 24) % 20 == 0) {
+          f.table.disconnect(o, f.now, f.events);
+          f.check();
+          *std::find(owners.begin(), owners.end(), o) = f.table.connect();
+        }
+        break;
+      default:
+        f.advance(std::chrono::milliseconds((r >> 24) % 20));
+        break;
+    }
+    absorb();
+    for (const auto& k : {key, key_of(r >> 20)}) {
+      REQUIRE(f.table.inspect(k, f.now).holders.size() <= limit_of(k));
+    }
+  }
+  // Everyone leaves: the table empties completely.
+  for (owner_id o : owners) f.table.disconnect(o, f.now, f.events);
+  f.advance(std::chrono::milliseconds(1000));
+  REQUIRE(f.table.keys() == 0);
+  REQUIRE(f.table.held() == 0);
+  REQUIRE(f.table.waiting() == 0);
+  REQUIRE_FALSE(f.table.next_deadline().has_value());
 }
