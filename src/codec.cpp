@@ -139,7 +139,7 @@ std::string json_fault_message(std::size_t position, std::string_view last_token
 // ---------------------------------------------------------------------------------------------
 // Request members
 
-enum class value_type : std::uint8_t { op, string, integer };
+enum class value_type : std::uint8_t { op, string, integer, boolean };
 
 struct member_spec {
   std::string_view name;
@@ -147,10 +147,11 @@ struct member_spec {
   value_type type;
   std::string request::*text;   // value_type::string
   std::uint64_t request::*num;  // value_type::integer
+  bool request::*flag = nullptr;  // value_type::boolean
 };
 
 // In field-bit order, which is also the order append_request writes them in.
-constexpr std::array<member_spec, 10> request_fields = {{
+constexpr std::array<member_spec, 11> request_fields = {{
     {"id", field::id, value_type::integer, nullptr, &request::id},
     {"key", field::key, value_type::string, &request::key, nullptr},
     {"token", field::token, value_type::integer, nullptr, &request::token},
@@ -161,6 +162,7 @@ constexpr std::array<member_spec, 10> request_fields = {{
     {"auth", field::auth, value_type::string, &request::auth, nullptr},
     {"client", field::client, value_type::string, &request::client, nullptr},
     {"n", field::n, value_type::integer, nullptr, &request::n},
+    {"noreply", field::noreply, value_type::boolean, nullptr, nullptr, &request::noreply},
 }};
 
 constexpr member_spec op_member = {"op", field{}, value_type::op, nullptr, nullptr};
@@ -190,6 +192,7 @@ void reset_request(request& out) noexcept {
   out.auth.clear();
   out.client.clear();
   out.op_name.clear();
+  out.noreply = false;
 }
 
 // nlohmann SAX handler that decodes a request frame into `out`.
@@ -206,7 +209,12 @@ class request_handler {
   request_handler& operator=(const request_handler&) = delete;
 
   bool null() { return scalar(); }
-  bool boolean(bool /*value*/) { return scalar(); }
+  bool boolean(bool value) {
+    if (!decoding_member() || current_->type != value_type::boolean) return scalar();
+    out_.*(current_->flag) = value;
+    out_.set(current_->bit);
+    return true;
+  }
   bool number_integer(json::number_integer_t /*value*/) { return scalar(); }  // negatives only
   bool number_float(json::number_float_t /*value*/, const json::string_t& /*text*/) {
     return scalar();  // fractions, exponents, and integers beyond 64 bits
@@ -232,6 +240,7 @@ class request_handler {
         out_.set(current_->bit);
         return true;
       case value_type::integer:
+      case value_type::boolean:
         break;
     }
     return scalar();
@@ -306,6 +315,8 @@ class request_handler {
       case value_type::op:
       case value_type::string:
         return fail_member("field '", "' must be a string");
+      case value_type::boolean:
+        return fail_member("field '", "' must be true or false");
       case value_type::integer:
         break;
     }
@@ -589,7 +600,26 @@ bool decode_request_fast(std::string_view frame, request& out) noexcept {
     skip_ws();
     const member_spec* spec = find_request_member(name);
     if (spec == nullptr) return false;  // unknown member: its value may be anything
-    if (spec->type == value_type::integer) {
+    if (spec->type == value_type::boolean) {
+      if (out.has(spec->bit)) return false;
+      auto literal = [&](std::string_view word) {
+        if (static_cast<std::size_t>(end - p) < word.size() ||
+            std::string_view(p, word.size()) != word) {
+          return false;
+        }
+        p += word.size();
+        return true;
+      };
+      if (literal("true")) {
+        out.*(spec->flag) = true;
+      } else if (!literal("false")) {
+        return false;
+      }
+      if (p < end && *p != ',' && *p != '}' && *p != ' ' && *p != '\t' && *p != '\r') {
+        return false;
+      }
+      out.set(spec->bit);
+    } else if (spec->type == value_type::integer) {
       if (out.has(spec->bit)) return false;
       if (p == end || *p < '0' || *p > '9') return false;
       std::uint64_t v = 0;
@@ -675,6 +705,9 @@ void append_request(std::string& out, const request& req) {
     if (!req.has(spec.bit)) continue;
     if (spec.type == value_type::integer) {
       append_uint_member(out, spec.name, req.*(spec.num));
+    } else if (spec.type == value_type::boolean) {
+      append_name(out, spec.name);
+      out += req.*(spec.flag) ? "true" : "false";
     } else {
       append_string_member(out, spec.name, req.*(spec.text));
     }

@@ -18,7 +18,7 @@ constexpr op_spec op_specs[] = {
     {"hello", op::hello, 0, field::auth | field::client},
     {"ping", op::ping, 0, 0},
     {"acquire", op::acquire, key_field, field::ttl_ms | field::wait_ms | field::limit},
-    {"release", op::release, field::key | field::token, 0},
+    {"release", op::release, field::key | field::token, static_cast<std::uint16_t>(field::noreply)},
     {"extend", op::extend, field::key | field::token, static_cast<std::uint16_t>(field::ttl_ms)},
     {"cancel", op::cancel, static_cast<std::uint16_t>(field::target), 0},
     {"inspect", op::inspect, key_field, 0},
@@ -26,8 +26,8 @@ constexpr op_spec op_specs[] = {
 };
 
 // Field names for messages, in bit order of `field`.
-constexpr std::string_view field_names[] = {"id",    "key",  "token",  "ttl_ms", "wait_ms",
-                                            "limit", "target", "auth", "client", "n"};
+constexpr std::string_view field_names[] = {"id",     "key",  "token",  "ttl_ms", "wait_ms", "limit",
+                                            "target", "auth", "client", "n",      "noreply"};
 
 std::array<unsigned char, 32> sha256(std::string_view s) {
   std::array<unsigned char, 32> d{};
@@ -272,6 +272,7 @@ void dispatcher::do_release(connection_info& conn, const request& req, tick now,
   events_.clear();
   lease_status st = table_.release(req.key, req.token, now, events_);
   deliver_events(&conn, &out);
+  if (req.noreply) return;  // the client asked not to wait a round trip for this
   if (st == lease_status::ok) {
     append_reply(out, fresh(reply_, &req));
   } else {

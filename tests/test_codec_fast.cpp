@@ -40,10 +40,15 @@ const std::vector<std::string> seeds = {
     R"({"op":"inspect","key":"a b c"})",
     R"({"op":"stats"})",
     R"({"op":"frobnicate","id":4})",
+    R"({"op":"release","key":"k","token":5,"noreply":true})",
+    R"({"op":"release","key":"k","token":5,"noreply":false,"id":2})",
     R"( { "op" : "ping" , "id" : 10 } )",
     R"({"id":5,"op":"ping","extra":[1,{"x":2}]})",
     R"({"op":"acquire","key":"caf\u00e9","id":1})",
     "{\"op\":\"acquire\",\"key\":\"caf\xc3\xa9\",\"id\":1}",
+    R"({"op":"release","key":"k","token":5,"noreply":1})",
+    R"({"op":"release","key":"k","token":5,"noreply":"yes"})",
+    R"({"op":"release","key":"k","token":5,"noreply":truex})",
     R"({"op":"ping","id":-1})",
     R"({"op":"ping","id":1.0})",
     R"({"op":"ping","id":01})",
@@ -62,7 +67,7 @@ const std::vector<std::string> seeds = {
 
 TEST_CASE("the fast decoder handles the frames clients send", "[codec]") {
   request r;
-  for (std::size_t i = 0; i < 12; ++i) {
+  for (std::size_t i = 0; i < 14; ++i) {
     if (i == 4) continue;  // 20 digits: left to the full parser
     INFO(seeds[i]);
     REQUIRE(decode_request_fast(seeds[i], r));
@@ -106,4 +111,20 @@ TEST_CASE("the fast decoder declines what it cannot decide and agrees with the f
     require_same(fast, full);
   }
   REQUIRE(accepted > 10'000);  // the comparison above really ran on many frames
+}
+
+TEST_CASE("noreply is a boolean, decoded by both paths alike", "[codec]") {
+  request fast, full;
+  REQUIRE(decode_request_fast(R"({"op":"release","key":"k","token":5,"noreply":true})", fast));
+  REQUIRE(fast.noreply);
+  REQUIRE(fast.has(field::noreply));
+  REQUIRE_FALSE(decode_request_full(R"({"op":"release","key":"k","token":5,"noreply" : true })",
+                                    full));
+  REQUIRE(full.noreply);
+  auto err = decode_request(R"({"op":"release","key":"k","token":5,"noreply":1})", full);
+  REQUIRE(err.has_value());
+  REQUIRE(err->message.find("noreply") != std::string::npos);
+  std::string encoded;
+  append_request(encoded, fast);
+  REQUIRE(encoded.find(R"("noreply":true)") != std::string::npos);
 }

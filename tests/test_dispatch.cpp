@@ -73,7 +73,7 @@ std::uint16_t mask_of(const nlohmann::json& names) {
       {"id", field::id},         {"key", field::key},       {"token", field::token},
       {"ttl_ms", field::ttl_ms}, {"wait_ms", field::wait_ms}, {"limit", field::limit},
       {"target", field::target}, {"auth", field::auth},     {"client", field::client},
-      {"n", field::n}};
+      {"n", field::n},           {"noreply", field::noreply}};
   std::uint16_t m = 0;
   for (const auto& n : names) m = m | fields.at(n.get<std::string>());
   return m;
@@ -206,4 +206,21 @@ TEST_CASE("client errors are reported to the server's hook, normal failures are 
   f.send(a, R"({"op":"release","key":"k","token":5})");  // not_held: normal
   REQUIRE(seen == std::vector<errc>{errc::bad_request, errc::unknown_op});
   REQUIRE(f.dispatch.counters().errors[static_cast<std::size_t>(errc::not_held)] == 1);
+}
+
+TEST_CASE("a noreply release is not answered but still grants the next waiter", "[dispatch]") {
+  fixture f;
+  auto& a = f.connect("a");
+  auto& b = f.connect("b");
+  f.send(a, R"({"op":"acquire","id":1,"key":"k"})");
+  f.send(b, R"({"op":"acquire","id":2,"key":"k"})");
+  REQUIRE(f.send(a, R"({"op":"release","id":3,"key":"k","token":1,"noreply":true})").empty());
+  REQUIRE(f.out.outputs[b.owner].find(R"({"id":2,"ok":true,"token":2)") != std::string::npos);
+  SECTION("not_held is not answered either") {
+    REQUIRE(f.send(a, R"({"op":"release","id":4,"key":"k","token":1,"noreply":true})").empty());
+  }
+  SECTION("a malformed noreply release is answered") {
+    REQUIRE(f.send(a, R"({"op":"release","id":5,"key":"k","noreply":true})").find("bad_request") !=
+            std::string::npos);
+  }
 }

@@ -72,6 +72,7 @@ enum class field : std::uint16_t {
   auth = 1u << 7,
   client = 1u << 8,
   n = 1u << 9,
+  noreply = 1u << 10,
 };
 
 constexpr std::uint16_t operator|(field a, field b) noexcept {
@@ -100,6 +101,7 @@ struct request {
   std::string auth;           // hello
   std::string client;         // hello: a name for people (shown by inspect)
   std::string op_name;        // the op string as sent when kind == op::unknown (<= 64 bytes)
+  bool noreply = false;       // release: do not answer (PROTOCOL.md "noreply")
 
   bool has(field f) const noexcept { return (fields & static_cast<std::uint16_t>(f)) != 0; }
   void set(field f) noexcept { fields = fields | f; }

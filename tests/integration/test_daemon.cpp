@@ -432,3 +432,15 @@ TEST_CASE("keylockd refuses a non-loopback address without auth and says why", "
   REQUIRE_THROWS_WITH(test::daemon({"--listen", "0.0.0.0:0"}),
                       Catch::Matchers::Contains("without auth"));
 }
+
+TEST_CASE("a noreply release frees the key without a reply", "[integration]") {
+  test::daemon d;
+  conn c(d.port()), other(d.port());
+  std::uint64_t token = acquire_now(c, "nr");
+  REQUIRE(other.send_line(R"({"op":"acquire","id":8,"key":"nr"})"));
+  REQUIRE(c.send_line(R"({"op":"release","id":2,"key":"nr","noreply":true,"token":)" +
+                      std::to_string(token) + "}"));
+  REQUIRE(c.send_line(R"({"op":"ping","id":3})"));
+  REQUIRE(parse(c.recv_line()).id == std::optional<std::uint64_t>(3));
+  REQUIRE(parse(other.recv_line()).id == std::optional<std::uint64_t>(8));
+}
