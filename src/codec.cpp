@@ -427,6 +427,39 @@ constexpr std::array<stats_member, 10> stats_members = {{
 // decode_reply helpers (DOM)
 
 // Reads the members of one reply object into a reply, recording the first mistyped member.
+void append_queues(std::string& out, const std::vector<queue_info>& queues) {
+  append_name(out, "queues");
+  out += '[';
+  for (std::size_t i = 0; i < queues.size(); ++i) {
+    if (i != 0) out += ',';
+    out += "{\"key\":";
+    append_json_string(out, queues[i].key);
+    append_uint_member(out, "waiters", queues[i].waiters);
+    append_uint_member(out, "held", queues[i].held);
+    append_uint_member(out, "limit", queues[i].limit);
+    out += '}';
+  }
+  out += ']';
+}
+
+void append_oldest(std::string& out, const std::vector<lease_info>& leases) {
+  append_name(out, "oldest");
+  out += '[';
+  for (std::size_t i = 0; i < leases.size(); ++i) {
+    const lease_info& l = leases[i];
+    if (i != 0) out += ',';
+    out += "{\"key\":";
+    append_json_string(out, l.key);
+    append_uint_member(out, "token", l.token);
+    append_uint_member(out, "held_ms", l.held_ms);
+    append_uint_member(out, "ttl_ms_left", l.ttl_ms_left);
+    if (!l.client.empty()) append_string_member(out, "client", l.client);
+    if (!l.peer.empty()) append_string_member(out, "peer", l.peer);
+    out += '}';
+  }
+  out += ']';
+}
+
 class reply_reader {
  public:
   explicit reply_reader(const json& object) noexcept : object_(object) {}
@@ -512,6 +545,53 @@ bool read_holders(reply_reader& reader, const json& value, std::vector<holder_in
   return true;
 }
 
+// Reads an array of objects, each through `read_one(reply_reader&, T&)`.
+template <class T, class ReadOne>
+bool read_list(reply_reader& reader, std::string_view name, std::optional<std::vector<T>>& out,
+               ReadOne read_one) {
+  const json* value = reader.find(name);
+  if (value == nullptr) return true;
+  if (!value->is_array()) return reader.mistyped(name, "an array of objects");
+  out.emplace();
+  out->reserve(value->size());
+  for (const json& item : *value) {
+    if (!item.is_object()) return reader.mistyped(name, "an array of objects");
+    reply_reader element(item);
+    T t;
+    if (!read_one(element, t)) {
+      reader.error() = "in '" + std::string(name) + "': " + element.error();
+      return false;
+    }
+    out->push_back(std::move(t));
+  }
+  return true;
+}
+
+bool read_queue(reply_reader& r, queue_info& q) {
+  std::optional<std::uint64_t> waiters, held, limit;
+  if (!r.read("key", q.key) || !r.read("waiters", waiters) || !r.read("held", held) ||
+      !r.read("limit", limit)) {
+    return false;
+  }
+  q.waiters = waiters.value_or(0);
+  q.held = held.value_or(0);
+  q.limit = limit.value_or(0);
+  return true;
+}
+
+bool read_lease(reply_reader& r, lease_info& l) {
+  std::optional<std::uint64_t> token, held_ms, ttl_ms_left;
+  if (!r.read("key", l.key) || !r.read("token", token) || !r.read("held_ms", held_ms) ||
+      !r.read("ttl_ms_left", ttl_ms_left) || !r.read("client", l.client) ||
+      !r.read("peer", l.peer)) {
+    return false;
+  }
+  l.token = token.value_or(0);
+  l.held_ms = held_ms.value_or(0);
+  l.ttl_ms_left = ttl_ms_left.value_or(0);
+  return true;
+}
+
 // Fills `out` from a parsed reply object; on failure the reason is in reader.error().
 bool read_reply(reply_reader& reader, reply& out) {
   if (!reader.read("id", out.id)) return false;
@@ -557,7 +637,8 @@ bool read_reply(reply_reader& reader, reply& out) {
   if (const json* holders = reader.find("holders"); holders != nullptr) {
     if (!read_holders(reader, *holders, out.holders)) return false;
   }
-  return true;
+  return read_list(reader, "queues", out.queues, read_queue) &&
+         read_list(reader, "oldest", out.oldest, read_lease);
 }
 
 }  // namespace
@@ -778,6 +859,8 @@ void append_reply(std::string& out, const reply& rep) {
       append_uint_member(out, member.name, (*rep.stats).*(member.value));
     }
   }
+  if (rep.queues) append_queues(out, *rep.queues);
+  if (rep.oldest) append_oldest(out, *rep.oldest);
   out += "}\n";
 }
 

@@ -23,7 +23,11 @@ constexpr op_spec op_specs[] = {
     {"cancel", op::cancel, static_cast<std::uint16_t>(field::target), 0},
     {"inspect", op::inspect, key_field, 0},
     {"stats", op::stats, 0, 0},
+    {"top", op::top, 0, static_cast<std::uint16_t>(field::n)},
 };
+
+constexpr std::uint64_t default_top_n = 10;
+constexpr std::uint64_t max_top_n = 100;
 
 // Field names for messages, in bit order of `field`.
 constexpr std::string_view field_names[] = {"id",     "key",  "token",  "ttl_ms", "wait_ms", "limit",
@@ -53,6 +57,8 @@ reply& fresh(reply& r, const request* req) {
   r.waiters.reset();
   r.limit.reset();
   r.stats.reset();
+  r.queues.reset();
+  r.oldest.reset();
   return r;
 }
 
@@ -174,6 +180,8 @@ bool dispatcher::validate_or_reply(connection_info& conn, const request& req, st
              check(field::limit, "limit", req.limit, 1, settings_.max_limit);
     case op::extend:
       return check(field::ttl_ms, "ttl_ms", req.ttl_ms, 1, settings_.max_ttl_ms);
+    case op::top:
+      return check(field::n, "n", req.n, 1, max_top_n);
     case op::hello:
       return check(field::client, "client name length in bytes", req.client.size(), 0,
                    max_client_name_bytes);
@@ -213,6 +221,9 @@ void dispatcher::handle(connection_info& conn, const request& req, tick now, std
       break;
     case op::stats:
       do_stats(conn, req, now, out);
+      break;
+    case op::top:
+      do_top(conn, req, now, out);
       break;
     case op::unknown:
       break;
@@ -329,9 +340,7 @@ void dispatcher::do_inspect(connection_info& conn, const request& req, tick now,
   append_reply(out, r);
 }
 
-void dispatcher::do_stats(connection_info& conn, const request& req, tick now,
-                          std::string& out) {
-  (void)conn;
+stats_info dispatcher::current_stats(tick now) const {
   const table_counters& c = table_.counters();
   stats_info s;
   s.connections = delivery_.connections();
@@ -345,8 +354,40 @@ void dispatcher::do_stats(connection_info& conn, const request& req, tick now,
   s.expirations = c.expirations;
   s.uptime_ms = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(now - started_).count());
+  return s;
+}
+
+void dispatcher::do_stats(connection_info& conn, const request& req, tick now,
+                          std::string& out) {
+  (void)conn;
   reply& r = fresh(reply_, &req);
-  r.stats = s;
+  r.stats = current_stats(now);
+  append_reply(out, r);
+}
+
+void dispatcher::do_top(connection_info& conn, const request& req, tick now, std::string& out) {
+  (void)conn;
+  top_result top = table_.top(req.has(field::n) ? req.n : default_top_n, now);
+  reply& r = fresh(reply_, &req);
+  r.stats = current_stats(now);
+  r.queues.emplace();
+  for (const top_queue& q : top.queues) {
+    r.queues->push_back({std::string(q.key), q.waiters, q.held, q.limit});
+  }
+  r.oldest.emplace();
+  for (const top_lease& l : top.oldest) {
+    lease_info info;
+    info.key = l.key;
+    info.token = l.token;
+    info.held_ms = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(l.held_for).count());
+    info.ttl_ms_left = l.ttl_ms_left;
+    if (const connection_info* owner = delivery_.info_for(l.owner)) {
+      info.client = owner->client;
+      info.peer = owner->peer;
+    }
+    r.oldest->push_back(std::move(info));
+  }
   append_reply(out, r);
 }
 

@@ -106,6 +106,8 @@ class dispatcher {
   void do_cancel(connection_info& conn, const request& req, std::string& out);
   void do_inspect(connection_info& conn, const request& req, tick now, std::string& out);
   void do_stats(connection_info& conn, const request& req, tick now, std::string& out);
+  void do_top(connection_info& conn, const request& req, tick now, std::string& out);
+  stats_info current_stats(tick now) const;
 
   const config& settings_;
   lock_table& table_;

@@ -253,6 +253,7 @@ std::uint64_t lock_table::grant(std::uint32_t e, std::uint32_t owner, std::uint3
   rec.entry = e;
   rec.owner = owner;
   rec.ttl_ms = ttl_ms;
+  rec.granted = now.count();
   if (ent.last_lease != nil) {
     leases_[ent.last_lease].key_next = l;
   } else {
@@ -273,8 +274,9 @@ std::uint64_t lock_table::grant(std::uint32_t e, std::uint32_t owner, std::uint3
   return token;
 }
 
-void lock_table::unlink_lease(std::uint32_t l) {
+void lock_table::unlink_lease(std::uint32_t l, tick now) {
   lease_rec& rec = leases_[l];
+  counters_.hold.observe(now - tick(rec.granted));
   entry_rec& ent = entries_[rec.entry];
   owner_rec& own = owners_[rec.owner];
   // The key's holder list is singly linked: find the predecessor (holders <= limit).
@@ -309,7 +311,7 @@ void lock_table::unlink_waiter(std::uint32_t w) {
 // A lease that ends without a release (expiry, disconnect): start the key's lock delay.
 void lock_table::lose_lease(std::uint32_t l, tick now) {
   std::uint32_t e = leases_[l].entry;
-  unlink_lease(l);
+  unlink_lease(l, now);
   if (limits_.lock_delay_ms == 0) return;
   tick until = now + ms(limits_.lock_delay_ms);
   auto it = delays_.find(e);
@@ -366,6 +368,7 @@ void lock_table::promote(std::uint32_t e, tick now, std::vector<table_event>& ev
     } else {
       ev.kind = event_kind::granted;
       ev.ttl_ms = wr.ttl_ms;
+      counters_.wait.observe(now - wr.arrived);
       std::uint32_t owner = wr.owner;
       unlink_waiter(w);
       ev.token = grant(e, owner, ev.ttl_ms, now);
@@ -393,6 +396,7 @@ acquire_result lock_table::acquire(owner_id owner, const acquire_args& args, tic
   const entry_rec& ent = entries_[e];
   if (ent.held < ent.limit && ent.first_waiter == nil && !in_delay(e)) {
     if (leases_.high_water() >= max_slot) return {acquire_status::too_many_keys, 0};
+    counters_.wait.observe(tick{0});
     return {acquire_status::granted, grant(e, owner, args.ttl_ms, now)};
   }
   if (args.wait_ms && *args.wait_ms == 0) {
@@ -410,6 +414,7 @@ acquire_result lock_table::acquire(owner_id owner, const acquire_args& args, tic
   entry_rec& ent_w = entries_[e];
   owner_rec& own = owners_[owner];
   rec.seq = next_seq_++;
+  rec.arrived = now;
   rec.request_id = args.request_id.value_or(0);
   rec.has_request_id = args.request_id.has_value();
   rec.entry = e;
@@ -446,7 +451,7 @@ lease_status lock_table::release(std::string_view key, std::uint64_t token, tick
     expire_lease(l, now, events);
     return lease_status::not_held;
   }
-  unlink_lease(l);
+  unlink_lease(l, now);
   ++counters_.releases;
   promote(e, now, events);
   erase_if_idle(e);
@@ -572,6 +577,43 @@ inspect_result lock_table::inspect(std::string_view key, tick now) const {
     const lease_rec& rec = leases_[l];
     out.holders.push_back({rec.token, ms_left(deadline_of(rec.heap_pos), now), rec.owner});
   }
+  return out;
+}
+
+top_result lock_table::top(std::size_t n, tick now) const {
+  top_result out;
+  if (n == 0) return out;
+  auto longer_queue = [](const top_queue& a, const top_queue& b) {
+    return a.waiters != b.waiters ? a.waiters > b.waiters : a.key < b.key;
+  };
+  auto older = [](const top_lease& a, const top_lease& b) {
+    return a.held_for != b.held_for ? a.held_for > b.held_for : a.token < b.token;
+  };
+  // Bounded heaps whose top is the worst kept candidate: O(keys * log n).
+  for (std::uint32_t e = 0; e < entries_.high_water(); ++e) {
+    const entry_rec& ent = entries_[e];
+    if (ent.limit == 0) continue;
+    if (ent.waiting > 0) {
+      out.queues.push_back({ent.key, ent.waiting, ent.held, ent.limit});
+      std::push_heap(out.queues.begin(), out.queues.end(), longer_queue);
+      if (out.queues.size() > n) {
+        std::pop_heap(out.queues.begin(), out.queues.end(), longer_queue);
+        out.queues.pop_back();
+      }
+    }
+    for (std::uint32_t l = ent.first_lease; l != nil; l = leases_[l].key_next) {
+      const lease_rec& rec = leases_[l];
+      out.oldest.push_back({ent.key, rec.token, now - tick(rec.granted),
+                            ms_left(deadline_of(rec.heap_pos), now), rec.owner});
+      std::push_heap(out.oldest.begin(), out.oldest.end(), older);
+      if (out.oldest.size() > n) {
+        std::pop_heap(out.oldest.begin(), out.oldest.end(), older);
+        out.oldest.pop_back();
+      }
+    }
+  }
+  std::sort_heap(out.queues.begin(), out.queues.end(), longer_queue);
+  std::sort_heap(out.oldest.begin(), out.oldest.end(), older);
   return out;
 }
 

@@ -26,6 +26,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "metrics.hpp"
+
 namespace keylock {
 
 // Monotonic time since an arbitrary epoch. The server passes steady_clock time; tests pass
@@ -119,6 +121,27 @@ struct table_counters {
   std::uint64_t cancels = 0;
   std::uint64_t extends = 0;
   std::uint64_t disconnect_releases = 0;
+  duration_histogram wait;  // arrival of an acquire -> its grant (0 when granted at once)
+  duration_histogram hold;  // grant -> end of the lease, however it ended
+};
+
+// The `top` snapshot: the longest queues and the oldest leases.
+struct top_queue {
+  std::string_view key;  // valid until the table changes
+  std::uint32_t waiters = 0;
+  std::uint32_t held = 0;
+  std::uint32_t limit = 0;
+};
+struct top_lease {
+  std::string_view key;  // valid until the table changes
+  std::uint64_t token = 0;
+  tick held_for{0};
+  std::uint64_t ttl_ms_left = 0;
+  owner_id owner = 0;
+};
+struct top_result {
+  std::vector<top_queue> queues;  // most waiters first, then key order
+  std::vector<top_lease> oldest;  // longest held first, then token order
 };
 
 class lock_table {
@@ -167,6 +190,9 @@ class lock_table {
   void abort_waiters(std::vector<table_event>& events);
 
   inspect_result inspect(std::string_view key, tick now) const;
+
+  // Up to `n` of each list, in one pass over the live keys and their holders.
+  top_result top(std::size_t n, tick now) const;
 
   std::size_t keys() const { return index_count_; }
   std::size_t held() const;
@@ -221,6 +247,7 @@ class lock_table {
     std::uint32_t key_next = nil;
     std::uint32_t owner_prev = nil, owner_next = nil;
     std::uint32_t heap_pos = nil;  // its deadline in deadlines_
+    std::int64_t granted = 0;      // tick count of the grant, for hold times and `top`
   };
   // One node of the deadline index, a binary min-heap. Each record it names knows its node's
   // position (heap_pos), so an extend moves the node and a release removes it: the heap holds
@@ -233,6 +260,7 @@ class lock_table {
   struct waiter_rec {  // free when seq == 0
     std::uint64_t seq = 0;  // arrival order, for the invariant checker
     std::uint64_t request_id = 0;
+    tick arrived{0};        // for the wait-time histogram
     std::uint32_t entry = nil, owner = nil, ttl_ms = 0;
     std::uint32_t key_prev = nil, key_next = nil;
     std::uint32_t owner_prev = nil, owner_next = nil;
@@ -261,7 +289,7 @@ class lock_table {
   std::uint32_t find_lease(std::uint32_t e, std::uint64_t token) const;
   tick deadline_of(std::uint32_t heap_pos) const { return tick(deadlines_[heap_pos].when); }
   std::uint64_t grant(std::uint32_t e, std::uint32_t owner, std::uint32_t ttl_ms, tick now);
-  void unlink_lease(std::uint32_t l);
+  void unlink_lease(std::uint32_t l, tick now);
   void unlink_waiter(std::uint32_t w);
   void lose_lease(std::uint32_t l, tick now);
   void end_delay(std::uint32_t e);

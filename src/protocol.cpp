@@ -66,6 +66,8 @@ std::string_view to_string(op kind) noexcept {
       return "inspect";
     case op::stats:
       return "stats";
+    case op::top:
+      return "top";
     case op::unknown:
       return "unknown";
   }
@@ -76,6 +78,9 @@ op op_from_string(std::string_view name) noexcept {
   // On the daemon's hot path (every request): dispatch on the length first so that at most
   // two comparisons run. "unknown" is deliberately not matched: it is no operation.
   switch (name.size()) {
+    case 3:
+      if (name == "top") return op::top;
+      break;
     case 4:
       if (name == "ping") return op::ping;
       break;

@@ -1110,7 +1110,7 @@ TEST_CASE("decode_request reproduces every request append_request writes", "[cod
   for (int kind = 0; kind <= static_cast<int>(op::unknown); ++kind) {
     request req;
     req.kind = static_cast<op>(kind);
-    if (req.kind == op::unknown) req.op_name = "top";
+    if (req.kind == op::unknown) req.op_name = "frobnicate";
     requests.push_back(req);  // no fields
     req.fields = 0x3FF;       // every field
     req.id = max_u64;

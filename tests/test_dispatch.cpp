@@ -224,3 +224,24 @@ TEST_CASE("a noreply release is not answered but still grants the next waiter", 
             std::string::npos);
   }
 }
+
+TEST_CASE("top answers stats plus queues and oldest leases with their clients", "[dispatch]") {
+  fixture f;
+  auto& a = f.connect("holder-a");
+  auto& b = f.connect("b");
+  f.send(a, R"({"op":"acquire","id":1,"key":"q"})");
+  f.send(b, R"({"op":"acquire","id":2,"key":"q"})");
+  std::string r = f.send(b, R"({"op":"top","id":3,"n":5})");
+  reply rep;
+  REQUIRE_FALSE(decode_reply(std::string_view(r).substr(0, r.size() - 1), rep));
+  REQUIRE(rep.stats.has_value());
+  REQUIRE(rep.stats->waiting == 1);
+  REQUIRE(rep.queues.has_value());
+  REQUIRE(rep.queues->size() == 1);
+  REQUIRE(rep.queues->at(0).key == "q");
+  REQUIRE(rep.queues->at(0).waiters == 1);
+  REQUIRE(rep.oldest->size() == 1);
+  REQUIRE(rep.oldest->at(0).client == "holder-a");
+  REQUIRE(rep.oldest->at(0).token == 1);
+  REQUIRE(f.send(b, R"({"op":"top","id":4,"n":101})").find("bad_request") != std::string::npos);
+}

@@ -523,3 +523,42 @@ TEST_CASE("random operations keep every invariant and never grant beyond the lim
   REQUIRE(f.table.waiting() == 0);
   REQUIRE_FALSE(f.table.next_deadline().has_value());
 }
+
+TEST_CASE("top lists the longest queues and the oldest leases, best first", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  auto first = f.acquire(a, "old", 0);
+  f.now += 100ms;
+  f.acquire(a, "busy", 0);
+  for (int i = 0; i < 3; ++i) f.acquire(b, "busy", std::nullopt, 10 + i);
+  f.acquire(a, "less", 0);
+  f.acquire(b, "less", std::nullopt, 20);
+  f.now += 50ms;
+  auto top = f.table.top(2, f.now);
+  REQUIRE(top.queues.size() == 2);
+  REQUIRE(top.queues[0].key == "busy");
+  REQUIRE(top.queues[0].waiters == 3);
+  REQUIRE(top.queues[0].held == 1);
+  REQUIRE(top.queues[1].key == "less");
+  REQUIRE(top.oldest.size() == 2);
+  REQUIRE(top.oldest[0].key == "old");
+  REQUIRE(top.oldest[0].token == first.token);
+  REQUIRE(top.oldest[0].held_for == 150ms);
+  REQUIRE(top.oldest[1].held_for == 50ms);
+  REQUIRE(f.table.top(0, f.now).oldest.empty());
+}
+
+TEST_CASE("wait and hold times are recorded in the histograms", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  auto r = f.acquire(a, "k", 0);  // granted at once: waits 0
+  f.acquire(b, "k", std::nullopt, 1);
+  f.now += 30ms;
+  REQUIRE(f.release("k", r.token) == lease_status::ok);  // held 30 ms; b waited 30 ms
+  const auto& c = f.table.counters();
+  REQUIRE(c.wait.count == 2);
+  REQUIRE(c.wait.sum_ns == 30'000'000);
+  REQUIRE(c.wait.buckets[0] == 1);  // the immediate grant
+  REQUIRE(c.hold.count == 1);
+  REQUIRE(c.hold.sum_ns == 30'000'000);
+}

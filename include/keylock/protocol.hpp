@@ -52,6 +52,7 @@ enum class op : std::uint8_t {
   cancel,
   inspect,
   stats,
+  top,
   unknown,
 };
 
@@ -97,7 +98,7 @@ struct request {
   std::uint64_t wait_ms = 0;  // acquire; absent = wait until granted
   std::uint64_t limit = 0;    // acquire
   std::uint64_t target = 0;   // cancel: id of the pending acquire to cancel
-  std::uint64_t n = 0;        // reserved for `top` (observability issue)
+  std::uint64_t n = 0;        // top: how many keys and leases to list
   std::string auth;           // hello
   std::string client;         // hello: a name for people (shown by inspect)
   std::string op_name;        // the op string as sent when kind == op::unknown (<= 64 bytes)
@@ -129,6 +130,24 @@ struct stats_info {
   std::uint64_t uptime_ms = 0;
 };
 
+// One key of the `top` reply's `queues` list.
+struct queue_info {
+  std::string key;
+  std::uint64_t waiters = 0;
+  std::uint64_t held = 0;
+  std::uint64_t limit = 0;
+};
+
+// One lease of the `top` reply's `oldest` list.
+struct lease_info {
+  std::string key;
+  std::uint64_t token = 0;
+  std::uint64_t held_ms = 0;
+  std::uint64_t ttl_ms_left = 0;
+  std::string client;  // empty when unknown (optional on the wire)
+  std::string peer;    // empty when unknown (optional on the wire)
+};
+
 // One frame from the server: a reply to a request (ok or error) or a pushed event.
 //
 // Replies are a union of every op's body: the encoder writes the members that are set, in a
@@ -158,7 +177,9 @@ struct reply {
   std::vector<holder_info> holders;     // inspect (written whenever `held` is set)
   std::optional<std::uint64_t> waiters; // inspect
   std::optional<std::uint64_t> limit;   // inspect
-  std::optional<stats_info> stats;      // stats (its members are written flat)
+  std::optional<stats_info> stats;      // stats, top (its members are written flat)
+  std::optional<std::vector<queue_info>> queues;  // top
+  std::optional<std::vector<lease_info>> oldest;  // top
 };
 
 }  // namespace keylock
