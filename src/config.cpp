@@ -38,6 +38,9 @@ const std::vector<setting>& settings() {
       {"auth", &config::auth, "Shared secret clients must send in hello (never logged)"},
       {"auth_file", &config::auth_file, "File whose first line is the shared secret"},
       {"log_level", &config::log_level, "trace, debug, info, warn, error, critical or off"},
+      {"log_format", &config::log_format, "text, or json for one JSON object per line"},
+      {"metrics_listen", &config::metrics_listen,
+       "HTTP address for /metrics, /healthz and /readyz, HOST:PORT; empty: none"},
       {"max_connections", &config::max_connections, "Most client connections at once", 1,
        1'000'000},
       {"max_frame_bytes", &config::max_frame_bytes, "Longest request line in bytes", 256,
@@ -160,8 +163,12 @@ std::optional<std::string> validate(const config& c) {
   bool level_ok = false;
   for (const char* l : levels) level_ok = level_ok || c.log_level == l;
   if (!level_ok) return "log_level must be one of trace, debug, info, warn, error, critical, off";
+  if (c.log_format != "text" && c.log_format != "json") return "log_format must be text or json";
   std::string host;
   std::uint16_t port = 0;
+  if (!c.metrics_listen.empty() && !split_host_port(c.metrics_listen, host, port)) {
+    return "metrics_listen must be HOST:PORT or empty, not " + c.metrics_listen;
+  }
   if (!split_host_port(c.listen, host, port)) return "listen must be HOST:PORT, not " + c.listen;
   if (!is_loopback_host(host) && c.auth.empty()) {
     return "refusing to listen on " + c.listen +

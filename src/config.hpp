@@ -23,6 +23,10 @@ struct config {
   std::string auth_file;
   // trace, debug, info, warn, error, critical, off.
   std::string log_level = "info";
+  // text (human-readable lines) or json (one JSON object per line, for log shippers).
+  std::string log_format = "text";
+  // Where the HTTP listener serves /metrics, /healthz and /readyz. Empty: no listener.
+  std::string metrics_listen = "127.0.0.1:7401";
 
   std::uint32_t max_connections = 16384;       // beyond: limit_exceeded, then close
   std::uint32_t max_frame_bytes = 65536;       // one request line; beyond: frame_too_large

@@ -8,6 +8,7 @@
 #include <exception>
 
 #include "config.hpp"
+#include "log_format.hpp"
 #include "server.hpp"
 
 namespace {
@@ -42,7 +43,7 @@ int main(int argc, char** argv) {
     const keylock::config& cfg = parsed.settings;
     auto logger = spdlog::stderr_color_st("keylockd");
     spdlog::set_default_logger(logger);
-    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+    keylock::set_log_format(*logger, cfg.log_format);
     spdlog::set_level(spdlog::level::from_str(cfg.log_level));
     raise_open_files_limit(cfg.max_connections);
 

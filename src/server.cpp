@@ -11,6 +11,8 @@
 #include "fencing.hpp"
 #include "keylock_version.hpp"
 #include "lock_table.hpp"
+#include "metrics.hpp"
+#include "metrics_http.hpp"
 #include "session.hpp"
 
 namespace keylock {
@@ -93,6 +95,11 @@ struct server::impl final : session_host, delivery {
     if (stopping_ && sessions_live_ == 0 && draining_.empty()) io_.stop();
   }
 
+  void count_bytes(std::size_t received, std::size_t sent) override {
+    bytes_in_ += received;
+    bytes_out_ += sent;
+  }
+
   void on_closed(session& s, bool graceful) override {
     owner_id o = s.info().owner;
     if (o < sessions_.size() && sessions_[o].get() == &s) {
@@ -135,6 +142,17 @@ struct server::impl final : session_host, delivery {
     if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) return "cannot listen on " + settings_.listen + ": " + ec.message();
     auto bound = acceptor_.local_endpoint(ec);
+    if (!settings_.metrics_listen.empty()) {
+      metrics_ = std::make_unique<metrics_http>(
+          io_, metrics_http::hooks{[this] { return render_prometheus(snapshot()); },
+                                   [this] { return healthy(); }, [this] { return !stopping_; }});
+      std::string metrics_bound;
+      if (auto err = metrics_->listen(settings_.metrics_listen, &metrics_bound)) {
+        return "cannot serve metrics on " + settings_.metrics_listen + ": " + *err;
+      }
+      spdlog::info("metrics on http://{}/metrics (health: /healthz, readiness: /readyz)",
+                   metrics_bound);
+    }
     spdlog::info(
         "keylockd {} listening on {} (protocol {}, max_connections {}, max_keys {}, "
         "max_frame_bytes {}, max_key_bytes {}, max_ttl_ms {}, max_waiters_per_key {}, "
@@ -174,6 +192,7 @@ struct server::impl final : session_host, delivery {
     if (sessions_live_ >= settings_.max_connections) {
       refuse(socket, peer);
     } else {
+      ++accepted_;
       owner_id owner = table_.connect();
       if (owner >= sessions_.size()) sessions_.resize(owner + 1);
       sessions_[owner] = std::make_shared<session>(std::move(socket), *this, owner, peer);
@@ -234,10 +253,46 @@ struct server::impl final : session_host, delivery {
     });
   }
 
+  // The probe is answered by this same event loop, so an answer at all shows it turns; a
+  // housekeeping tick overdue by seconds shows it is stalled behind something.
+  bool healthy() const { return now() - last_housekeeping_ < std::chrono::seconds(2); }
+
+  metrics_snapshot snapshot() const {
+    metrics_snapshot m;
+    const table_counters& c = table_.counters();
+    m.connections = sessions_live_;
+    m.keys = table_.keys();
+    m.held = table_.held();
+    m.waiting = table_.waiting();
+    m.acquires = c.acquires;
+    m.grants = c.grants;
+    m.releases = c.releases;
+    m.extends = c.extends;
+    m.timeouts = c.timeouts;
+    m.cancels = c.cancels;
+    m.expirations = c.expirations;
+    m.disconnect_releases = c.disconnect_releases;
+    m.connections_accepted = accepted_;
+    m.connections_refused = refused_;
+    m.errors = dispatcher_.counters().errors;
+    m.bytes_in = bytes_in_;
+    m.bytes_out = bytes_out_;
+    m.wait = c.wait;
+    m.hold = c.hold;
+    m.start_time_seconds = start_unix_seconds_;
+    m.version = KEYLOCK_VERSION;
+    return m;
+  }
+
   void on_housekeeping() {
     tick t = now();
-    std::erase_if(draining_, [t](const std::shared_ptr<session>& s) {
-      if (!s->finished() && t >= s->drain_deadline() && s->drain_deadline() != tick{0}) s->abort();
+    last_housekeeping_ = t;
+    // While stopping, draining sockets get the whole grace period (poll_shutdown ends it).
+    std::erase_if(draining_, [this, t](const std::shared_ptr<session>& s) {
+      if (!stopping_ && !s->finished() && s->drain_deadline() != tick{0} &&
+          t >= s->drain_deadline()) {
+        s->abort();
+      }
       return s->finished();
     });
     if (settings_.idle_timeout_ms > 0 && !stopping_) {
@@ -320,7 +375,14 @@ struct server::impl final : session_host, delivery {
   bool stopping_ = false;
   tick shutdown_timer_deadline_{0};
   std::uint64_t refused_ = 0;
+  std::uint64_t accepted_ = 0;
+  std::uint64_t bytes_in_ = 0;
+  std::uint64_t bytes_out_ = 0;
   tick last_refusal_log_{0};
+  tick last_housekeeping_ = now();
+  double start_unix_seconds_ =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  std::unique_ptr<metrics_http> metrics_;  // last: closed first, before the io_context
 };
 
 server::server(config settings) : impl_(std::make_unique<impl>(std::move(settings))) {}

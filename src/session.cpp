@@ -79,6 +79,7 @@ void session::on_readable(const error_code& ec) {
       close(false);
       break;
     }
+    host_.count_bytes(n, 0);
     consume(buf.data(), n);
     if (n < buf.size()) break;
   }
@@ -168,6 +169,7 @@ void session::flush() {
       finish_close();
       return;
     }
+    host_.count_bytes(0, n);
     if (n == out_.size()) {
       out_.clear();
     } else {
@@ -202,8 +204,9 @@ void session::do_write() {
                     });
 }
 
-void session::on_write(const error_code& ec, std::size_t) {
+void session::on_write(const error_code& ec, std::size_t n) {
   write_in_flight_ = false;
+  host_.count_bytes(0, n);
   if (ec) {
     if (!closed_) {
       close(false);

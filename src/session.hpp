@@ -41,6 +41,7 @@ class session_host {
   virtual void mark_dirty(owner_id owner) = 0;  // this session has output to flush
   virtual void after_batch() = 0;              // flush dirty sessions, re-arm the deadline timer
   virtual void on_closed(session& s, bool draining) = 0;
+  virtual void count_bytes(std::size_t received, std::size_t sent) = 0;  // for metrics
 };
 
 class session : public std::enable_shared_from_this<session> {

@@ -45,6 +45,8 @@ TEST_CASE("the shipped config file holds exactly the built-in defaults", "[confi
   REQUIRE(from_file.max_pending_per_connection == defaults.max_pending_per_connection);
   REQUIRE(from_file.lock_delay_ms == defaults.lock_delay_ms);
   REQUIRE(from_file.max_ttl_ms == defaults.max_ttl_ms);
+  REQUIRE(from_file.metrics_listen == defaults.metrics_listen);
+  REQUIRE(from_file.log_format == defaults.log_format);
 }
 
 TEST_CASE("flags override the config file, which overrides the defaults", "[config]") {
@@ -93,6 +95,11 @@ TEST_CASE("values outside their range are refused at start-up", "[config]") {
   REQUIRE(out.exit_code != 0);
   out = parse({"--log-level", "loud"});
   REQUIRE(out.exit_code != 0);
+  out = parse({"--log-format", "xml"});
+  REQUIRE(out.exit_code != 0);
+  out = parse({"--metrics-listen", "nope"});
+  REQUIRE(out.exit_code != 0);
+  REQUIRE(parse({"--metrics-listen", ""}).what == parse_outcome::action::run);
 }
 
 TEST_CASE("a non-loopback listen address without auth is refused with the reason", "[config]") {

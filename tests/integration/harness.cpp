@@ -40,6 +40,7 @@ struct daemon::state {
   pid_t pid = -1;
   int err_fd = -1;
   std::uint16_t port = 0;
+  std::uint16_t metrics_port = 0;
   std::thread reader;
   mutable std::mutex mu;
   mutable std::condition_variable cv;
@@ -51,9 +52,17 @@ struct daemon::state {
     if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
     std::vector<std::string> argv_s = {KEYLOCKD_PATH};
     bool has_listen = false;
-    for (const auto& a : args) has_listen = has_listen || a.rfind("--listen", 0) == 0;
+    bool has_metrics = false;
+    for (const auto& a : args) {
+      has_listen = has_listen || a.rfind("--listen", 0) == 0;
+      has_metrics = has_metrics || a.rfind("--metrics-listen", 0) == 0;
+    }
     if (!has_listen) {
       argv_s.push_back("--listen");
+      argv_s.push_back("127.0.0.1:0");
+    }
+    if (!has_metrics) {
+      argv_s.push_back("--metrics-listen");
       argv_s.push_back("127.0.0.1:0");
     }
     argv_s.insert(argv_s.end(), args.begin(), args.end());
@@ -103,6 +112,11 @@ struct daemon::state {
       throw std::runtime_error("keylockd did not start; its log:\n" + text);
     }
     port = static_cast<std::uint16_t>(std::stoi(log.substr(at + marker.size())));
+    const std::string metrics_marker = "metrics on http://127.0.0.1:";
+    auto m = log.find(metrics_marker);
+    metrics_port = m == std::string::npos
+                       ? 0
+                       : static_cast<std::uint16_t>(std::stoi(log.substr(m + metrics_marker.size())));
   }
 
   int stop_process(int sig) {
@@ -142,6 +156,7 @@ daemon::~daemon() {
 }
 
 std::uint16_t daemon::port() const { return state_->port; }
+std::uint16_t daemon::metrics_port() const { return state_->metrics_port; }
 pid_t daemon::pid() const { return state_->pid; }
 bool daemon::running() const { return state_->pid > 0; }
 int daemon::stop(int sig) { return state_->stop_process(sig); }
@@ -256,6 +271,38 @@ std::string conn::call(std::string_view frame) {
   auto line = recv_line();
   if (!line) throw std::runtime_error("no reply to " + std::string(frame));
   return *line;
+}
+
+http_response http_exchange(std::uint16_t port, std::string_view raw) {
+  conn c(port);
+  http_response r;
+  if (!c.send_raw(raw)) return r;
+  std::string all;
+  auto deadline = clock::now() + event_bound;
+  for (;;) {
+    pollfd p{c.fd(), POLLIN, 0};
+    int n = ::poll(&p, 1, remaining_ms(deadline));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    char chunk[65536];
+    ssize_t got = ::recv(c.fd(), chunk, sizeof chunk, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    all.append(chunk, static_cast<std::size_t>(got));
+  }
+  if (all.rfind("HTTP/1.1 ", 0) != 0 && all.rfind("HTTP/1.0 ", 0) != 0) return r;
+  r.status = std::stoi(all.substr(9, 3));
+  auto end = all.find("\r\n\r\n");
+  r.headers = all.substr(0, end);
+  if (end != std::string::npos) r.body = all.substr(end + 4);
+  return r;
+}
+
+http_response http_get(std::uint16_t port, std::string_view path) {
+  std::string req = "GET ";
+  req += path;
+  req += " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  return http_exchange(port, req);
 }
 
 }  // namespace keylock::test

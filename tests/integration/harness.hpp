@@ -24,7 +24,8 @@ using namespace std::chrono_literals;
 // Generous bound for "this must happen": tests wait for observable events, never sleep blindly.
 inline constexpr std::chrono::milliseconds event_bound = 10s;
 
-// A running keylockd. Starts `KEYLOCKD_PATH --listen 127.0.0.1:0 --log-level info ARGS...`,
+// A running keylockd. Starts `KEYLOCKD_PATH --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+// ARGS...` (either address only when ARGS do not name one),
 // drains its stderr on a thread, and learns the bound port from the start log line
 // ("listening on 127.0.0.1:PORT"). Throws std::runtime_error when it does not start.
 class daemon {
@@ -35,6 +36,9 @@ class daemon {
   daemon& operator=(const daemon&) = delete;
 
   std::uint16_t port() const;
+  // Port of the metrics/health HTTP listener (started on 127.0.0.1:0 unless the arguments
+  // name --metrics-listen); 0 when it is off.
+  std::uint16_t metrics_port() const;
   pid_t pid() const;
 
   // Sends `sig` and waits (bounded by event_bound) for the exit; returns the wait status
@@ -81,5 +85,15 @@ class conn {
   int fd_ = -1;
   std::string buf_;
 };
+
+// One HTTP/1.1 exchange on a fresh connection ("Connection: close"): sends `raw` as is and
+// reads until the server closes. status 0 when no status line came back.
+struct http_response {
+  int status = 0;
+  std::string headers;
+  std::string body;
+};
+http_response http_exchange(std::uint16_t port, std::string_view raw);
+http_response http_get(std::uint16_t port, std::string_view path);
 
 }  // namespace keylock::test

@@ -1,0 +1,358 @@
+// The metrics and health HTTP listener (metrics_http.hpp), after Beast's async HTTP server:
+// one http_session per connection owning its stream, buffer, parser and the one response in
+// flight, through do_read/on_read/do_write/on_write/do_close. Requests are answered one at a
+// time (the next read starts after the response is written), so nothing queues up.
+//
+// The only TU of keylock that includes Beast. Runs on the io_context thread only.
+#include "metrics_http.hpp"
+
+#include "asio_common.hpp"  // first: <utility> before any Asio/Beast header
+#include "config.hpp"       // split_host_port: one HOST:PORT rule for both listeners
+
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <chrono>
+#include <exception>
+#include <unordered_set>
+#include <vector>
+
+namespace keylock {
+
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+// Limits of the listener. It serves a scraper and probes, so they are small and fixed: what
+// they bound is how much any peer of this port can cost the daemon's one thread.
+//
+// Connections open at once; the next one is closed as soon as it is accepted.
+constexpr std::size_t max_http_connections = 64;
+// Deadline of each read of a whole request and each write of a whole response. A client that
+// trickles its header (slowloris) or idles between keep-alive requests is closed by it.
+constexpr std::chrono::seconds io_timeout{5};
+// Request line plus fields. A GET carries nothing more; beyond it: 400.
+constexpr std::uint32_t max_header_bytes = 8 * 1024;
+// The read buffer: the header limit plus room for the start of a pipelined next request.
+constexpr std::size_t max_buffer_bytes = 16 * 1024;
+// Requests per connection, after which the response says Connection: close.
+constexpr unsigned max_requests_per_connection = 100;
+// After a response that closes the connection: send FIN, then read and discard what the
+// peer still sends (so that closing does not reset the connection and destroy the response
+// before the peer reads it), for at most this long and this much.
+constexpr std::chrono::seconds drain_timeout{1};
+constexpr std::size_t max_drain_bytes = 64 * 1024;
+// Back-off after a failed accept (EMFILE...), instead of spinning on the listen queue.
+constexpr std::chrono::milliseconds accept_retry{100};
+// At most one warning per this interval about refused connections.
+constexpr std::chrono::seconds refusal_log_interval{10};
+
+constexpr std::string_view metrics_content_type = "text/plain; version=0.0.4; charset=utf-8";
+constexpr std::string_view text_content_type = "text/plain; charset=utf-8";
+
+std::string endpoint_text(const tcp::endpoint& ep) {
+  std::string addr = ep.address().to_string();
+  if (ep.address().is_v6()) addr = "[" + addr + "]";
+  return addr + ":" + std::to_string(ep.port());
+}
+
+bool is_parse_error(const beast::error_code& ec) {
+  return ec.category() == http::make_error_code(http::error::need_more).category();
+}
+
+class http_session;
+
+// The acceptor and the registry of open sessions. Shared by the pending accept and every
+// session, so that it outlives them whatever order metrics_http and the handlers end in.
+class listener : public std::enable_shared_from_this<listener> {
+ public:
+  listener(asio::io_context& io, metrics_http::hooks h)
+      : hooks_(std::move(h)), acceptor_(io), retry_timer_(io) {}
+
+  std::optional<std::string> listen(const std::string& host_port, std::string* bound);
+  void stop();
+
+  const metrics_http::hooks& hooks() const { return hooks_; }
+  bool stopped() const { return stopped_; }
+  void add(http_session* s) { sessions_.insert(s); }
+  void remove(http_session* s) { sessions_.erase(s); }
+
+ private:
+  void do_accept();
+  void on_accept(const error_code& ec, tcp::socket socket);
+
+  metrics_http::hooks hooks_;
+  tcp::acceptor acceptor_;
+  asio::steady_timer retry_timer_;
+  std::unordered_set<http_session*> sessions_;  // every live session; each erases itself
+  std::uint64_t refused_ = 0;
+  std::chrono::steady_clock::time_point last_refusal_log_{};
+  bool stopped_ = false;
+};
+
+class http_session : public std::enable_shared_from_this<http_session> {
+ public:
+  http_session(tcp::socket&& socket, std::string peer, std::shared_ptr<listener> owner)
+      : stream_(std::move(socket)),
+        buffer_(max_buffer_bytes),
+        owner_(std::move(owner)),
+        peer_(std::move(peer)) {
+    owner_->add(this);
+  }
+  ~http_session() { owner_->remove(this); }
+  http_session(const http_session&) = delete;
+  http_session& operator=(const http_session&) = delete;
+
+  void start() { do_read(); }
+
+  // Closes the socket now; pending operations complete with operation_aborted and end.
+  void close_now() {
+    if (closed_) return;
+    closed_ = true;
+    stream_.close();
+  }
+
+ private:
+  void do_read() {
+    parser_.emplace();
+    parser_->header_limit(max_header_bytes);
+    parser_->body_limit(0);  // GET and HEAD have no body: any body fails the read (400)
+    // One deadline for the whole request, not per byte: a trickled header is cut at 5 s.
+    stream_.expires_after(io_timeout);
+    http::async_read(stream_, buffer_, *parser_,
+                     beast::bind_front_handler(&http_session::on_read, shared_from_this()));
+  }
+
+  void on_read(beast::error_code ec, std::size_t /*bytes*/) {
+    if (closed_) return;
+    if (ec == http::error::end_of_stream) return do_close();  // EOF between requests
+    if (ec && is_parse_error(ec)) {
+      // Debug, not warn: this port is unauthenticated and a scanner must not flood the log.
+      spdlog::debug("metrics http: peer {}: bad request: {}", peer_, ec.message());
+      // Malformed, oversized, or a request with a body. A body is only seen after the start
+      // line was parsed, so for a POST with a body the method is known and the better answer.
+      bool body = ec == http::error::body_limit || ec == http::error::unexpected_body;
+      if (body && !is_get_or_head(parser_->get().method())) {
+        return respond(http::status::method_not_allowed, "method not allowed\n", text_content_type,
+                       close_after::yes);
+      }
+      return respond(http::status::bad_request, "bad request\n", text_content_type,
+                     close_after::yes);
+    }
+    if (ec) return close_now();  // timeout, reset, aborted: nobody to answer
+    handle_request();
+  }
+
+  static bool is_get_or_head(http::verb v) { return v == http::verb::get || v == http::verb::head; }
+
+  enum class close_after : bool { no, yes };
+
+  void handle_request() {
+    const auto& req = parser_->get();
+    ++requests_;
+    head_ = req.method() == http::verb::head;
+    version_ = req.version();
+    close_after close =
+        (req.keep_alive() && requests_ < max_requests_per_connection && !owner_->stopped())
+            ? close_after::no
+            : close_after::yes;
+    if (!is_get_or_head(req.method())) {
+      return respond(http::status::method_not_allowed, "method not allowed\n", text_content_type,
+                     close);
+    }
+    beast::string_view target = req.target();
+    beast::string_view path = target.substr(0, target.find('?'));
+    const metrics_http::hooks& h = owner_->hooks();
+    // A hook that throws must not take the daemon's thread down: it answers 500.
+    try {
+      if (path == "/metrics") {
+        return respond(http::status::ok, h.render_metrics ? h.render_metrics() : std::string(),
+                       metrics_content_type, close);
+      }
+      if (path == "/healthz") {
+        // Answered by the event loop itself: a stuck loop answers nothing, and the probe
+        // times out. Unset hooks count as true.
+        bool healthy = !h.healthy || h.healthy();
+        return respond(healthy ? http::status::ok : http::status::service_unavailable,
+                       healthy ? "ok\n" : "unhealthy\n", text_content_type, close);
+      }
+      if (path == "/readyz") {
+        bool ready = !h.ready || h.ready();
+        return respond(ready ? http::status::ok : http::status::service_unavailable,
+                       ready ? "ready\n" : "shutting down\n", text_content_type, close);
+      }
+    } catch (const std::exception&) {
+      return respond(http::status::internal_server_error, "internal error\n", text_content_type,
+                     close_after::yes);
+    }
+    respond(http::status::not_found, "not found\n", text_content_type, close);
+  }
+
+  void respond(http::status status, std::string body, std::string_view content_type,
+               close_after close) {
+    res_ = {};
+    res_.version(version_ == 10 ? 10 : 11);
+    res_.result(status);
+    res_.set(http::field::server, "keylockd");
+    res_.set(http::field::content_type,
+             beast::string_view(content_type.data(), content_type.size()));
+    if (status == http::status::method_not_allowed) res_.set(http::field::allow, "GET, HEAD");
+    res_.keep_alive(close == close_after::no);
+    res_.body() = std::move(body);
+    res_.prepare_payload();
+    if (head_) res_.body().clear();  // HEAD: the GET's Content-Length, no body
+    close_after_write_ = close == close_after::yes;
+    do_write();
+  }
+
+  void do_write() {
+    stream_.expires_after(io_timeout);
+    http::async_write(stream_, res_,
+                      beast::bind_front_handler(&http_session::on_write, shared_from_this()));
+  }
+
+  void on_write(beast::error_code ec, std::size_t /*bytes*/) {
+    if (closed_) return;
+    if (ec) return close_now();
+    if (close_after_write_) return do_close();
+    head_ = false;
+    do_read();
+  }
+
+  // Graceful close: FIN, then drain (see drain_timeout), then close.
+  void do_close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.expires_after(drain_timeout);
+    do_drain();
+  }
+
+  void do_drain() {
+    stream_.async_read_some(asio::buffer(drain_buf_),
+                            beast::bind_front_handler(&http_session::on_drain, shared_from_this()));
+  }
+
+  void on_drain(beast::error_code ec, std::size_t bytes) {
+    if (closed_) return;
+    drained_ += bytes;
+    if (ec || drained_ > max_drain_bytes) return close_now();  // EOF ends the drain too
+    do_drain();
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::empty_body>> parser_;
+  http::response<http::string_body> res_;
+  std::shared_ptr<listener> owner_;
+  std::string peer_;  // "ip:port", for logs
+  std::array<char, 2048> drain_buf_{};
+  std::size_t drained_ = 0;
+  unsigned requests_ = 0;
+  unsigned version_ = 11;
+  bool head_ = false;
+  bool close_after_write_ = false;
+  bool closed_ = false;
+};
+
+std::optional<std::string> listener::listen(const std::string& host_port, std::string* bound) {
+  if (stopped_) return "the metrics listener was stopped";
+  if (acceptor_.is_open()) return "the metrics listener is already listening";
+  std::string host;
+  std::uint16_t port = 0;
+  if (!split_host_port(host_port, host, port)) {
+    return "metrics listen address must be HOST:PORT, not " + host_port;
+  }
+  if (host == "localhost") host = "127.0.0.1";
+  error_code ec;
+  auto address = asio::ip::make_address(host, ec);
+  if (ec) return "cannot parse metrics listen address " + host_port + ": " + ec.message();
+  tcp::endpoint ep(address, port);
+  acceptor_.open(ep.protocol(), ec);
+  if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(ep, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  tcp::endpoint local;
+  if (!ec) local = acceptor_.local_endpoint(ec);
+  if (ec) {
+    error_code ignored;
+    acceptor_.close(ignored);
+    return "cannot listen for metrics on " + host_port + ": " + ec.message();
+  }
+  if (bound != nullptr) *bound = endpoint_text(local);
+  do_accept();
+  return std::nullopt;
+}
+
+void listener::stop() {
+  stopped_ = true;
+  error_code ignored;
+  acceptor_.close(ignored);
+  retry_timer_.cancel();
+  // close_now() only starts the end of a session (its handlers run later), so the set does
+  // not change under the loop; iterate a copy all the same.
+  std::vector<http_session*> open(sessions_.begin(), sessions_.end());
+  for (http_session* s : open) s->close_now();
+}
+
+void listener::do_accept() {
+  acceptor_.async_accept([self = shared_from_this()](const error_code& ec, tcp::socket socket) {
+    self->on_accept(ec, std::move(socket));
+  });
+}
+
+void listener::on_accept(const error_code& ec, tcp::socket socket) {
+  if (stopped_ || ec == asio::error::operation_aborted) return;
+  if (ec) {
+    spdlog::warn("metrics http: accept failed: {}; retrying in {} ms", ec.message(),
+                 accept_retry.count());
+    retry_timer_.expires_after(accept_retry);
+    retry_timer_.async_wait([self = shared_from_this()](const error_code& e) {
+      if (!e && !self->stopped_) self->do_accept();
+    });
+    return;
+  }
+  error_code pe;
+  auto remote = socket.remote_endpoint(pe);
+  std::string peer = pe ? std::string("?") : endpoint_text(remote);
+  if (sessions_.size() >= max_http_connections) {
+    error_code ignored;
+    socket.close(ignored);  // over the limit: no answer, no buffer, no timer
+    ++refused_;
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_refusal_log_ >= refusal_log_interval) {
+      last_refusal_log_ = now;
+      spdlog::warn("metrics http: peer {}: refused, {} connections open ({} refused so far)", peer,
+                   max_http_connections, refused_);
+    }
+  } else {
+    try {
+      std::make_shared<http_session>(std::move(socket), std::move(peer), shared_from_this())
+          ->start();
+    } catch (const std::exception&) {
+      // bad_alloc: this connection is dropped (its socket closes with it); keep accepting.
+    }
+  }
+  do_accept();
+}
+
+}  // namespace
+
+struct metrics_http::impl {
+  std::shared_ptr<listener> l;
+};
+
+metrics_http::metrics_http(boost::asio::io_context& io, hooks h)
+    : impl_(std::make_unique<impl>(impl{std::make_shared<listener>(io, std::move(h))})) {}
+
+metrics_http::~metrics_http() { impl_->l->stop(); }
+
+std::optional<std::string> metrics_http::listen(const std::string& host_port, std::string* bound) {
+  return impl_->l->listen(host_port, bound);
+}
+
+void metrics_http::stop() { impl_->l->stop(); }
+
+}  // namespace keylock

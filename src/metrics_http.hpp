@@ -1,0 +1,49 @@
+// The metrics and health HTTP listener (Boost.Beast), on the daemon's io_context.
+//
+//   GET /metrics  Prometheus text exposition 0.0.4 (hooks::render_metrics)
+//   GET /healthz  200 "ok" while the event loop serves (hooks::healthy), else 503
+//   GET /readyz   200 "ready", or 503 "shutting down" (hooks::ready)
+//   other paths   404; methods other than GET/HEAD: 405; malformed or oversized: 400
+//
+// It is isolated from the lock protocol: its own acceptor, its own limits (a few concurrent
+// connections, small header limit, short deadlines), and nothing it receives reaches the
+// lock table. Runs on the io_context thread only.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace boost::asio {
+class io_context;
+}
+
+namespace keylock {
+
+class metrics_http {
+ public:
+  struct hooks {
+    std::function<std::string()> render_metrics;
+    std::function<bool()> healthy;
+    std::function<bool()> ready;
+  };
+
+  metrics_http(boost::asio::io_context& io, hooks h);
+  ~metrics_http();
+  metrics_http(const metrics_http&) = delete;
+  metrics_http& operator=(const metrics_http&) = delete;
+
+  // Binds "HOST:PORT" (port 0 = ephemeral) and starts accepting. On success returns nullopt
+  // and sets *bound to the address actually bound ("127.0.0.1:43121"); else an error message.
+  std::optional<std::string> listen(const std::string& host_port, std::string* bound);
+
+  // Stops accepting and closes every HTTP connection.
+  void stop();
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace keylock
