@@ -276,7 +276,7 @@ std::uint64_t lock_table::grant(std::uint32_t e, std::uint32_t owner, std::uint3
 
 void lock_table::unlink_lease(std::uint32_t l, tick now) {
   lease_rec& rec = leases_[l];
-  counters_.hold.observe(now - tick(rec.granted));
+  counters_.hold.observe(now - as_tick(rec.granted));
   entry_rec& ent = entries_[rec.entry];
   owner_rec& own = owners_[rec.owner];
   // The key's holder list is singly linked: find the predecessor (holders <= limit).
@@ -533,11 +533,11 @@ void lock_table::abort_waiters(std::vector<table_event>& events) {
 
 std::optional<tick> lock_table::next_deadline() {
   if (deadlines_.empty()) return std::nullopt;
-  return tick(deadlines_.front().when);
+  return as_tick(deadlines_.front().when);
 }
 
 void lock_table::expire_due(tick now, std::vector<table_event>& events) {
-  while (!deadlines_.empty() && tick(deadlines_.front().when) <= now) {
+  while (!deadlines_.empty() && as_tick(deadlines_.front().when) <= now) {
     std::uint32_t ref = deadlines_.front().ref;
     std::uint32_t slot = ref & max_slot;
     switch (static_cast<ref_kind>(ref >> 30)) {
@@ -603,7 +603,7 @@ top_result lock_table::top(std::size_t n, tick now) const {
     }
     for (std::uint32_t l = ent.first_lease; l != nil; l = leases_[l].key_next) {
       const lease_rec& rec = leases_[l];
-      out.oldest.push_back({ent.key, rec.token, now - tick(rec.granted),
+      out.oldest.push_back({ent.key, rec.token, now - as_tick(rec.granted),
                             ms_left(deadline_of(rec.heap_pos), now), rec.owner});
       std::push_heap(out.oldest.begin(), out.oldest.end(), older);
       if (out.oldest.size() > n) {

@@ -287,7 +287,10 @@ class lock_table {
   bool in_delay(std::uint32_t e) const { return !delays_.empty() && delays_.count(e) != 0; }
   void erase_if_idle(std::uint32_t e);
   std::uint32_t find_lease(std::uint32_t e, std::uint64_t token) const;
-  tick deadline_of(std::uint32_t heap_pos) const { return tick(deadlines_[heap_pos].when); }
+  // Takes the count by value: packed members must be loaded, never bound to a reference
+  // (tick's constructor takes const Rep&, which would be misaligned).
+  static tick as_tick(std::int64_t count) { return tick(count); }
+  tick deadline_of(std::uint32_t heap_pos) const { return as_tick(deadlines_[heap_pos].when); }
   std::uint64_t grant(std::uint32_t e, std::uint32_t owner, std::uint32_t ttl_ms, tick now);
   void unlink_lease(std::uint32_t l, tick now);
   void unlink_waiter(std::uint32_t w);
