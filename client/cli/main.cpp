@@ -1,0 +1,582 @@
+// keylock: the command-line client of keylockd.
+//
+//   keylock run KEY [--ttl D] [--wait D] [--limit N] [--conflict-exit-code N] [--grace D]
+//               -- COMMAND [ARGS...]
+//   keylock ping [--count N]
+//   keylock inspect KEY [--json]
+//   keylock stats [--json]
+//
+// Global: --server HOST:PORT ($KEYLOCK_SERVER, else 127.0.0.1:7400), --auth SECRET
+// ($KEYLOCK_AUTH). Exit codes follow sysexits.h; `run` passes its command's status through.
+//
+// `run` is flock(1) across hosts: it holds the lock while COMMAND runs (renewing it at ttl/3),
+// forwards SIGINT/SIGTERM/SIGHUP, and never lets the command go on once the lock is lost.
+#include "keylock/client.hpp"
+#include "keylock/codec.hpp"
+#include "keylock_version.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+extern char** environ;  // NOLINT: POSIX
+
+namespace {
+
+using std::chrono::milliseconds;
+using steady = std::chrono::steady_clock;
+
+// Exit codes (sysexits.h), documented in docs/client.md.
+constexpr int exit_failure = 1;       // the daemon refused (conflict, limit, ...), other errors
+constexpr int exit_usage = 64;        // EX_USAGE: bad arguments
+constexpr int exit_unavailable = 69;  // EX_UNAVAILABLE: daemon unreachable
+constexpr int exit_lost = 70;         // EX_SOFTWARE: the lease was lost while COMMAND ran
+constexpr int exit_tempfail = 75;     // EX_TEMPFAIL: not acquired within --wait (default)
+constexpr int exit_noperm = 77;       // EX_NOPERM: authentication refused
+constexpr int exit_cannot_exec = 126;
+constexpr int exit_not_found = 127;
+
+// Parses "250ms", "30s", "1.5s", "2m", "1h"; a bare number is seconds. nullopt when malformed.
+std::optional<milliseconds> parse_duration(const std::string& text) {
+  std::size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  const std::string unit = text.substr(used);
+  double scale = 0;
+  if (unit.empty() || unit == "s") {
+    scale = 1000;
+  } else if (unit == "ms") {
+    scale = 1;
+  } else if (unit == "m") {
+    scale = 60'000;
+  } else if (unit == "h") {
+    scale = 3'600'000;
+  } else {
+    return std::nullopt;
+  }
+  const double ms = value * scale;
+  if (!(ms >= 0) || ms > 1e12) return std::nullopt;  // also rejects NaN
+  return milliseconds(std::llround(ms));
+}
+
+const CLI::Validator duration_check(
+    [](std::string& text) {
+      return parse_duration(text) ? std::string() : "not a duration (e.g. 500ms, 30s, 2m): " + text;
+    },
+    "DURATION");
+
+std::string format_ms(std::uint64_t ms) {
+  char buf[64];
+  if (ms < 1000) {
+    std::snprintf(buf, sizeof buf, "%llums", static_cast<unsigned long long>(ms));
+  } else if (ms < 60'000) {
+    std::snprintf(buf, sizeof buf, "%.3fs", static_cast<double>(ms) / 1000.0);
+  } else {
+    const auto total_s = ms / 1000;
+    std::snprintf(buf, sizeof buf, "%lluh%02llum%02llus",
+                  static_cast<unsigned long long>(total_s / 3600),
+                  static_cast<unsigned long long>(total_s / 60 % 60),
+                  static_cast<unsigned long long>(total_s % 60));
+  }
+  return buf;
+}
+
+// Every message starts with "keylock: " once.
+void complain(const std::string& message) {
+  if (message.rfind("keylock: ", 0) == 0) {
+    std::cerr << message << '\n';
+  } else {
+    std::cerr << "keylock: " << message << '\n';
+  }
+}
+
+std::string host_name() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "?";
+  return buf;
+}
+
+// ---- keylock run --------------------------------------------------------------------------
+
+// The self-pipe: signal handlers and the on_lost callback (on the client's I/O thread) write
+// one byte each; the main thread polls it. Byte 0 = lease lost; otherwise a signal number, with
+// 0x80 set when the terminal sent it (the child, in our process group, got it too).
+int wake_fd = -1;
+constexpr unsigned char lost_byte = 0;
+constexpr unsigned char from_tty_bit = 0x80;
+
+std::mutex lost_mutex;
+std::string lost_message;  // guarded by lost_mutex
+
+void wake(unsigned char byte) {
+  const int saved = errno;
+  // Non-blocking: a full pipe already holds a wake-up.
+  [[maybe_unused]] const ssize_t n = ::write(wake_fd, &byte, 1);
+  errno = saved;
+}
+
+void on_signal(int sig, siginfo_t* info, void*) {
+  auto byte = static_cast<unsigned char>(sig);
+  if (info != nullptr && info->si_code == SI_KERNEL) byte |= from_tty_bit;
+  wake(byte);
+}
+
+constexpr std::array<int, 3> forwarded_signals = {SIGINT, SIGTERM, SIGHUP};
+
+// Installs the handlers (once the lock is held). A signal ignored when we started (e.g. SIGINT of a
+// background job) stays ignored, for us and for the command.
+void install_handlers() {
+  struct sigaction action {};
+  action.sa_sigaction = on_signal;
+  action.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  for (const int sig : forwarded_signals) {
+    struct sigaction old {};
+    sigaction(sig, nullptr, &old);
+    if (old.sa_handler == SIG_IGN) continue;
+    sigaction(sig, &action, nullptr);
+  }
+  sigaction(SIGCHLD, &action, nullptr);
+}
+
+struct run_args {
+  std::string key;
+  std::string ttl = "30s";
+  std::string wait;  // empty: forever
+  std::uint32_t limit = 1;
+  int conflict_exit_code = exit_tempfail;
+  std::string grace = "5s";
+  std::vector<std::string> command;
+};
+
+// The environment of the command: ours, with KEYLOCK_KEY and KEYLOCK_TOKEN set.
+std::vector<std::string> child_environment(const std::string& key, std::uint64_t token) {
+  std::vector<std::string> env;
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    const std::string_view var(*entry);
+    if (var.rfind("KEYLOCK_KEY=", 0) == 0 || var.rfind("KEYLOCK_TOKEN=", 0) == 0) continue;
+    env.emplace_back(var);
+  }
+  env.push_back("KEYLOCK_KEY=" + key);
+  env.push_back("KEYLOCK_TOKEN=" + std::to_string(token));
+  return env;
+}
+
+std::vector<char*> c_strings(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  out.reserve(strings.size() + 1);
+  for (auto& s : strings) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+// Finds `name` on $PATH as execvp would (a name with a '/' is used as is). Resolved before the
+// fork, because the child of a threaded process may only make async-signal-safe calls.
+// Returns the path, or the errno to report: ENOENT (not found) or EACCES (not executable).
+std::pair<std::string, int> find_program(const std::string& name) {
+  if (name.find('/') != std::string::npos) return {name, 0};
+  const char* path_env = std::getenv("PATH");
+  const std::string path = path_env != nullptr ? path_env : "/bin:/usr/bin";
+  int error = ENOENT;
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t end = path.find(':', start);
+    std::string dir = path.substr(start, end == std::string::npos ? end : end - start);
+    if (dir.empty()) dir = ".";
+    const std::string candidate = dir + "/" + name;
+    struct stat info {};
+    if (::stat(candidate.c_str(), &info) == 0 && S_ISREG(info.st_mode)) {
+      if (::access(candidate.c_str(), X_OK) == 0) return {candidate, 0};
+      error = EACCES;
+    }
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return {std::string(), error};
+}
+
+// Starts the command. The child gets SIGTERM should keylock die (PR_SET_PDEATHSIG): the lock
+// goes with keylock's connection, so the command must not run on unnoticed. Returns the pid,
+// or -1 with `error` set to the errno of the failed exec.
+pid_t spawn_command(const std::string& program, std::vector<char*>& argv, std::vector<char*>& envp,
+                    int& error) {
+  int status_pipe[2];
+  if (pipe2(status_pipe, O_CLOEXEC) != 0) {
+    error = errno;
+    return -1;
+  }
+  // No handler may run in the child before exec resets them: block everything across fork.
+  sigset_t all;
+  sigset_t old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  const pid_t parent = getpid();
+  const pid_t child = fork();
+  if (child == 0) {
+    // Async-signal-safe calls only from here: the parent has other threads.
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (const int sig : forwarded_signals) {
+      struct sigaction current {};
+      sigaction(sig, nullptr, &current);
+      if (current.sa_handler != SIG_IGN) sigaction(sig, &dfl, nullptr);
+    }
+    sigaction(SIGCHLD, &dfl, nullptr);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(exit_lost);  // keylock died before prctl took effect
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    execve(program.c_str(), argv.data(), envp.data());
+    const int exec_error = errno;
+    [[maybe_unused]] const ssize_t n = ::write(status_pipe[1], &exec_error, sizeof exec_error);
+    _exit(exit_cannot_exec);
+  }
+  const int fork_error = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  ::close(status_pipe[1]);
+  if (child < 0) {
+    ::close(status_pipe[0]);
+    error = fork_error;
+    return -1;
+  }
+  // EOF (the pipe closed on exec) means the command runs; an errno means exec failed.
+  int exec_error = 0;
+  ssize_t n = 0;
+  do {
+    n = ::read(status_pipe[0], &exec_error, sizeof exec_error);
+  } while (n < 0 && errno == EINTR);
+  ::close(status_pipe[0]);
+  if (n == static_cast<ssize_t>(sizeof exec_error)) {
+    int status = 0;
+    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    error = exec_error;
+    return -1;
+  }
+  return child;
+}
+
+int run_command(keylock::client_options options, const run_args& args) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+    complain(std::string("pipe: ") + std::strerror(errno));
+    return exit_failure;
+  }
+  wake_fd = fds[1];
+
+  if (options.name.empty()) {
+    options.name = ("keylock run " + args.command.front()).substr(0, 200) + " (pid " +
+                   std::to_string(getpid()) + " on " + host_name() + ")";
+  }
+  keylock::Client client(options);
+
+  keylock::AcquireOptions acquire;
+  acquire.ttl = *parse_duration(args.ttl);
+  if (!args.wait.empty()) acquire.wait = *parse_duration(args.wait);
+  acquire.limit = args.limit;
+  acquire.on_lost = [](const keylock::lease_lost& lost) {
+    {
+      std::lock_guard lock(lost_mutex);
+      lost_message = lost.message;
+    }
+    wake(lost_byte);
+  };
+
+  keylock::Lease lease;
+  try {
+    lease = client.acquire(args.key, acquire);
+  } catch (const keylock::Timeout&) {
+    complain("'" + args.key + "' is held elsewhere; not acquired within " +
+             format_ms(static_cast<std::uint64_t>(acquire.wait.value_or(milliseconds(0)).count())));
+    return args.conflict_exit_code;
+  }
+
+  if (!lease.valid()) {
+    complain("lost the lock on '" + args.key + "' before the command started");
+    return exit_lost;
+  }
+  // Handlers only now: while keylock waits for the lock, ^C simply ends it (and the daemon
+  // drops the waiting acquire with the connection).
+  install_handlers();
+  std::vector<std::string> env = child_environment(args.key, lease.token());
+  std::vector<std::string> argv_strings = args.command;
+  std::vector<char*> child_argv = c_strings(argv_strings);
+  std::vector<char*> child_env = c_strings(env);
+  auto [program, spawn_error] = find_program(args.command.front());
+  pid_t child = -1;
+  if (spawn_error == 0) child = spawn_command(program, child_argv, child_env, spawn_error);
+  if (child < 0) {
+    complain("cannot run '" + args.command.front() + "': " + std::strerror(spawn_error));
+    try {
+      lease.release();                 // confirmed: once keylock exits, the lock is free
+    } catch (const keylock::Error&) {  // lost or unconfirmed: nothing left to do about it
+    }
+    return spawn_error == ENOENT ? exit_not_found : exit_cannot_exec;
+  }
+
+  const milliseconds grace = *parse_duration(args.grace);
+  bool lost = false;
+  // When to SIGKILL the command; never = not scheduled. (Not an optional: GCC 12 -O2 warns
+  // maybe-uninitialized through std::optional<time_point>.)
+  constexpr steady::time_point never = steady::time_point::max();
+  steady::time_point kill_at = never;
+  int status = 0;
+  for (;;) {
+    const pid_t done = waitpid(child, &status, WNOHANG);
+    if (done == child) break;
+    if (done < 0 && errno != EINTR) {
+      complain(std::string("waitpid: ") + std::strerror(errno));
+      return exit_failure;
+    }
+    int timeout_ms = -1;
+    if (kill_at != never) {
+      const auto left = std::chrono::ceil<milliseconds>(kill_at - steady::now()).count();
+      timeout_ms = static_cast<int>(std::max<std::int64_t>(left, 0));
+    }
+    pollfd pfd{fds[0], POLLIN, 0};
+    const int ready = poll(&pfd, 1, timeout_ms);
+    if (ready < 0 && errno != EINTR) {
+      complain(std::string("poll: ") + std::strerror(errno));
+      return exit_failure;
+    }
+    std::array<unsigned char, 64> bytes{};
+    ssize_t n = 0;
+    while ((n = ::read(fds[0], bytes.data(), bytes.size())) > 0) {
+      for (ssize_t i = 0; i < n; ++i) {
+        const unsigned char byte = bytes[static_cast<std::size_t>(i)];
+        if (byte == lost_byte) {
+          if (lost) continue;
+          lost = true;
+          std::string why;
+          {
+            std::lock_guard lock(lost_mutex);
+            why = lost_message;
+          }
+          complain("lost the lock on '" + args.key + "' while the command ran (" + why +
+                   "); sending SIGTERM to the command");
+          kill(child, SIGTERM);
+          kill_at = steady::now() + grace;
+          continue;
+        }
+        const int sig = byte & ~from_tty_bit;
+        if (sig == SIGCHLD) continue;  // checked at the top of the loop
+        // A terminal's signal reached the command already (same process group).
+        if ((byte & from_tty_bit) == 0) kill(child, sig);
+      }
+    }
+    if (kill_at != never && steady::now() >= kill_at) {
+      complain("the command did not exit within " +
+               format_ms(static_cast<std::uint64_t>(grace.count())) + " of SIGTERM; SIGKILL");
+      kill(child, SIGKILL);
+      kill_at = never;
+    }
+  }
+
+  const int child_code = WIFEXITED(status)     ? WEXITSTATUS(status)
+                         : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                               : exit_failure;
+  if (lost) {
+    complain("the command was stopped because the lock on '" + args.key + "' was lost");
+    return exit_lost;
+  }
+  try {
+    lease.release();
+  } catch (const keylock::NotHeld& e) {
+    complain("lost the lock on '" + args.key + "' before the command finished: " + e.what());
+    return exit_lost;
+  } catch (const keylock::ConnectionError& e) {
+    // Every renewal was confirmed while the command ran (else the lease would be lost); the
+    // release is unconfirmed and the lease runs out by its ttl.
+    complain(std::string("warning: release not confirmed: ") + e.what());
+  }
+  return child_code;
+}
+
+// ---- ping, inspect, stats -----------------------------------------------------------------
+
+int ping(keylock::Client& client, int count) {
+  for (int i = 0; i < count; ++i) {
+    const auto rtt = client.ping();
+    std::printf("pong from %s (keylockd %s): time=%.3f ms\n", client.server().c_str(),
+                client.server_version().c_str(),
+                std::chrono::duration<double, std::milli>(rtt).count());
+  }
+  return 0;
+}
+
+std::string raw_json(keylock::reply rep) {
+  rep.type = keylock::reply::kind::ok;
+  std::string out;
+  keylock::append_reply(out, rep);
+  return out;
+}
+
+int inspect(keylock::Client& client, const std::string& key, bool json) {
+  const keylock::key_info info = client.inspect(key);
+  if (json) {
+    keylock::reply rep;
+    rep.held = info.held;
+    rep.holders = info.holders;
+    rep.waiters = info.waiters;
+    rep.limit = info.limit;
+    std::cout << raw_json(rep);
+    return 0;
+  }
+  std::printf("key      %s\n", key.c_str());
+  if (info.held) {
+    std::printf("held     yes, %zu of limit %llu\n", info.holders.size(),
+                static_cast<unsigned long long>(info.limit));
+  } else {
+    std::printf("held     no\n");
+  }
+  std::printf("waiters  %llu\n", static_cast<unsigned long long>(info.waiters));
+  if (!info.holders.empty()) {
+    std::printf("\n%-18s %-10s %-32s %s\n", "TOKEN", "TTL LEFT", "CLIENT", "PEER");
+    for (const auto& h : info.holders) {
+      std::printf("%-18llu %-10s %-32s %s\n", static_cast<unsigned long long>(h.token),
+                  format_ms(h.ttl_ms_left).c_str(), h.client.empty() ? "-" : h.client.c_str(),
+                  h.peer.empty() ? "-" : h.peer.c_str());
+    }
+  }
+  return 0;
+}
+
+int stats(keylock::Client& client, bool json) {
+  const keylock::stats_info s = client.stats();
+  if (json) {
+    keylock::reply rep;
+    rep.stats = s;
+    std::cout << raw_json(rep);
+    return 0;
+  }
+  const auto row = [](const char* name, std::uint64_t value, const char* what) {
+    std::printf("%-12s %12llu  %s\n", name, static_cast<unsigned long long>(value), what);
+  };
+  row("connections", s.connections, "open connections");
+  row("keys", s.keys, "live keys (held or waited on)");
+  row("held", s.held, "leases held");
+  row("waiting", s.waiting, "acquires waiting");
+  row("acquires", s.acquires, "acquire requests since start");
+  row("grants", s.grants, "grants since start");
+  row("releases", s.releases, "releases since start");
+  row("timeouts", s.timeouts, "acquires that timed out");
+  row("expirations", s.expirations, "leases that ran out");
+  std::printf("%-12s %12s  %s\n", "uptime", format_ms(s.uptime_ms).c_str(), "since start");
+  return 0;
+}
+
+int run_main(int argc, char** argv) {
+  CLI::App app{"keylock: run commands under keylockd locks, and look at the daemon"};
+  app.set_version_flag("--version", "keylock " KEYLOCK_VERSION);
+  app.require_subcommand(1);
+
+  keylock::client_options options;
+  std::string auth;
+  app.add_option("--server", options.server,
+                 "keylockd address HOST:PORT (default: $KEYLOCK_SERVER, else 127.0.0.1:7400)");
+  CLI::Option* auth_option =
+      app.add_option("--auth", auth, "shared secret of the daemon (default: $KEYLOCK_AUTH)");
+  app.add_option("--name", options.name, "client name shown by inspect");
+
+  run_args run;
+  CLI::App* run_cmd = app.add_subcommand(
+      "run", "run COMMAND holding the lock KEY; exit with its status (see docs/client.md)");
+  run_cmd->add_option("key", run.key, "the lock to hold")->required();
+  run_cmd->add_option("--ttl", run.ttl, "lease ttl, renewed at a third of it (default 30s)")
+      ->check(duration_check);
+  run_cmd
+      ->add_option("--wait", run.wait,
+                   "give up when not acquired within this long (default: wait forever; "
+                   "0 = try once)")
+      ->check(duration_check);
+  run_cmd->add_option("--limit", run.limit, "holders allowed at once (default 1)")
+      ->check(CLI::Range(1u, 1u << 20));
+  run_cmd
+      ->add_option("--conflict-exit-code", run.conflict_exit_code,
+                   "exit status when not acquired within --wait (default 75)")
+      ->check(CLI::Range(0, 255));
+  run_cmd
+      ->add_option("--grace", run.grace,
+                   "after a lost lock, SIGKILL the command this long after SIGTERM (default "
+                   "5s)")
+      ->check(duration_check);
+  run_cmd->add_option("command", run.command, "the command and its arguments, after --")
+      ->required();
+
+  int ping_count = 1;
+  CLI::App* ping_cmd = app.add_subcommand("ping", "measure the round trip to the daemon");
+  ping_cmd->add_option("--count,-c", ping_count, "pings to send (default 1)")
+      ->check(CLI::Range(1, 1000000));
+
+  std::string inspect_key;
+  bool json = false;
+  CLI::App* inspect_cmd = app.add_subcommand("inspect", "show the holders and waiters of KEY");
+  inspect_cmd->add_option("key", inspect_key, "the lock")->required();
+  inspect_cmd->add_flag("--json", json, "print the daemon's reply as JSON");
+
+  CLI::App* stats_cmd = app.add_subcommand("stats", "show the daemon's gauges and counters");
+  stats_cmd->add_flag("--json", json, "print the daemon's reply as JSON");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : exit_usage;
+  }
+  if (auth_option->count() > 0) options.auth = auth;
+
+  try {
+    if (run_cmd->parsed()) return run_command(options, run);
+    keylock::Client client(options);
+    if (ping_cmd->parsed()) return ping(client, ping_count);
+    if (inspect_cmd->parsed()) return inspect(client, inspect_key, json);
+    if (stats_cmd->parsed()) return stats(client, json);
+  } catch (const std::invalid_argument& e) {
+    complain(e.what());
+    return exit_usage;
+  } catch (const keylock::AuthError& e) {
+    complain(e.what());
+    return exit_noperm;
+  } catch (const keylock::ConnectionError& e) {
+    complain(e.what());
+    return exit_unavailable;
+  } catch (const std::exception& e) {
+    complain(e.what());
+    return exit_failure;
+  }
+  return exit_usage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {  // a failure while setting up the parser
+    complain(e.what());
+    return exit_failure;
+  }
+}

@@ -1,0 +1,1286 @@
+// keylock client library: the one translation unit that includes Asio.
+//
+// client_impl owns the connection and a private I/O thread running an io_context. Public calls
+// post a "setup" step to the I/O thread and block on a `waiter` on their own stack until the
+// I/O thread completes it exactly once. Everything below marked "I/O thread" is touched by that
+// thread only, so it needs no locks; `mtx_` guards only `closed_` and `server_version_`.
+//
+// Time is kept in one ordered deadline index (`deadlines_`, one steady_timer): lease renewals
+// (ttl/3), local lease expiry (no renewal confirmed within the ttl), request timeouts, waits of
+// queued acquires, connect timeouts and reconnect backoff.
+#include "keylock/client.hpp"
+
+#include "keylock/codec.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+
+#include <fcntl.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+#include <utility>  // first: Boost 1.74's asio/awaitable.hpp uses std::exchange without it
+#include <vector>
+
+namespace keylock {
+
+std::string_view to_string(lost_reason reason) noexcept {
+  switch (reason) {
+    case lost_reason::expired:
+      return "expired";
+    case lost_reason::not_held:
+      return "not_held";
+    case lost_reason::connection_lost:
+      return "connection_lost";
+    case lost_reason::client_closed:
+      return "client_closed";
+  }
+  return "unknown";
+}
+
+namespace detail {
+namespace {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using steady = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// A reply frame larger than this (no newline within it) is a broken stream: drop the
+// connection. inspect of a key at the daemon's max_limit (1024 holders) is about 150 KB.
+constexpr std::size_t max_reply_bytes = std::size_t{8} << 20;
+
+enum class deadline_kind : std::uint8_t {
+  renew,         // ref = lease token: send the next auto renewal
+  lease_expiry,  // ref = lease token: no renewal confirmed within the ttl
+  call,          // ref = request id: request timeout / acquire wait
+  connect,       // ref = connection generation: the attempt took too long
+  reconnect,     // ref unused: backoff elapsed, connect again
+};
+
+struct deadline {
+  deadline_kind kind;
+  std::uint64_t ref;
+};
+
+using deadline_map = std::multimap<steady::time_point, deadline>;
+using deadline_handle = std::optional<deadline_map::iterator>;
+
+// The error code of an error reply as spelled on the wire (also for codes newer than us).
+std::string_view code_of(const reply& rep) {
+  return rep.code_name.empty() ? to_string(rep.code) : std::string_view(rep.code_name);
+}
+
+// What failed, to pick the exception type for requests that could not even be sent.
+enum class failure_kind : std::uint8_t { connection, auth, protocol };
+
+std::exception_ptr make_failure(failure_kind kind, const std::string& message) {
+  switch (kind) {
+    case failure_kind::auth:
+      return std::make_exception_ptr(AuthError(message, errc::unauthenticated));
+    case failure_kind::protocol:
+      return std::make_exception_ptr(ProtocolError(message));
+    case failure_kind::connection:
+      break;
+  }
+  return std::make_exception_ptr(ConnectionError(message));
+}
+
+// The typed exception for an error reply. Unknown codes (a newer daemon) are a plain Error.
+std::exception_ptr error_from_reply(const reply& rep) {
+  const std::string message =
+      rep.message.empty() ? "keylockd answered " + std::string(code_of(rep)) : rep.message;
+  const std::optional<errc> code =
+      rep.code_name.empty() ? std::optional<errc>(rep.code) : errc_from_string(rep.code_name);
+  if (!code) return std::make_exception_ptr(Error(message));
+  switch (*code) {
+    case errc::timeout:
+      return std::make_exception_ptr(Timeout(message, *code));
+    case errc::not_held:
+      return std::make_exception_ptr(NotHeld(message, *code));
+    case errc::conflict:
+      return std::make_exception_ptr(Conflict(message, *code));
+    case errc::limit_exceeded:
+      return std::make_exception_ptr(LimitExceeded(message, *code));
+    case errc::unauthenticated:
+      return std::make_exception_ptr(AuthError(message, *code));
+    case errc::bad_request:
+    case errc::unknown_op:
+    case errc::frame_too_large:
+      return std::make_exception_ptr(ProtocolError(message, *code));
+    case errc::shutting_down:
+      return std::make_exception_ptr(ConnectionError(message, *code));
+    case errc::cancelled:
+    case errc::not_found:
+      break;
+  }
+  return std::make_exception_ptr(Error(message, *code));
+}
+
+// Splits "host:port", "host", "[v6]:port" or "[v6]". Throws std::invalid_argument.
+std::pair<std::string, std::string> split_server(const std::string& server) {
+  std::string host;
+  std::string port = std::to_string(default_port);
+  auto bad = [&] {
+    return std::invalid_argument("keylock: invalid server address '" + server +
+                                 "' (expected host:port)");
+  };
+  if (!server.empty() && server.front() == '[') {
+    const auto close = server.find(']');
+    if (close == std::string::npos) throw bad();
+    host = server.substr(1, close - 1);
+    const std::string rest = server.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') throw bad();
+      port = rest.substr(1);
+    }
+  } else if (std::count(server.begin(), server.end(), ':') == 1) {
+    const auto colon = server.find(':');
+    host = server.substr(0, colon);
+    port = server.substr(colon + 1);
+  } else {
+    host = server;  // no port, or a bare IPv6 address
+  }
+  if (host.empty() || port.empty() || port.size() > 5 ||
+      !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+      std::stoul(port) == 0 || std::stoul(port) > 65535) {
+    throw bad();
+  }
+  return {host, port};
+}
+
+std::string env_or(const char* name, const char* fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr && *value != '\0' ? value : fallback;
+}
+
+}  // namespace
+
+enum class lease_status : std::uint8_t { held, released, lost };
+
+// One granted lease. key and token never change; `status` is the only member read by other
+// threads; the rest belongs to the I/O thread.
+struct lease_state {
+  lease_state(std::string k, std::uint64_t t) : key(std::move(k)), token(t) {}
+
+  const std::string key;
+  const std::uint64_t token;
+  std::atomic<lease_status> status{lease_status::held};
+
+  // I/O thread only.
+  milliseconds ttl{0};
+  bool auto_extend = false;
+  bool renewing = false;  // an auto renewal is in flight
+  std::function<void(const lease_lost&)> on_lost;
+  std::string lost_message;
+  deadline_handle renew_at;
+  deadline_handle expires_at;
+};
+
+namespace {
+
+// A blocked caller. Lives on the caller's stack; the I/O thread completes it exactly once and
+// never touches it afterwards.
+struct waiter {
+  std::mutex m;
+  std::condition_variable cv;
+  bool done = false;
+  std::exception_ptr error;
+  reply rep;
+  std::shared_ptr<lease_state> lease;
+  std::chrono::nanoseconds rtt{0};
+
+  void wait() {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return done; });
+  }
+};
+
+enum class call_state : std::uint8_t { queued, sent };
+
+// One request known to the I/O thread, by id. `w` is null for the client's own requests
+// (hello, renewals, releases of abandoned grants, cancels) and for an acquire whose caller
+// gave up (an abandoned acquire: a late grant is released at once).
+struct pending {
+  request req;
+  waiter* w = nullptr;
+  call_state state = call_state::queued;
+  steady::time_point sent_at{};
+  std::optional<steady::time_point> wait_until;  // acquire with a wait
+  milliseconds wait{0};                          // acquire: the wait asked for
+  bool past_wait = false;  // acquire: the wait ran out while sent; now bounding the reply
+  deadline_handle timeout;
+  std::shared_ptr<lease_state> lease;  // release, extend
+  // acquire
+  bool auto_extend = false;
+  std::function<void(const lease_lost&)> on_lost;
+};
+
+enum class conn_state : std::uint8_t {
+  disconnected,  // waiting for the reconnect backoff (or closed)
+  connecting,    // resolving / TCP connecting
+  handshaking,   // connected, `hello` sent, nothing else may go yet
+  ready,         // everything may go
+  draining,      // the daemon said shutting_down: no acquire goes out until we reconnect
+};
+
+}  // namespace
+
+class client_impl {
+ public:
+  explicit client_impl(client_options options)
+      : options_(std::move(options)),
+        work_(asio::make_work_guard(ioc_)),
+        resolver_(ioc_),
+        socket_(ioc_),
+        timer_(ioc_),
+        rng_(std::random_device{}()) {
+    if (options_.server.empty()) options_.server = env_or("KEYLOCK_SERVER", "127.0.0.1:7400");
+    if (!options_.auth) options_.auth = env_or("KEYLOCK_AUTH", "");
+    std::tie(host_, port_) = split_server(options_.server);
+    backoff_ = options_.backoff_initial;
+  }
+
+  ~client_impl() { shutdown(); }
+  client_impl(const client_impl&) = delete;
+  client_impl& operator=(const client_impl&) = delete;
+
+  // Starts the I/O thread and makes the first connection. Throws like Client::Client.
+  void start() {
+    thread_ = std::thread([this] { ioc_.run(); });
+    io_thread_id_ = thread_.get_id();
+    waiter w;
+    try {
+      submit(w, [&] {
+        connect_waiter_ = &w;
+        start_connect();
+      });
+    } catch (...) {
+      shutdown();
+      throw;
+    }
+  }
+
+  // Stops everything; idempotent. Blocks until the I/O thread has exited.
+  void shutdown() noexcept {
+    {
+      std::lock_guard lock(mtx_);
+      if (closed_) return;
+      closed_ = true;
+      asio::post(ioc_, [this] { close_all(); });
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+  const std::string& server() const noexcept { return options_.server; }
+
+  std::string server_version() {
+    std::lock_guard lock(mtx_);
+    return server_version_;
+  }
+
+  std::shared_ptr<lease_state> acquire(std::string_view key, const AcquireOptions& options) {
+    waiter w;
+    submit(w, [&] {
+      const std::uint64_t id = next_id_++;
+      pending& p = calls_[id];
+      p.w = &w;
+      p.req.kind = op::acquire;
+      p.req.id = id;
+      p.req.key = std::string(key);
+      p.req.ttl_ms = static_cast<std::uint64_t>(options.ttl.count());
+      p.req.limit = options.limit;
+      p.req.set(field::id);
+      p.req.set(field::key);
+      p.req.set(field::ttl_ms);
+      p.req.set(field::limit);
+      if (options.wait) {
+        p.wait = std::max(*options.wait, milliseconds(0));
+        p.wait_until = steady::now() + p.wait;
+        p.timeout = add_deadline(*p.wait_until, deadline_kind::call, id);
+      }
+      p.auto_extend = options.auto_extend;
+      p.on_lost = options.on_lost;
+      send_or_queue(id);
+    });
+    return std::move(w.lease);
+  }
+
+  void release(const std::shared_ptr<lease_state>& lease, release_mode mode) {
+    if (on_io_thread()) {
+      release_inline(lease);
+      return;
+    }
+    waiter w;
+    submit(w, [&] {
+      if (lease->status.load() != lease_status::held) {
+        finish_lost_or_released(w, *lease);
+        return;
+      }
+      forget(lease, lease_status::released);
+      if (mode == release_mode::no_reply) {
+        send_release(lease->key, lease->token);
+        complete(w);  // queued on the connection, ahead of anything submitted after
+        return;
+      }
+      pending& p = new_user_call(w, op::release);
+      p.req.key = lease->key;
+      p.req.token = lease->token;
+      p.req.set(field::key);
+      p.req.set(field::token);
+      p.lease = lease;
+      send_or_queue(p.req.id);
+    });
+  }
+
+  void release_quietly(const std::shared_ptr<lease_state>& lease) noexcept {
+    try {
+      release(lease, release_mode::no_reply);
+    } catch (...) {  // the destructor's contract: errors are swallowed
+    }
+  }
+
+  void extend(const std::shared_ptr<lease_state>& lease, milliseconds ttl) {
+    waiter w;
+    submit(w, [&] {
+      if (lease->status.load() != lease_status::held) {
+        finish_lost_or_released(w, *lease);
+        return;
+      }
+      pending& p = new_user_call(w, op::extend);
+      p.req.key = lease->key;
+      p.req.token = lease->token;
+      p.req.ttl_ms = static_cast<std::uint64_t>(ttl.count());
+      p.req.set(field::key);
+      p.req.set(field::token);
+      p.req.set(field::ttl_ms);
+      p.lease = lease;
+      send_or_queue(p.req.id);
+    });
+  }
+
+  std::chrono::nanoseconds ping() {
+    waiter w;
+    submit(w, [&] { send_or_queue(new_user_call(w, op::ping).req.id); });
+    return w.rtt;
+  }
+
+  reply inspect(std::string_view key) {
+    waiter w;
+    submit(w, [&] {
+      pending& p = new_user_call(w, op::inspect);
+      p.req.key = std::string(key);
+      p.req.set(field::key);
+      send_or_queue(p.req.id);
+    });
+    return std::move(w.rep);
+  }
+
+  reply stats() {
+    waiter w;
+    submit(w, [&] { send_or_queue(new_user_call(w, op::stats).req.id); });
+    return std::move(w.rep);
+  }
+
+ private:
+  bool on_io_thread() const { return std::this_thread::get_id() == io_thread_id_; }
+
+  // Runs `setup` on the I/O thread and blocks until `w` is completed; rethrows its error.
+  template <class Setup>
+  void submit(waiter& w, Setup&& setup) {
+    if (on_io_thread()) {
+      throw std::logic_error(
+          "keylock: blocking Client/Lease call from the client's I/O thread (an on_lost "
+          "callback must not block)");
+    }
+    {
+      std::lock_guard lock(mtx_);
+      if (closed_) throw ConnectionError("keylock: the client is closed");
+      asio::post(ioc_, [this, &w, &setup] {
+        if (closing_) {
+          complete(w, std::make_exception_ptr(ConnectionError("keylock: the client is closed")));
+        } else {
+          setup();
+        }
+      });
+    }
+    w.wait();
+    if (w.error) std::rethrow_exception(w.error);
+  }
+
+  // ---- I/O thread from here on -----------------------------------------------------------
+
+  static void complete(waiter& w, std::exception_ptr error = nullptr) {
+    std::lock_guard lock(w.m);
+    w.error = std::move(error);
+    w.done = true;
+    // Notify under the lock: once it is released the caller may return and destroy `w`.
+    w.cv.notify_one();
+  }
+
+  void finish_lost_or_released(waiter& w, const lease_state& lease) {
+    if (lease.status.load() == lease_status::lost) {
+      complete(w, std::make_exception_ptr(NotHeld("keylock: lease on '" + lease.key +
+                                                  "' was lost: " + lease.lost_message)));
+    } else {
+      complete(w, std::make_exception_ptr(
+                      NotHeld("keylock: lease on '" + lease.key + "' was already released")));
+    }
+  }
+
+  pending& new_user_call(waiter& w, op kind) {
+    const std::uint64_t id = next_id_++;
+    pending& p = calls_[id];
+    p.w = &w;
+    p.req.kind = kind;
+    p.req.id = id;
+    p.req.set(field::id);
+    p.timeout = add_deadline(steady::now() + options_.request_timeout, deadline_kind::call, id);
+    return p;
+  }
+
+  std::uint64_t new_internal_call(op kind) {
+    const std::uint64_t id = next_id_++;
+    pending& p = calls_[id];
+    p.req.kind = kind;
+    p.req.id = id;
+    p.req.set(field::id);
+    return id;
+  }
+
+  bool can_send(const pending& p) const {
+    if (state_ == conn_state::ready) return true;
+    if (state_ == conn_state::draining) return p.req.kind != op::acquire;
+    return state_ == conn_state::handshaking && p.req.kind == op::hello;
+  }
+
+  void send_or_queue(std::uint64_t id) {
+    pending& p = calls_.at(id);
+    if (can_send(p)) {
+      write(p);
+    } else {
+      queue_.push_back(id);
+    }
+  }
+
+  // Sends every queued call that may go now, in submission order.
+  void pump() {
+    std::deque<std::uint64_t> keep;
+    for (const std::uint64_t id : queue_) {
+      const auto it = calls_.find(id);
+      if (it == calls_.end() || it->second.state != call_state::queued) continue;
+      if (can_send(it->second)) {
+        write(it->second);
+      } else {
+        keep.push_back(id);
+      }
+    }
+    queue_.swap(keep);
+  }
+
+  void write(pending& p) {
+    const auto now = steady::now();
+    if (p.wait_until) {
+      // A re-sent acquire waits only for what is left of its wait.
+      const auto left = std::chrono::ceil<milliseconds>(*p.wait_until - now);
+      p.req.wait_ms = static_cast<std::uint64_t>(std::max(left, milliseconds(0)).count());
+      p.req.set(field::wait_ms);
+    }
+    append_request(out_, p.req);
+    p.state = call_state::sent;
+    p.sent_at = now;
+    flush();
+  }
+
+  // Coalesces everything queued since the last write into one async_write.
+  void flush() {
+    if (writing_ || out_.empty() || !connected()) return;
+    writing_ = true;
+    wbuf_.swap(out_);
+    out_.clear();
+    asio::async_write(
+        socket_, asio::buffer(wbuf_),
+        [this, gen = gen_](boost::system::error_code ec, std::size_t) { on_write(ec, gen); });
+  }
+
+  void on_write(boost::system::error_code ec, std::uint64_t gen) {
+    // wbuf_ is ours again only now, even for a write of an older connection.
+    writing_ = false;
+    wbuf_.clear();
+    if (gen != gen_) {
+      flush();
+      return;
+    }
+    if (ec) {
+      on_drop("write failed: " + ec.message());
+      return;
+    }
+    flush();
+  }
+
+  bool connected() const {
+    return state_ == conn_state::handshaking || state_ == conn_state::ready ||
+           state_ == conn_state::draining;
+  }
+
+  void do_read() {
+    if (reading_ || !connected()) return;
+    reading_ = true;
+    socket_.async_read_some(
+        asio::buffer(rchunk_),
+        [this, gen = gen_](boost::system::error_code ec, std::size_t n) { on_read(ec, n, gen); });
+  }
+
+  void on_read(boost::system::error_code ec, std::size_t n, std::uint64_t gen) {
+    reading_ = false;
+    if (gen != gen_) {
+      do_read();  // a read of an older connection ended; start the current one's
+      return;
+    }
+    if (ec) {
+      on_drop(ec == asio::error::eof ? std::string("closed by the daemon")
+                                     : "read failed: " + ec.message());
+      return;
+    }
+    rbuf_.append(rchunk_.data(), n);
+    std::size_t start = 0;
+    for (;;) {
+      const std::size_t nl = rbuf_.find('\n', start);
+      if (nl == std::string::npos) break;
+      std::string_view frame(rbuf_.data() + start, nl - start);
+      start = nl + 1;
+      if (!frame.empty() && frame.back() == '\r') frame.remove_suffix(1);
+      if (frame.empty()) continue;
+      reply rep;
+      if (auto error = decode_reply(frame, rep)) {
+        on_drop("undecodable frame from the daemon: " + error->message, failure_kind::protocol);
+        return;
+      }
+      on_frame(rep);
+      if (gen != gen_) return;  // the frame ended the connection
+    }
+    rbuf_.erase(0, start);
+    if (rbuf_.size() > max_reply_bytes) {
+      on_drop("reply frame longer than " + std::to_string(max_reply_bytes) + " bytes",
+              failure_kind::protocol);
+      return;
+    }
+    do_read();
+  }
+
+  void on_frame(const reply& rep) {
+    if (rep.type == reply::kind::event) {
+      if (rep.event == "expired" && rep.token) {
+        if (const auto it = leases_.find(*rep.token); it != leases_.end()) {
+          lose(it->second, lost_reason::expired, "the daemon expired the lease (ttl ran out)");
+        }
+      }
+      return;  // unknown events are ignored (PROTOCOL.md)
+    }
+    if (!rep.id) {
+      // An error about a frame the daemon could not read, or "too many connections": the
+      // daemon closes next; remember why for the messages of what fails then.
+      if (rep.type == reply::kind::error) {
+        last_error_ = "keylockd: " + rep.message;
+        if (state_ == conn_state::handshaking) {
+          connect_failed(
+              code_of(rep) == "unauthenticated" ? failure_kind::auth : failure_kind::connection,
+              last_error_);
+        }
+      }
+      return;
+    }
+    const auto it = calls_.find(*rep.id);
+    if (it == calls_.end()) return;  // reply to a call that already timed out
+    pending p = std::move(it->second);
+    calls_.erase(it);
+    cancel_deadline(p.timeout);
+    switch (p.req.kind) {
+      case op::hello:
+        on_hello(rep);
+        return;
+      case op::acquire:
+        on_acquire_reply(std::move(p), rep);
+        return;
+      case op::extend:
+        on_extend_reply(p, rep);
+        return;
+      case op::release:
+        if (p.w == nullptr) return;
+        if (rep.type == reply::kind::ok) {
+          complete(*p.w);
+        } else if (code_of(rep) == "not_held") {
+          complete(*p.w, std::make_exception_ptr(NotHeld(
+                             "keylock: lease on '" + p.req.key +
+                                 "' was no longer held by the daemon (it expired): " + rep.message,
+                             errc::not_held)));
+        } else {
+          complete(*p.w, error_from_reply(rep));
+        }
+        return;
+      default:
+        if (p.w == nullptr) return;
+        if (rep.type == reply::kind::ok) {
+          {
+            std::lock_guard lock(p.w->m);
+            p.w->rep = rep;
+            p.w->rtt = steady::now() - p.sent_at;
+          }
+          complete(*p.w);
+        } else {
+          complete(*p.w, error_from_reply(rep));
+        }
+        return;
+    }
+  }
+
+  void on_hello(const reply& rep) {
+    if (rep.type != reply::kind::ok) {
+      const bool auth = code_of(rep) == "unauthenticated";
+      connect_failed(auth ? failure_kind::auth : failure_kind::protocol,
+                     std::string(auth ? "keylock: authentication refused by keylockd at "
+                                      : "keylock: hello refused by keylockd at ") +
+                         options_.server + ": " + rep.message);
+      return;
+    }
+    {
+      std::lock_guard lock(mtx_);
+      server_version_ = rep.version;
+    }
+    state_ = conn_state::ready;
+    backoff_ = options_.backoff_initial;
+    cancel_deadline(connect_timeout_);
+    if (connect_waiter_ != nullptr) {
+      complete(*connect_waiter_);
+      connect_waiter_ = nullptr;
+    }
+    pump();
+  }
+
+  void on_acquire_reply(pending p, const reply& rep) {
+    if (rep.type == reply::kind::ok && rep.token) {
+      if (p.w == nullptr) {
+        // Our caller gave up on this acquire (no reply in time); give the grant back.
+        send_release(p.req.key, *rep.token);
+        return;
+      }
+      auto lease = std::make_shared<lease_state>(p.req.key, *rep.token);
+      lease->ttl = milliseconds(rep.ttl_ms.value_or(p.req.ttl_ms));
+      lease->auto_extend = p.auto_extend;
+      lease->on_lost = std::move(p.on_lost);
+      leases_.emplace(lease->token, lease);
+      // The grant happened at most one one-way trip ago: count the ttl from its arrival.
+      confirmed(*lease, steady::now(), lease->ttl);
+      {
+        std::lock_guard lock(p.w->m);
+        p.w->lease = std::move(lease);
+      }
+      complete(*p.w);
+      return;
+    }
+    if (p.w == nullptr) return;
+    if (rep.type == reply::kind::ok) {
+      complete(*p.w, std::make_exception_ptr(ProtocolError("keylock: grant without a token")));
+      return;
+    }
+    if (code_of(rep) == "shutting_down") {
+      // The daemon is stopping: wait for the next one, with what is left of the wait.
+      state_ = conn_state::draining;
+      const std::uint64_t id = p.req.id;
+      p.state = call_state::queued;
+      p.past_wait = false;
+      if (p.wait_until) p.timeout = add_deadline(*p.wait_until, deadline_kind::call, id);
+      calls_.emplace(id, std::move(p));
+      queue_.push_back(id);
+      return;
+    }
+    if (code_of(rep) == "timeout") {
+      complete(*p.w, std::make_exception_ptr(
+                         Timeout("keylock: '" + p.req.key + "' not acquired within " +
+                                     std::to_string(p.wait.count()) + " ms: " + rep.message,
+                                 errc::timeout)));
+      return;
+    }
+    complete(*p.w, error_from_reply(rep));
+  }
+
+  void on_extend_reply(const pending& p, const reply& rep) {
+    const std::shared_ptr<lease_state>& lease = p.lease;
+    if (p.w == nullptr) lease->renewing = false;
+    if (lease->status.load() != lease_status::held) {
+      if (p.w != nullptr) finish_lost_or_released(*p.w, *lease);
+      return;
+    }
+    if (rep.type == reply::kind::ok) {
+      const milliseconds ttl(rep.ttl_ms.value_or(p.req.ttl_ms));
+      if (p.w != nullptr) lease->ttl = ttl;  // an explicit extend sets the ttl of renewals
+      // The daemon extended at or after sent_at: the lease lasts at least until sent_at + ttl.
+      confirmed(*lease, p.sent_at, ttl);
+      if (p.w != nullptr) complete(*p.w);
+      return;
+    }
+    const bool not_held = code_of(rep) == "not_held";
+    const std::string why = std::string(p.w ? "extend" : "renewal") + " refused by the daemon: " +
+                            (rep.message.empty() ? std::string(code_of(rep)) : rep.message);
+    lose(lease, not_held ? lost_reason::not_held : lost_reason::expired, why);
+    if (p.w != nullptr) {
+      complete(*p.w, not_held
+                         ? std::make_exception_ptr(NotHeld(
+                               "keylock: lease on '" + lease->key + "' " + why, errc::not_held))
+                         : error_from_reply(rep));
+    }
+  }
+
+  // The daemon holds `lease` until at least `from + ttl`: move its local expiry there and
+  // schedule the next renewal at `from + ttl/3`.
+  void confirmed(lease_state& lease, steady::time_point from, milliseconds ttl) {
+    cancel_deadline(lease.expires_at);
+    lease.expires_at = add_deadline(from + ttl, deadline_kind::lease_expiry, lease.token);
+    if (lease.auto_extend && !lease.renewing) {
+      cancel_deadline(lease.renew_at);
+      const milliseconds every = std::max(ttl / 3, milliseconds(1));
+      lease.renew_at = add_deadline(from + every, deadline_kind::renew, lease.token);
+    }
+  }
+
+  void renew(const std::shared_ptr<lease_state>& lease) {
+    if (lease->status.load() != lease_status::held || lease->renewing) return;
+    const std::uint64_t id = new_internal_call(op::extend);
+    pending& p = calls_.at(id);
+    p.req.key = lease->key;
+    p.req.token = lease->token;
+    p.req.ttl_ms = static_cast<std::uint64_t>(lease->ttl.count());
+    p.req.set(field::key);
+    p.req.set(field::token);
+    p.req.set(field::ttl_ms);
+    p.lease = lease;
+    lease->renewing = true;
+    send_or_queue(id);
+  }
+
+  // Sends `release` with noreply: nothing to wait for. The id is there for a daemon that
+  // predates noreply; its answer matches no call and is dropped.
+  void send_release(const std::string& key, std::uint64_t token) {
+    // Not connected: the daemon dropped the connection's leases itself.
+    if (state_ != conn_state::ready && state_ != conn_state::draining) return;
+    request req;
+    req.kind = op::release;
+    req.id = next_id_++;
+    req.key = key;
+    req.token = token;
+    req.noreply = true;
+    req.set(field::id);
+    req.set(field::key);
+    req.set(field::token);
+    req.set(field::noreply);
+    append_request(out_, req);
+    flush();
+  }
+
+  // release() called on the I/O thread (a Lease dropped inside a callback): fire and forget.
+  void release_inline(const std::shared_ptr<lease_state>& lease) {
+    if (lease->status.load() != lease_status::held) return;
+    forget(lease, lease_status::released);
+    send_release(lease->key, lease->token);
+  }
+
+  // Takes `lease` out of the renewal machinery; after this no renewal of it is ever sent.
+  void forget(const std::shared_ptr<lease_state>& lease, lease_status status) {
+    lease->status.store(status);
+    cancel_deadline(lease->renew_at);
+    cancel_deadline(lease->expires_at);
+    leases_.erase(lease->token);
+  }
+
+  // Marks `lease` lost and runs its on_lost once. No-op unless it is held. Takes `lease` by
+  // value: the callback may drop the last other reference (the leases_ entry is erased).
+  // NOLINTNEXTLINE(performance-unnecessary-value-param)
+  void lose(std::shared_ptr<lease_state> lease, lost_reason reason, std::string message) {
+    if (lease->status.load() != lease_status::held) return;
+    lease->lost_message = message;
+    forget(lease, lease_status::lost);
+    if (lease->on_lost) {
+      try {
+        lease->on_lost(lease_lost{lease->key, lease->token, reason, std::move(message)});
+      } catch (...) {  // documented: callbacks must not throw; never let one kill the I/O thread
+      }
+    }
+  }
+
+  // ---- connection lifecycle -------------------------------------------------------------
+
+  void start_connect() {
+    state_ = conn_state::connecting;
+    const std::uint64_t gen = ++gen_;
+    connect_timeout_ =
+        add_deadline(steady::now() + options_.connect_timeout, deadline_kind::connect, gen);
+    resolver_.async_resolve(
+        host_, port_,
+        [this, gen](boost::system::error_code ec, const tcp::resolver::results_type& results) {
+          if (gen != gen_) return;
+          if (ec) {
+            connect_failed(failure_kind::connection,
+                           "keylock: cannot resolve " + host_ + ": " + ec.message());
+            return;
+          }
+          asio::async_connect(socket_, results,
+                              [this, gen](boost::system::error_code ec2, const tcp::endpoint&) {
+                                on_connect(ec2, gen);
+                              });
+        });
+  }
+
+  void on_connect(boost::system::error_code ec, std::uint64_t gen) {
+    if (gen != gen_) return;
+    if (ec) {
+      connect_failed(failure_kind::connection, "keylock: cannot connect to keylockd at " +
+                                                   options_.server + ": " + ec.message());
+      return;
+    }
+    // Asio 1.74 opens sockets without SOCK_CLOEXEC: keep ours out of processes the user
+    // starts (keylock run's command must not keep the lock's connection open).
+    ::fcntl(socket_.native_handle(), F_SETFD, FD_CLOEXEC);
+    boost::system::error_code ignored;
+    socket_.set_option(tcp::no_delay(true), ignored);  // small pipelined frames: no Nagle
+    socket_.set_option(asio::socket_base::keep_alive(true), ignored);
+    state_ = conn_state::handshaking;
+    rbuf_.clear();
+    do_read();
+    const std::uint64_t id = new_internal_call(op::hello);
+    pending& p = calls_.at(id);
+    if (!options_.auth->empty()) {
+      p.req.auth = *options_.auth;
+      p.req.set(field::auth);
+    }
+    if (!options_.name.empty()) {
+      p.req.client = options_.name;
+      p.req.set(field::client);
+    }
+    write(p);
+  }
+
+  void close_socket() {
+    boost::system::error_code ignored;
+    resolver_.cancel();
+    socket_.close(ignored);
+    ++gen_;  // every handler of the old connection is now stale
+    out_.clear();
+    rbuf_.clear();
+  }
+
+  // A connection attempt (resolve, connect or hello) failed.
+  void connect_failed(failure_kind kind, const std::string& message) {
+    last_error_ = message;
+    last_failure_ = kind;
+    close_socket();
+    state_ = conn_state::disconnected;
+    cancel_deadline(connect_timeout_);
+    drop_calls();
+    if (connect_waiter_ != nullptr) {  // the constructor's attempt: report, do not retry
+      complete(*connect_waiter_, make_failure(kind, message));
+      connect_waiter_ = nullptr;
+      return;
+    }
+    schedule_reconnect();
+  }
+
+  // An established connection ended.
+  void on_drop(const std::string& why, failure_kind kind = failure_kind::connection) {
+    if (state_ == conn_state::handshaking) {
+      connect_failed(kind, "keylock: connection to keylockd at " + options_.server +
+                               " ended during hello: " + why);
+      return;
+    }
+    last_error_ = "keylock: connection to keylockd at " + options_.server + " lost: " + why;
+    last_failure_ = kind;
+    close_socket();
+    state_ = conn_state::disconnected;
+    // The daemon released every lease of this connection.
+    std::vector<std::shared_ptr<lease_state>> held;
+    held.reserve(leases_.size());
+    for (const auto& entry : leases_) held.push_back(entry.second);
+    for (const auto& lease : held) lose(lease, lost_reason::connection_lost, last_error_);
+    drop_calls();
+    schedule_reconnect();
+  }
+
+  // Settles the calls that were on the wire of a connection that is gone.
+  void drop_calls() {
+    std::vector<std::uint64_t> ids;
+    for (const auto& entry : calls_) ids.push_back(entry.first);
+    std::sort(ids.begin(), ids.end());
+    std::deque<std::uint64_t> queue;
+    for (const std::uint64_t id : ids) {
+      const auto it = calls_.find(id);
+      if (it == calls_.end()) continue;
+      pending& p = it->second;
+      const bool waiting_acquire = p.req.kind == op::acquire && p.w != nullptr;
+      if (p.state == call_state::queued || waiting_acquire) {
+        // Not sent yet, or an acquire the daemon dropped with the connection: send (again)
+        // on the next connection, if its wait has time left.
+        if (waiting_acquire && p.wait_until && *p.wait_until <= steady::now()) {
+          cancel_deadline(p.timeout);
+          complete(*p.w, std::make_exception_ptr(
+                             Timeout("keylock: '" + p.req.key + "' not acquired within " +
+                                         std::to_string(p.wait.count()) + " ms: " + last_error_,
+                                     errc::timeout)));
+          calls_.erase(it);
+          continue;
+        }
+        p.past_wait = false;
+        p.state = call_state::queued;
+        queue.push_back(id);
+        continue;
+      }
+      pending done = std::move(p);
+      calls_.erase(it);
+      cancel_deadline(done.timeout);
+      if (done.w == nullptr) continue;  // hello, renewals, internal releases, abandoned
+      if (done.req.kind == op::release) {
+        complete(*done.w);  // the daemon dropped the lease with the connection
+      } else {
+        complete(*done.w, make_failure(failure_kind::connection, last_error_));
+      }
+    }
+    queue_.swap(queue);
+  }
+
+  void schedule_reconnect() {
+    if (closing_) return;
+    const auto high = backoff_.count();
+    std::uniform_int_distribution<std::int64_t> jitter(high / 2, high);
+    const milliseconds delay(jitter(rng_));
+    backoff_ = std::min(backoff_ * 2, options_.backoff_max);
+    reconnect_ = add_deadline(steady::now() + delay, deadline_kind::reconnect, 0);
+  }
+
+  // The Client is being destroyed.
+  void close_all() {
+    closing_ = true;
+    close_socket();
+    state_ = conn_state::disconnected;
+    std::vector<std::shared_ptr<lease_state>> held;
+    for (const auto& entry : leases_) held.push_back(entry.second);
+    for (const auto& lease : held) {
+      lose(lease, lost_reason::client_closed, "keylock: the client was closed");
+    }
+    for (auto& entry : calls_) {
+      if (entry.second.w != nullptr) {
+        complete(*entry.second.w,
+                 std::make_exception_ptr(ConnectionError("keylock: the client is closed")));
+      }
+    }
+    if (connect_waiter_ != nullptr) {
+      complete(*connect_waiter_,
+               std::make_exception_ptr(ConnectionError("keylock: the client is closed")));
+      connect_waiter_ = nullptr;
+    }
+    calls_.clear();
+    queue_.clear();
+    deadlines_.clear();
+    timer_.cancel();
+    work_.reset();
+    ioc_.stop();
+  }
+
+  // ---- deadlines ------------------------------------------------------------------------
+
+  deadline_map::iterator add_deadline(steady::time_point when, deadline_kind kind,
+                                      std::uint64_t ref) {
+    const auto it = deadlines_.emplace(when, deadline{kind, ref});
+    arm();
+    return it;
+  }
+
+  void cancel_deadline(deadline_handle& handle) {
+    if (handle) {
+      deadlines_.erase(*handle);
+      handle.reset();
+    }
+  }
+
+  // Keeps the one timer set for the earliest deadline. A wait already set for an earlier or
+  // equal time stays: when it fires it re-arms for whatever is first then.
+  void arm() {
+    if (deadlines_.empty() || closing_) return;
+    const auto first = deadlines_.begin()->first;
+    if (armed_for_ && *armed_for_ <= first) return;
+    armed_for_ = first;
+    timer_.expires_at(first);
+    timer_.async_wait([this](boost::system::error_code ec) {
+      if (ec == asio::error::operation_aborted) return;  // re-armed for an earlier time
+      armed_for_.reset();
+      on_timer();
+    });
+  }
+
+  void on_timer() {
+    const auto now = steady::now();
+    while (!deadlines_.empty() && deadlines_.begin()->first <= now && !closing_) {
+      const deadline due = deadlines_.begin()->second;
+      clear_handle(due);  // the owner's handle goes before the entry: never erased twice
+      deadlines_.erase(deadlines_.begin());
+      fire(due);
+    }
+    arm();
+  }
+
+  void clear_handle(const deadline& due) {
+    switch (due.kind) {
+      case deadline_kind::renew:
+      case deadline_kind::lease_expiry:
+        if (const auto it = leases_.find(due.ref); it != leases_.end()) {
+          (due.kind == deadline_kind::renew ? it->second->renew_at : it->second->expires_at)
+              .reset();
+        }
+        return;
+      case deadline_kind::call:
+        if (const auto it = calls_.find(due.ref); it != calls_.end()) it->second.timeout.reset();
+        return;
+      case deadline_kind::connect:
+        connect_timeout_.reset();
+        return;
+      case deadline_kind::reconnect:
+        reconnect_.reset();
+        return;
+    }
+  }
+
+  void fire(const deadline& due) {
+    switch (due.kind) {
+      case deadline_kind::renew:
+        if (const auto it = leases_.find(due.ref); it != leases_.end()) renew(it->second);
+        return;
+      case deadline_kind::lease_expiry:
+        if (const auto it = leases_.find(due.ref); it != leases_.end()) {
+          const auto lease = it->second;
+          send_release(lease->key, lease->token);  // in case the daemon was merely slow
+          lose(lease, lost_reason::expired,
+               "no renewal confirmed by the daemon within the lease's ttl of " +
+                   std::to_string(lease->ttl.count()) + " ms");
+        }
+        return;
+      case deadline_kind::call:
+        on_call_timeout(due.ref);
+        return;
+      case deadline_kind::connect:
+        if (due.ref == gen_ &&
+            (state_ == conn_state::connecting || state_ == conn_state::handshaking)) {
+          connect_failed(failure_kind::connection,
+                         "keylock: cannot connect to keylockd at " + options_.server +
+                             ": timed out after " +
+                             std::to_string(options_.connect_timeout.count()) + " ms");
+        }
+        return;
+      case deadline_kind::reconnect:
+        if (state_ == conn_state::disconnected) start_connect();
+        return;
+    }
+  }
+
+  void on_call_timeout(std::uint64_t id) {
+    const auto it = calls_.find(id);
+    if (it == calls_.end() || it->second.w == nullptr) return;
+    pending& p = it->second;
+    if (p.req.kind == op::acquire && p.state == call_state::sent) {
+      if (!p.past_wait) {
+        // The daemon answers its own wait timeout; this bounds a daemon that never does.
+        p.past_wait = true;
+        p.timeout = add_deadline(steady::now() + options_.request_timeout, deadline_kind::call, id);
+        return;
+      }
+      waiter& w = *p.w;
+      p.w = nullptr;  // abandoned: a late grant is released at once
+      complete(w, std::make_exception_ptr(ConnectionError("keylock: no reply to acquire of '" +
+                                                          p.req.key + "' from keylockd at " +
+                                                          options_.server)));
+      const std::uint64_t cancel_id = new_internal_call(op::cancel);  // may rehash calls_
+      pending& cancel = calls_.at(cancel_id);
+      cancel.req.target = id;
+      cancel.req.set(field::target);
+      send_or_queue(cancel_id);
+      return;
+    }
+    // Take the call out before acting: lose() runs a user callback that may add calls.
+    pending done = std::move(p);
+    calls_.erase(it);
+    const bool is_connected = state_ == conn_state::ready || state_ == conn_state::draining;
+    if (done.req.kind == op::acquire) {  // queued: the wait ran out before it could be sent
+      const std::string why = is_connected          ? "the daemon is shutting down"
+                              : last_error_.empty() ? "not connected"
+                                                    : last_error_;
+      complete(*done.w, std::make_exception_ptr(
+                            Timeout("keylock: '" + done.req.key + "' not acquired within " +
+                                        std::to_string(done.wait.count()) + " ms: " + why,
+                                    errc::timeout)));
+      return;
+    }
+    if (done.state == call_state::queued && !is_connected) {
+      complete(*done.w, make_failure(last_failure_, last_error_.empty()
+                                                        ? "keylock: not connected to keylockd"
+                                                        : last_error_));
+    } else {
+      complete(*done.w, std::make_exception_ptr(ConnectionError(
+                            "keylock: no reply from keylockd at " + options_.server + " within " +
+                            std::to_string(options_.request_timeout.count()) + " ms")));
+    }
+    if (done.req.kind == op::extend && done.lease) {
+      lose(done.lease, lost_reason::expired, "extend got no reply from the daemon");
+    }
+  }
+
+  client_options options_;
+  std::string host_;
+  std::string port_;
+
+  asio::io_context ioc_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  tcp::resolver resolver_;
+  tcp::socket socket_;
+  asio::steady_timer timer_;
+  std::thread thread_;
+  std::thread::id io_thread_id_;
+
+  std::mutex mtx_;  // guards closed_ and server_version_
+  bool closed_ = false;
+  std::string server_version_;
+
+  // I/O thread only.
+  bool closing_ = false;
+  conn_state state_ = conn_state::disconnected;
+  std::uint64_t gen_ = 0;  // connection generation: handlers of older ones are ignored
+  std::uint64_t next_id_ = 1;
+  std::unordered_map<std::uint64_t, pending> calls_;
+  std::deque<std::uint64_t> queue_;  // ids waiting for a connection that may carry them
+  std::unordered_map<std::uint64_t, std::shared_ptr<lease_state>> leases_;  // by token
+  deadline_map deadlines_;
+  std::optional<steady::time_point> armed_for_;
+  deadline_handle connect_timeout_;
+  deadline_handle reconnect_;
+  milliseconds backoff_{0};
+  std::minstd_rand rng_;
+  waiter* connect_waiter_ = nullptr;
+  std::string last_error_;
+  failure_kind last_failure_ = failure_kind::connection;
+  std::string out_;   // frames not yet handed to a write
+  std::string wbuf_;  // the frames of the write in progress
+  bool writing_ = false;
+  bool reading_ = false;
+  std::array<char, 16384> rchunk_{};
+  std::string rbuf_;
+};
+
+}  // namespace detail
+
+// ---- Lease --------------------------------------------------------------------------------
+
+Lease::Lease() noexcept = default;
+
+Lease::Lease(std::shared_ptr<detail::client_impl> client,
+             std::shared_ptr<detail::lease_state> state)
+    : client_(std::move(client)), state_(std::move(state)) {}
+
+Lease::Lease(Lease&& other) noexcept
+    : client_(std::move(other.client_)), state_(std::move(other.state_)) {}
+
+Lease& Lease::operator=(Lease&& other) noexcept {
+  if (this != &other) {
+    release_quietly();
+    client_ = std::move(other.client_);
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+Lease::~Lease() { release_quietly(); }
+
+const std::string& Lease::key() const noexcept {
+  static const std::string empty;
+  return state_ ? state_->key : empty;
+}
+
+std::uint64_t Lease::token() const noexcept { return state_ ? state_->token : 0; }
+
+bool Lease::valid() const noexcept {
+  return state_ && state_->status.load() == detail::lease_status::held;
+}
+
+void Lease::extend(std::chrono::milliseconds ttl) {
+  if (!state_) throw std::logic_error("keylock: extend() of an empty Lease");
+  client_->extend(state_, ttl);
+}
+
+void Lease::release(release_mode mode) {
+  if (!state_) return;
+  auto client = std::move(client_);
+  auto state = std::move(state_);
+  client->release(state, mode);
+}
+
+void Lease::release_quietly() noexcept {
+  if (!state_) return;
+  auto client = std::move(client_);
+  auto state = std::move(state_);
+  client->release_quietly(state);
+}
+
+// ---- Client -------------------------------------------------------------------------------
+
+Client::Client(client_options options)
+    : impl_(std::make_shared<detail::client_impl>(std::move(options))) {
+  impl_->start();
+}
+
+Client::~Client() { impl_->shutdown(); }
+
+Lease Client::acquire(std::string_view key, const AcquireOptions& options) {
+  return Lease(impl_, impl_->acquire(key, options));
+}
+
+std::optional<Lease> Client::try_acquire(std::string_view key, AcquireOptions options) {
+  if (!options.wait) options.wait = std::chrono::milliseconds(0);
+  try {
+    return acquire(key, options);
+  } catch (const Timeout&) {
+    return std::nullopt;
+  }
+}
+
+std::chrono::nanoseconds Client::ping() { return impl_->ping(); }
+
+key_info Client::inspect(std::string_view key) {
+  reply rep = impl_->inspect(key);
+  key_info info;
+  info.held = rep.held.value_or(false);
+  info.holders = std::move(rep.holders);
+  info.waiters = rep.waiters.value_or(0);
+  info.limit = rep.limit.value_or(0);
+  return info;
+}
+
+stats_info Client::stats() {
+  reply rep = impl_->stats();
+  if (!rep.stats) throw ProtocolError("keylock: stats reply without counters");
+  return *rep.stats;
+}
+
+const std::string& Client::server() const noexcept { return impl_->server(); }
+
+std::string Client::server_version() const { return impl_->server_version(); }
+
+}  // namespace keylock

@@ -1,0 +1,50 @@
+"""keylock: Python client for keylockd, the lock server.
+
+    import keylock
+
+    client = keylock.Client("127.0.0.1:7400")
+    with client.lock("report:monthly", ttl=30, wait=5) as lease:
+        write_report(lease.token)
+
+    @keylock.lock_decorator()
+    def fetch_remote_thing(name): ...
+
+Times are seconds (floats). See docs/python.md in the keylock repository; Django users want
+``keylock.django``.
+"""
+from .client import DEFAULT_PORT, Client, Holder, KeyInfo, Lease, LeaseLost, default_client
+from .decorator import MAX_KEY_BYTES, default_key, lock_decorator, locked_call
+from .errors import (
+    AuthError,
+    Conflict,
+    ConnectionError,
+    Error,
+    LimitExceeded,
+    NotHeld,
+    ProtocolError,
+    Timeout,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "Lease",
+    "LeaseLost",
+    "KeyInfo",
+    "Holder",
+    "default_client",
+    "lock_decorator",
+    "locked_call",
+    "default_key",
+    "MAX_KEY_BYTES",
+    "DEFAULT_PORT",
+    "Error",
+    "Timeout",
+    "NotHeld",
+    "ConnectionError",
+    "ProtocolError",
+    "AuthError",
+    "LimitExceeded",
+    "Conflict",
+]

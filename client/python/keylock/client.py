@@ -1,0 +1,1289 @@
+"""keylock Python client: a blocking, thread-safe API over one multiplexed connection.
+
+One :class:`Client` is meant to be shared by every thread of a process. It owns one TCP
+connection to keylockd and one private I/O thread; requests from any number of threads are
+pipelined over the connection and matched to their replies by ``id``. Each call blocks only its
+own thread. Times are in **seconds** (floats), as in redis-py's ``Lock`` (``timeout``,
+``blocking_timeout``); they are sent to the daemon in whole milliseconds.
+
+    client = keylock.Client()            # $KEYLOCK_SERVER, else 127.0.0.1:7400; $KEYLOCK_AUTH
+    with client.lock("report:monthly", ttl=30, wait=5) as lease:
+        write_report(lease.token)        # pass the fencing token on to storage
+
+Invariants (the same as the C++ client's, include/keylock/client.hpp):
+
+- A lease with ``auto_extend`` is renewed (``extend``) at a third of its ttl by the I/O thread
+  until it is released or lost. No renewal is queued after ``release()`` has started.
+- A lease becomes invalid, and its ``on_lost`` callback runs exactly once, when the daemon
+  refuses its renewal, sends its ``expired`` event, when no renewal was confirmed within its
+  ttl (the daemon is unresponsive), when the connection drops (the daemon releases every lease
+  of a closed connection), or when the Client is closed. on_lost is not called for a lease
+  released by its owner.
+- Callbacks run on the I/O thread: they must be quick and must not call blocking Client or
+  Lease methods (those raise RuntimeError there). Exceptions they raise are logged and dropped.
+- After a connection loss the client reconnects with exponential backoff and jitter and sends
+  ``hello`` (with the secret) first on every connection. Waiting acquires are sent again with
+  the wait they have left; other requests in flight fail with ConnectionError.
+- Fork safety: a forked child (uWSGI/gunicorn workers) never uses its parent's connection. The
+  child drops the inherited socket and state, and connects on its first call. Leases the parent
+  held are not the child's: in the child they are invalid, ``release()`` of them does nothing
+  and ``extend()`` raises NotHeld. This works through ``os.register_at_fork`` and, for servers
+  that fork without running Python's fork hooks (uWSGI), through a pid check on every call.
+- The constructor does not connect: a Client may be made at import time, before the server
+  forks. The first call (or :meth:`Client.connect`) connects; if that first attempt fails, the
+  calls waiting for it fail at once (ConnectionError / AuthError) and the next call tries again.
+  Once connected, a lost connection is retried forever in the background.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import select
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Type
+
+from .errors import (
+    AuthError,
+    ConnectionError,
+    Error,
+    NotHeld,
+    ProtocolError,
+    Timeout,
+    error_from_reply,
+)
+
+__all__ = ["Client", "Lease", "LeaseLost", "KeyInfo", "Holder", "default_client", "DEFAULT_PORT"]
+
+DEFAULT_PORT = 7400
+_log = logging.getLogger("keylock")
+
+# A reply frame longer than this (no newline within it) is a broken stream: drop the connection.
+# inspect of a key at the daemon's max_limit (1024 holders) is about 150 KB.
+_MAX_REPLY_BYTES = 8 << 20
+
+# Lease status.
+_HELD, _RELEASED, _LOST = "held", "released", "lost"
+# Connection state.
+_IDLE = "idle"  # never connected, after a failed first attempt, or in a fresh fork child
+_CONNECTING = "connecting"  # first attempt requested: callers wait for its outcome
+_READY = "ready"
+_RECONNECTING = "reconnecting"  # an established connection dropped: retry with backoff
+# Call state.
+_QUEUED, _SENT = "queued", "sent"
+# Deadline kinds.
+_RENEW, _EXPIRY = 0, 1
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """What ``on_lost`` is told. ``reason`` is one of "expired" (the daemon's ``expired``
+    event, or no renewal confirmed within the ttl), "not_held" (the daemon refused a renewal),
+    "connection_lost" (the daemon released it with the connection), "client_closed"."""
+
+    key: str
+    token: int
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Holder:
+    token: int
+    ttl_ms_left: int
+    client: Optional[str] = None
+    peer: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What ``inspect`` reports: holders in grant order; ``limit`` is 0 when the key is not
+    live."""
+
+    held: bool
+    holders: List[Holder]
+    waiters: int
+    limit: int
+
+
+def _split_server(server: str) -> Tuple[str, int]:
+    """"host:port", "host" (port 7400), "[v6]:port" or "[v6]". Raises ValueError."""
+    bad = ValueError(f"keylock: invalid server address {server!r} (expected host:port)")
+    host, port = server, str(DEFAULT_PORT)
+    if server.startswith("["):
+        close = server.find("]")
+        if close < 0:
+            raise bad
+        host, rest = server[1:close], server[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise bad
+            port = rest[1:]
+    elif server.count(":") == 1:
+        host, port = server.split(":")
+    if not host or not port.isdigit() or len(port) > 5 or not 0 < int(port) <= 65535:
+        raise bad
+    return host, int(port)
+
+
+def _ms(seconds: float, what: str, minimum: int) -> int:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"keylock: {what} must be a number of seconds, not {seconds!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"keylock: {what} must be a finite number of seconds >= 0")
+    ms = int(math.ceil(seconds * 1000 - 1e-9))
+    if ms < minimum:
+        raise ValueError(f"keylock: {what} must be at least {minimum} ms, got {seconds!r} s")
+    return ms
+
+
+def _encode(msg: Dict[str, Any]) -> bytes:
+    return json.dumps(msg, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+class _LeaseState:
+    """One granted lease. key, token and pid never change; everything else is guarded by the
+    client's lock."""
+
+    __slots__ = (
+        "key", "token", "pid", "status", "ttl", "auto_extend", "renewing", "on_lost",
+        "lost_message", "renew_at", "expires_at",
+    )
+
+    def __init__(self, key: str, token: int, ttl: float, auto_extend: bool, on_lost) -> None:
+        self.key = key
+        self.token = token
+        self.pid = os.getpid()
+        self.status = _HELD
+        self.ttl = ttl
+        self.auto_extend = auto_extend
+        self.renewing = False  # an auto renewal is in flight
+        self.on_lost = on_lost
+        self.lost_message = ""
+        self.renew_at: Optional[float] = None
+        self.expires_at: Optional[float] = None
+
+
+class _Call:
+    """One request. ``user`` calls have a caller blocked on ``latch``; internal ones (renewals,
+    cancels) have none. ``done`` is set, under the client's lock, exactly once: by the I/O
+    thread when it completes the call, or by a caller that gives up on it."""
+
+    __slots__ = (
+        "op", "fields", "user", "latch", "done", "reply", "error", "state", "id", "sent_at",
+        "wait", "wait_until", "lease", "auto_extend", "on_lost", "ttl_ms", "abandoned",
+    )
+
+    def __init__(self, op: str, fields: Dict[str, Any], user: bool = True) -> None:
+        self.op = op
+        self.fields = fields
+        self.user = user
+        self.latch: Optional[threading.Lock] = None
+        if user:
+            self.latch = threading.Lock()
+            self.latch.acquire()
+        self.done = False
+        self.reply: Optional[dict] = None
+        self.error: Optional[Error] = None
+        self.state = _QUEUED
+        self.id = 0
+        self.sent_at = 0.0
+        self.wait: Optional[float] = None
+        self.wait_until: Optional[float] = None
+        self.lease: Optional[_LeaseState] = None
+        self.auto_extend = False
+        self.on_lost = None
+        self.ttl_ms = 0
+        self.abandoned = False  # acquire whose caller gave up: a late grant is released at once
+
+
+class Lease:
+    """A granted lock. ``token`` is its fencing token: strictly greater than every token the
+    daemon granted before, across all keys and restarts; pass it to storage that must refuse
+    writes from an older holder.
+
+    A context manager: leaving the ``with`` block releases it (with ``noreply``, no round
+    trip); if the body raised, release errors are swallowed and the body's exception
+    propagates. A Lease dropped without release is released in the background (best effort).
+    One Lease is used by one thread at a time; ``valid`` may be read from any thread.
+    """
+
+    __slots__ = ("_client", "_state", "_done", "__weakref__")
+
+    def __init__(self, client: "Client", state: _LeaseState) -> None:
+        self._client = client
+        self._state = state
+        self._done = False
+
+    @property
+    def key(self) -> str:
+        return self._state.key
+
+    @property
+    def token(self) -> int:
+        return self._state.token
+
+    @property
+    def valid(self) -> bool:
+        """True while the lease is held by this process: granted, not released, not lost."""
+        return self._state.status == _HELD and self._state.pid == os.getpid()
+
+    def extend(self, ttl: Optional[float] = None) -> None:
+        """Sets the lease to run out ``ttl`` seconds from now (and makes ``ttl`` the ttl of
+        later auto renewals); None reuses the current ttl. Raises NotHeld if the lease is not
+        held (it is then invalid and on_lost has run), ConnectionError if no reply came."""
+        self._client._extend(self._state, ttl)
+
+    def release(self, noreply: bool = False) -> None:
+        """Ends the lease and stops its renewal. Does nothing if already released, or if the
+        lease was inherited from the parent process across fork.
+
+        ``noreply=False`` waits for the daemon's answer (one round trip, bounded by
+        request_timeout). ``noreply=True`` sends ``release`` with ``noreply`` and returns once
+        it is queued on the connection: this client's later requests reach the daemon after
+        it, while another connection may still see the key held for a moment.
+
+        Raises NotHeld if the lease had been lost (expired, renewal refused, connection
+        dropped; with noreply=False also when the daemon answers not_held) — the caller ran
+        without the lock for a while — and, with noreply=False, ConnectionError if the daemon
+        did not confirm in time (the lease then runs out by its ttl)."""
+        if self._done:
+            return
+        self._done = True
+        self._client._release(self._state, noreply)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.release(noreply=True)
+            return
+        try:
+            self.release(noreply=True)
+        except Error:
+            pass
+
+    def __del__(self) -> None:
+        try:
+            if not self._done and self._state.status == _HELD:
+                self._client._release_later(self._state)
+        except Exception:  # interpreter shutdown, or a half-built object
+            pass
+
+    def __repr__(self) -> str:
+        return f"<keylock.Lease key={self.key!r} token={self.token} valid={self.valid}>"
+
+
+class _LockContext:
+    """What Client.lock returns: acquires on enter, releases (noreply) on exit."""
+
+    __slots__ = ("_client", "_key", "_kwargs", "_lease")
+
+    def __init__(self, client: "Client", key: str, kwargs: Dict[str, Any]) -> None:
+        self._client = client
+        self._key = key
+        self._kwargs = kwargs
+        self._lease: Optional[Lease] = None
+
+    def __enter__(self) -> Lease:
+        self._lease = self._client.acquire(self._key, **self._kwargs)
+        return self._lease
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.__exit__(exc_type, exc, tb)
+
+
+class Client:
+    """A connection to keylockd shared by any number of threads (and safe across fork).
+
+    ``server``: "host:port", "host" or "[v6]:port"; None: $KEYLOCK_SERVER, else
+    "127.0.0.1:7400". ``auth``: the daemon's shared secret, sent in ``hello`` on every
+    connection; None: $KEYLOCK_AUTH when set and non-empty; "" forces none. ``name``: a name for
+    people, shown by ``inspect``.
+
+    ``connect_timeout`` bounds each connection attempt (connect + hello); ``request_timeout``
+    bounds the reply to every request other than acquire, and how long such a request waits for
+    a connection while reconnecting. Reconnect delays start at ``backoff_initial`` and double up
+    to ``backoff_max``, each drawn uniformly from [d/2, d] (jitter). All in seconds.
+
+    Raises ValueError for a malformed server address.
+    """
+
+    def __init__(
+        self,
+        server: Optional[str] = None,
+        auth: Optional[str] = None,
+        name: Optional[str] = None,
+        *,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 10.0,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+    ) -> None:
+        if server is None:
+            server = os.environ.get("KEYLOCK_SERVER") or "127.0.0.1:%d" % DEFAULT_PORT
+        if auth is None:
+            auth = os.environ.get("KEYLOCK_AUTH") or None
+        self._server = server
+        self._host, self._port = _split_server(server)
+        self._auth = auth or None
+        self._name = name
+        self._connect_timeout = float(connect_timeout)
+        self._request_timeout = float(request_timeout)
+        self._backoff_initial = float(backoff_initial)
+        self._backoff_max = float(backoff_max)
+        self._closed = False
+        self._server_version = ""
+        self._init_state()
+        _clients.add(self)
+
+    # ---- public API ------------------------------------------------------------------------
+
+    @property
+    def server(self) -> str:
+        """The address this client connects to, as configured."""
+        return self._server
+
+    @property
+    def server_version(self) -> str:
+        """The daemon version announced in the last successful ``hello``; "" before."""
+        return self._server_version
+
+    def connect(self) -> None:
+        """Connects now (if not connected) and returns once the daemon answered ``hello``.
+        Raises ConnectionError, AuthError, ProtocolError."""
+        self.ping()
+
+    def acquire(
+        self,
+        key: str,
+        ttl: float = 30.0,
+        wait: Optional[float] = None,
+        limit: int = 1,
+        *,
+        auto_extend: bool = True,
+        on_lost: Optional[Callable[[LeaseLost], None]] = None,
+    ) -> Lease:
+        """Acquires ``key`` (1..max_key_bytes bytes of UTF-8) and returns its Lease.
+
+        ``ttl``: seconds the lease lasts after its grant or last renewal (≥ 1 ms; at most the
+        daemon's max_ttl_ms, default 1 h). ``wait``: seconds to wait for the key; None: until
+        granted; 0: try once. Waiters are granted in FIFO order. ``limit``: how many may hold
+        the key at once (1 = mutex, N = counting semaphore; every acquire of a live key must
+        name the same limit). ``auto_extend``: renew the lease at ttl/3 while it is held.
+        ``on_lost``: called once, on the I/O thread, with a LeaseLost if the lease is lost.
+
+        Raises Timeout when not granted within ``wait``, Conflict on a limit mismatch,
+        LimitExceeded, ProtocolError for an invalid key/ttl/limit, AuthError, and
+        ConnectionError when the daemon cannot be reached at first use, the Client is closed,
+        or the daemon did not answer within ``wait`` + request_timeout. A waiting acquire
+        survives reconnects (it is sent again with the wait it has left).
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"keylock: key must be a str, not {type(key).__name__}")
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError("keylock: limit must be an int")
+        ttl_ms = _ms(ttl, "ttl", 1)
+        call = _Call("acquire", {"key": key, "ttl_ms": ttl_ms, "limit": limit})
+        call.ttl_ms = ttl_ms
+        call.auto_extend = bool(auto_extend)
+        call.on_lost = on_lost
+        if wait is not None:
+            _ms(wait, "wait", 0)
+            call.wait = float(wait)
+            call.wait_until = time.monotonic() + call.wait
+        self._start(call)
+        if call.wait_until is None:
+            call.latch.acquire()
+        elif not call.latch.acquire(timeout=max(0.0, call.wait_until - time.monotonic())):
+            self._acquire_wait_ran_out(call, key)
+        if call.error is not None:
+            raise call.error
+        return Lease(self, call.lease)
+
+    def try_acquire(
+        self,
+        key: str,
+        ttl: float = 30.0,
+        wait: float = 0,
+        limit: int = 1,
+        *,
+        auto_extend: bool = True,
+        on_lost: Optional[Callable[[LeaseLost], None]] = None,
+    ) -> Optional[Lease]:
+        """As acquire(), but returns None instead of raising Timeout. ``wait`` defaults to 0:
+        try once."""
+        try:
+            return self.acquire(
+                key, ttl, wait, limit, auto_extend=auto_extend, on_lost=on_lost
+            )
+        except Timeout:
+            return None
+
+    def lock(
+        self,
+        key: str,
+        ttl: float = 30.0,
+        wait: Optional[float] = None,
+        limit: int = 1,
+        *,
+        auto_extend: bool = True,
+        on_lost: Optional[Callable[[LeaseLost], None]] = None,
+    ) -> _LockContext:
+        """A context manager: ``with client.lock(key) as lease:`` acquires as acquire() does and
+        releases on exit without a round trip (noreply). Raises what acquire() raises, and, on
+        a normal exit, NotHeld if the lease was lost while the body ran (whatever it did, part
+        of it ran without the lock)."""
+        return _LockContext(
+            self,
+            key,
+            dict(ttl=ttl, wait=wait, limit=limit, auto_extend=auto_extend, on_lost=on_lost),
+        )
+
+    def ping(self) -> float:
+        """Round trip of one ``ping``, in seconds. Raises ConnectionError."""
+        start = time.monotonic()
+        self._request("ping", {})
+        return time.monotonic() - start
+
+    def inspect(self, key: str) -> KeyInfo:
+        """The holders, waiters and limit of ``key``. Raises ConnectionError, ProtocolError."""
+        rep = self._request("inspect", {"key": key})
+        holders = [
+            Holder(h.get("token", 0), h.get("ttl_ms_left", 0), h.get("client"), h.get("peer"))
+            for h in rep.get("holders", [])
+        ]
+        return KeyInfo(bool(rep.get("held")), holders, rep.get("waiters", 0), rep.get("limit", 0))
+
+    def stats(self) -> Dict[str, int]:
+        """The daemon's gauges and counters (PROTOCOL.md ``stats``). Raises ConnectionError."""
+        rep = self._request("stats", {})
+        return {k: v for k, v in rep.items() if k not in ("id", "ok")}
+
+    def close(self) -> None:
+        """Closes the connection (the daemon releases every lease and drops every waiting
+        acquire of it) and stops the I/O thread. Calls blocked in other threads fail with
+        ConnectionError; live leases become invalid (on_lost with "client_closed").
+        Idempotent. Must not be called from an on_lost callback."""
+        self._check_pid()
+        with self._mu:
+            if self._closed:
+                return
+            self._closed = True
+            error = "keylock: the client is closed"
+            for st in list(self._leases.values()):
+                self._lose_locked(st, "client_closed", error)
+            self._fail_all_locked(lambda: ConnectionError(error))
+            self._state_cv.notify_all()
+            thread = self._io_thread
+        self._wake()
+        if thread is not None and thread.ident != threading.get_ident():
+            thread.join(self._connect_timeout + 5)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<keylock.Client server={self._server!r} state={self._state}>"
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        """(Re)creates every piece of per-process state: at construction and in a fork child."""
+        self._pid = os.getpid()
+        self._mu = threading.Lock()  # guards everything below
+        self._state_cv = threading.Condition(self._mu)  # notified when a connect attempt ends
+        self._wlock = threading.Lock()  # held around sendall and around closing the socket
+        self._state = _IDLE
+        self._sock: Optional[socket.socket] = None
+        self._rbuf = b""
+        self._out: List[bytes] = []  # frames not yet handed to sendall, in order
+        self._flushing = False  # some thread is draining _out
+        self._calls: Dict[int, _Call] = {}  # sent, by id
+        self._queue: List[_Call] = []  # waiting for a connection that may carry them
+        self._leases: Dict[int, _LeaseState] = {}  # held, by token
+        self._deadlines: List[Tuple[float, int, int, int]] = []  # (when, seq, kind, token)
+        self._seq = itertools.count()
+        self._next_id = 1
+        self._draining = False  # the daemon said shutting_down: no acquire goes out
+        self._reconnect_at: Optional[float] = None
+        self._backoff = self._backoff_initial
+        self._last_error = ""
+        self._last_error_cls: Type[Error] = ConnectionError
+        self._last_error_code: Optional[str] = None
+        self._callbacks: List[Tuple[Callable, LeaseLost]] = []  # on_lost calls to run
+        self._release_later_q: Deque[_LeaseState] = deque()  # from Lease.__del__
+        self._io_thread: Optional[threading.Thread] = None
+        self._wake_r = -1
+        self._wake_w = -1
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            with _fork_lock:
+                if self._pid != os.getpid():
+                    self._reset_after_fork()
+
+    def _reset_after_fork(self) -> None:
+        """In a fork child: forget the parent's connection, calls and leases. The inherited
+        socket is closed without shutdown(), which would end the parent's connection too."""
+        why = "keylock: inherited across fork: the lease belongs to the parent process"
+        for st in self._leases.values():
+            st.status = _LOST
+            st.lost_message = why
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._init_state()
+
+    def _start(self, call: _Call) -> None:
+        """Submits a user call: sends it now if connected, else queues it (and makes sure a
+        connection is on its way)."""
+        self._check_pid()
+        if self._io_thread is not None and threading.get_ident() == self._io_thread.ident:
+            raise RuntimeError(
+                "keylock: blocking Client/Lease call from the client's I/O thread "
+                "(an on_lost callback must not block)"
+            )
+        with self._mu:
+            if self._closed:
+                raise ConnectionError("keylock: the client is closed")
+            self._ensure_io_locked()
+            self._submit_locked(call)
+        self._flush()
+
+    def _ensure_io_locked(self) -> None:
+        if self._io_thread is None:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self._io_thread = threading.Thread(
+                target=self._run, name=f"keylock-io-{self._server}", daemon=True
+            )
+            self._io_thread.start()
+        if self._state == _IDLE:
+            self._state = _CONNECTING
+            self._wake_locked()
+
+    def _wake(self) -> None:
+        with self._mu:
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass  # the pipe is full: the I/O thread is waking anyway
+
+    def _request(self, op: str, fields: Dict[str, Any], lease: Optional[_LeaseState] = None):
+        """Sends a user request other than acquire and waits request_timeout for its reply."""
+        call = _Call(op, fields)
+        call.lease = lease
+        self._start(call)
+        if not call.latch.acquire(timeout=self._request_timeout):
+            with self._mu:
+                if not call.done:
+                    call.done = True
+                    if call.state == _QUEUED:
+                        self._queue.remove(call)
+                        raise self._last_error_cls(
+                            self._last_error or "keylock: not connected to keylockd",
+                            self._last_error_code,
+                        )
+                    self._calls.pop(call.id, None)
+                    if op == "extend" and lease is not None:
+                        self._lose_locked(lease, "expired", "extend got no reply from the daemon")
+                        self._wake_locked()  # on_lost runs on the I/O thread
+                    raise ConnectionError(
+                        f"keylock: no reply from keylockd at {self._server} within "
+                        f"{self._request_timeout:g} s"
+                    )
+        if call.error is not None:
+            raise call.error
+        return call.reply
+
+    def _acquire_wait_ran_out(self, call: _Call, key: str) -> None:
+        """The caller's wait is over and no answer came. A queued acquire times out here; a
+        sent one is given request_timeout more for the daemon's own timeout answer, then
+        abandoned (cancelled; a late grant is released at once)."""
+        with self._mu:
+            # The first connection is part of the set-up, not of the wait for the key: an
+            # acquire queued behind it is sent once it is up, with what is left of its wait
+            # (at least "try once").
+            deadline = time.monotonic() + self._connect_timeout + 1
+            while not call.done and call.state == _QUEUED and self._state == _CONNECTING:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._state_cv.wait(left)
+            if not call.done and call.state == _QUEUED:
+                call.done = True
+                self._queue.remove(call)
+                why = "not connected" if self._state != _READY else "the daemon is shutting down"
+                raise Timeout(
+                    f"keylock: {key!r} not acquired within {call.wait:g} s: "
+                    f"{self._last_error or why}",
+                    "timeout",
+                )
+        if call.latch.acquire(timeout=self._request_timeout):
+            return
+        with self._mu:
+            if call.done:
+                return
+            call.done = True
+            if call.state == _QUEUED:  # re-queued by a connection drop meanwhile
+                self._queue.remove(call)
+                raise Timeout(f"keylock: {key!r} not acquired within {call.wait:g} s", "timeout")
+            call.abandoned = True
+            cancel = _Call("cancel", {"target": call.id}, user=False)
+            self._submit_locked(cancel)
+        self._flush()
+        raise ConnectionError(f"keylock: no reply to acquire of {key!r} from keylockd at {self._server}")
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def _can_send(self, call: _Call) -> bool:
+        return self._state == _READY and not (self._draining and call.op == "acquire")
+
+    def _submit_locked(self, call: _Call) -> None:
+        if self._can_send(call):
+            self._write_locked(call)
+        else:
+            call.state = _QUEUED
+            self._queue.append(call)
+
+    def _write_locked(self, call: _Call) -> None:
+        now = time.monotonic()
+        call.id = self._next_id
+        self._next_id += 1
+        msg: Dict[str, Any] = {"op": call.op, "id": call.id}
+        msg.update(call.fields)
+        if call.wait_until is not None:
+            # A re-sent acquire waits only for what is left of its wait.
+            msg["wait_ms"] = max(0, int(math.ceil((call.wait_until - now) * 1000)))
+        self._out.append(_encode(msg))
+        call.state = _SENT
+        call.sent_at = now
+        self._calls[call.id] = call
+
+    def _send_release_locked(self, key: str, token: int) -> None:
+        """Queues ``release`` with noreply. The id is there for a daemon that predates noreply;
+        its answer matches no call and is dropped. Not connected: the daemon dropped the
+        connection's leases itself."""
+        if self._state != _READY:
+            return
+        msg = {"op": "release", "id": self._next_id, "key": key, "token": token, "noreply": True}
+        self._next_id += 1
+        self._out.append(_encode(msg))
+
+    def _flush(self) -> None:
+        """Hands every queued frame to the socket, in order. One thread at a time drains the
+        queue (frames queued meanwhile by others are sent by it); sendall runs outside the main
+        lock so that the I/O thread keeps reading while a write blocks."""
+        with self._mu:
+            if self._flushing or not self._out:
+                return
+            self._flushing = True
+        while True:
+            with self._mu:
+                sock = self._sock
+                if sock is None:
+                    self._out.clear()  # the connection dropped: its frames went with it
+                if not self._out:
+                    self._flushing = False
+                    return
+                data = b"".join(self._out)
+                self._out.clear()
+            with self._wlock:
+                try:
+                    sock.sendall(data)
+                except OSError:
+                    # Let the I/O thread notice (its read fails) and handle the drop.
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    # ---- releasing and extending -----------------------------------------------------------
+
+    def _release(self, st: _LeaseState, noreply: bool) -> None:
+        if st.pid != os.getpid():
+            return  # inherited from the parent: not ours to release
+        if self._io_thread is not None and threading.get_ident() == self._io_thread.ident:
+            with self._mu:  # from a callback: fire and forget
+                if st.status == _HELD:
+                    self._forget_locked(st, _RELEASED)
+                    self._send_release_locked(st.key, st.token)
+            return  # the I/O loop flushes
+        with self._mu:
+            if st.status == _LOST:
+                raise NotHeld(f"keylock: lease on {st.key!r} was lost: {st.lost_message}")
+            if st.status == _RELEASED:
+                return
+            self._forget_locked(st, _RELEASED)
+            if noreply:
+                self._send_release_locked(st.key, st.token)
+        if noreply:
+            self._flush()
+            return
+        self._request("release", {"key": st.key, "token": st.token}, st)
+
+    def _release_later(self, st: _LeaseState) -> None:
+        """A Lease was garbage-collected while held: the I/O thread releases it. Called from
+        __del__, which may run in any thread at any allocation, so it takes no lock."""
+        if st.pid != os.getpid() or self._closed:
+            return
+        self._release_later_q.append(st)
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass
+
+    def _extend(self, st: _LeaseState, ttl: Optional[float]) -> None:
+        if st.pid != os.getpid():
+            raise NotHeld(f"keylock: lease on {st.key!r} belongs to the parent process")
+        with self._mu:
+            if st.status != _HELD:
+                raise self._not_held_error(st)
+        fields: Dict[str, Any] = {"key": st.key, "token": st.token}
+        if ttl is not None:
+            fields["ttl_ms"] = _ms(ttl, "ttl", 1)
+        self._request("extend", fields, st)
+
+    @staticmethod
+    def _not_held_error(st: _LeaseState) -> NotHeld:
+        if st.status == _LOST:
+            return NotHeld(f"keylock: lease on {st.key!r} was lost: {st.lost_message}")
+        return NotHeld(f"keylock: lease on {st.key!r} was already released")
+
+    def _forget_locked(self, st: _LeaseState, status: str) -> None:
+        """Takes the lease out of the renewal machinery: no renewal of it is queued after."""
+        st.status = status
+        st.renew_at = st.expires_at = None
+        self._leases.pop(st.token, None)
+
+    def _lose_locked(self, st: _LeaseState, reason: str, message: str) -> None:
+        if st.status != _HELD:
+            return
+        st.lost_message = message
+        self._forget_locked(st, _LOST)
+        if st.on_lost is not None:
+            self._callbacks.append((st.on_lost, LeaseLost(st.key, st.token, reason, message)))
+
+    def _confirmed_locked(self, st: _LeaseState, since: float, ttl: float) -> None:
+        """The daemon holds the lease until at least since + ttl: move the local expiry there
+        and schedule the next renewal at since + ttl/3."""
+        st.expires_at = since + ttl
+        heapq.heappush(self._deadlines, (st.expires_at, next(self._seq), _EXPIRY, st.token))
+        if st.auto_extend and not st.renewing:
+            st.renew_at = since + max(ttl / 3, 0.001)
+            heapq.heappush(self._deadlines, (st.renew_at, next(self._seq), _RENEW, st.token))
+
+    # ---- completing calls (I/O thread, or a thread failing everything) ---------------------
+
+    @staticmethod
+    def _complete_locked(call: _Call, reply=None, error: Optional[Error] = None) -> None:
+        if call.done:
+            return
+        call.done = True
+        call.reply = reply
+        call.error = error
+        if call.latch is not None:
+            call.latch.release()
+
+    def _fail_all_locked(self, make_error: Callable[[], Error]) -> None:
+        for call in list(self._calls.values()) + self._queue:
+            self._complete_locked(call, error=make_error())
+        self._calls.clear()
+        self._queue.clear()
+
+    # ---- the I/O thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # pragma: no cover - a bug: make it visible, fail the callers
+            _log.exception("keylock: the client's I/O thread failed")
+            with self._mu:
+                self._closed = True
+                self._fail_all_locked(lambda: ConnectionError("keylock: I/O thread failed"))
+        finally:
+            with self._mu:
+                sock, self._sock = self._sock, None
+                callbacks, self._callbacks = self._callbacks, []
+                wake_r, wake_w = self._wake_r, self._wake_w
+                self._wake_r = self._wake_w = -1
+            self._close_socket(sock)
+            self._run_callbacks(callbacks)
+            for fd in (wake_r, wake_w):
+                if fd >= 0:
+                    os.close(fd)
+
+    def _loop(self) -> None:
+        poller_flags = select.POLLIN | select.POLLERR | select.POLLHUP
+        while True:
+            with self._mu:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                connect = self._state == _CONNECTING or (
+                    self._state == _RECONNECTING
+                    and self._reconnect_at is not None
+                    and now >= self._reconnect_at
+                )
+                sock = self._sock
+                timeout = self._next_timeout_locked(now)
+            if connect:
+                self._connect_once()
+                continue
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            if sock is not None:
+                poller.register(sock.fileno(), poller_flags)
+            events = poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
+            for fd, _ in events:
+                if fd == self._wake_r:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                elif sock is not None:
+                    self._read(sock)
+            self._housekeeping()
+
+    def _next_timeout_locked(self, now: float) -> Optional[float]:
+        when = None
+        while self._deadlines:
+            top = self._deadlines[0]
+            st = self._leases.get(top[3])
+            due = st is not None and (
+                (top[2] == _RENEW and st.renew_at == top[0])
+                or (top[2] == _EXPIRY and st.expires_at == top[0])
+            )
+            if due:
+                when = top[0]
+                break
+            heapq.heappop(self._deadlines)  # stale: lazy deletion
+        if self._state == _RECONNECTING and self._reconnect_at is not None:
+            when = self._reconnect_at if when is None else min(when, self._reconnect_at)
+        return None if when is None else max(0.0, when - now)
+
+    def _housekeeping(self) -> None:
+        with self._mu:
+            while self._release_later_q:
+                st = self._release_later_q.popleft()
+                if st.status == _HELD:
+                    self._forget_locked(st, _RELEASED)
+                    self._send_release_locked(st.key, st.token)
+            now = time.monotonic()
+            while self._deadlines and self._deadlines[0][0] <= now:
+                when, _, kind, token = heapq.heappop(self._deadlines)
+                st = self._leases.get(token)
+                if st is None:
+                    continue
+                if kind == _RENEW and st.renew_at == when:
+                    st.renew_at = None
+                    self._renew_locked(st)
+                elif kind == _EXPIRY and st.expires_at == when:
+                    self._send_release_locked(st.key, st.token)  # in case it was merely slow
+                    self._lose_locked(
+                        st,
+                        "expired",
+                        f"no renewal confirmed by the daemon within the lease's ttl of "
+                        f"{st.ttl:g} s",
+                    )
+            callbacks, self._callbacks = self._callbacks, []
+        self._flush()
+        self._run_callbacks(callbacks)
+
+    def _renew_locked(self, st: _LeaseState) -> None:
+        if st.status != _HELD or st.renewing:
+            return
+        call = _Call(
+            "extend", {"key": st.key, "token": st.token, "ttl_ms": _ms(st.ttl, "ttl", 1)}, False
+        )
+        call.lease = st
+        st.renewing = True
+        self._submit_locked(call)
+
+    @staticmethod
+    def _run_callbacks(callbacks) -> None:
+        for fn, lost in callbacks:
+            try:
+                fn(lost)
+            except Exception:
+                _log.exception("keylock: on_lost callback raised (ignored)")
+
+    def _read(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError, socket.timeout):
+            return
+        except OSError as e:
+            self._drop(sock, f"read failed: {e}")
+            return
+        if not data:
+            self._drop(sock, "closed by the daemon")
+            return
+        self._feed(sock, data)
+
+    def _feed(self, sock: socket.socket, data: bytes) -> None:
+        """Splits what was read into frames and handles each."""
+        bad = None
+        with self._mu:
+            if self._sock is not sock:
+                return
+            lines = (self._rbuf + data).split(b"\n")
+            self._rbuf = lines.pop()
+            for line in lines:
+                line = line.strip(b"\r")
+                if not line:
+                    continue
+                try:
+                    rep = json.loads(line)
+                    if not isinstance(rep, dict):
+                        raise ValueError("not an object")
+                except ValueError as e:
+                    bad = f"undecodable frame from the daemon: {e}"
+                    break
+                self._on_frame_locked(rep)
+            if bad is None and len(self._rbuf) > _MAX_REPLY_BYTES:
+                bad = f"reply frame longer than {_MAX_REPLY_BYTES} bytes"
+        if bad is not None:
+            self._drop(sock, bad, ProtocolError)
+
+    def _on_frame_locked(self, rep: dict) -> None:
+        if "event" in rep:
+            if rep.get("event") == "expired":
+                st = self._leases.get(rep.get("token"))
+                if st is not None:
+                    self._lose_locked(st, "expired", "the daemon expired the lease (ttl ran out)")
+            return  # unknown events are ignored (PROTOCOL.md)
+        rid = rep.get("id")
+        if rid is None:
+            # An error about a frame the daemon could not read: it closes next.
+            if not rep.get("ok", False):
+                self._last_error = "keylockd: " + str(rep.get("message", rep.get("error")))
+            return
+        call = self._calls.pop(rid, None)
+        if call is None:
+            return  # reply to a call its caller gave up on, or to a noreply release
+        ok = rep.get("ok") is True
+        op = call.op
+        if op == "acquire":
+            self._on_acquire_reply_locked(call, rep, ok)
+        elif op == "extend":
+            self._on_extend_reply_locked(call, rep, ok)
+        elif op == "release":
+            if ok:
+                self._complete_locked(call, rep)
+            elif rep.get("error") == "not_held":
+                self._complete_locked(
+                    call,
+                    error=NotHeld(
+                        f"keylock: lease on {call.fields['key']!r} was no longer held by the "
+                        f"daemon (it expired): {rep.get('message', '')}",
+                        "not_held",
+                    ),
+                )
+            else:
+                self._complete_locked(call, error=error_from_reply(rep))
+        elif call.user:
+            if ok:
+                self._complete_locked(call, rep)
+            else:
+                self._complete_locked(call, error=error_from_reply(rep))
+
+    def _on_acquire_reply_locked(self, call: _Call, rep: dict, ok: bool) -> None:
+        token = rep.get("token")
+        key = call.fields["key"]
+        if ok and isinstance(token, int):
+            if call.done:  # the caller gave up on it: give the grant back
+                self._send_release_locked(key, token)
+                return
+            ttl = rep.get("ttl_ms", call.ttl_ms) / 1000.0
+            st = _LeaseState(key, token, ttl, call.auto_extend, call.on_lost)
+            self._leases[token] = st
+            # The grant happened at most one one-way trip ago: count the ttl from its arrival.
+            self._confirmed_locked(st, time.monotonic(), ttl)
+            call.lease = st
+            self._complete_locked(call, rep)
+            return
+        if call.done:
+            return
+        if ok:
+            self._complete_locked(call, error=ProtocolError("keylock: grant without a token"))
+            return
+        code = rep.get("error")
+        if code == "shutting_down":
+            # The daemon is stopping: wait for the next one with what is left of the wait.
+            self._draining = True
+            call.state = _QUEUED
+            self._queue.append(call)
+            return
+        if code == "timeout":
+            self._complete_locked(
+                call,
+                error=Timeout(
+                    f"keylock: {key!r} not acquired within {call.wait or 0:g} s: "
+                    f"{rep.get('message', '')}",
+                    "timeout",
+                ),
+            )
+            return
+        self._complete_locked(call, error=error_from_reply(rep))
+
+    def _on_extend_reply_locked(self, call: _Call, rep: dict, ok: bool) -> None:
+        st = call.lease
+        if not call.user:
+            st.renewing = False
+        if st.status != _HELD:
+            if call.user:
+                self._complete_locked(call, error=self._not_held_error(st))
+            return
+        if ok:
+            ttl = rep.get("ttl_ms", call.fields.get("ttl_ms", st.ttl * 1000)) / 1000.0
+            if call.user:
+                st.ttl = ttl  # an explicit extend sets the ttl of later renewals
+            # The daemon extended at or after sent_at: the lease lasts until sent_at + ttl.
+            self._confirmed_locked(st, call.sent_at, ttl)
+            self._complete_locked(call, rep)
+            return
+        not_held = rep.get("error") == "not_held"
+        why = ("extend" if call.user else "renewal") + " refused by the daemon: " + str(
+            rep.get("message") or rep.get("error")
+        )
+        self._lose_locked(st, "not_held" if not_held else "expired", why)
+        if call.user:
+            err = NotHeld(f"keylock: lease on {st.key!r} {why}", "not_held")
+            self._complete_locked(call, error=err if not_held else error_from_reply(rep))
+
+    # ---- connecting ------------------------------------------------------------------------
+
+    def _connect_once(self) -> None:
+        """One attempt: TCP connect, hello, its answer. Runs on the I/O thread, without the
+        lock; nothing else needs the thread meanwhile (no lease lives while disconnected)."""
+        sock = None
+        try:
+            sock = socket.create_connection((self._host, self._port), self._connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            hello: Dict[str, Any] = {"op": "hello", "id": 0}
+            if self._auth:
+                hello["auth"] = self._auth
+            if self._name:
+                hello["client"] = self._name
+            sock.sendall(_encode(hello))
+            deadline = time.monotonic() + self._connect_timeout
+            buf = b""
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout("no answer to hello")
+                sock.settimeout(left)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError(
+                        f"keylock: keylockd at {self._server} closed the connection during "
+                        f"hello{': ' + self._last_error if self._last_error else ''}"
+                    )
+                buf += chunk
+            line, rest = buf.split(b"\n", 1)
+            try:
+                rep = json.loads(line)
+            except ValueError:
+                raise ProtocolError(
+                    f"keylock: {self._server} does not speak the keylock protocol"
+                ) from None
+            if not isinstance(rep, dict) or rep.get("ok") is not True:
+                rep = rep if isinstance(rep, dict) else {}
+                code = rep.get("error")
+                msg = str(rep.get("message", code))
+                if code == "unauthenticated":
+                    raise AuthError(
+                        f"keylock: authentication refused by keylockd at {self._server}: {msg}",
+                        code,
+                    )
+                if code == "limit_exceeded" or rep.get("id") is None:
+                    raise ConnectionError(f"keylock: keylockd at {self._server}: {msg}", code)
+                raise ProtocolError(f"keylock: hello refused by keylockd at {self._server}: {msg}")
+            sock.settimeout(self._request_timeout)  # bounds a sendall the daemon never drains
+        except (OSError, ValueError, Error) as e:
+            self._close_socket(sock)
+            if isinstance(e, Error):
+                cls, msg, code = type(e), str(e), e.code
+            else:
+                cls, msg, code = (
+                    ConnectionError,
+                    f"keylock: cannot connect to keylockd at {self._server}: {e}",
+                    None,
+                )
+            self._connect_failed(cls, msg, code)
+            return
+        with self._mu:
+            if self._closed:
+                self._sock = None
+            else:
+                self._sock = sock
+                self._rbuf = b""
+                self._state = _READY
+                self._draining = False
+                self._backoff = self._backoff_initial
+                self._reconnect_at = None
+                self._server_version = str(rep.get("version", ""))
+                queue, self._queue = self._queue, []
+                for call in queue:
+                    self._submit_locked(call)
+            self._state_cv.notify_all()
+        if self._closed:
+            self._close_socket(sock)
+            return
+        self._flush()
+        if rest:
+            self._feed(sock, rest)  # frames that came with the hello answer
+
+    def _connect_failed(self, cls: Type[Error], message: str, code: Optional[str]) -> None:
+        with self._mu:
+            self._last_error, self._last_error_cls = message, cls
+            self._last_error_code = code
+            if self._state == _CONNECTING:
+                # First attempt (or first since fork / since the last failed first attempt):
+                # report to everyone waiting for it, do not retry on our own.
+                self._state = _IDLE
+                queue, self._queue = self._queue, []
+                for call in queue:
+                    self._complete_locked(call, error=cls(message, code))
+            else:
+                self._schedule_reconnect_locked()
+            self._state_cv.notify_all()
+
+    def _schedule_reconnect_locked(self) -> None:
+        high = self._backoff
+        delay = random.uniform(high / 2, high)
+        self._backoff = min(high * 2, self._backoff_max)
+        self._reconnect_at = time.monotonic() + delay
+        self._state = _RECONNECTING
+
+    def _drop(self, sock: socket.socket, why: str, cls: Type[Error] = ConnectionError) -> None:
+        """An established connection ended."""
+        with self._mu:
+            if self._sock is not sock:
+                return
+            self._sock = None
+            self._rbuf = b""
+            self._out.clear()
+            self._draining = False
+            self._last_error = f"keylock: connection to keylockd at {self._server} lost: {why}"
+            self._last_error_cls = cls
+            self._last_error_code = None
+            # The daemon released every lease of this connection.
+            for st in list(self._leases.values()):
+                self._lose_locked(st, "connection_lost", self._last_error)
+            requeue: List[_Call] = []
+            now = time.monotonic()
+            for cid in sorted(self._calls):
+                call = self._calls[cid]
+                if call.done or not call.user:
+                    continue  # abandoned, or internal (renewals, cancels)
+                if call.op == "acquire":
+                    # The daemon dropped it with the connection: send it again if its wait has
+                    # time left.
+                    if call.wait_until is not None and call.wait_until <= now:
+                        self._complete_locked(
+                            call,
+                            error=Timeout(
+                                f"keylock: {call.fields['key']!r} not acquired within "
+                                f"{call.wait:g} s: {self._last_error}",
+                                "timeout",
+                            ),
+                        )
+                    else:
+                        call.state = _QUEUED
+                        requeue.append(call)
+                elif call.op == "release":
+                    self._complete_locked(call, {})  # dropped with the connection: released
+                elif call.op == "extend" and call.lease is not None:
+                    self._complete_locked(call, error=self._not_held_error(call.lease))
+                else:
+                    self._complete_locked(call, error=cls(self._last_error))
+            self._calls.clear()
+            self._queue = requeue + self._queue
+            if not self._closed:
+                self._schedule_reconnect_locked()
+        self._close_socket(sock)
+
+    def _close_socket(self, sock: Optional[socket.socket]) -> None:
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        with self._wlock:  # no sendall is using the descriptor while it closes
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+# ---- fork safety and the default client ---------------------------------------------------
+
+_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_fork_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _fork_lock, _default_lock
+    _fork_lock = threading.Lock()
+    _default_lock = threading.Lock()
+    for client in list(_clients):
+        try:
+            client._reset_after_fork()
+        except Exception:  # pragma: no cover - never break the child's fork
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_default: Optional[Client] = None
+_default_lock = threading.Lock()
+
+
+def default_client() -> Client:
+    """The process-wide Client that ``lock_decorator`` uses when given none: made on first use
+    from $KEYLOCK_SERVER and $KEYLOCK_AUTH. Fork-safe like every Client."""
+    global _default
+    client = _default
+    if client is None:
+        with _default_lock:
+            if _default is None:
+                _default = Client()
+            client = _default
+    return client

@@ -1,0 +1,158 @@
+"""lock_decorator: run a function one call at a time per key, across processes and hosts.
+
+    @keylock.lock_decorator()
+    def fetch_remote_thing(name): ...          # key "myapp.things.fetch_remote_thing('alpha',){}"
+
+    @keylock.lock_decorator(key_maker=lambda *args, **kwargs: "stats")
+    def stats_view(request): ...               # one call at a time, whatever the arguments
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any, Callable, Optional, Tuple, TypeVar, Union
+
+from .client import Client, default_client
+from .errors import NotHeld
+
+__all__ = ["lock_decorator", "default_key", "MAX_KEY_BYTES"]
+
+# The daemon's default max_key_bytes. A default key longer than this is hashed.
+MAX_KEY_BYTES = 1024
+
+F = TypeVar("F", bound=Callable[..., Any])
+ClientLike = Union[Client, Callable[[], Client], None]
+
+
+def _utf8_len(text: str) -> Optional[int]:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates: not valid UTF-8, so not a valid key
+        return None
+
+
+def _qualified_name(fn: Union[str, Callable[..., Any]]) -> str:
+    if isinstance(fn, str):
+        return fn
+    module = getattr(fn, "__module__", None) or ""
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}.{qualname}" if module else qualname
+
+
+def default_key(fn: Union[str, Callable[..., Any]], *args: Any, **kwargs: Any) -> str:
+    """The key ``lock_decorator()`` uses without a key_maker: the function's qualified name
+    (``f"{fn.__module__}.{fn.__qualname__}"``, or ``fn`` itself when it is a string), then
+    ``str(args) + str(kwargs)``. ``default_key(fetch, "alpha")`` is
+    ``"app.fetch('alpha',){}"``.
+
+    When that is longer than MAX_KEY_BYTES of UTF-8 (or is not valid UTF-8), the key is the
+    qualified name, ":" and the MD5 hex digest of the whole text instead, so that it always
+    fits the daemon's default key limit. Two calls whose ``str()`` of the arguments are equal
+    share a key; pass a key_maker when that is not what you want.
+    """
+    name = _qualified_name(fn)
+    key = name + str(args) + str(kwargs)
+    length = _utf8_len(key)
+    if length is not None and length <= MAX_KEY_BYTES:
+        return key
+    digest = hashlib.md5(key.encode("utf-8", "surrogatepass")).hexdigest()
+    name_len = _utf8_len(name)
+    if name_len is None or name_len + 1 + len(digest) > MAX_KEY_BYTES:
+        return "keylock:" + digest
+    return f"{name}:{digest}"
+
+
+def _resolve(client: ClientLike) -> Client:
+    if client is None:
+        return default_client()
+    if isinstance(client, Client):
+        return client
+    return client()
+
+
+def locked_call(
+    client: Client,
+    key: str,
+    fn: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    *,
+    ttl: float,
+    wait: Optional[float],
+    limit: int,
+) -> Any:
+    """Runs fn(*args, **kwargs) holding the lock on ``key``, renewed while fn runs, and
+    releases it without a round trip (noreply). When fn raises, the lease is released (errors
+    of the release are swallowed) and fn's exception propagates. Raises what Client.acquire
+    raises, and NotHeld if the lease was lost while fn ran (fn's result is then discarded:
+    part of what fn did ran without the lock)."""
+    lease = client.acquire(key, ttl=ttl, wait=wait, limit=limit)
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException:
+        try:
+            lease.release(noreply=True)
+        except NotHeld:
+            pass
+        raise
+    lease.release(noreply=True)
+    return result
+
+
+def lock_decorator(
+    key_maker: Optional[Callable[..., str]] = None,
+    ttl: float = 30.0,
+    wait: Optional[float] = None,
+    limit: int = 1,
+    client: ClientLike = None,
+) -> Callable[[F], F]:
+    """Makes every call of the decorated function run under a keylock lock.
+
+    Without ``key_maker`` the key is ``default_key(fn, *args, **kwargs)``: the function's
+    qualified name plus ``str(args) + str(kwargs)``, hashed when longer than the daemon's key
+    limit. With it, the key is ``key_maker(*args, **kwargs)`` (a str, used as is). Works on
+    plain functions, methods and Django views (for a view, ``str(request)`` names the method
+    and path, so each URL gets its own lock).
+
+    ``ttl`` (seconds) is the lease's ttl, renewed at ttl/3 while the function runs, so long
+    calls are fine; ``wait`` (seconds) bounds the wait for the lock (None: wait until granted,
+    0: try once), then keylock.Timeout is raised; ``limit`` > 1 lets that many calls run at
+    once (a counting semaphore). ``client``: a Client, a callable returning one (called on each
+    call, so it may create the client lazily), or None for ``keylock.default_client()``.
+
+    Raises what ``locked_call`` raises. Use it with parentheses: ``@lock_decorator()``.
+    """
+    return make_decorator(key_maker, lambda: (_resolve(client), ttl, wait, limit))
+
+
+def make_decorator(
+    key_maker: Optional[Callable[..., str]],
+    options: Callable[[], Tuple[Client, float, Optional[float], int]],
+) -> Callable[[F], F]:
+    """The decorator behind lock_decorator; ``options()`` is called on every call and returns
+    (client, ttl, wait, limit), so that integrations (keylock.django) can read their settings
+    and create their client lazily."""
+    if key_maker is not None and not callable(key_maker):
+        raise TypeError("keylock: key_maker must be callable")
+
+    def decorator(fn: F) -> F:
+        if not callable(fn):
+            raise TypeError("keylock: lock_decorator() decorates a callable")
+        name = _qualified_name(fn)
+
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            if key_maker is None:
+                key = default_key(name, *args, **kwargs)
+            else:
+                key = key_maker(*args, **kwargs)
+                if not isinstance(key, str):
+                    raise TypeError(
+                        f"keylock: key_maker must return a str, not {type(key).__name__}"
+                    )
+            client, ttl, wait, limit = options()
+            return locked_call(client, key, fn, args, kwargs, ttl=ttl, wait=wait, limit=limit)
+
+        return inner  # type: ignore[return-value]
+
+    return decorator

@@ -1,0 +1,125 @@
+"""Django integration: the lock decorator served by keylockd, configured from settings.
+
+    # settings.py
+    KEYLOCK = {
+        "SERVER": "127.0.0.1:7400",  # default: $KEYLOCK_SERVER, else 127.0.0.1:7400
+        "AUTH": None,                # the daemon's secret; default: $KEYLOCK_AUTH
+        "TTL": 30,                   # seconds; the lease is renewed while the function runs
+        "WAIT": None,                # seconds to wait for the lock; None: until granted
+    }
+
+    # views.py: the one-import switch from a django-redis cache.lock decorator
+    from keylock.django import lock_decorator
+
+    @lock_decorator()
+    def fetch_remote_thing(name): ...
+
+One Client per process, made on first use (so in each uWSGI/gunicorn worker, after the fork)
+and shared by its threads. Optional settings: "NAME" (shown by ``inspect``; default
+"django:HOSTNAME"), "CONNECT_TIMEOUT" and "REQUEST_TIMEOUT" (seconds). Changing the KEYLOCK
+setting (``override_settings`` in tests) closes the client; the next call makes a new one.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any, Callable, Optional
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+
+from . import decorator as _decorator
+from .client import Client
+
+__all__ = ["get_client", "lock_decorator", "lock", "reset"]
+
+_KNOWN = {"SERVER", "AUTH", "TTL", "WAIT", "NAME", "CONNECT_TIMEOUT", "REQUEST_TIMEOUT"}
+_UNSET: Any = object()
+
+_client: Optional[Client] = None
+_client_lock = threading.Lock()
+
+
+def _config() -> dict:
+    cfg = getattr(settings, "KEYLOCK", None) or {}
+    if not isinstance(cfg, dict):
+        raise ImproperlyConfigured("settings.KEYLOCK must be a dict")
+    unknown = set(cfg) - _KNOWN
+    if unknown:
+        raise ImproperlyConfigured(
+            f"settings.KEYLOCK has unknown keys {sorted(unknown)}; known: {sorted(_KNOWN)}"
+        )
+    return cfg
+
+
+def get_client() -> Client:
+    """This process's Client, made from settings.KEYLOCK on first use (thread-safe). The Client
+    is fork-safe: a forked worker gets its own connection on its first call."""
+    global _client
+    client = _client
+    if client is None:
+        with _client_lock:
+            if _client is None:
+                cfg = _config()
+                kwargs = {}
+                if cfg.get("CONNECT_TIMEOUT") is not None:
+                    kwargs["connect_timeout"] = cfg["CONNECT_TIMEOUT"]
+                if cfg.get("REQUEST_TIMEOUT") is not None:
+                    kwargs["request_timeout"] = cfg["REQUEST_TIMEOUT"]
+                _client = Client(
+                    server=cfg.get("SERVER"),
+                    auth=cfg.get("AUTH"),
+                    name=cfg.get("NAME") or f"django:{socket.gethostname()}",
+                    **kwargs,
+                )
+            client = _client
+    return client
+
+
+def reset() -> None:
+    """Closes this process's client; the next call makes a new one from the settings."""
+    global _client
+    with _client_lock:
+        client, _client = _client, None
+    if client is not None:
+        client.close()
+
+
+def _on_setting_changed(setting: str, **kwargs: Any) -> None:
+    if setting == "KEYLOCK":
+        reset()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="keylock.django.reset")
+
+
+def _ttl(ttl: Optional[float]) -> float:
+    return float(_config().get("TTL", 30.0)) if ttl is None else ttl
+
+
+def _wait(wait: Any) -> Optional[float]:
+    return _config().get("WAIT") if wait is _UNSET else wait
+
+
+def lock_decorator(
+    key_maker: Optional[Callable[..., str]] = None,
+    ttl: Optional[float] = None,
+    wait: Any = _UNSET,
+    limit: int = 1,
+    client: Optional[Client] = None,
+) -> Callable:
+    """``keylock.lock_decorator`` bound to this process's client, with ``ttl`` and ``wait``
+    defaulting to settings.KEYLOCK["TTL"] (30 s) and ["WAIT"] (None: until granted). Settings
+    are read at call time, so decorating at import time is fine. Keys are as for
+    keylock.lock_decorator: the function's qualified name plus str(args) + str(kwargs) (for a
+    view, str(request) names the method and path), or key_maker(*args, **kwargs)."""
+    return _decorator.make_decorator(
+        key_maker, lambda: (client or get_client(), _ttl(ttl), _wait(wait), limit)
+    )
+
+
+def lock(key: str, ttl: Optional[float] = None, wait: Any = _UNSET, limit: int = 1, **kwargs: Any):
+    """``with keylock.django.lock("report:monthly") as lease:`` — Client.lock on this
+    process's client with the settings' TTL and WAIT as defaults."""
+    return get_client().lock(key, ttl=_ttl(ttl), wait=_wait(wait), limit=limit, **kwargs)

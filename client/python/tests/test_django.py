@@ -1,0 +1,60 @@
+"""keylock.django: settings, the lazily made per-process client, the bound decorator.
+
+Django is a hard requirement of this suite (scripts/install-deps.sh installs
+python3-django): a missing Django fails here, it is not skipped."""
+import django
+from django.conf import settings
+
+if not settings.configured:
+    settings.configure(KEYLOCK={"SERVER": "127.0.0.1:1"}, INSTALLED_APPS=[], USE_TZ=True)
+    django.setup()
+
+from django.test import override_settings  # noqa: E402
+
+import pytest  # noqa: E402
+
+import keylock  # noqa: E402
+import keylock.django as kd  # noqa: E402
+
+
+def test_the_client_is_made_once_per_process_from_the_settings(daemon):
+    with override_settings(KEYLOCK={"SERVER": daemon.address, "NAME": "site-a"}):
+        c = kd.get_client()
+        assert c is kd.get_client()
+        assert c.server == daemon.address
+        with kd.lock("django:cm") as lease:
+            info = c.inspect("django:cm")
+            assert info.holders[0].token == lease.token and info.holders[0].client == "site-a"
+    # Changing the setting closed it; the next use makes a new one.
+    with override_settings(KEYLOCK={"SERVER": daemon.address}):
+        assert kd.get_client() is not c
+
+
+def test_the_bound_decorator_takes_ttl_and_wait_from_the_settings(daemon, make_client):
+    holder = make_client()
+
+    @kd.lock_decorator(key_maker=lambda: "django:busy")
+    def f():
+        return "ran"
+
+    @kd.lock_decorator()
+    def g(name):
+        return kd.get_client().inspect(keylock.default_key(g.__wrapped__, name)).holders[0]
+
+    with override_settings(KEYLOCK={"SERVER": daemon.address, "TTL": 7, "WAIT": 0.05}):
+        lease = holder.acquire("django:busy")
+        with pytest.raises(keylock.Timeout):
+            f()
+        lease.release()
+        assert f() == "ran"
+        holder_info = g("alpha")
+        assert 6000 <= holder_info.ttl_ms_left <= 7000
+
+
+def test_unknown_settings_keys_are_refused():
+    from django.core.exceptions import ImproperlyConfigured
+
+    with override_settings(KEYLOCK={"SERVR": "x"}):
+        with pytest.raises(ImproperlyConfigured):
+            kd.get_client()
+    kd.reset()

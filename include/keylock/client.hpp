@@ -1,0 +1,428 @@
+// keylock C++ client: a blocking, thread-safe API over one multiplexed connection to keylockd.
+//
+// One `Client` is meant to be shared by every thread of a process. It owns one TCP connection
+// and one private I/O thread; requests from any number of threads are pipelined over the
+// connection and matched to their replies by `id`. Callers block until their reply arrives.
+//
+//   keylock::Client client;  // KEYLOCK_SERVER, else 127.0.0.1:7400; KEYLOCK_AUTH
+//   client.with_lock("report:monthly", [](const keylock::Lease& lease) {
+//     write_report(lease.token());  // pass the fencing token on to storage
+//   });
+//
+// Invariants:
+// - A `Lease` with auto_extend is renewed (`extend`) at a third of its ttl by the I/O thread
+//   until it is released, destroyed or lost. No renewal is ever sent after release() returns.
+// - A lease becomes invalid, and its `on_lost` callback runs exactly once, when the daemon
+//   refuses its renewal, sends its `expired` event, when no renewal was confirmed within its
+//   ttl (the daemon is unresponsive), or when the connection drops (the daemon releases every
+//   lease of a closed connection). on_lost is not called for a lease released by its owner.
+// - Callbacks (`on_lost`) run on the I/O thread: they must be quick, must not block and must
+//   not call blocking Client or Lease functions (those throw std::logic_error there).
+//   Exceptions thrown by a callback are swallowed.
+// - After a connection loss the client reconnects with exponential backoff and jitter, and
+//   sends `hello` (with the auth secret) first on every connection. Waiting acquires are sent
+//   again with the wait they have left; other requests in flight fail with ConnectionError.
+//
+// This header has no Asio or JSON dependency; everything networked lives in client/client.cpp.
+#pragma once
+
+#include "keylock/protocol.hpp"
+
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace keylock {
+
+// ---------------------------------------------------------------------------------------------
+// Errors. Every error the client reports derives from keylock::Error, which carries the daemon's
+// error code when there is one, and the daemon's message (or the client's own) as what().
+
+// NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& message, std::optional<errc> code = std::nullopt)
+      : std::runtime_error(message), code_(code) {}
+  // The wire error code the daemon answered with; nullopt for client-side failures
+  // (connection, protocol) and for codes newer than this build.
+  std::optional<errc> code() const noexcept { return code_; }
+
+ private:
+  std::optional<errc> code_;
+};
+
+// acquire() was not granted within AcquireOptions::wait (daemon code `timeout`).
+// NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
+class Timeout : public Error {
+ public:
+  using Error::Error;
+};
+// release()/extend() of a lease that is no longer held: it expired, its renewal was refused,
+// or its connection dropped (daemon code `not_held`, or the client's own knowledge).
+// NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
+class NotHeld : public Error {
+ public:
+  using Error::Error;
+};
+// The daemon could not be reached, the connection dropped while the request was in flight,
+// no reply came within client_options::request_timeout, or the Client is shutting down.
+// NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
+class ConnectionError : public Error {
+ public:
+  using Error::Error;
+};
+// The daemon rejected the request as malformed (`bad_request`, `unknown_op`,
+// `frame_too_large`, e.g. a key longer than the daemon's max_key_bytes), or sent a frame the
+// client could not decode.
+// NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
+class ProtocolError : public Error {
+ public:
+  using Error::Error;
+};
+// The daemon requires a secret and refused ours (`unauthenticated`).
+// NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
+class AuthError : public Error {
+ public:
+  using Error::Error;
+};
+// A daemon limit was hit: keys, waiters per key, waiting acquires per connection
+// (`limit_exceeded`).
+// NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
+class LimitExceeded : public Error {
+ public:
+  using Error::Error;
+};
+// acquire() named a limit other than the live key's limit (`conflict`).
+// NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
+class Conflict : public Error {
+ public:
+  using Error::Error;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Options.
+
+// How a Client connects. Every field has a documented default; an empty `server` and an unset
+// `auth` are taken from the environment.
+struct client_options {
+  // "host:port", "host" (port 7400) or "[v6addr]:port". Empty: $KEYLOCK_SERVER, else
+  // "127.0.0.1:7400".
+  std::string server;
+  // The daemon's shared secret, sent in `hello` on every connection. nullopt: $KEYLOCK_AUTH when
+  // set and non-empty, else none. An empty string forces "no secret".
+  std::optional<std::string> auth;
+  // A name for people, shown by `inspect` (≤ 256 bytes). Empty: none.
+  std::string name;
+  // Bound on each connection attempt (resolve + connect + hello). The constructor fails after
+  // one attempt; later reconnects retry forever with backoff.
+  std::chrono::milliseconds connect_timeout{5000};
+  // Bound on the reply to any request other than acquire (ping, inspect, stats, release,
+  // extend), and on how long such a request waits for a connection while reconnecting.
+  std::chrono::milliseconds request_timeout{10000};
+  // Reconnect backoff: the first retry after `backoff_initial`, doubling up to `backoff_max`;
+  // each delay is drawn uniformly from [d/2, d] (jitter) so that many clients of a restarted
+  // daemon do not reconnect in lockstep.
+  std::chrono::milliseconds backoff_initial{50};
+  std::chrono::milliseconds backoff_max{2000};
+};
+
+// Why a lease stopped being valid, as told to on_lost.
+enum class lost_reason : std::uint8_t {
+  expired,          // the daemon's `expired` event, or no renewal confirmed within the ttl
+  not_held,         // the daemon refused a renewal or extend (`not_held`)
+  connection_lost,  // the connection dropped: the daemon released every lease it held
+  client_closed,    // the Client was destroyed while the lease lived
+};
+
+std::string_view to_string(lost_reason reason) noexcept;
+
+// What on_lost is told.
+struct lease_lost {
+  std::string key;
+  std::uint64_t token = 0;
+  lost_reason reason = lost_reason::expired;
+  std::string message;  // for people: what happened
+};
+
+// NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
+struct AcquireOptions {
+  // The lease runs out this long after its grant or its last renewal (1 ms .. the daemon's
+  // max_ttl_ms, default 1 h).
+  std::chrono::milliseconds ttl{30000};
+  // How long to wait for the key. nullopt: until granted. 0: try once.
+  std::optional<std::chrono::milliseconds> wait;
+  // How many may hold the key at once (1 = mutex, N = counting semaphore). Every acquire of a
+  // live key must name the same limit, else Conflict.
+  std::uint32_t limit = 1;
+  // Renew the lease at ttl/3 while it lives.
+  bool auto_extend = true;
+  // Called once, on the I/O thread, if the lease is lost (see the header comment). Must not
+  // block. Not called when the lease is released by release() or its destructor.
+  std::function<void(const lease_lost&)> on_lost;
+};
+
+// What `inspect` reports about a key.
+struct key_info {
+  bool held = false;
+  std::vector<holder_info> holders;  // in grant order
+  std::uint64_t waiters = 0;
+  std::uint64_t limit = 0;  // 0 when the key is not live
+};
+
+namespace detail {
+class client_impl;
+struct lease_state;
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+
+// How Lease::release waits for the daemon.
+enum class release_mode : std::uint8_t {
+  // Wait for the daemon's answer (one round trip, bounded by request_timeout).
+  confirmed,
+  // Send `release` with `noreply` (PROTOCOL.md) and return once it is queued on the connection:
+  // no round trip. Later requests of the same Client reach the daemon after it; another
+  // connection may still see the key held for a moment. Losses the client has not seen (a
+  // release the daemon would answer `not_held`) go unreported.
+  no_reply,
+};
+
+// A granted lock: move-only RAII. The destructor releases it with release_mode::no_reply
+// (errors are swallowed). A default-constructed or moved-from Lease is empty: not valid,
+// token 0, and release() does nothing.
+//
+// One Lease object is used by one thread at a time; valid() may be called from any thread.
+// NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
+class Lease {
+ public:
+  Lease() noexcept;
+  Lease(Lease&& other) noexcept;
+  // Releases the lease this one held (as the destructor does), then takes `other`'s.
+  Lease& operator=(Lease&& other) noexcept;
+  Lease(const Lease&) = delete;
+  Lease& operator=(const Lease&) = delete;
+  ~Lease();
+
+  // The key; empty for an empty Lease.
+  const std::string& key() const noexcept;
+  // The fencing token of the grant: strictly greater than every token the daemon granted
+  // before. Pass it to storage so that it can refuse writes from an older holder. 0 if empty.
+  std::uint64_t token() const noexcept;
+  // True while the lease is held: granted, not released, not lost. A lost lease never becomes
+  // valid again.
+  bool valid() const noexcept;
+
+  // Sets the lease to run out `ttl` from now (and makes `ttl` the ttl of later auto renewals).
+  // Throws NotHeld if the lease is not held (then it is invalid and on_lost has run),
+  // ConnectionError if no reply came, std::logic_error on an empty Lease or from the I/O thread.
+  void extend(std::chrono::milliseconds ttl);
+
+  // Ends the lease and stops its renewal; after it returns no renewal is sent. Does nothing on
+  // an empty or already released Lease. Throws NotHeld if the lease had been lost (expired,
+  // renewal refused, connection dropped; with `confirmed`, also when the daemon answers
+  // not_held) — the caller ran without the lock for a while — and, with `confirmed`,
+  // ConnectionError if the daemon did not confirm within request_timeout (the lease then runs
+  // out by its ttl). Either way the Lease is empty afterwards. A connection that drops while the
+  // release is in flight counts as released (the daemon drops a closed connection's leases).
+  void release(release_mode mode = release_mode::confirmed);
+
+ private:
+  friend class Client;
+  Lease(std::shared_ptr<detail::client_impl> client, std::shared_ptr<detail::lease_state> state);
+  void release_quietly() noexcept;
+
+  std::shared_ptr<detail::client_impl> client_;
+  std::shared_ptr<detail::lease_state> state_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+// A connection to keylockd shared by any number of threads. Not copyable or movable (hold it
+// by reference, or in a std::optional / std::unique_ptr).
+// NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
+class Client {
+ public:
+  // Connects (resolve, TCP connect, `hello` with the secret and name) and returns once the
+  // daemon has answered. Throws ConnectionError if the daemon cannot be reached within
+  // connect_timeout, AuthError if it refuses the secret, ProtocolError if the peer does not
+  // speak the protocol, std::invalid_argument for a malformed server address.
+  explicit Client(client_options options = {});
+  // Closes the connection (the daemon releases every lease and drops every waiting acquire of
+  // it) and stops the I/O thread. Calls still blocked in other threads fail with
+  // ConnectionError; leases still alive become invalid (reason client_closed). Must not be
+  // called from an on_lost callback.
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+  Client(Client&&) = delete;
+  Client& operator=(Client&&) = delete;
+
+  // Acquires `key` ("1..max_key_bytes bytes of UTF-8"), waiting up to options.wait (forever
+  // when unset; waiters are granted in FIFO order). Returns the lease, already being renewed
+  // when options.auto_extend. Throws Timeout when not granted within the wait, Conflict on a
+  // limit mismatch, LimitExceeded, ProtocolError for an invalid key/ttl/limit, AuthError,
+  // and ConnectionError only when the Client is closed: a waiting acquire survives reconnects.
+  Lease acquire(std::string_view key, const AcquireOptions& options = {});
+
+  // As acquire(), but returns nullopt instead of throwing Timeout. An unset options.wait means
+  // "try once" (wait 0) here, not "forever".
+  std::optional<Lease> try_acquire(std::string_view key, AcquireOptions options = {});
+
+  // Acquires `key`, runs fn, releases, and returns fn's result. fn is called as fn(lease) when
+  // it accepts a `const Lease&`, else as fn(). The release is release_mode::no_reply: it costs
+  // no round trip, and this Client's later requests reach the daemon after it. When fn throws,
+  // the lease is released (errors of the release are swallowed) and fn's exception propagates.
+  // Throws what acquire() throws, and NotHeld if the client saw the lease lost while fn ran
+  // (fn's result is then discarded: whatever fn did, it did without the lock for a while;
+  // options.on_lost has been called too).
+  template <class Fn>
+  decltype(auto) with_lock(std::string_view key, Fn&& fn, const AcquireOptions& options = {});
+
+  // Round trip of one `ping`, measured on the I/O thread from write to reply. Throws
+  // ConnectionError.
+  std::chrono::nanoseconds ping();
+  // The holders, waiters and limit of `key`. Throws ConnectionError, ProtocolError.
+  key_info inspect(std::string_view key);
+  // The daemon's gauges and counters. Throws ConnectionError.
+  stats_info stats();
+
+  // The address this client connects to, as configured ("host:port").
+  const std::string& server() const noexcept;
+  // The daemon version announced in the last successful `hello` ("0.1.0").
+  std::string server_version() const;
+
+ private:
+  std::shared_ptr<detail::client_impl> impl_;
+};
+
+template <class Fn>
+decltype(auto) Client::with_lock(std::string_view key, Fn&& fn, const AcquireOptions& options) {
+  constexpr bool takes_lease = std::is_invocable_v<Fn&, const Lease&>;
+  using result = std::conditional_t<takes_lease, std::invoke_result<Fn&, const Lease&>,
+                                    std::invoke_result<Fn&>>;
+  using result_t = typename result::type;
+
+  Lease lease = acquire(key, options);
+  // On an exception from fn the Lease destructor releases quietly; on success release() may
+  // throw NotHeld, which is the point: the caller learns that the lock was lost.
+  constexpr release_mode mode = release_mode::no_reply;
+  auto call = [&]() -> result_t {
+    if constexpr (takes_lease) {
+      return std::invoke(fn, std::as_const(lease));
+    } else {
+      return std::invoke(fn);
+    }
+  };
+  if constexpr (std::is_void_v<result_t>) {
+    call();
+    lease.release(mode);
+  } else {
+    result_t value = call();
+    lease.release(mode);
+    if constexpr (std::is_reference_v<result_t>) {
+      return static_cast<result_t>(value);
+    } else {
+      return value;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decorators.
+
+namespace detail {
+template <class T>
+concept streamable = requires(std::ostream& out, const T& value) {
+  out << value;
+};
+// Tells lock_decorator's two forms apart: a name is string-like, a function is not.
+template <class T>
+concept not_a_name = !std::convertible_to<T, std::string_view>;
+}  // namespace detail
+
+// The key the named lock_decorator uses: `name`, then ":" and each argument formatted with
+// operator<< (with std::boolalpha), in order. default_key("fetch", "alpha", 3) is
+// "fetch:alpha:3". Arguments that contain ':' can make two calls share a key; pass a key_maker
+// when that matters.
+template <class... Args>
+std::string default_key(std::string_view name, const Args&... args) {
+  static_assert((detail::streamable<Args> && ...),
+                "keylock::default_key: every argument must support operator<<; "
+                "pass a key_maker to lock_decorator instead");
+  std::ostringstream out;
+  out << std::boolalpha << name;
+  ((out << ':' << args), ...);
+  return std::move(out).str();
+}
+
+// A callable that runs Fn under client.with_lock(key_maker(args...), ...). Made by
+// lock_decorator. Holds a pointer to the Client, which must outlive it.
+template <class Fn, class KeyMaker>
+class locked_function {
+ public:
+  locked_function(Client& client, Fn fn, KeyMaker key_maker, AcquireOptions options)
+      : client_(&client),
+        fn_(std::move(fn)),
+        key_maker_(std::move(key_maker)),
+        options_(std::move(options)) {}
+
+  // Calls fn(args...) holding the lock on key_maker(args...) (the key_maker sees the arguments
+  // as const lvalues). Returns fn's result; throws what Client::with_lock throws.
+  template <class... Args>
+  requires std::invocable<Fn&, Args...>
+  decltype(auto) operator()(Args&&... args) {
+    return invoke_locked(fn_, std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  requires std::invocable<const Fn&, Args...>
+  decltype(auto) operator()(Args&&... args) const {
+    return invoke_locked(fn_, std::forward<Args>(args)...);
+  }
+
+ private:
+  template <class F, class... Args>
+  decltype(auto) invoke_locked(F& fn, Args&&... args) const {
+    std::string key = std::invoke(key_maker_, std::as_const(args)...);
+    return client_->with_lock(
+        key, [&]() -> decltype(auto) { return std::invoke(fn, std::forward<Args>(args)...); },
+        options_);
+  }
+
+  Client* client_;
+  Fn fn_;
+  KeyMaker key_maker_;
+  AcquireOptions options_;
+};
+
+// Wraps fn so that every call runs under the lock whose key key_maker(args...) returns (a
+// std::string, or anything convertible to one). A key_maker that ignores its arguments and
+// returns one key runs fn one call at a time across every process using the daemon.
+template <detail::not_a_name Fn, class KeyMaker>
+auto lock_decorator(Client& client, Fn fn, KeyMaker key_maker, AcquireOptions options = {}) {
+  return locked_function<Fn, KeyMaker>(client, std::move(fn), std::move(key_maker),
+                                       std::move(options));
+}
+
+// Wraps fn so that every call runs under the lock default_key(name, args...):
+// lock_decorator(client, "fetch_remote_thing", fetch)("alpha") locks "fetch_remote_thing:alpha".
+template <class Fn>
+auto lock_decorator(Client& client, std::string name, Fn fn, AcquireOptions options = {}) {
+  auto key_maker = [name = std::move(name)](const auto&... args) {
+    return default_key(name, args...);
+  };
+  return locked_function<Fn, decltype(key_maker)>(client, std::move(fn), std::move(key_maker),
+                                                  std::move(options));
+}
+
+}  // namespace keylock
