@@ -397,6 +397,17 @@ class client_impl {
     return std::move(w.rep);
   }
 
+  reply top(std::uint64_t n) {
+    waiter w;
+    submit(w, [&] {
+      pending& p = new_user_call(w, op::top);
+      p.req.n = n;
+      p.req.set(field::n);
+      send_or_queue(p.req.id);
+    });
+    return std::move(w.rep);
+  }
+
  private:
   bool on_io_thread() const { return std::this_thread::get_id() == io_thread_id_; }
 
@@ -1277,6 +1288,16 @@ stats_info Client::stats() {
   reply rep = impl_->stats();
   if (!rep.stats) throw ProtocolError("keylock: stats reply without counters");
   return *rep.stats;
+}
+
+top_info Client::top(std::size_t n) {
+  reply rep = impl_->top(n);
+  if (!rep.stats) throw ProtocolError("keylock: top reply without counters");
+  top_info info;
+  info.stats = *rep.stats;
+  if (rep.queues) info.queues = std::move(*rep.queues);
+  if (rep.oldest) info.oldest = std::move(*rep.oldest);
+  return info;
 }
 
 const std::string& Client::server() const noexcept { return impl_->server(); }

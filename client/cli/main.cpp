@@ -5,6 +5,7 @@
 //   keylock ping [--count N]
 //   keylock inspect KEY [--json]
 //   keylock stats [--json]
+//   keylock top [-n N] [--interval S] [--once]
 //
 // Global: --server HOST:PORT ($KEYLOCK_SERVER, else 127.0.0.1:7400), --auth SECRET
 // ($KEYLOCK_AUTH). Exit codes follow sysexits.h; `run` passes its command's status through.
@@ -36,6 +37,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 extern char** environ;  // NOLINT: POSIX
@@ -488,6 +490,82 @@ int stats(keylock::Client& client, bool json) {
   return 0;
 }
 
+// ---- top -------------------------------------------------------------------------------------
+
+struct top_args {
+  std::size_t n = 10;
+  double interval_s = 1.0;
+  bool once = false;
+  int iterations = 0;  // 0 = until interrupted
+};
+
+volatile std::sig_atomic_t top_stop = 0;
+extern "C" void on_top_signal(int) { top_stop = 1; }
+
+// Prints one screen: the gauges, the rates since `prev` (when given) and both lists.
+void print_top(const keylock::top_info& t, const keylock::top_info* prev, double seconds,
+               const std::string& server) {
+  const keylock::stats_info& s = t.stats;
+  auto rate = [&](std::uint64_t now_v, std::uint64_t before) {
+    if (prev == nullptr || seconds <= 0 || now_v < before) return std::string("-");
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", static_cast<double>(now_v - before) / seconds);
+    return std::string(buf);
+  };
+  std::printf("keylockd %s  up %s\n", server.c_str(), format_ms(s.uptime_ms).c_str());
+  std::printf("connections %llu  keys %llu  held %llu  waiting %llu\n",
+              static_cast<unsigned long long>(s.connections),
+              static_cast<unsigned long long>(s.keys), static_cast<unsigned long long>(s.held),
+              static_cast<unsigned long long>(s.waiting));
+  std::printf("grants/s %s  timeouts/s %s  expirations/s %s\n",
+              rate(s.grants, prev ? prev->stats.grants : 0).c_str(),
+              rate(s.timeouts, prev ? prev->stats.timeouts : 0).c_str(),
+              rate(s.expirations, prev ? prev->stats.expirations : 0).c_str());
+  std::printf("\nLONGEST QUEUES\n%-40s %8s %6s %6s\n", "KEY", "WAITERS", "HELD", "LIMIT");
+  if (t.queues.empty()) std::printf("(none)\n");
+  for (const auto& q : t.queues) {
+    std::printf("%-40.40s %8llu %6llu %6llu\n", q.key.c_str(),
+                static_cast<unsigned long long>(q.waiters), static_cast<unsigned long long>(q.held),
+                static_cast<unsigned long long>(q.limit));
+  }
+  std::printf("\nOLDEST HOLDERS\n%-32s %-10s %-10s %-24s %s\n", "KEY", "HELD", "TTL LEFT",
+              "CLIENT", "PEER");
+  if (t.oldest.empty()) std::printf("(none)\n");
+  for (const auto& l : t.oldest) {
+    std::printf("%-32.32s %-10s %-10s %-24.24s %s\n", l.key.c_str(), format_ms(l.held_ms).c_str(),
+                format_ms(l.ttl_ms_left).c_str(), l.client.empty() ? "-" : l.client.c_str(),
+                l.peer.empty() ? "-" : l.peer.c_str());
+  }
+  std::fflush(stdout);
+}
+
+// A live view refreshed every interval (plain ANSI: clear screen, cursor home), or one
+// snapshot with --once for scripts.
+int top(keylock::Client& client, const top_args& args) {
+  if (args.once) {
+    print_top(client.top(args.n), nullptr, 0, client.server());
+    return 0;
+  }
+  std::signal(SIGINT, on_top_signal);
+  std::signal(SIGTERM, on_top_signal);
+  std::optional<keylock::top_info> prev;
+  auto prev_at = std::chrono::steady_clock::now();
+  for (int i = 0; top_stop == 0 && (args.iterations == 0 || i < args.iterations); ++i) {
+    keylock::top_info t = client.top(args.n);
+    auto at = std::chrono::steady_clock::now();
+    std::printf("\x1b[H\x1b[2J");
+    print_top(t, prev ? &*prev : nullptr, std::chrono::duration<double>(at - prev_at).count(),
+              client.server());
+    prev = std::move(t);
+    prev_at = at;
+    auto until = at + std::chrono::duration<double>(args.interval_s);
+    while (top_stop == 0 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));  // a UI refresh period
+    }
+  }
+  return 0;
+}
+
 int run_main(int argc, char** argv) {
   CLI::App app{"keylock: run commands under keylockd locks, and look at the daemon"};
   app.set_version_flag("--version", "keylock " KEYLOCK_VERSION);
@@ -540,6 +618,17 @@ int run_main(int argc, char** argv) {
   CLI::App* stats_cmd = app.add_subcommand("stats", "show the daemon's gauges and counters");
   stats_cmd->add_flag("--json", json, "print the daemon's reply as JSON");
 
+  top_args top_opts;
+  CLI::App* top_cmd = app.add_subcommand(
+      "top", "live view: rates, the longest queues and the oldest holders (Ctrl-C to quit)");
+  top_cmd->add_option("-n", top_opts.n, "keys and leases to list (default 10)")
+      ->check(CLI::Range(1, 100));
+  top_cmd->add_option("--interval", top_opts.interval_s, "seconds between refreshes (default 1)")
+      ->check(CLI::Range(0.1, 3600.0));
+  top_cmd->add_option("--iterations", top_opts.iterations, "stop after this many screens")
+      ->check(CLI::Range(0, 1000000));
+  top_cmd->add_flag("--once", top_opts.once, "print one snapshot without clearing the screen");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -554,6 +643,7 @@ int run_main(int argc, char** argv) {
     if (ping_cmd->parsed()) return ping(client, ping_count);
     if (inspect_cmd->parsed()) return inspect(client, inspect_key, json);
     if (stats_cmd->parsed()) return stats(client, json);
+    if (top_cmd->parsed()) return top(client, top_opts);
   } catch (const std::invalid_argument& e) {
     complain(e.what());
     return exit_usage;

@@ -180,6 +180,13 @@ struct key_info {
   std::uint64_t limit = 0;  // 0 when the key is not live
 };
 
+// What `top` reports: the stats, the longest queues and the oldest leases (PROTOCOL.md).
+struct top_info {
+  stats_info stats;
+  std::vector<queue_info> queues;  // most waiters first
+  std::vector<lease_info> oldest;  // longest held first
+};
+
 namespace detail {
 class client_impl;
 struct lease_state;
@@ -296,6 +303,9 @@ class Client {
   key_info inspect(std::string_view key);
   // The daemon's gauges and counters. Throws ConnectionError.
   stats_info stats();
+  // The stats plus up to `n` (1..100) longest queues and oldest leases. Throws
+  // ConnectionError, ProtocolError (n out of range).
+  top_info top(std::size_t n = 10);
 
   // The address this client connects to, as configured ("host:port").
   const std::string& server() const noexcept;

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <csignal>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -286,4 +287,36 @@ TEST_CASE("keylock ping, inspect and stats print the daemon's view", "[cli]") {
   child_process stats_json(dir, cli({"stats", "--json"}), env);
   CHECK(stats_json.wait() == 0);
   CHECK(contains(stats_json.out(), R"("grants":)"));
+}
+
+TEST_CASE("keylock top --once shows the longest queue and the oldest holder", "[cli]") {
+  keylock_daemon d;
+  temp_dir dir;
+  keylock::client_options holder_options = options_for(d.port());
+  holder_options.name = "report-writer";
+  keylock::Client holder(holder_options);
+  keylock::Lease lease = holder.acquire("report:monthly");
+  keylock::Client waiter(options_for(d.port()));
+  keylock::AcquireOptions wait_briefly;
+  wait_briefly.wait = std::chrono::milliseconds(30000);
+  std::thread queued([&] {
+    try {
+      waiter.acquire("report:monthly", wait_briefly);
+    } catch (const keylock::Error&) {
+    }
+  });
+  REQUIRE(wait_until([&] { return holder.inspect("report:monthly").waiters == 1; }));
+
+  child_process top(dir, cli({"top", "--once", "-n", "5"}), server_env(d.port()));
+  CHECK(top.wait() == 0);
+  CHECK(contains(top.out(), "LONGEST QUEUES"));
+  CHECK(contains(top.out(), "OLDEST HOLDERS"));
+  CHECK(contains(top.out(), "waiting 1"));
+  // The queue line and the holder line both name the key; the holder line names its client.
+  CHECK(contains(top.out(), "report:monthly"));
+  CHECK(contains(top.out(), "report-writer"));
+  CHECK(contains(top.out(), "127.0.0.1:"));
+
+  lease.release();
+  queued.join();
 }
