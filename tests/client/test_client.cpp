@@ -568,7 +568,7 @@ TEST_CASE("the fetch_remote_thing example runs the slow fetch once for all calle
 }
 
 TEST_CASE("the README's client example is the example the build compiles", "[client][example]") {
-  const std::string doc = keylock::test::read_file(KEYLOCK_SOURCE_DIR "/docs/client.md");
+  const std::string doc = keylock::test::read_file(KEYLOCK_SOURCE_DIR "/README.md");
   const std::string example =
       keylock::test::read_file(KEYLOCK_SOURCE_DIR "/client/examples/readme_example.cpp");
   const auto start = doc.find("```cpp\n");
