@@ -350,6 +350,11 @@ errs=$(awk -F'\t' '$4 == "errors" { s += $5 } END { print s + 0 }' "$tsv")
     echo
     cat "$here/PROFILE.md"
   fi
+  # The Django overhead table comes from bench/django-overhead.sh (a separate, slower run).
+  if [ -f "$here/DJANGO.md" ]; then
+    echo
+    cat "$here/DJANGO.md"
+  fi
 } >"$results"
 
 echo "run-peers: wrote $results in ${elapsed} s" >&2

@@ -659,10 +659,12 @@ class Client:
                 self._queue.remove(call)
                 raise Timeout(f"keylock: {key!r} not acquired within {call.wait:g} s", "timeout")
             call.abandoned = True
-            cancel = _Call("cancel", {"target": call.id}, user=False)
-            self._submit_locked(cancel)
+            if self._state == _READY:  # else the daemon dropped it with the connection
+                self._write_locked(_Call("cancel", {"target": call.id}, user=False))
         self._flush()
-        raise ConnectionError(f"keylock: no reply to acquire of {key!r} from keylockd at {self._server}")
+        raise ConnectionError(
+            f"keylock: no reply to acquire of {key!r} from keylockd at {self._server}"
+        )
 
     # ---- writing ---------------------------------------------------------------------------
 

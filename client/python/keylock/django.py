@@ -21,6 +21,7 @@ setting (``override_settings`` in tests) closes the client; the next call makes 
 """
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from typing import Any, Callable, Optional
@@ -92,6 +93,16 @@ def _on_setting_changed(setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="keylock.django.reset")
+
+
+def _after_fork_in_child() -> None:
+    # The client itself is fork-safe; only the lock guarding its creation is renewed here.
+    global _client_lock
+    _client_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _ttl(ttl: Optional[float]) -> float:

@@ -50,7 +50,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_process(proc: Optional[subprocess.Popen], sig: int = signal.SIGTERM, timeout: float = 10.0):
+def stop_process(
+    proc: Optional[subprocess.Popen], sig: int = signal.SIGTERM, timeout: float = 10.0
+) -> None:
     if proc is None or proc.poll() is not None:
         return
     try:
@@ -89,7 +91,9 @@ class Daemon:
         ]
         err = open(self._log.name, "ab")
         try:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+            )
         finally:
             err.close()
 

@@ -24,6 +24,11 @@ def test_acquire_returns_a_lease_that_inspect_shows_and_release_ends(client):
     lease.release()  # a second release does nothing
 
 
+def test_keys_are_utf8_text(client):
+    with client.lock("отчёт:月次") as lease:
+        assert client.inspect("отчёт:月次").holders[0].token == lease.token
+
+
 def test_fencing_tokens_strictly_increase_across_keys(client):
     tokens = []
     for i in range(20):

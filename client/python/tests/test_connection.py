@@ -188,3 +188,28 @@ def test_a_forked_child_uses_its_own_connection_and_not_the_parents_leases(daemo
         parent_lease.release()
     finally:
         c.close()
+
+
+def test_a_hung_daemon_fails_requests_after_request_timeout_and_leases_run_out_locally(daemon):
+    c = keylock.Client(daemon.address, request_timeout=0.5)
+    lost = []
+    event = threading.Event()
+
+    def on_lost(info):
+        lost.append(info)
+        event.set()
+
+    try:
+        lease = c.acquire("hung", ttl=0.6, on_lost=on_lost)
+        daemon.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(keylock.ConnectionError):
+                c.ping()
+            # No renewal can be confirmed: the client gives the lease up at its ttl.
+            assert event.wait(10)
+            assert lost[0].reason == "expired" and not lease.valid
+        finally:
+            daemon.proc.send_signal(signal.SIGCONT)
+        assert c.ping() >= 0
+    finally:
+        c.close()

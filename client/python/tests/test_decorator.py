@@ -59,7 +59,10 @@ def test_the_decorator_locks_the_default_key_while_the_function_runs(client):
         return name.upper()
 
     assert fetch("alpha", fresh=True) == "ALPHA"
-    assert seen["key"] == "test_decorator.test_the_decorator_locks_the_default_key_while_the_function_runs.<locals>.fetch('alpha',){'fresh': True}"
+    assert seen["key"] == (
+        "test_decorator.test_the_decorator_locks_the_default_key_while_the_function_runs"
+        ".<locals>.fetch('alpha',){'fresh': True}"
+    )
     assert seen["held"] is True
     assert not client.inspect(seen["key"]).held
     assert fetch.__name__ == "fetch"  # functools.wraps

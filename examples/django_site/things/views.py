@@ -1,0 +1,87 @@
+"""The seed scenario: a slow fetch that must run once per name, whatever the concurrency.
+
+The switch from django-redis is the import of lock_decorator:
+
+    from things.redis_lock import lock_decorator   # before: django-redis cache.lock
+    from keylock.django import lock_decorator      # after: keylockd
+
+Both are imported here, under two names, only so that the example can serve both side by side.
+"""
+import os
+import time
+
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse
+
+from keylock.django import lock_decorator
+
+from .models import Fetch, Thing
+from .redis_lock import lock_decorator as redis_lock_decorator
+
+
+def some_internet_fetching(name):
+    """The slow remote call. Records that it ran (a Fetch row) before it sleeps."""
+    Fetch.objects.create(name=name, pid=os.getpid())
+    time.sleep(settings.FETCH_SECONDS)
+    return f"remote value of {name}"
+
+
+@lock_decorator()
+def fetch_remote_thing(name):
+    try:
+        return Thing.objects.get(name=name).result
+    except Thing.DoesNotExist:
+        # Need to go out and fetch this
+        result = some_internet_fetching(name)  # Assume this is sloooow
+        Thing.objects.create(name=name, result=result)
+        return result
+
+
+@redis_lock_decorator()
+def fetch_remote_thing_redis(name):
+    return fetch_remote_thing.__wrapped__(name)  # the same body, under cache.lock
+
+
+def index(request):
+    return HttpResponse("keylock example site\n", content_type="text/plain")
+
+
+def fetch(request, name):
+    return JsonResponse({"name": name, "result": fetch_remote_thing(name)})
+
+
+def fetch_redis(request, name):
+    return JsonResponse({"name": name, "result": fetch_remote_thing_redis(name)})
+
+
+def fetch_unlocked(request, name):
+    return JsonResponse({"name": name, "result": fetch_remote_thing.__wrapped__(name)})
+
+
+@lock_decorator()
+def hello(request, name):
+    # Without a key_maker the key is "things.views.hello" + str(args) + str(kwargs), and
+    # str(request) is "<WSGIRequest: GET '/hello/NAME'>": one lock per method and URL.
+    return JsonResponse({"hello": name})
+
+
+@lock_decorator(key_maker=lambda *args, **kwargs: "stats")
+def stats(request):
+    fetches = {}
+    for row in Fetch.objects.values_list("name", flat=True):
+        fetches[row] = fetches.get(row, 0) + 1
+    return JsonResponse({"things": Thing.objects.count(), "fetches": fetches})
+
+
+def bench_none(request):
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+@lock_decorator(key_maker=lambda request: "bench:shared")
+def bench_keylock(request):
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+@redis_lock_decorator(key_maker=lambda request: "bench:shared")
+def bench_redis(request):
+    return HttpResponse("ok\n", content_type="text/plain")
