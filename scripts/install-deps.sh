@@ -14,6 +14,7 @@ packages=(
   libssl-dev                              # libcrypto: MD5, constant-time compare
   libhiredis-dev redis-server             # keylock-bench's Redis target and its peer server
   util-linux procps                       # taskset, ps/pgrep for scripts
+  clang libclang-rt-14-dev python3        # libFuzzer targets (scripts/fuzz.sh); chaos driver
   python3-pytest python3-django python3-django-redis python3-redis uwsgi uwsgi-plugin-python3 wrk  # Python client tests, Django example and bench (issue 6)
 )
 

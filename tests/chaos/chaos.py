@@ -1,0 +1,522 @@
+#!/usr/bin/env python3
+"""Chaos run and history checker for keylock's mutual exclusion (see tests/chaos/README.md).
+
+  chaos.py run --keylockd PATH --worker PATH [--seconds S] [--workers N] [--keys K] [--seed X]
+               [--out DIR]      start keylockd and N workers, inject faults, then check
+  chaos.py check DIR            check the logs of an earlier run
+  chaos.py selftest             the checker on made-up correct and broken histories
+
+Exit status: 0 when the check found no anomaly, 1 on anomalies, 2 when the run itself failed.
+"""
+import argparse
+import collections
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+MS = 1_000_000  # ns
+
+
+def mono_ns():
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Daemon:
+    def __init__(self, path, port, state_dir, out):
+        self.path, self.port, self.state_dir, self.out = path, port, state_dir, out
+        self.proc = None
+        self.starts = 0
+
+    def start(self):
+        self.starts += 1
+        err = open(os.path.join(self.out, "keylockd.%d.log" % self.starts), "wb")
+        self.proc = subprocess.Popen(
+            [self.path, "--listen", "127.0.0.1:%d" % self.port, "--metrics-listen", "",
+             "--state-dir", self.state_dir, "--log-level", "warn"],
+            stdout=subprocess.DEVNULL, stderr=err)
+        err.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("keylockd exited with %s" % self.proc.returncode)
+                time.sleep(0.02)
+        raise RuntimeError("keylockd did not start listening")
+
+    def stop(self, sig=signal.SIGTERM):
+        """Stops the daemon; False when a SIGTERM did not end it cleanly (exit status 0)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return False
+            return sig != signal.SIGTERM or self.proc.returncode == 0
+        return True
+
+
+def run(args):
+    out = args.out or tempfile.mkdtemp(prefix="keylock-chaos-")
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    state = os.path.join(out, "state")
+    os.makedirs(state)
+    rng = random.Random(args.seed)
+    faults = open(os.path.join(out, "faults.log"), "w", buffering=1)
+
+    def fault(kind, detail=""):
+        faults.write("%s %d %s\n" % (kind, mono_ns(), detail))
+
+    daemon = Daemon(args.keylockd, free_port(), state, out)
+    daemon.start()
+    fault("DAEMON_START", str(daemon.proc.pid))
+    workers = {}  # index -> Popen
+    next_index = [0]
+    run_ms = int(args.seconds * 1000)
+    end = time.monotonic() + args.seconds
+
+    def spawn():
+        i = next_index[0]
+        next_index[0] += 1
+        left = max(500, int((end - time.monotonic()) * 1000))
+        p = subprocess.Popen([args.worker, "127.0.0.1:%d" % daemon.port,
+                              os.path.join(out, "worker.%d.log" % i),
+                              str(rng.getrandbits(32)), str(left), str(args.keys)],
+                             stdout=subprocess.DEVNULL,
+                             stderr=open(os.path.join(out, "worker.%d.err" % i), "wb"))
+        workers[i] = p
+
+    for _ in range(args.workers):
+        spawn()
+    counts = collections.Counter()
+    stopped = {}  # index -> monotonic time to SIGCONT
+    try:
+        while time.monotonic() < end - 1.0:
+            time.sleep(rng.uniform(0.3, 1.2))
+            now = time.monotonic()
+            for i, t in list(stopped.items()):
+                if now >= t:
+                    if workers[i].poll() is None:
+                        os.kill(workers[i].pid, signal.SIGCONT)
+                    fault("CONT", "%d %d" % (i, workers[i].pid))
+                    del stopped[i]
+            if time.monotonic() >= end - 1.0:
+                break
+            live = [i for i, p in workers.items() if p.poll() is None and i not in stopped]
+            r = rng.random()
+            if r < 0.35 and live:
+                i = rng.choice(live)
+                fault("KILL", "%d %d" % (i, workers[i].pid))
+                os.kill(workers[i].pid, signal.SIGKILL)
+                workers[i].wait()
+                counts["kill"] += 1
+                spawn()
+            elif r < 0.75 and live:
+                i = rng.choice(live)
+                # Longer than any ttl (<= 800 ms): its leases must run out meanwhile.
+                stopped[i] = time.monotonic() + rng.uniform(1.0, 2.0)
+                fault("STOP", "%d %d" % (i, workers[i].pid))
+                os.kill(workers[i].pid, signal.SIGSTOP)
+                counts["stop"] += 1
+            else:
+                how = signal.SIGKILL if rng.random() < 0.5 else signal.SIGTERM
+                fault("DAEMON_STOP", signal.Signals(how).name)
+                if not daemon.stop(how):
+                    counts["daemon_unclean"] += 1
+                time.sleep(rng.uniform(0.0, 0.3))
+                daemon.start()
+                fault("DAEMON_START", str(daemon.proc.pid))
+                counts["daemon_restart"] += 1
+        for i in list(stopped):
+            if workers[i].poll() is None:
+                os.kill(workers[i].pid, signal.SIGCONT)
+            fault("CONT", "%d %d" % (i, workers[i].pid))
+        stopped.clear()
+        for p in workers.values():
+            try:
+                p.wait(timeout=max(1.0, end - time.monotonic() + 10))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                counts["worker_hung"] += 1
+    finally:
+        for i, p in workers.items():
+            if p.poll() is None:
+                try:
+                    os.kill(p.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+                p.kill()
+                p.wait()
+        fault("DAEMON_STOP", "end")
+        if not daemon.stop():
+            counts["daemon_unclean"] += 1
+        faults.close()
+    print("chaos run: %.0f s, %d workers (%d processes in all), %d keys, seed %s, logs in %s"
+          % (args.seconds, args.workers, next_index[0], args.keys, args.seed, out))
+    print("faults injected: %d SIGKILL of a worker, %d SIGSTOP/SIGCONT of a worker, "
+          "%d daemon restarts" % (counts["kill"], counts["stop"], counts["daemon_restart"]))
+    hung = counts["worker_hung"]
+    failed = [i for i, p in workers.items() if p.returncode not in (0, -signal.SIGKILL)]
+    rc = check(out)
+    if hung:
+        print("ANOMALY: %d workers did not end by themselves" % hung)
+        rc = 1
+    if failed:
+        print("ANOMALY: workers %s exited with a failure (see worker.N.err)" % failed)
+        rc = 1
+    if counts["daemon_unclean"]:
+        print("ANOMALY: keylockd did not exit 0 on SIGTERM %d times (see keylockd.N.log)"
+              % counts["daemon_unclean"])
+        rc = 1
+    if rc == 0 and not args.keep:
+        shutil.rmtree(out)
+    return rc
+
+
+# ---------------------------------------------------------------------------------------------
+# Checker
+
+
+def limit_of(key):
+    return 1 + int(key[1:]) % 3
+
+
+def check(out):
+    # Faults, as intervals of monotonic time.
+    stops = collections.defaultdict(list)  # worker index -> [(stop, cont)]
+    restarts = []  # [(daemon stop, daemon start)]
+    kills = {}  # worker index -> time
+    last_stop = None
+    pending_stop = {}
+    with open(os.path.join(out, "faults.log")) as f:
+        for line in f:
+            parts = line.split()
+            kind, t = parts[0], int(parts[1])
+            if kind == "STOP":
+                pending_stop[int(parts[2])] = t
+            elif kind == "CONT":
+                i = int(parts[2])
+                stops[i].append((pending_stop.pop(i), t))
+            elif kind == "KILL":
+                kills[int(parts[2])] = t
+            elif kind == "DAEMON_STOP":
+                last_stop = t
+            elif kind == "DAEMON_START" and last_stop is not None:
+                restarts.append((last_stop, t))
+                last_stop = None
+
+    def faulted(i, a, b):
+        """True when worker i was stopped, or the daemon was down, at some time in [a, b]."""
+        for s, c in stops.get(i, []):
+            if s <= b and c >= a:
+                return True
+        for s, c in restarts:
+            if s <= b and c >= a:
+                return True
+        return False
+
+    writes = collections.defaultdict(list)  # key -> [(t, token, worker, seq)]
+    leases = {}  # (worker, key, token) -> [t_first_write, t_last_write, released_ok]
+    requests = []  # (worker, key, t_req, wait_ms, t_answer or None, granted)
+    ops = collections.Counter()
+    anomalies = []
+    seq = 0
+    for name in sorted(os.listdir(out)):
+        if not name.startswith("worker."):
+            continue
+        w = int(name.split(".")[1])
+        open_req = None
+        cur_ttl, cur_auto = 0, False
+        with open(os.path.join(out, name)) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 2:
+                    continue
+                kind, t = parts[0], int(parts[1])
+                if kind == "REQ":
+                    ops["acquire"] += 1
+                    open_req = [w, parts[2], t, int(parts[4]), None, False]
+                    cur_ttl = int(parts[5]) * MS
+                    cur_auto = len(parts) > 6 and parts[6] == "1"
+                    requests.append(open_req)
+                elif kind == "W":
+                    key, token = parts[2], int(parts[3])
+                    seq += 1
+                    writes[key].append((t, token, w, seq))
+                    ops["write"] += 1
+                    lk = (w, key, token)
+                    if lk in leases:
+                        leases[lk][1] = t
+                    else:
+                        leases[lk] = [t, t, False, cur_ttl, cur_auto]
+                        ops["grant"] += 1
+                        if open_req is not None and open_req[4] is None:
+                            open_req[4], open_req[5] = t, True
+                elif kind == "REL":
+                    ops["release_" + parts[4]] += 1
+                    lk = (w, parts[2], int(parts[3]))
+                    if lk in leases:
+                        leases[lk][2] = parts[4] == "ok"
+                elif kind == "TIMEOUT":
+                    ops["timeout"] += 1
+                    if open_req is not None and open_req[4] is None:
+                        open_req[4] = t
+                elif kind == "ERR":
+                    ops["error"] += 1
+                    if open_req is not None and open_req[4] is None:
+                        open_req[4] = t
+
+    def clean(w, key, token):
+        """A lease the daemon must still have granted for all of [first write, last write]:
+        released ok (the client never saw it lost), its worker never stopped and the daemon never
+        down meanwhile, and renewed or finished well inside its ttl."""
+        a, b, ok, ttl, auto = leases[(w, key, token)]
+        return ok and not faulted(w, a, b) and (auto or b - a + 100 * MS < ttl)
+
+    # 1. Fenced mutual exclusion. The resource of a key with limit L keeps the L largest tokens
+    # it has seen and accepts a write iff its token is >= the smallest of them (for L = 1: not
+    # older than the newest token seen). A lease's critical section [first write, last write]
+    # counts iff all its writes were accepted; at no instant may more than L count.
+    rejected = set()
+    fenced_overlaps = 0
+    unfenced_overlaps = 0
+    clean_overlaps = 0  # overlaps among leases that were neither faulted nor reported lost
+    for key, ws in writes.items():
+        lim = limit_of(key)
+        ws.sort()
+        top = []
+        for t, token, w, _ in ws:
+            if len(top) < lim or token >= min(top):
+                if token not in top:
+                    top.append(token)
+                    top.sort()
+                    if len(top) > lim:
+                        top.pop(0)
+            else:
+                rejected.add((w, key, token))
+                ops["write_rejected"] += 1
+                if lim == 1 and clean(w, key, token):
+                    # Of a mutex, only a newer token seen meanwhile (a concurrent grant, or tokens
+                    # going backwards) can refuse a write of a lease that was never lost. (Of a
+                    # semaphore, a long lease is legitimately outlived by L newer ones.)
+                    anomalies.append("key %s: write of lease %d (worker %d), never lost, refused:"
+                                     " tokens %s seen" % (key, token, w, top))
+        for fenced in (True, False):
+            events = []
+            for (w, k, token), (a, b, *_) in leases.items():
+                if k != key or (fenced and (w, k, token) in rejected):
+                    continue
+                # At equal times: ends of intervals first (touching intervals do not overlap),
+                # then starts, then the ends of single-write leases (a point still counts).
+                events.append((a, 1, w, token))
+                events.append((b, 0 if b > a else 2, w, token))
+            events.sort(key=lambda e: (e[0], e[1]))
+            holders = set()
+            for t, d, w, token in events:
+                if d == 1:
+                    holders.add((w, token))
+                    if len(holders) > lim:
+                        if fenced:
+                            fenced_overlaps += 1
+                            anomalies.append("key %s: %d holders (limit %d) at t=%d: %s" % (
+                                key, len(holders), lim, t, sorted(holders)))
+                        else:
+                            unfenced_overlaps += 1
+                            kept = [h for h in holders if clean(h[0], key, h[1])]
+                            if len(kept) > lim:
+                                clean_overlaps += 1
+                                anomalies.append("key %s: %d holders released ok, unfaulted "
+                                                 "(limit %d) at t=%d: %s" % (key, len(kept), lim, t,
+                                                               sorted(kept)))
+                else:
+                    holders.discard((w, token))
+
+    # 2. Tokens: one token is granted once (never to two leases).
+    by_token = collections.defaultdict(set)
+    for (w, key, token) in leases:
+        by_token[token].add((w, key))
+    for token, who in by_token.items():
+        if len(who) > 1:
+            anomalies.append("token %d granted to %s" % (token, sorted(who)))
+
+    # 3. No waiter past its wait without an answer. The answer is seen by the client after the
+    # daemon gave it; allow 1 s of scheduling slack, and skip waits during which this worker was
+    # stopped or the daemon was down (the client re-sends its acquire on reconnect).
+    slack = 1000 * MS
+    end_of = {}
+    for name in os.listdir(out):
+        if name.startswith("worker."):
+            w = int(name.split(".")[1])
+            end_of[w] = kills.get(w)
+    late = 0
+    unanswered = 0
+    for w, key, t, wait_ms, t_ans, granted in requests:
+        if wait_ms < 0:
+            if t_ans is None and end_of.get(w) is None:
+                pass  # ended by the end of the run while waiting: the worker logs STOP only after
+            continue
+        horizon = t + wait_ms * MS + slack
+        if t_ans is None:
+            # Killed while waiting, or the run ended: only an anomaly if it outlived its bound.
+            kt = end_of.get(w)
+            if kt is not None and kt <= horizon:
+                continue
+            if not faulted(w, t, horizon):
+                unanswered += 1
+                anomalies.append("worker %d: acquire of %s at %d (wait %d ms) never answered" % (
+                    w, key, t, wait_ms))
+            continue
+        if t_ans > horizon and not faulted(w, t, t_ans):
+            late += 1
+            anomalies.append("worker %d: acquire of %s (wait %d ms) answered after %d ms" % (
+                w, key, wait_ms, (t_ans - t) // MS))
+
+    # 4. FIFO, as far as client logs show it: if A asked for a key at least `gap` before B,
+    # neither was stopped nor saw the daemon restart, and A still waited (unanswered) when B
+    # was granted more than `gap` before A's answer, B jumped the queue. `gap` absorbs the time
+    # from a client's log line to the daemon (and back) on a loaded machine.
+    gap = 250 * MS
+    fifo = 0
+    by_key = collections.defaultdict(list)
+    for r in requests:
+        if r[4] is not None and r[3] != 0:
+            by_key[r[1]].append(r)
+    for key, rs in by_key.items():
+        rs.sort(key=lambda r: r[2])
+        granted = [r for r in rs if r[5]]
+        for a in rs:
+            wa, _, ta, _, ansa, _ = a
+            if faulted(wa, ta, ansa):
+                continue
+            for b in granted:
+                wb, _, tb, _, ansb, _ = b
+                if wb == wa or tb < ta + gap or ansb + gap >= ansa:
+                    continue
+                if faulted(wb, tb, ansb):
+                    continue
+                fifo += 1
+                anomalies.append("key %s: worker %d asked at %d, worker %d asked at %d and was "
+                                 "granted %d ms before the first was answered" % (
+                                     key, wa, ta, wb, tb, (ansa - ansb) // MS))
+
+    total_stops = sum(len(v) for v in stops.values())
+    print("operations: %d acquires, %d grants, %d timeouts, %d errors, %d releases ok, "
+          "%d leases reported lost, %d writes (%d rejected by fencing)" % (
+              ops["acquire"], ops["grant"], ops["timeout"], ops["error"], ops["release_ok"],
+              ops["release_lost"], ops["write"], ops["write_rejected"]))
+    print("faults seen in the log: %d worker kills, %d worker stops, %d daemon restarts" % (
+        len(kills), total_stops, len(restarts)))
+    print("overlaps without fencing (expected only with faults): %d" % unfenced_overlaps)
+    print("of which among leases released ok and never faulted: %d" % clean_overlaps)
+    print("anomalies: %d (fenced over-limit %d, unfenced over-limit among never-lost leases %d, "
+          "late answers %d, unanswered %d, FIFO %d, other %d)" % (
+              len(anomalies), fenced_overlaps, clean_overlaps, late, unanswered, fifo,
+              len(anomalies) - fenced_overlaps - clean_overlaps - late - unanswered - fifo))
+    for a in anomalies[:20]:
+        print("  ANOMALY " + a)
+    if ops["acquire"] == 0 or ops["grant"] == 0:
+        print("no operations were logged: the run did not work")
+        return 2
+    return 1 if anomalies else 0
+
+
+def selftest():
+    """The checker must flag broken histories, and pass a correct one."""
+    s = 1_000_000_000  # 1 s in ns
+
+    def history(workers):
+        d = tempfile.mkdtemp(prefix="keylock-chaos-selftest-")
+        with open(os.path.join(d, "faults.log"), "w") as f:
+            f.write("DAEMON_START 1 1\n")
+        for i, lines in enumerate(workers):
+            with open(os.path.join(d, "worker.%d.log" % i), "w") as f:
+                f.write("".join(l + "\n" for l in lines))
+        return d
+
+    def lease(t_req, key, token, a, b, wait=-1, ttl=800, end="ok"):
+        return ["REQ %d %s %d %d %d 1" % (t_req, key, limit_of(key), wait, ttl),
+                "W %d %s %d" % (a, key, token), "W %d %s %d" % (b, key, token),
+                "REL %d %s %d %s" % (b + 1, key, token, end)]
+
+    cases = [
+        ("serial holders", 0,
+         [lease(s, "c0", 5, 2 * s, 3 * s), lease(s, "c0", 6, 3 * s + 1, 4 * s)]),
+        ("three holders of a limit-3 key", 0,
+         [lease(s, "c2", 5, 2 * s, 5 * s), lease(s, "c2", 6, 3 * s, 5 * s),
+          lease(s, "c2", 7, 4 * s, 5 * s)]),
+        ("double grant of a mutex", 1,
+         [lease(s, "c0", 5, 2 * s, 5 * s), lease(s, "c0", 6, 3 * s, 4 * s)]),
+        ("one token granted twice", 1,
+         [lease(s, "c0", 5, 2 * s, 3 * s), lease(s, "c1", 5, 2 * s, 3 * s)]),
+        ("acquire answered long after its wait", 1,
+         [["REQ %d c0 1 100 800 1" % s, "TIMEOUT %d c0" % (4 * s)], lease(s, "c0", 5, s, 2 * s)]),
+        ("a waiter jumped", 1,
+         [lease(s, "c0", 9, 8 * s, 9 * s, wait=20000), lease(2 * s, "c0", 8, 3 * s, 4 * s)]),
+    ]
+    failed = 0
+    for name, want_anomalies, workers in cases:
+        d = history(workers)
+        print("--- selftest: %s" % name)
+        rc = check(d)
+        shutil.rmtree(d)
+        if (rc != 0) != (want_anomalies != 0):
+            print("SELFTEST FAILED: %s: check returned %d" % (name, rc))
+            failed += 1
+    print("selftest: %d of %d cases failed" % (failed, len(cases)))
+    return 1 if failed else 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--keylockd", required=True)
+    r.add_argument("--worker", required=True)
+    r.add_argument("--seconds", type=float, default=20)
+    r.add_argument("--workers", type=int, default=8)
+    r.add_argument("--keys", type=int, default=4)
+    r.add_argument("--seed", type=int, default=int(time.time()))
+    r.add_argument("--out", default=None)
+    r.add_argument("--keep", action="store_true", help="keep the logs even when the check passes")
+    c = sub.add_parser("check")
+    c.add_argument("dir")
+    sub.add_parser("selftest", help="run the checker on made-up broken and correct histories")
+    args = ap.parse_args()
+    if args.cmd == "check":
+        return check(args.dir)
+    if args.cmd == "selftest":
+        return selftest()
+    try:
+        return run(args)
+    except RuntimeError as e:
+        print("chaos run failed: %s" % e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
