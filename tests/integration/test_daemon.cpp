@@ -13,26 +13,15 @@
 
 #include "harness.hpp"
 #include "keylock/codec.hpp"
+#include "replies.hpp"
 
 using namespace keylock;
 using namespace keylock::test;
 
 namespace {
 
-reply parse(const std::optional<std::string>& line) {
-  INFO("line: " << line.value_or("<none>"));
-  REQUIRE(line.has_value());
-  reply r;
-  auto err = decode_reply(*line, r);
-  INFO("decode error: " << (err ? err->message : ""));
-  REQUIRE_FALSE(err.has_value());
-  return r;
-}
-
-reply call(conn& c, const std::string& frame) { return parse(c.call(frame)); }
-
 std::uint64_t acquire_now(conn& c, const std::string& key, int ttl_ms = 30000, int limit = 1) {
-  reply r = call(c, R"({"op":"acquire","id":1,"key":")" + key + R"(","ttl_ms":)" +
+  reply r = call_reply(c, R"({"op":"acquire","id":1,"key":")" + key + R"(","ttl_ms":)" +
                         std::to_string(ttl_ms) + R"(,"limit":)" + std::to_string(limit) +
                         R"(,"wait_ms":0})");
   INFO("acquire " << key << ": " << r.message);
@@ -62,15 +51,15 @@ struct temp_dir {
 TEST_CASE("hello, ping and stats answer over the wire", "[integration]") {
   test::daemon d;
   conn c(d.port());
-  reply h = call(c, R"({"op":"hello","id":1,"client":"it"})");
+  reply h = call_reply(c, R"({"op":"hello","id":1,"client":"it"})");
   REQUIRE(h.type == reply::kind::ok);
   REQUIRE(h.id == std::optional<std::uint64_t>(1));
   REQUIRE(h.server == "keylockd");
   REQUIRE(h.protocol == std::optional<int>(1));
-  reply p = call(c, R"({"op":"ping","id":2})");
+  reply p = call_reply(c, R"({"op":"ping","id":2})");
   REQUIRE(p.type == reply::kind::ok);
   REQUIRE(p.id == std::optional<std::uint64_t>(2));
-  reply s = call(c, R"({"op":"stats","id":3})");
+  reply s = call_reply(c, R"({"op":"stats","id":3})");
   REQUIRE(s.stats.has_value());
   REQUIRE(s.stats->connections == 1);
 }
@@ -82,12 +71,12 @@ TEST_CASE("pipelined requests are answered, a waiting acquire out of order", "[i
   // One write: a blocking acquire, then two pings that must not wait behind it.
   REQUIRE(c.send_raw("{\"op\":\"acquire\",\"id\":10,\"key\":\"pipe\"}\n"
                      "{\"op\":\"ping\",\"id\":11}\n{\"op\":\"ping\",\"id\":12}\n"));
-  REQUIRE(parse(c.recv_line()).id == std::optional<std::uint64_t>(11));
-  REQUIRE(parse(c.recv_line()).id == std::optional<std::uint64_t>(12));
-  reply rel = call(holder, R"({"op":"release","id":2,"key":"pipe","token":)" +
+  REQUIRE(parse_reply(c.recv_line()).id == std::optional<std::uint64_t>(11));
+  REQUIRE(parse_reply(c.recv_line()).id == std::optional<std::uint64_t>(12));
+  reply rel = call_reply(holder, R"({"op":"release","id":2,"key":"pipe","token":)" +
                                std::to_string(token) + "}");
   REQUIRE(rel.type == reply::kind::ok);
-  reply grant = parse(c.recv_line());
+  reply grant = parse_reply(c.recv_line());
   REQUIRE(grant.id == std::optional<std::uint64_t>(10));
   REQUIRE(grant.token > token);
 }
@@ -102,11 +91,11 @@ TEST_CASE("frames split at every byte boundary are reassembled", "[integration]"
     REQUIRE(c.send_raw(stream.substr(0, cut)));
     std::this_thread::yield();
     REQUIRE(c.send_raw(stream.substr(cut)));
-    REQUIRE(parse(c.recv_line()).id == std::optional<std::uint64_t>(1));
-    reply a = parse(c.recv_line());
+    REQUIRE(parse_reply(c.recv_line()).id == std::optional<std::uint64_t>(1));
+    reply a = parse_reply(c.recv_line());
     REQUIRE(a.id == std::optional<std::uint64_t>(2));
     REQUIRE(a.type == reply::kind::ok);
-    REQUIRE(parse(c.recv_line()).id == std::optional<std::uint64_t>(3));
+    REQUIRE(parse_reply(c.recv_line()).id == std::optional<std::uint64_t>(3));
   }  // each connection's close releases its lease for the next round
 }
 
@@ -116,15 +105,15 @@ TEST_CASE("a lease that runs out pushes an expired event and grants the next wai
   conn holder(d.port()), waiter(d.port());
   std::uint64_t token = acquire_now(holder, "exp", 150);
   REQUIRE(waiter.send_line(R"({"op":"acquire","id":5,"key":"exp"})"));
-  reply ev = parse(holder.recv_line());
+  reply ev = parse_reply(holder.recv_line());
   REQUIRE(ev.type == reply::kind::event);
   REQUIRE(ev.event == "expired");
   REQUIRE(ev.key == "exp");
   REQUIRE(ev.token == std::optional<std::uint64_t>(token));
-  reply grant = parse(waiter.recv_line());
+  reply grant = parse_reply(waiter.recv_line());
   REQUIRE(grant.id == std::optional<std::uint64_t>(5));
   REQUIRE(grant.type == reply::kind::ok);
-  require_error(call(holder, R"({"op":"release","id":6,"key":"exp","token":)" +
+  require_error(call_reply(holder, R"({"op":"release","id":6,"key":"exp","token":)" +
                                  std::to_string(token) + "}"),
                 errc::not_held);
 }
@@ -133,13 +122,13 @@ TEST_CASE("extend keeps a lease alive past its first ttl", "[integration]") {
   test::daemon d;
   conn c(d.port());
   std::uint64_t token = acquire_now(c, "ext", 200);
-  reply e = call(c, R"({"op":"extend","id":2,"key":"ext","token":)" + std::to_string(token) +
+  reply e = call_reply(c, R"({"op":"extend","id":2,"key":"ext","token":)" + std::to_string(token) +
                         R"(,"ttl_ms":60000})");
   REQUIRE(e.type == reply::kind::ok);
   REQUIRE(e.ttl_ms == std::optional<std::uint64_t>(60000));
   // No expiry event arrives in well over the first ttl; the lease still reports ~60 s left.
   REQUIRE_FALSE(c.recv_line(std::chrono::milliseconds(400)).has_value());
-  reply i = call(c, R"({"op":"inspect","id":3,"key":"ext"})");
+  reply i = call_reply(c, R"({"op":"inspect","id":3,"key":"ext"})");
   REQUIRE(i.holders.size() == 1);
   REQUIRE(i.holders[0].ttl_ms_left > 50000);
 }
@@ -155,10 +144,10 @@ TEST_CASE("closing a connection releases its leases to the next waiter at once",
     // Make sure the waiter is queued before the holder goes.
     conn probe(d.port());
     for (int i = 0; i < 1000; ++i) {
-      if (call(probe, R"({"op":"inspect","id":1,"key":"disc"})").waiters == 1u) break;
+      if (call_reply(probe, R"({"op":"inspect","id":1,"key":"disc"})").waiters == 1u) break;
     }
   }
-  reply grant = parse(waiter.recv_line());
+  reply grant = parse_reply(waiter.recv_line());
   REQUIRE(grant.id == std::optional<std::uint64_t>(7));
   REQUIRE(grant.type == reply::kind::ok);
 }
@@ -173,7 +162,7 @@ TEST_CASE("a SIGKILLed holder process loses its lease to the waiter", "[integrat
     // The holder: acquire, tell the parent, then hang until killed.
     try {
       conn c(d.port());
-      reply r = parse(c.call(R"({"op":"acquire","id":1,"key":"killed","ttl_ms":60000})"));
+      reply r = parse_reply(c.call(R"({"op":"acquire","id":1,"key":"killed","ttl_ms":60000})"));
       char ok = r.type == reply::kind::ok ? 'y' : 'n';
       (void)!::write(ready[1], &ok, 1);
       for (;;) ::pause();
@@ -191,7 +180,7 @@ TEST_CASE("a SIGKILLed holder process loses its lease to the waiter", "[integrat
   ::kill(child, SIGKILL);
   int status = 0;
   ::waitpid(child, &status, 0);
-  reply grant = parse(waiter.recv_line());
+  reply grant = parse_reply(waiter.recv_line());
   REQUIRE(grant.type == reply::kind::ok);
   REQUIRE(grant.id == std::optional<std::uint64_t>(2));
 }
@@ -227,24 +216,24 @@ TEST_CASE("with auth, nothing is heard before a hello with the right secret", "[
   test::daemon d({"--auth", "correct horse battery"});
   SECTION("an op before hello is refused and the connection closed") {
     conn c(d.port());
-    require_error(call(c, R"({"op":"ping","id":1})"), errc::unauthenticated);
+    require_error(call_reply(c, R"({"op":"ping","id":1})"), errc::unauthenticated);
     REQUIRE(c.wait_closed());
   }
   SECTION("a wrong secret is refused and the connection closed") {
     conn c(d.port());
-    require_error(call(c, R"({"op":"hello","id":1,"auth":"wrong"})"), errc::unauthenticated);
+    require_error(call_reply(c, R"({"op":"hello","id":1,"auth":"wrong"})"), errc::unauthenticated);
     REQUIRE(c.wait_closed());
   }
   SECTION("garbage before hello is refused and the connection closed") {
     conn c(d.port());
-    require_error(parse(c.call("garbage")), errc::unauthenticated);
+    require_error(parse_reply(c.call("garbage")), errc::unauthenticated);
     REQUIRE(c.wait_closed());
   }
   SECTION("the right secret opens the connection") {
     conn c(d.port());
-    REQUIRE(call(c, R"({"op":"hello","id":1,"auth":"correct horse battery"})").type ==
+    REQUIRE(call_reply(c, R"({"op":"hello","id":1,"auth":"correct horse battery"})").type ==
             reply::kind::ok);
-    REQUIRE(call(c, R"({"op":"ping","id":2})").type == reply::kind::ok);
+    REQUIRE(call_reply(c, R"({"op":"ping","id":2})").type == reply::kind::ok);
   }
   REQUIRE(d.log().find("correct horse") == std::string::npos);
 }
@@ -272,10 +261,10 @@ TEST_CASE("bad input gets a clear error, the connection stays and no lease is lo
   };
   for (const auto& [frame, code] : cases) {
     INFO(frame.substr(0, 80));
-    require_error(parse(c.call(frame)), code);
+    require_error(parse_reply(c.call(frame)), code);
   }
-  REQUIRE(call(c, R"({"op":"ping","id":99})").type == reply::kind::ok);
-  reply i = call(c, R"({"op":"inspect","id":100,"key":"keep"})");
+  REQUIRE(call_reply(c, R"({"op":"ping","id":99})").type == reply::kind::ok);
+  reply i = call_reply(c, R"({"op":"inspect","id":100,"key":"keep"})");
   REQUIRE(i.holders.size() == 1);
   REQUIRE(i.holders[0].token == token);
 }
@@ -286,26 +275,26 @@ TEST_CASE("a frame over max_frame_bytes answers frame_too_large then closes", "[
   SECTION("no newline in sight") {
     conn c(d.port());
     c.send_raw(std::string(4096, 'x'));
-    require_error(parse(c.recv_line()), errc::frame_too_large);
+    require_error(parse_reply(c.recv_line()), errc::frame_too_large);
     REQUIRE(c.wait_closed());
   }
   SECTION("a complete line that is too long") {
     conn c(d.port());
     c.send_raw(R"({"op":"ping","id":1,"pad":")" + std::string(2000, 'p') + "\"}\n");
-    require_error(parse(c.recv_line()), errc::frame_too_large);
+    require_error(parse_reply(c.recv_line()), errc::frame_too_large);
     REQUIRE(c.wait_closed());
   }
-  REQUIRE(call(other, R"({"op":"ping","id":1})").type == reply::kind::ok);
+  REQUIRE(call_reply(other, R"({"op":"ping","id":1})").type == reply::kind::ok);
   REQUIRE(d.wait_log("frame_too_large"));
 }
 
 TEST_CASE("max_connections refuses the next connection with limit_exceeded", "[integration]") {
   test::daemon d({"--max-connections", "2"});
   conn a(d.port()), b(d.port());
-  REQUIRE(call(a, R"({"op":"ping","id":1})").type == reply::kind::ok);
-  REQUIRE(call(b, R"({"op":"ping","id":1})").type == reply::kind::ok);
+  REQUIRE(call_reply(a, R"({"op":"ping","id":1})").type == reply::kind::ok);
+  REQUIRE(call_reply(b, R"({"op":"ping","id":1})").type == reply::kind::ok);
   conn c(d.port());
-  require_error(parse(c.recv_line()), errc::limit_exceeded);
+  require_error(parse_reply(c.recv_line()), errc::limit_exceeded);
   REQUIRE(c.wait_closed());
   a.close();
   // The slot frees once the daemon has seen the close; a new connection then gets served.
@@ -314,7 +303,7 @@ TEST_CASE("max_connections refuses the next connection with limit_exceeded", "[i
     conn n(d.port());
     n.send_line(R"({"op":"ping","id":5})");
     auto line = n.recv_line();
-    served = line && parse(line).type == reply::kind::ok;
+    served = line && parse_reply(line).type == reply::kind::ok;
   }
   REQUIRE(served);
 }
@@ -324,12 +313,12 @@ TEST_CASE("key, waiter and pending limits answer limit_exceeded", "[integration]
   conn a(d.port()), b(d.port()), c(d.port());
   acquire_now(a, "k1");
   acquire_now(a, "k2");
-  require_error(call(a, R"({"op":"acquire","id":3,"key":"k3"})"), errc::limit_exceeded);
+  require_error(call_reply(a, R"({"op":"acquire","id":3,"key":"k3"})"), errc::limit_exceeded);
   REQUIRE(b.send_line(R"({"op":"acquire","id":4,"key":"k1"})"));
   REQUIRE(b.send_line(R"({"op":"acquire","id":5,"key":"k1"})"));
-  require_error(call(c, R"({"op":"acquire","id":6,"key":"k1"})"), errc::limit_exceeded);
+  require_error(call_reply(c, R"({"op":"acquire","id":6,"key":"k1"})"), errc::limit_exceeded);
   REQUIRE(b.send_line(R"({"op":"acquire","id":7,"key":"k2"})"));
-  require_error(call(b, R"({"op":"acquire","id":8,"key":"k2"})"), errc::limit_exceeded);
+  require_error(call_reply(b, R"({"op":"acquire","id":8,"key":"k2"})"), errc::limit_exceeded);
   REQUIRE(d.wait_log("limit_exceeded"));
 }
 
@@ -338,11 +327,11 @@ TEST_CASE("a limit of 3 admits three holders; another limit on the live key conf
   test::daemon d;
   conn c(d.port());
   for (int i = 0; i < 3; ++i) acquire_now(c, "sem", 30000, 3);
-  require_error(call(c, R"({"op":"acquire","id":2,"key":"sem","limit":3,"wait_ms":0})"),
+  require_error(call_reply(c, R"({"op":"acquire","id":2,"key":"sem","limit":3,"wait_ms":0})"),
                 errc::timeout);
-  require_error(call(c, R"({"op":"acquire","id":3,"key":"sem","limit":2,"wait_ms":0})"),
+  require_error(call_reply(c, R"({"op":"acquire","id":3,"key":"sem","limit":2,"wait_ms":0})"),
                 errc::conflict);
-  reply i = call(c, R"({"op":"inspect","id":4,"key":"sem"})");
+  reply i = call_reply(c, R"({"op":"inspect","id":4,"key":"sem"})");
   REQUIRE(i.holders.size() == 3);
   REQUIRE(i.limit == std::optional<std::uint64_t>(3));
 }
@@ -352,16 +341,16 @@ TEST_CASE("wait_ms runs out with timeout; cancel answers the acquire then itself
   test::daemon d;
   conn holder(d.port()), c(d.port());
   acquire_now(holder, "w");
-  require_error(call(c, R"({"op":"acquire","id":1,"key":"w","wait_ms":100})"), errc::timeout);
+  require_error(call_reply(c, R"({"op":"acquire","id":1,"key":"w","wait_ms":100})"), errc::timeout);
   REQUIRE(c.send_line(R"({"op":"acquire","id":2,"key":"w"})"));
   REQUIRE(c.send_line(R"({"op":"cancel","id":3,"target":2})"));
-  reply first = parse(c.recv_line());
+  reply first = parse_reply(c.recv_line());
   require_error(first, errc::cancelled);
   REQUIRE(first.id == std::optional<std::uint64_t>(2));
-  reply second = parse(c.recv_line());
+  reply second = parse_reply(c.recv_line());
   REQUIRE(second.type == reply::kind::ok);
   REQUIRE(second.id == std::optional<std::uint64_t>(3));
-  require_error(call(c, R"({"op":"cancel","id":4,"target":2})"), errc::not_found);
+  require_error(call_reply(c, R"({"op":"cancel","id":4,"target":2})"), errc::not_found);
 }
 
 TEST_CASE("lock delay holds a key lost by disconnect for its delay", "[integration]") {
@@ -374,14 +363,14 @@ TEST_CASE("lock delay holds a key lost by disconnect for its delay", "[integrati
   // Once the holder's disconnect is processed the key is still unavailable, held by nobody.
   reply i;
   for (int n = 0; n < 1000; ++n) {
-    i = call(probe, R"({"op":"inspect","id":1,"key":"ld"})");
+    i = call_reply(probe, R"({"op":"inspect","id":1,"key":"ld"})");
     if (i.holders.empty()) break;
   }
   REQUIRE(i.holders.empty());
   REQUIRE(i.limit == std::optional<std::uint64_t>(1));  // the key is live: in its delay
-  require_error(call(probe, R"({"op":"acquire","id":2,"key":"ld","wait_ms":0})"), errc::timeout);
+  require_error(call_reply(probe, R"({"op":"acquire","id":2,"key":"ld","wait_ms":0})"), errc::timeout);
   REQUIRE(waiter.send_line(R"({"op":"acquire","id":3,"key":"ld"})"));
-  reply grant = parse(waiter.recv_line());
+  reply grant = parse_reply(waiter.recv_line());
   REQUIRE(grant.type == reply::kind::ok);
 }
 
@@ -400,8 +389,8 @@ TEST_CASE("a client that never reads its replies is cut off; others are served",
   for (int round = 0; round < 20 && sent_all; ++round) sent_all = slow.send_raw(burst);
   REQUIRE(d.wait_log("not reading its replies"));
   REQUIRE(slow.wait_closed());
-  REQUIRE(call(other, R"({"op":"ping","id":1})").type == reply::kind::ok);
-  REQUIRE(call(other, R"({"op":"inspect","id":2,"key":"big"})").holders.size() == 100);
+  REQUIRE(call_reply(other, R"({"op":"ping","id":1})").type == reply::kind::ok);
+  REQUIRE(call_reply(other, R"({"op":"inspect","id":2,"key":"big"})").holders.size() == 100);
 }
 
 TEST_CASE("idle connections without leases are closed; holders are kept", "[integration]") {
@@ -409,7 +398,7 @@ TEST_CASE("idle connections without leases are closed; holders are kept", "[inte
   conn holder(d.port()), idle(d.port());
   acquire_now(holder, "idle-held", 60000);
   REQUIRE(idle.wait_closed());
-  REQUIRE(call(holder, R"({"op":"ping","id":2})").type == reply::kind::ok);
+  REQUIRE(call_reply(holder, R"({"op":"ping","id":2})").type == reply::kind::ok);
   REQUIRE(d.wait_log("idle for"));
 }
 
@@ -418,9 +407,9 @@ TEST_CASE("SIGTERM answers waiting acquires shutting_down and exits 0", "[integr
   conn holder(d.port()), waiter(d.port());
   acquire_now(holder, "bye");
   REQUIRE(waiter.send_line(R"({"op":"acquire","id":9,"key":"bye"})"));
-  REQUIRE(call(waiter, R"({"op":"ping","id":10})").type == reply::kind::ok);  // queued by now
+  REQUIRE(call_reply(waiter, R"({"op":"ping","id":10})").type == reply::kind::ok);  // queued by now
   int status = d.stop(SIGTERM);
-  reply r = parse(waiter.recv_line());
+  reply r = parse_reply(waiter.recv_line());
   require_error(r, errc::shutting_down);
   REQUIRE(r.id == std::optional<std::uint64_t>(9));
   REQUIRE(waiter.wait_closed());
@@ -441,6 +430,6 @@ TEST_CASE("a noreply release frees the key without a reply", "[integration]") {
   REQUIRE(c.send_line(R"({"op":"release","id":2,"key":"nr","noreply":true,"token":)" +
                       std::to_string(token) + "}"));
   REQUIRE(c.send_line(R"({"op":"ping","id":3})"));
-  REQUIRE(parse(c.recv_line()).id == std::optional<std::uint64_t>(3));
-  REQUIRE(parse(other.recv_line()).id == std::optional<std::uint64_t>(8));
+  REQUIRE(parse_reply(c.recv_line()).id == std::optional<std::uint64_t>(3));
+  REQUIRE(parse_reply(other.recv_line()).id == std::optional<std::uint64_t>(8));
 }

@@ -17,6 +17,7 @@
 
 #include "harness.hpp"
 #include "keylock/codec.hpp"
+#include "replies.hpp"
 
 using namespace keylock;
 using namespace keylock::test;
@@ -25,15 +26,6 @@ namespace {
 
 // A well-behaved client's request must be answered within this, whatever the hostile one does.
 constexpr std::chrono::milliseconds served_bound = 2s;
-
-reply parse_reply(const std::optional<std::string>& line) {
-  REQUIRE(line.has_value());
-  reply r;
-  auto err = decode_reply(*line, r);
-  INFO(*line);
-  REQUIRE(!err);
-  return r;
-}
 
 // One ping on `c`, answered ok within served_bound.
 void require_served(conn& c, std::uint64_t id) {

@@ -10,22 +10,13 @@
 
 #include "harness.hpp"
 #include "keylock/codec.hpp"
+#include "replies.hpp"
 #include "prom_check.hpp"
 
 using namespace keylock;
 using namespace keylock::test;
 
 namespace {
-
-reply parse(const std::optional<std::string>& line) {
-  INFO("line: " << line.value_or("<none>"));
-  REQUIRE(line.has_value());
-  reply r;
-  REQUIRE_FALSE(decode_reply(*line, r).has_value());
-  return r;
-}
-
-reply call(conn& c, const std::string& frame) { return parse(c.call(frame)); }
 
 prom::exposition scrape(const test::daemon& d) {
   http_response r = http_get(d.metrics_port(), "/metrics");
@@ -50,26 +41,26 @@ TEST_CASE("metrics after a known workload hold exact counts in a valid expositio
           "[observability]") {
   test::daemon d;
   conn a(d.port()), b(d.port());
-  reply g = call(a, R"({"op":"acquire","id":1,"key":"m","ttl_ms":60000})");
+  reply g = call_reply(a, R"({"op":"acquire","id":1,"key":"m","ttl_ms":60000})");
   REQUIRE(g.token.has_value());
-  REQUIRE(call(b, R"({"op":"acquire","id":2,"key":"m","wait_ms":0})").code == errc::timeout);
+  REQUIRE(call_reply(b, R"({"op":"acquire","id":2,"key":"m","wait_ms":0})").code == errc::timeout);
   REQUIRE(b.send_line(R"({"op":"acquire","id":3,"key":"m","ttl_ms":60000})"));
   // b's acquire is queued once inspect shows it.
   for (int i = 0; i < 1000; ++i) {
-    if (call(a, R"({"op":"inspect","id":9,"key":"m"})").waiters == 1u) break;
+    if (call_reply(a, R"({"op":"inspect","id":9,"key":"m"})").waiters == 1u) break;
   }
-  REQUIRE(call(a, R"({"op":"release","id":4,"key":"m","token":)" + std::to_string(*g.token) +
+  REQUIRE(call_reply(a, R"({"op":"release","id":4,"key":"m","token":)" + std::to_string(*g.token) +
                       "}")
               .type == reply::kind::ok);
-  reply g2 = parse(b.recv_line());
-  REQUIRE(call(b, R"({"op":"extend","id":5,"key":"m","token":)" + std::to_string(*g2.token) +
+  reply g2 = parse_reply(b.recv_line());
+  REQUIRE(call_reply(b, R"({"op":"extend","id":5,"key":"m","token":)" + std::to_string(*g2.token) +
                       "}")
               .type == reply::kind::ok);
-  REQUIRE(call(b, R"({"op":"release","id":6,"key":"m","token":)" + std::to_string(*g2.token) +
+  REQUIRE(call_reply(b, R"({"op":"release","id":6,"key":"m","token":)" + std::to_string(*g2.token) +
                       "}")
               .type == reply::kind::ok);
-  REQUIRE(call(a, "nope").code == errc::bad_request);
-  REQUIRE(call(a, R"({"op":"zap","id":7})").code == errc::unknown_op);
+  REQUIRE(call_reply(a, "nope").code == errc::bad_request);
+  REQUIRE(call_reply(a, R"({"op":"zap","id":7})").code == errc::unknown_op);
 
   prom::exposition first = scrape(d);
   CHECK(value(first, "keylock_connections") == 2);
@@ -97,8 +88,8 @@ TEST_CASE("metrics after a known workload hold exact counts in a valid expositio
 
   // More work, then the counters only went up.
   for (int i = 0; i < 5; ++i) {
-    reply r = call(a, R"({"op":"acquire","id":1,"key":"m2","ttl_ms":60000})");
-    call(a, R"({"op":"release","id":2,"key":"m2","token":)" + std::to_string(*r.token) + "}");
+    reply r = call_reply(a, R"({"op":"acquire","id":1,"key":"m2","ttl_ms":60000})");
+    call_reply(a, R"({"op":"release","id":2,"key":"m2","token":)" + std::to_string(*r.token) + "}");
   }
   a.close();
   prom::exposition second = scrape(d);
@@ -115,7 +106,7 @@ TEST_CASE("readyz turns 503 while shutting down while healthz stays 200", "[obse
   REQUIRE(http_get(d.metrics_port(), "/readyz").status == 200);
   // A client that never closes keeps the daemon in its shutdown grace period.
   conn lingering(d.port());
-  REQUIRE(call(lingering, R"({"op":"ping","id":1})").type == reply::kind::ok);
+  REQUIRE(call_reply(lingering, R"({"op":"ping","id":1})").type == reply::kind::ok);
   ::kill(d.pid(), SIGTERM);
   int ready = 200;
   for (int i = 0; i < 1000 && ready == 200; ++i) ready = http_get(d.metrics_port(), "/readyz").status;
@@ -139,20 +130,20 @@ TEST_CASE("the metrics listener answers 404, 405 and 400 and never disturbs the 
   std::string huge = "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(64 * 1024, 'a') +
                      "\r\n\r\n";
   REQUIRE(http_exchange(d.metrics_port(), huge).status == 400);
-  REQUIRE(call(c, R"({"op":"ping","id":1})").type == reply::kind::ok);
+  REQUIRE(call_reply(c, R"({"op":"ping","id":1})").type == reply::kind::ok);
 }
 
 TEST_CASE("top names the longest queue and the oldest holder with its client and peer",
           "[observability]") {
   test::daemon d;
   conn holder(d.port()), waiter(d.port()), viewer(d.port());
-  REQUIRE(call(holder, R"({"op":"hello","id":1,"client":"stuck-worker"})").type ==
+  REQUIRE(call_reply(holder, R"({"op":"hello","id":1,"client":"stuck-worker"})").type ==
           reply::kind::ok);
-  reply g = call(holder, R"({"op":"acquire","id":2,"key":"stuck","ttl_ms":60000})");
+  reply g = call_reply(holder, R"({"op":"acquire","id":2,"key":"stuck","ttl_ms":60000})");
   REQUIRE(waiter.send_line(R"({"op":"acquire","id":3,"key":"stuck"})"));
   reply t;
   for (int i = 0; i < 1000; ++i) {
-    t = call(viewer, R"({"op":"top","id":4,"n":3})");
+    t = call_reply(viewer, R"({"op":"top","id":4,"n":3})");
     if (t.queues && !t.queues->empty()) break;
   }
   REQUIRE(t.stats.has_value());
