@@ -1,5 +1,7 @@
 #include "report.hpp"
 
+#include "keylock/codec.hpp"
+
 #include <algorithm>
 #include <array>
 #include <charconv>
@@ -169,37 +171,8 @@ std::string format_ratio(double r) {
 }
 
 std::string json_quote(std::string_view s) {
-  constexpr std::string_view hex = "0123456789abcdef";
-  std::string out = "\"";
-  for (char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      default:
-        if (c < 0x20) {
-          out += "\\u00";
-          out += hex[c >> 4];
-          out += hex[c & 0xf];
-        } else {
-          out += ch;
-        }
-    }
-  }
-  out += '"';
+  std::string out;
+  keylock::append_json_string(out, s);  // the protocol codec's escaping, one implementation
   return out;
 }
 
