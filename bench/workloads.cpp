@@ -213,6 +213,25 @@ std::optional<double> server_rss_mib(const target& t, const bench_options& o, in
   return std::nullopt;
 }
 
+// The memory extras of hold-many and connections: RSS before and during, and what each of the
+// r.ops held things cost. Without both samples, the row says why instead.
+void add_rss_extras(run_result& r, std::optional<double> before, std::optional<double> after,
+                    const char* during_label, const char* per_name, const char* per_label) {
+  if (!before || !after) {
+    if (r.first_error.empty()) {
+      r.first_error = "server RSS unknown: process not found (give --server-pid)";
+    }
+    return;
+  }
+  r.extras.push_back({"rss_before_mib", "server RSS before, MiB", *before, false});
+  r.extras.push_back({"rss_mib", during_label, *after});
+  r.extras.push_back({"rss_added_mib", "RSS added, MiB", *after - *before});
+  if (r.ops > 0) {
+    r.extras.push_back(
+        {per_name, per_label, (*after - *before) * bytes_per_mib / static_cast<double>(r.ops)});
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Blocking lock clients for the contended, zipf and overhead workloads.
 
@@ -1192,17 +1211,8 @@ run_result run_hold_many(const bench_options& o, const target& t, int pid) {
     r.requests_per_s = static_cast<double>(r.requests) / w.seconds;
   }
   r.extras.push_back({"leases_held", "leases held at once", static_cast<double>(r.ops), false});
-  if (rss_before && rss_after) {
-    r.extras.push_back({"rss_before_mib", "server RSS before, MiB", *rss_before, false});
-    r.extras.push_back({"rss_mib", "server RSS holding them, MiB", *rss_after});
-    r.extras.push_back({"rss_added_mib", "RSS added, MiB", *rss_after - *rss_before});
-    if (r.ops > 0) {
-      r.extras.push_back({"bytes_per_lease", "bytes per lease",
-                          (*rss_after - *rss_before) * bytes_per_mib / static_cast<double>(r.ops)});
-    }
-  } else if (r.first_error.empty()) {
-    r.first_error = "server RSS unknown: process not found (give --server-pid)";
-  }
+  add_rss_extras(r, rss_before, rss_after, "server RSS holding them, MiB", "bytes_per_lease",
+                 "bytes per lease");
   return r;
 }
 
@@ -1283,17 +1293,8 @@ run_result run_connections(const bench_options& o, const target& t, int pid) {
   }
   r.extras.push_back(
       {"connections_open", "connections open at once", static_cast<double>(r.ops), false});
-  if (rss_before && rss_after) {
-    r.extras.push_back({"rss_before_mib", "server RSS before, MiB", *rss_before, false});
-    r.extras.push_back({"rss_mib", "server RSS with them open, MiB", *rss_after});
-    r.extras.push_back({"rss_added_mib", "RSS added, MiB", *rss_after - *rss_before});
-    if (r.ops > 0) {
-      r.extras.push_back({"bytes_per_connection", "bytes per connection",
-                          (*rss_after - *rss_before) * bytes_per_mib / static_cast<double>(r.ops)});
-    }
-  } else if (r.first_error.empty()) {
-    r.first_error = "server RSS unknown: process not found (give --server-pid)";
-  }
+  add_rss_extras(r, rss_before, rss_after, "server RSS with them open, MiB",
+                 "bytes_per_connection", "bytes per connection");
   return r;
 }
 
