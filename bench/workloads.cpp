@@ -1293,8 +1293,8 @@ run_result run_connections(const bench_options& o, const target& t, int pid) {
   }
   r.extras.push_back(
       {"connections_open", "connections open at once", static_cast<double>(r.ops), false});
-  add_rss_extras(r, rss_before, rss_after, "server RSS with them open, MiB",
-                 "bytes_per_connection", "bytes per connection");
+  add_rss_extras(r, rss_before, rss_after, "server RSS with them open, MiB", "bytes_per_connection",
+                 "bytes per connection");
   return r;
 }
 
