@@ -2,7 +2,8 @@
 """Chaos run and history checker for keylock's mutual exclusion (see tests/chaos/README.md).
 
   chaos.py run --keylockd PATH --worker PATH [--seconds S] [--workers N] [--keys K] [--seed X]
-               [--out DIR]      start keylockd and N workers, inject faults, then check
+               [--out DIR]      start keylockd and N workers (each through its own TCP
+                                relay), inject faults, then check
   chaos.py check DIR            check the logs of an earlier run
   chaos.py selftest             the checker on made-up correct and broken histories
 
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 MS = 1_000_000  # ns
@@ -78,6 +80,106 @@ class Daemon:
         return True
 
 
+class Relay:
+    """A TCP relay between each worker and keylockd, one listening port per worker, so that one
+    worker's connection can be cut, or stalled like a network partition, while the others' are
+    untouched. Each relayed connection is a pair of threads copying bytes one way each."""
+
+    class Link:
+        def __init__(self, client, upstream):
+            self.socks = (client, upstream)
+            self.cut = False
+            self.pumps = 2
+
+    def __init__(self, upstream_port):
+        self.upstream = upstream_port
+        self.lock = threading.Lock()
+        self.listeners = []
+        self.links = collections.defaultdict(list)  # worker -> [Link]
+        self.flowing = {}  # worker -> Event, cleared while the worker is partitioned
+
+    def listen(self, worker):
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(16)
+        self.listeners.append(ls)
+        self.flowing[worker] = threading.Event()
+        self.flowing[worker].set()
+        threading.Thread(target=self._accept, args=(worker, ls), daemon=True).start()
+        return ls.getsockname()[1]
+
+    def _accept(self, worker, ls):
+        while True:
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return  # closed by stop()
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=2)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()  # keylockd is down: the client sees its connection end
+                continue
+            for s in (client, upstream):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            link = Relay.Link(client, upstream)
+            with self.lock:
+                self.links[worker].append(link)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(worker, link, src, dst),
+                                 daemon=True).start()
+
+    def _pump(self, worker, link, src, dst):
+        flowing = self.flowing[worker]
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while not flowing.wait(0.05):  # partitioned: hold the bytes back
+                    if link.cut:
+                        raise OSError("cut")
+                dst.sendall(data)
+        except OSError:
+            pass
+        self._cut(worker, link)
+        with self.lock:
+            link.pumps -= 1
+            last = link.pumps == 0
+        if last:
+            for s in link.socks:
+                s.close()
+
+    def _cut(self, worker, link):
+        with self.lock:
+            if link.cut:
+                return False
+            link.cut = True
+            self.links[worker].remove(link)
+        for s in link.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return True
+
+    def cut(self, worker):
+        """Ends both sides of the worker's relayed connections; how many there were."""
+        with self.lock:
+            links = list(self.links[worker])
+        return sum(self._cut(worker, link) for link in links)
+
+    def partition(self, worker, on):
+        (self.flowing[worker].clear if on else self.flowing[worker].set)()
+
+    def stop(self):
+        for ls in self.listeners:
+            ls.close()
+        for worker in list(self.links):
+            self.flowing[worker].set()
+            self.cut(worker)
+
+
 def run(args):
     out = args.out or tempfile.mkdtemp(prefix="keylock-chaos-")
     if os.path.isdir(out):
@@ -94,6 +196,7 @@ def run(args):
     daemon = Daemon(args.keylockd, free_port(), state, out)
     daemon.start()
     fault("DAEMON_START", str(daemon.proc.pid))
+    relay = Relay(daemon.port)
     workers = {}  # index -> Popen
     next_index = [0]
     run_ms = int(args.seconds * 1000)
@@ -103,7 +206,7 @@ def run(args):
         i = next_index[0]
         next_index[0] += 1
         left = max(500, int((end - time.monotonic()) * 1000))
-        p = subprocess.Popen([args.worker, "127.0.0.1:%d" % daemon.port,
+        p = subprocess.Popen([args.worker, "127.0.0.1:%d" % relay.listen(i),
                               os.path.join(out, "worker.%d.log" % i),
                               str(rng.getrandbits(32)), str(left), str(args.keys)],
                              stdout=subprocess.DEVNULL,
@@ -113,35 +216,63 @@ def run(args):
     for _ in range(args.workers):
         spawn()
     counts = collections.Counter()
-    stopped = {}  # index -> monotonic time to SIGCONT
+    faulted = {}  # index -> (monotonic time to end the fault, "stop" or "partition")
+
+    def end_fault(i):
+        _, kind = faulted.pop(i)
+        if kind == "stop":
+            if workers[i].poll() is None:
+                os.kill(workers[i].pid, signal.SIGCONT)
+            fault("CONT", "%d %d" % (i, workers[i].pid))
+        else:
+            relay.partition(i, False)
+            fault("HEAL", "%d %d" % (i, workers[i].pid))
+
+    first = [0.1, 0.3, 0.6, 0.8, 0.9]  # one draw in each kind's range below
+    rng.shuffle(first)
     try:
         while time.monotonic() < end - 1.0:
             time.sleep(rng.uniform(0.3, 1.2))
             now = time.monotonic()
-            for i, t in list(stopped.items()):
-                if now >= t:
-                    if workers[i].poll() is None:
-                        os.kill(workers[i].pid, signal.SIGCONT)
-                    fault("CONT", "%d %d" % (i, workers[i].pid))
-                    del stopped[i]
+            for i in [i for i, (t, _) in faulted.items() if now >= t]:
+                end_fault(i)
             if time.monotonic() >= end - 1.0:
                 break
-            live = [i for i, p in workers.items() if p.poll() is None and i not in stopped]
-            r = rng.random()
-            if r < 0.35 and live:
+            live = [i for i, p in workers.items() if p.poll() is None and i not in faulted]
+            # The first five faults are one of each kind, in random order (so that even a short
+            # run injects every kind); later ones are drawn at random.
+            r = first.pop() if first else rng.random()
+            if r < 0.25 and live:
                 i = rng.choice(live)
                 fault("KILL", "%d %d" % (i, workers[i].pid))
                 os.kill(workers[i].pid, signal.SIGKILL)
                 workers[i].wait()
                 counts["kill"] += 1
                 spawn()
-            elif r < 0.75 and live:
+            elif r < 0.5 and live:
                 i = rng.choice(live)
                 # Longer than any ttl (<= 800 ms): its leases must run out meanwhile.
-                stopped[i] = time.monotonic() + rng.uniform(1.0, 2.0)
+                faulted[i] = (time.monotonic() + rng.uniform(1.0, 2.0), "stop")
                 fault("STOP", "%d %d" % (i, workers[i].pid))
                 os.kill(workers[i].pid, signal.SIGSTOP)
                 counts["stop"] += 1
+            elif r < 0.7 and live:
+                # Cut one worker's connection (both ends see it end): the daemon frees its
+                # leases and drops its waiters; the client reconnects and re-sends its waits.
+                i = rng.choice(live)
+                fault("CUT", "%d %d" % (i, workers[i].pid))
+                n = relay.cut(i)
+                fault("CUT_DONE", "%d %d %d" % (i, workers[i].pid, n))
+                counts["cut"] += n > 0
+            elif r < 0.85 and live:
+                # Partition one worker: its connection stays open but no byte passes either way
+                # for 0.3-1.5 s (shorter or longer than its ttl), then the held bytes arrive late:
+                # renewals too late, a release of a lease that already ran out.
+                i = rng.choice(live)
+                faulted[i] = (time.monotonic() + rng.uniform(0.3, 1.5), "partition")
+                fault("PARTITION", "%d %d" % (i, workers[i].pid))
+                relay.partition(i, True)
+                counts["partition"] += 1
             else:
                 how = signal.SIGKILL if rng.random() < 0.5 else signal.SIGTERM
                 fault("DAEMON_STOP", signal.Signals(how).name)
@@ -151,11 +282,8 @@ def run(args):
                 daemon.start()
                 fault("DAEMON_START", str(daemon.proc.pid))
                 counts["daemon_restart"] += 1
-        for i in list(stopped):
-            if workers[i].poll() is None:
-                os.kill(workers[i].pid, signal.SIGCONT)
-            fault("CONT", "%d %d" % (i, workers[i].pid))
-        stopped.clear()
+        for i in list(faulted):
+            end_fault(i)
         for p in workers.values():
             try:
                 p.wait(timeout=max(1.0, end - time.monotonic() + 10))
@@ -175,11 +303,14 @@ def run(args):
         fault("DAEMON_STOP", "end")
         if not daemon.stop():
             counts["daemon_unclean"] += 1
+        relay.stop()
         faults.close()
     print("chaos run: %.0f s, %d workers (%d processes in all), %d keys, seed %s, logs in %s"
           % (args.seconds, args.workers, next_index[0], args.keys, args.seed, out))
     print("faults injected: %d SIGKILL of a worker, %d SIGSTOP/SIGCONT of a worker, "
-          "%d daemon restarts" % (counts["kill"], counts["stop"], counts["daemon_restart"]))
+          "%d connections of a worker cut, %d partitions of a worker, %d daemon restarts" % (
+              counts["kill"], counts["stop"], counts["cut"], counts["partition"],
+              counts["daemon_restart"]))
     hung = counts["worker_hung"]
     failed = [i for i, p in workers.items() if p.returncode not in (0, -signal.SIGKILL)]
     rc = check(out)
@@ -207,21 +338,34 @@ def limit_of(key):
 
 
 def check(out):
-    # Faults, as intervals of monotonic time.
-    stops = collections.defaultdict(list)  # worker index -> [(stop, cont)]
+    # Faults, as intervals of monotonic time. A cut or partition of a worker's connection lasts
+    # from the driver's action until `notice` after it ended: the worker learns of a cut, or reads
+    # the replies held back by a partition, only when its I/O thread next runs.
+    notice = 500 * MS
+    worker_faults = collections.defaultdict(list)  # worker index -> [(from, to)]
     restarts = []  # [(daemon stop, daemon start)]
     kills = {}  # worker index -> time
+    fault_counts = collections.Counter()
     last_stop = None
-    pending_stop = {}
+    began = {}  # (kind, worker index) -> time
     with open(os.path.join(out, "faults.log")) as f:
         for line in f:
             parts = line.split()
             kind, t = parts[0], int(parts[1])
-            if kind == "STOP":
-                pending_stop[int(parts[2])] = t
+            if kind in ("STOP", "CUT", "PARTITION"):
+                began[(kind, int(parts[2]))] = t
             elif kind == "CONT":
                 i = int(parts[2])
-                stops[i].append((pending_stop.pop(i), t))
+                worker_faults[i].append((began.pop(("STOP", i)), t))
+                fault_counts["stop"] += 1
+            elif kind == "CUT_DONE":
+                i = int(parts[2])
+                worker_faults[i].append((began.pop(("CUT", i)), t + notice))
+                fault_counts["cut"] += int(parts[4]) > 0
+            elif kind == "HEAL":
+                i = int(parts[2])
+                worker_faults[i].append((began.pop(("PARTITION", i)), t + notice))
+                fault_counts["partition"] += 1
             elif kind == "KILL":
                 kills[int(parts[2])] = t
             elif kind == "DAEMON_STOP":
@@ -231,8 +375,9 @@ def check(out):
                 last_stop = None
 
     def faulted(i, a, b):
-        """True when worker i was stopped, or the daemon was down, at some time in [a, b]."""
-        for s, c in stops.get(i, []):
+        """True when worker i was stopped, cut off or partitioned, or the daemon was down, at
+        some time in [a, b]."""
+        for s, c in worker_faults.get(i, []):
             if s <= b and c >= a:
                 return True
         for s, c in restarts:
@@ -293,8 +438,9 @@ def check(out):
 
     def clean(w, key, token):
         """A lease the daemon must still have granted for all of [first write, last write]:
-        released ok (the client never saw it lost), its worker never stopped and the daemon never
-        down meanwhile, and renewed or finished well inside its ttl."""
+        released ok (the client never saw it lost), its worker never stopped, cut off or
+        partitioned and the daemon never down meanwhile, and renewed or finished well inside its
+        ttl."""
         a, b, ok, ttl, auto = leases[(w, key, token)]
         return ok and not faulted(w, a, b) and (auto or b - a + 100 * MS < ttl)
 
@@ -366,7 +512,8 @@ def check(out):
 
     # 3. No waiter past its wait without an answer. The answer is seen by the client after the
     # daemon gave it; allow 1 s of scheduling slack, and skip waits during which this worker was
-    # stopped or the daemon was down (the client re-sends its acquire on reconnect).
+    # stopped, cut off or partitioned, or the daemon was down (the client re-sends its acquire on
+    # reconnect).
     slack = 1000 * MS
     end_of = {}
     for name in os.listdir(out):
@@ -397,7 +544,8 @@ def check(out):
                 w, key, wait_ms, (t_ans - t) // MS))
 
     # 4. FIFO, as far as client logs show it: if A asked for a key at least `gap` before B,
-    # neither was stopped nor saw the daemon restart, and A still waited (unanswered) when B
+    # neither was faulted (stopped, cut off, partitioned, daemon restart) around its wait, and A
+    # still waited (unanswered) when B
     # was granted more than `gap` before A's answer, B jumped the queue. `gap` absorbs the time
     # from a client's log line to the daemon (and back) on a loaded machine.
     gap = 250 * MS
@@ -424,13 +572,14 @@ def check(out):
                                  "granted %d ms before the first was answered" % (
                                      key, wa, ta, wb, tb, (ansa - ansb) // MS))
 
-    total_stops = sum(len(v) for v in stops.values())
     print("operations: %d acquires, %d grants, %d timeouts, %d errors, %d releases ok, "
           "%d leases reported lost, %d writes (%d rejected by fencing)" % (
               ops["acquire"], ops["grant"], ops["timeout"], ops["error"], ops["release_ok"],
               ops["release_lost"], ops["write"], ops["write_rejected"]))
-    print("faults seen in the log: %d worker kills, %d worker stops, %d daemon restarts" % (
-        len(kills), total_stops, len(restarts)))
+    print("faults seen in the log: %d worker kills, %d worker stops, %d connection cuts, "
+          "%d partitions, %d daemon restarts" % (
+              len(kills), fault_counts["stop"], fault_counts["cut"], fault_counts["partition"],
+              len(restarts)))
     print("overlaps without fencing (expected only with faults): %d" % unfenced_overlaps)
     print("of which among leases released ok and never faulted: %d" % clean_overlaps)
     print("anomalies: %d (fenced over-limit %d, unfenced over-limit among never-lost leases %d, "
@@ -449,10 +598,10 @@ def selftest():
     """The checker must flag broken histories, and pass a correct one."""
     s = 1_000_000_000  # 1 s in ns
 
-    def history(workers):
+    def history(workers, faults=()):
         d = tempfile.mkdtemp(prefix="keylock-chaos-selftest-")
         with open(os.path.join(d, "faults.log"), "w") as f:
-            f.write("DAEMON_START 1 1\n")
+            f.write("".join(l + "\n" for l in ["DAEMON_START 1 1"] + list(faults)))
         for i, lines in enumerate(workers):
             with open(os.path.join(d, "worker.%d.log" % i), "w") as f:
                 f.write("".join(l + "\n" for l in lines))
@@ -477,10 +626,25 @@ def selftest():
          [["REQ %d c0 1 100 800 1" % s, "TIMEOUT %d c0" % (4 * s)], lease(s, "c0", 5, s, 2 * s)]),
         ("a waiter jumped", 1,
          [lease(s, "c0", 9, 8 * s, 9 * s, wait=20000), lease(2 * s, "c0", 8, 3 * s, 4 * s)]),
+        # The same double grant, but the first holder's connection was cut (or partitioned)
+        # inside its lease: the daemon rightly granted again; fencing refused the stale write.
+        ("a cut-off holder overlapped, fenced off", 0,
+         [lease(s, "c0", 5, 2 * s, 5 * s), lease(s, "c0", 6, 3 * s, 4 * s)],
+         ["CUT %d 0 100" % (2 * s + s // 2), "CUT_DONE %d 0 100 1" % (2 * s + s // 2 + 1000)]),
+        ("a partitioned holder overlapped, fenced off", 0,
+         [lease(s, "c0", 5, 2 * s, 5 * s), lease(s, "c0", 6, 3 * s, 4 * s)],
+         ["PARTITION %d 0 100" % (2 * s), "HEAL %d 0 100" % (3 * s)]),
+        # A cut long before the overlap excuses nothing.
+        ("a double grant well after a cut", 1,
+         [lease(s, "c0", 5, 3 * s, 5 * s), lease(s, "c0", 6, 3 * s, 4 * s)],
+         ["CUT %d 0 100" % s, "CUT_DONE %d 0 100 1" % (s + 1000)]),
+        ("an answer held back by a partition", 0,
+         [["REQ %d c0 1 100 800 1" % s, "TIMEOUT %d c0" % (4 * s)], lease(s, "c0", 5, s, 2 * s)],
+         ["PARTITION %d 0 100" % (s + s // 2), "HEAL %d 0 100" % (3 * s)]),
     ]
     failed = 0
-    for name, want_anomalies, workers in cases:
-        d = history(workers)
+    for name, want_anomalies, workers, *faults in cases:
+        d = history(workers, *faults)
         print("--- selftest: %s" % name)
         rc = check(d)
         shutil.rmtree(d)
