@@ -94,7 +94,7 @@ class Relay:
     def __init__(self, upstream_port):
         self.upstream = upstream_port
         self.lock = threading.Lock()
-        self.listeners = []
+        self.listeners = {}  # worker -> listening socket
         self.links = collections.defaultdict(list)  # worker -> [Link]
         self.flowing = {}  # worker -> Event, cleared while the worker is partitioned
 
@@ -102,7 +102,7 @@ class Relay:
         ls = socket.socket()
         ls.bind(("127.0.0.1", 0))
         ls.listen(16)
-        self.listeners.append(ls)
+        self.listeners[worker] = ls
         self.flowing[worker] = threading.Event()
         self.flowing[worker].set()
         threading.Thread(target=self._accept, args=(worker, ls), daemon=True).start()
@@ -172,9 +172,15 @@ class Relay:
     def partition(self, worker, on):
         (self.flowing[worker].clear if on else self.flowing[worker].set)()
 
+    def close(self, worker):
+        """Stops listening for a worker that is gone (its accept thread ends)."""
+        ls = self.listeners.pop(worker)
+        ls.shutdown(socket.SHUT_RDWR)  # wakes its accept() (Linux); close() alone would not
+        ls.close()
+
     def stop(self):
-        for ls in self.listeners:
-            ls.close()
+        for worker in list(self.listeners):
+            self.close(worker)
         for worker in list(self.links):
             self.flowing[worker].set()
             self.cut(worker)
@@ -247,6 +253,7 @@ def run(args):
                 fault("KILL", "%d %d" % (i, workers[i].pid))
                 os.kill(workers[i].pid, signal.SIGKILL)
                 workers[i].wait()
+                relay.close(i)
                 counts["kill"] += 1
                 spawn()
             elif r < 0.5 and live:
