@@ -347,8 +347,9 @@ def limit_of(key):
 def check(out):
     # Faults, as intervals of monotonic time. A cut or partition of a worker's connection lasts
     # from the driver's action until `notice` after it ended: the worker learns of a cut, or reads
-    # the replies held back by a partition, only when its I/O thread next runs.
-    notice = 500 * MS
+    # the replies held back by a partition, only when its I/O thread next runs (1 s: the same
+    # scheduling slack as for answers below, on a loaded machine).
+    notice = 1000 * MS
     worker_faults = collections.defaultdict(list)  # worker index -> [(from, to)]
     restarts = []  # [(daemon stop, daemon start)]
     kills = {}  # worker index -> time
