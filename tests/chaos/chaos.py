@@ -113,7 +113,7 @@ class Relay:
             try:
                 client, _ = ls.accept()
             except OSError:
-                return  # closed by stop()
+                return  # closed by close()
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=2)
                 upstream.settimeout(None)
@@ -170,7 +170,11 @@ class Relay:
         return sum(self._cut(worker, link) for link in links)
 
     def partition(self, worker, on):
-        (self.flowing[worker].clear if on else self.flowing[worker].set)()
+        """Holds back (on) or lets through again every byte of the worker's connections."""
+        if on:
+            self.flowing[worker].clear()
+        else:
+            self.flowing[worker].set()
 
     def close(self, worker):
         """Stops listening for a worker that is gone (its accept thread ends)."""
