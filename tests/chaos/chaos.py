@@ -10,6 +10,7 @@
 Exit status: 0 when the check found no anomaly, 1 on anomalies, 2 when the run itself failed.
 """
 import argparse
+import bisect
 import collections
 import os
 import random
@@ -386,16 +387,17 @@ def check(out):
                 restarts.append((last_stop, t))
                 last_stop = None
 
+    restart_begins = [s for s, _ in restarts]
+
     def faulted(i, a, b):
         """True when worker i was stopped, cut off or partitioned, or the daemon was down, at
         some time in [a, b]."""
         for s, c in worker_faults.get(i, []):
             if s <= b and c >= a:
                 return True
-        for s, c in restarts:
-            if s <= b and c >= a:
-                return True
-        return False
+        # Restarts are disjoint and in time order: the last one to begin by b is the one to test.
+        k = bisect.bisect_right(restart_begins, b) - 1
+        return k >= 0 and restarts[k][1] >= a
 
     writes = collections.defaultdict(list)  # key -> [(t, token, worker, seq)]
     leases = {}  # (worker, key, token) -> [t_first_write, t_last_write, released_ok]
@@ -557,9 +559,9 @@ def check(out):
 
     # 4. FIFO, as far as client logs show it: if A asked for a key at least `gap` before B,
     # neither was faulted (stopped, cut off, partitioned, daemon restart) around its wait, and A
-    # still waited (unanswered) when B
-    # was granted more than `gap` before A's answer, B jumped the queue. `gap` absorbs the time
-    # from a client's log line to the daemon (and back) on a loaded machine.
+    # still waited (unanswered) when B was granted more than `gap` before A's answer, B jumped
+    # the queue. `gap` absorbs the time from a client's log line to the daemon (and back) on a
+    # loaded machine.
     gap = 250 * MS
     fifo = 0
     by_key = collections.defaultdict(list)
@@ -569,13 +571,17 @@ def check(out):
     for key, rs in by_key.items():
         rs.sort(key=lambda r: r[2])
         granted = [r for r in rs if r[5]]
+        asked = [r[2] for r in granted]
         for a in rs:
             wa, _, ta, _, ansa, _ = a
             if faulted(wa, ta, ansa):
                 continue
-            for b in granted:
+            # Only B asked in [ta + gap, ansa - gap) can qualify (B's answer comes after its ask).
+            lo = bisect.bisect_left(asked, ta + gap)
+            hi = bisect.bisect_left(asked, ansa - gap)
+            for b in granted[lo:hi]:
                 wb, _, tb, _, ansb, _ = b
-                if wb == wa or tb < ta + gap or ansb + gap >= ansa:
+                if wb == wa or ansb + gap >= ansa:
                     continue
                 if faulted(wb, tb, ansb):
                     continue
