@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -24,5 +25,18 @@ inline reply parse_reply(const std::optional<std::string>& line) {
 
 // One request with nothing else in flight on `c`, and its decoded reply.
 inline reply call_reply(conn& c, const std::string& frame) { return parse_reply(c.call(frame)); }
+
+// Whether a fresh connection to `port` gets its ping answered, trying up to 200 connections: a
+// connection slot frees only once the daemon has seen a client's close, which a test cannot
+// observe any other way.
+inline bool new_connection_served(std::uint16_t port) {
+  for (int i = 0; i < 200; ++i) {
+    conn n(port);
+    n.send_line(R"({"op":"ping","id":1})");
+    auto line = n.recv_line();
+    if (line && parse_reply(line).type == reply::kind::ok) return true;
+  }
+  return false;
+}
 
 }  // namespace keylock::test
