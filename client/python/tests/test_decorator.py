@@ -138,6 +138,9 @@ def test_limit_lets_that_many_calls_run_at_once(client):
         t.start()
     wait_for(lambda: client.inspect("sem").waiters == 2, what="two queued callers")
     assert len(client.inspect("sem").holders) == 2
+    # Granted by the daemon is not yet inside f: wait for both holders' threads to get there
+    # before letting them go, or the first may leave before the second enters.
+    wait_for(lambda: inside[0] == 2, what="both holders inside the function")
     gate.set()
     for t in threads:
         t.join(10)
