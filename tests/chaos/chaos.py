@@ -227,10 +227,10 @@ def run(args):
     for _ in range(args.workers):
         spawn()
     counts = collections.Counter()
-    faulted = {}  # index -> (monotonic time to end the fault, "stop" or "partition")
+    ongoing = {}  # index -> (monotonic time to end the fault, "stop" or "partition")
 
     def end_fault(i):
-        _, kind = faulted.pop(i)
+        _, kind = ongoing.pop(i)
         if kind == "stop":
             if workers[i].poll() is None:
                 os.kill(workers[i].pid, signal.SIGCONT)
@@ -239,21 +239,23 @@ def run(args):
             relay.partition(i, False)
             fault("HEAL", "%d %d" % (i, workers[i].pid))
 
-    first = [0.1, 0.3, 0.6, 0.8, 0.9]  # one draw in each kind's range below
+    # The first five faults are one of each kind, in random order (so that even a short run
+    # injects every kind); later ones are drawn with these weights.
+    kinds = ["kill", "stop", "cut", "partition", "restart"]
+    weights = [25, 25, 20, 15, 15]
+    first = list(kinds)
     rng.shuffle(first)
     try:
         while time.monotonic() < end - 1.0:
             time.sleep(rng.uniform(0.3, 1.2))
             now = time.monotonic()
-            for i in [i for i, (t, _) in faulted.items() if now >= t]:
+            for i in [i for i, (t, _) in ongoing.items() if now >= t]:
                 end_fault(i)
             if time.monotonic() >= end - 1.0:
                 break
-            live = [i for i, p in workers.items() if p.poll() is None and i not in faulted]
-            # The first five faults are one of each kind, in random order (so that even a short
-            # run injects every kind); later ones are drawn at random.
-            r = first.pop() if first else rng.random()
-            if r < 0.25 and live:
+            live = [i for i, p in workers.items() if p.poll() is None and i not in ongoing]
+            kind = first.pop() if first else rng.choices(kinds, weights)[0]
+            if kind == "kill" and live:
                 i = rng.choice(live)
                 fault("KILL", "%d %d" % (i, workers[i].pid))
                 os.kill(workers[i].pid, signal.SIGKILL)
@@ -261,14 +263,14 @@ def run(args):
                 relay.close(i)
                 counts["kill"] += 1
                 spawn()
-            elif r < 0.5 and live:
+            elif kind == "stop" and live:
                 i = rng.choice(live)
                 # Longer than any ttl (<= 800 ms): its leases must run out meanwhile.
-                faulted[i] = (time.monotonic() + rng.uniform(1.0, 2.0), "stop")
+                ongoing[i] = (time.monotonic() + rng.uniform(1.0, 2.0), "stop")
                 fault("STOP", "%d %d" % (i, workers[i].pid))
                 os.kill(workers[i].pid, signal.SIGSTOP)
                 counts["stop"] += 1
-            elif r < 0.7 and live:
+            elif kind == "cut" and live:
                 # Cut one worker's connection (both ends see it end): the daemon frees its
                 # leases and drops its waiters; the client reconnects and re-sends its waits.
                 i = rng.choice(live)
@@ -276,16 +278,16 @@ def run(args):
                 n = relay.cut(i)
                 fault("CUT_DONE", "%d %d %d" % (i, workers[i].pid, n))
                 counts["cut"] += n > 0
-            elif r < 0.85 and live:
+            elif kind == "partition" and live:
                 # Partition one worker: its connection stays open but no byte passes either way
                 # for 0.3-1.5 s (shorter or longer than its ttl), then the held bytes arrive late:
                 # renewals too late, a release of a lease that already ran out.
                 i = rng.choice(live)
-                faulted[i] = (time.monotonic() + rng.uniform(0.3, 1.5), "partition")
+                ongoing[i] = (time.monotonic() + rng.uniform(0.3, 1.5), "partition")
                 fault("PARTITION", "%d %d" % (i, workers[i].pid))
                 relay.partition(i, True)
                 counts["partition"] += 1
-            else:
+            else:  # "restart", or no worker free to fault
                 how = signal.SIGKILL if rng.random() < 0.5 else signal.SIGTERM
                 fault("DAEMON_STOP", signal.Signals(how).name)
                 if not daemon.stop(how):
@@ -294,7 +296,7 @@ def run(args):
                 daemon.start()
                 fault("DAEMON_START", str(daemon.proc.pid))
                 counts["daemon_restart"] += 1
-        for i in list(faulted):
+        for i in list(ongoing):
             end_fault(i)
         for p in workers.values():
             try:
