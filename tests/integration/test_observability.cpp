@@ -1,17 +1,16 @@
 // Metrics, health probes, `top` and JSON logs of the real keylockd.
+#include "harness.hpp"
+#include "keylock/codec.hpp"
+#include "prom_check.hpp"
+#include "replies.hpp"
+
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include <signal.h>
 
-#include <nlohmann/json.hpp>
-
 #include <sstream>
 #include <string>
-
-#include "harness.hpp"
-#include "keylock/codec.hpp"
-#include "replies.hpp"
-#include "prom_check.hpp"
 
 using namespace keylock;
 using namespace keylock::test;
@@ -49,15 +48,15 @@ TEST_CASE("metrics after a known workload hold exact counts in a valid expositio
   for (int i = 0; i < 1000; ++i) {
     if (call_reply(a, R"({"op":"inspect","id":9,"key":"m"})").waiters == 1u) break;
   }
-  REQUIRE(call_reply(a, R"({"op":"release","id":4,"key":"m","token":)" + std::to_string(*g.token) +
-                      "}")
-              .type == reply::kind::ok);
+  REQUIRE(
+      call_reply(a, R"({"op":"release","id":4,"key":"m","token":)" + std::to_string(*g.token) + "}")
+          .type == reply::kind::ok);
   reply g2 = parse_reply(b.recv_line());
-  REQUIRE(call_reply(b, R"({"op":"extend","id":5,"key":"m","token":)" + std::to_string(*g2.token) +
-                      "}")
-              .type == reply::kind::ok);
-  REQUIRE(call_reply(b, R"({"op":"release","id":6,"key":"m","token":)" + std::to_string(*g2.token) +
-                      "}")
+  REQUIRE(
+      call_reply(b, R"({"op":"extend","id":5,"key":"m","token":)" + std::to_string(*g2.token) + "}")
+          .type == reply::kind::ok);
+  REQUIRE(call_reply(
+              b, R"({"op":"release","id":6,"key":"m","token":)" + std::to_string(*g2.token) + "}")
               .type == reply::kind::ok);
   REQUIRE(call_reply(a, "nope").code == errc::bad_request);
   REQUIRE(call_reply(a, R"({"op":"zap","id":7})").code == errc::unknown_op);
@@ -109,7 +108,8 @@ TEST_CASE("readyz turns 503 while shutting down while healthz stays 200", "[obse
   REQUIRE(call_reply(lingering, R"({"op":"ping","id":1})").type == reply::kind::ok);
   ::kill(d.pid(), SIGTERM);
   int ready = 200;
-  for (int i = 0; i < 1000 && ready == 200; ++i) ready = http_get(d.metrics_port(), "/readyz").status;
+  for (int i = 0; i < 1000 && ready == 200; ++i)
+    ready = http_get(d.metrics_port(), "/readyz").status;
   REQUIRE(ready == 503);
   REQUIRE(http_get(d.metrics_port(), "/healthz").status == 200);
   int status = d.stop(SIGTERM);
@@ -127,8 +127,8 @@ TEST_CASE("the metrics listener answers 404, 405 and 400 and never disturbs the 
                         "Connection: close\r\n\r\n")
               .status == 405);
   REQUIRE(http_exchange(d.metrics_port(), "garbage garbage\r\n\r\n").status == 400);
-  std::string huge = "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(64 * 1024, 'a') +
-                     "\r\n\r\n";
+  std::string huge =
+      "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(64 * 1024, 'a') + "\r\n\r\n";
   REQUIRE(http_exchange(d.metrics_port(), huge).status == 400);
   REQUIRE(call_reply(c, R"({"op":"ping","id":1})").type == reply::kind::ok);
 }
