@@ -29,7 +29,10 @@ namespace http = beast::http;
 // Limits of the listener. It serves a scraper and probes, so they are small and fixed: what
 // they bound is how much any peer of this port can cost the daemon's one thread.
 //
-// Connections open at once; the next one is closed as soon as it is accepted.
+// Connections open at once. One more that arrives is admitted, and the open connection that
+// has waited longest without completing a request (oldest still reading; if none reads, the
+// oldest) is closed instead: refusing the newcomer would let slow clients holding every slot
+// starve /healthz, and a restarted daemon drops every lease (see metrics_http.hpp).
 constexpr std::size_t max_http_connections = 64;
 // Deadline of each read of a whole request and each write of a whole response. A client that
 // trickles its header (slowloris) or idles between keep-alive requests is closed by it.
@@ -47,8 +50,8 @@ constexpr std::chrono::seconds drain_timeout{1};
 constexpr std::size_t max_drain_bytes = 64 * 1024;
 // Back-off after a failed accept (EMFILE...), instead of spinning on the listen queue.
 constexpr std::chrono::milliseconds accept_retry{100};
-// At most one warning per this interval about refused connections.
-constexpr std::chrono::seconds refusal_log_interval{10};
+// At most one warning per this interval about connections evicted at the cap.
+constexpr std::chrono::seconds eviction_log_interval{10};
 
 constexpr std::string_view metrics_content_type = "text/plain; version=0.0.4; charset=utf-8";
 constexpr std::string_view text_content_type = "text/plain; charset=utf-8";
@@ -79,17 +82,22 @@ class listener : public std::enable_shared_from_this<listener> {
   bool stopped() const { return stopped_; }
   void add(http_session* s) { sessions_.insert(s); }
   void remove(http_session* s) { sessions_.erase(s); }
+  // Increasing stamps that order accepts and the starts of reads (no clock needed).
+  std::uint64_t next_stamp() { return ++stamp_; }
 
  private:
   void do_accept();
   void on_accept(const error_code& ec, tcp::socket socket);
+  // At the cap: closes the session chosen by the policy of max_http_connections.
+  void evict_one(const std::string& newcomer);
 
   metrics_http::hooks hooks_;
   tcp::acceptor acceptor_;
   asio::steady_timer retry_timer_;
   std::unordered_set<http_session*> sessions_;  // every live session; each erases itself
-  std::uint64_t refused_ = 0;
-  std::chrono::steady_clock::time_point last_refusal_log_{};
+  std::uint64_t stamp_ = 0;
+  std::uint64_t evicted_ = 0;
+  std::chrono::steady_clock::time_point last_eviction_log_{};
   bool stopped_ = false;
 };
 
@@ -99,7 +107,8 @@ class http_session : public std::enable_shared_from_this<http_session> {
       : stream_(std::move(socket)),
         buffer_(max_buffer_bytes),
         owner_(std::move(owner)),
-        peer_(std::move(peer)) {
+        peer_(std::move(peer)),
+        accepted_(owner_->next_stamp()) {
     owner_->add(this);
   }
   ~http_session() { owner_->remove(this); }
@@ -115,8 +124,18 @@ class http_session : public std::enable_shared_from_this<http_session> {
     stream_.close();
   }
 
+  // For the eviction policy: closed (on its way out), reading (waiting for a request) since
+  // the stamp read_since(), or else writing or draining. Stamps come from next_stamp().
+  bool closed() const { return closed_; }
+  bool reading() const { return reading_; }
+  std::uint64_t read_since() const { return read_since_; }
+  std::uint64_t accepted() const { return accepted_; }
+  const std::string& peer() const { return peer_; }
+
  private:
   void do_read() {
+    reading_ = true;
+    read_since_ = owner_->next_stamp();
     parser_.emplace();
     parser_->header_limit(max_header_bytes);
     parser_->body_limit(0);  // GET and HEAD have no body: any body fails the read (400)
@@ -127,6 +146,7 @@ class http_session : public std::enable_shared_from_this<http_session> {
   }
 
   void on_read(beast::error_code ec, std::size_t /*bytes*/) {
+    reading_ = false;
     if (closed_) return;
     if (ec == http::error::end_of_stream) return do_close();  // EOF between requests
     if (ec && is_parse_error(ec)) {
@@ -250,10 +270,13 @@ class http_session : public std::enable_shared_from_this<http_session> {
   std::string peer_;  // "ip:port", for logs
   std::array<char, 2048> drain_buf_{};
   std::size_t drained_ = 0;
+  std::uint64_t accepted_;        // stamp of the accept
+  std::uint64_t read_since_ = 0;  // stamp of the start of the current read
   unsigned requests_ = 0;
   unsigned version_ = 11;
   bool head_ = false;
   bool close_after_write_ = false;
+  bool reading_ = false;
   bool closed_ = false;
 };
 
@@ -317,25 +340,44 @@ void listener::on_accept(const error_code& ec, tcp::socket socket) {
   error_code pe;
   auto remote = socket.remote_endpoint(pe);
   std::string peer = pe ? std::string("?") : endpoint_text(remote);
-  if (sessions_.size() >= max_http_connections) {
-    error_code ignored;
-    socket.close(ignored);  // over the limit: no answer, no buffer, no timer
-    ++refused_;
-    auto now = std::chrono::steady_clock::now();
-    if (now - last_refusal_log_ >= refusal_log_interval) {
-      last_refusal_log_ = now;
-      spdlog::warn("metrics http: peer {}: refused, {} connections open ({} refused so far)", peer,
-                   max_http_connections, refused_);
-    }
-  } else {
-    try {
-      std::make_shared<http_session>(std::move(socket), std::move(peer), shared_from_this())
-          ->start();
-    } catch (const std::exception&) {
-      // bad_alloc: this connection is dropped (its socket closes with it); keep accepting.
-    }
+  if (sessions_.size() >= max_http_connections) evict_one(peer);
+  try {
+    std::make_shared<http_session>(std::move(socket), std::move(peer), shared_from_this())->start();
+  } catch (const std::exception&) {
+    // bad_alloc: this connection is dropped (its socket closes with it); keep accepting.
   }
   do_accept();
+}
+
+void listener::evict_one(const std::string& newcomer) {
+  // Sessions already closed stay in the set until their aborted handlers have run (in this
+  // turn of the loop); they do not count against the cap and cannot be evicted again.
+  std::size_t open = 0;
+  http_session* oldest_reading = nullptr;
+  http_session* oldest = nullptr;
+  for (http_session* s : sessions_) {
+    if (s->closed()) continue;
+    ++open;
+    if (s->reading() &&
+        (oldest_reading == nullptr || s->read_since() < oldest_reading->read_since())) {
+      oldest_reading = s;
+    }
+    if (oldest == nullptr || s->accepted() < oldest->accepted()) oldest = s;
+  }
+  if (open < max_http_connections) return;
+  http_session* victim = oldest_reading != nullptr ? oldest_reading : oldest;
+  ++evicted_;
+  auto now = std::chrono::steady_clock::now();
+  if (now - last_eviction_log_ >= eviction_log_interval) {
+    last_eviction_log_ = now;
+    spdlog::warn(
+        "metrics http: {} connections open; closed peer {} ({}) to admit peer {} ({} "
+        "evicted so far)",
+        max_http_connections, victim->peer(),
+        victim == oldest_reading ? "longest waiting for a request" : "oldest, none reading",
+        newcomer, evicted_);
+  }
+  victim->close_now();
 }
 
 }  // namespace

@@ -8,6 +8,16 @@
 // It is isolated from the lock protocol: its own acceptor, its own limits (a few concurrent
 // connections, small header limit, short deadlines), and nothing it receives reaches the
 // lock table. Runs on the io_context thread only.
+//
+// Connection cap policy: a connection that arrives while the cap is reached is admitted, and
+// the open connection that has waited longest without completing a request (the oldest one
+// still reading; if none is reading, the oldest one) is closed to make room. So slow clients
+// that hold every slot (a partial request line, trickled or idle) cannot keep a liveness
+// probe, which sends its request at once, from being answered: each newcomer displaces one of
+// them, so an attacker has to keep reconnecting, and to shut a probe out it would have to open
+// a full cap of connections between the probe's accept and the read of its request. Evictions
+// are counted and logged at warn at most every 10 s. A per-peer cap would not do, since the
+// probe and an attacker may share an address.
 #pragma once
 
 #include <functional>

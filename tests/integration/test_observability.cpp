@@ -11,6 +11,7 @@
 
 #include <sstream>
 #include <string>
+#include <vector>
 
 using namespace keylock;
 using namespace keylock::test;
@@ -131,6 +132,37 @@ TEST_CASE("the metrics listener answers 404, 405 and 400 and never disturbs the 
       "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(64 * 1024, 'a') + "\r\n\r\n";
   REQUIRE(http_exchange(d.metrics_port(), huge).status == 400);
   REQUIRE(call_reply(c, R"({"op":"ping","id":1})").type == reply::kind::ok);
+}
+
+TEST_CASE("health probes are answered while slow clients hold every metrics connection",
+          "[observability][integration][hostile]") {
+  test::daemon d;
+  conn lock(d.port());
+  const std::uint16_t port = d.metrics_port();
+  // max_http_connections in metrics_http.cpp. Each slow client sends part of a request and then
+  // nothing: it holds its slot until the 5 s read deadline.
+  constexpr int cap = 64;
+  constexpr std::string_view partial = "GET /metrics HTTP/1.1\r\nHost: x\r\n";
+  std::vector<conn> slow;
+  for (int i = 0; i < cap; ++i) {
+    slow.emplace_back(port);
+    REQUIRE(slow.back().send_raw(partial));
+  }
+  // The listen queue is FIFO: the daemon accepts all the slow connections before each probe,
+  // so the probe arrives at an exhausted cap (and was closed unanswered: status 0).
+  CHECK(http_get(port, "/healthz").status == 200);
+  CHECK(http_get(port, "/readyz").status == 200);
+  // The attacker reconnects whenever it loses a slot; the probes keep getting in.
+  for (int round = 0; round < 20; ++round) {
+    for (conn& c : slow) {
+      if (!c.wait_closed(0ms)) continue;
+      c = conn(port);
+      REQUIRE(c.send_raw(partial));
+    }
+    INFO("round " << round);
+    REQUIRE(http_get(port, "/healthz").status == 200);
+  }
+  REQUIRE(call_reply(lock, R"({"op":"ping","id":1})").type == reply::kind::ok);
 }
 
 TEST_CASE("top names the longest queue and the oldest holder with its client and peer",
