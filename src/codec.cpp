@@ -145,8 +145,8 @@ struct member_spec {
   std::string_view name;
   field bit;  // unused for `op`, which is not a field
   value_type type;
-  std::string request::*text;   // value_type::string
-  std::uint64_t request::*num;  // value_type::integer
+  std::string request::*text;     // value_type::string
+  std::uint64_t request::*num;    // value_type::integer
   bool request::*flag = nullptr;  // value_type::boolean
 };
 
@@ -864,16 +864,42 @@ void append_reply(std::string& out, const reply& rep) {
   out += "}\n";
 }
 
-void append_json_string(std::string& out, std::string_view s) {
+void append_json_string(std::string& out, std::string_view s, json_escape mode) {
   static constexpr char hex[] = "0123456789abcdef";
   out += '"';
-  // Copy runs of bytes that need no escape in one append each.
+  // Copy runs of bytes that need no escape in one append each. Printable ASCII is tested
+  // first: it is nearly all of what the daemon encodes.
   std::size_t run = 0;
-  for (std::size_t i = 0; i < s.size(); ++i) {
+  std::size_t i = 0;
+  while (i < s.size()) {
     const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7F) continue;
+    if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
+      ++i;
+      continue;
+    }
+    if (c >= 0x80) {
+      const std::size_t length = utf8_sequence_length(s.substr(i));
+      // U+0080..U+009F is C2 80..C2 9F.
+      const bool c1 = length == 2 && c == 0xC2 && static_cast<unsigned char>(s[i + 1]) <= 0x9F;
+      if (length != 0 && !(c1 && mode == json_escape::log)) {
+        i += length;
+        continue;
+      }
+      out.append(s.data() + run, i - run);
+      if (length == 0) {
+        out += "\\ufffd";  // a stray byte: one U+FFFD each
+        i += 1;
+      } else {
+        out += "\\u00";
+        const auto code = static_cast<unsigned char>(s[i + 1]);
+        out += hex[code >> 4];
+        out += hex[code & 0xF];
+        i += 2;
+      }
+      run = i;
+      continue;
+    }
     out.append(s.data() + run, i - run);
-    run = i + 1;
     switch (c) {
       case '"':
         out += "\\\"";
@@ -903,9 +929,27 @@ void append_json_string(std::string& out, std::string_view s) {
         out += hex[c & 0xF];
         break;
     }
+    run = ++i;
   }
   out.append(s.data() + run, s.size() - run);
   out += '"';
+}
+
+bool is_printable_utf8(std::string_view s) noexcept {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7F) {
+      ++i;
+      continue;
+    }
+    if (c < 0x80) return false;  // C0 or DEL
+    const std::size_t length = utf8_sequence_length(s.substr(i));
+    if (length == 0) return false;
+    if (length == 2 && c == 0xC2 && static_cast<unsigned char>(s[i + 1]) <= 0x9F) return false;
+    i += length;
+  }
+  return true;
 }
 
 }  // namespace keylock

@@ -1,7 +1,10 @@
-// The two log formats of keylockd (log_format.hpp). The JSON formatter writes straight into
-// spdlog's buffer: no allocation per line beyond what the buffer itself needs, and no JSON
-// library (a message is one escaped string).
+// The two log formats of keylockd (log_format.hpp). The JSON formatter escapes with the
+// codec's JSON string escaper (append_json_string with json_escape::log), the one escaper of
+// keylock; it uses no JSON library and allocates nothing per line once its scratch string has
+// grown.
 #include "log_format.hpp"
+
+#include "keylock/codec.hpp"
 
 #include <spdlog/formatter.h>
 #include <spdlog/logger.h>
@@ -12,6 +15,7 @@
 #include <chrono>
 #include <ctime>
 #include <memory>
+#include <string>
 #include <string_view>
 
 namespace keylock {
@@ -47,91 +51,6 @@ std::string_view level_name(spdlog::level::level_enum level) {
   return "off";
 }
 
-// Length of the well-formed UTF-8 sequence at s[0] (RFC 3629: no overlong forms, no
-// surrogates, nothing above U+10FFFF), or 0 when s[0] does not start one.
-std::size_t utf8_sequence_length(std::string_view s) {
-  auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
-  auto cont = [&](std::size_t i) { return i < s.size() && (byte(i) & 0xC0) == 0x80; };
-  unsigned char b0 = byte(0);
-  if (b0 < 0x80) return 1;
-  if (b0 >= 0xC2 && b0 <= 0xDF) return cont(1) ? 2 : 0;
-  if (b0 >= 0xE0 && b0 <= 0xEF) {
-    if (!cont(1) || !cont(2)) return 0;
-    unsigned char b1 = byte(1);
-    if (b0 == 0xE0 && b1 < 0xA0) return 0;  // overlong
-    if (b0 == 0xED && b1 > 0x9F) return 0;  // UTF-16 surrogate
-    return 3;
-  }
-  if (b0 >= 0xF0 && b0 <= 0xF4) {
-    if (!cont(1) || !cont(2) || !cont(3)) return 0;
-    unsigned char b1 = byte(1);
-    if (b0 == 0xF0 && b1 < 0x90) return 0;  // overlong
-    if (b0 == 0xF4 && b1 > 0x8F) return 0;  // above U+10FFFF
-    return 4;
-  }
-  return 0;  // a continuation byte, C0/C1 (overlong) or F5..FF
-}
-
-// `s` as the inside of a JSON string. Control characters are escaped; bytes that are not
-// well-formed UTF-8 become U+FFFD one byte at a time, so the output is always valid JSON
-// in valid UTF-8, whatever a client put into a key or a name that ends up in a message.
-void append_json_string(spdlog::memory_buf_t& dest, std::string_view s) {
-  static constexpr char hex[] = "0123456789abcdef";
-  std::size_t i = 0;
-  while (i < s.size()) {
-    // Copy the longest run that needs no escaping in one append.
-    std::size_t run = i;
-    while (run < s.size()) {
-      auto c = static_cast<unsigned char>(s[run]);
-      if (c < 0x20 || c == '"' || c == '\\' || c >= 0x7F) break;
-      ++run;
-    }
-    append(dest, s.substr(i, run - i));
-    i = run;
-    if (i == s.size()) break;
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x80) {
-      std::size_t len = utf8_sequence_length(s.substr(i));
-      if (len == 0) {
-        append(dest, "\\ufffd");
-        ++i;
-      } else {
-        append(dest, s.substr(i, len));
-        i += len;
-      }
-      continue;
-    }
-    switch (c) {
-      case '"':
-        append(dest, "\\\"");
-        break;
-      case '\\':
-        append(dest, "\\\\");
-        break;
-      case '\n':
-        append(dest, "\\n");
-        break;
-      case '\r':
-        append(dest, "\\r");
-        break;
-      case '\t':
-        append(dest, "\\t");
-        break;
-      case '\b':
-        append(dest, "\\b");
-        break;
-      case '\f':
-        append(dest, "\\f");
-        break;
-      default: {  // other C0 controls and DEL
-        const char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 0xF]};
-        append(dest, std::string_view(esc, sizeof esc));
-      }
-    }
-    ++i;
-  }
-}
-
 // Writes `v` as exactly `width` decimal digits, zero-padded.
 void append_digits(spdlog::memory_buf_t& dest, long long v, int width) {
   std::array<char, 20> buf{};
@@ -157,11 +76,15 @@ class json_formatter final : public spdlog::formatter {
     append_digits(dest, ms, 3);
     append(dest, "Z\",\"level\":\"");
     append(dest, level_name(msg.level));
-    append(dest, "\",\"logger\":\"");
-    append_json_string(dest, std::string_view(msg.logger_name.data(), msg.logger_name.size()));
-    append(dest, "\",\"msg\":\"");
-    append_json_string(dest, std::string_view(msg.payload.data(), msg.payload.size()));
-    append(dest, "\"}\n");
+    append(dest, "\",\"logger\":");
+    scratch_.clear();
+    append_json_string(scratch_, std::string_view(msg.logger_name.data(), msg.logger_name.size()),
+                       json_escape::log);
+    scratch_ += ",\"msg\":";
+    append_json_string(scratch_, std::string_view(msg.payload.data(), msg.payload.size()),
+                       json_escape::log);
+    append(dest, scratch_);
+    append(dest, "}\n");
   }
 
   std::unique_ptr<spdlog::formatter> clone() const override {
@@ -195,6 +118,7 @@ class json_formatter final : public spdlog::formatter {
   long long cached_second_ = 0;
   std::array<char, 24> cached_prefix_{};
   std::size_t cached_prefix_len_ = 0;
+  std::string scratch_;  // the escaped strings of a line; keeps its capacity from line to line
 };
 
 }  // namespace

@@ -5,12 +5,12 @@
 // and is appended by every encoder. Decoders never throw; they report bad input as values.
 #pragma once
 
+#include "keylock/protocol.hpp"
+
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
-
-#include "keylock/protocol.hpp"
 
 namespace keylock {
 
@@ -45,7 +45,21 @@ std::optional<decode_error> decode_reply(std::string_view frame, reply& out);
 // non-ASCII UTF-8 is written as is. Never allocates beyond growing `out`.
 void append_reply(std::string& out, const reply& rep);
 
-// Appends the JSON string literal for `s` (quotes included) to `out`. `s` must be valid UTF-8.
-void append_json_string(std::string& out, std::string_view s);
+// What append_json_string does with well-formed non-ASCII UTF-8.
+enum class json_escape {
+  wire,  // writes it as is (the codec's encoders; PROTOCOL.md)
+  log,   // escapes C1 controls, U+0080..U+009F, as \u0080..\u009f: terminals obey them
+};
+
+// Appends the JSON string literal for `s` (quotes included) to `out`: '"' and '\\' escaped, C0
+// controls and DEL as \n \r \t \b \f or \u00XX, well-formed UTF-8 as `mode` says, and each byte
+// that is not part of well-formed UTF-8 (RFC 3629) as \ufffd. So the output is valid JSON in
+// valid UTF-8 whatever `s` holds; for valid UTF-8 it decodes back to `s`. Never fails; never
+// allocates beyond growing `out`.
+void append_json_string(std::string& out, std::string_view s, json_escape mode = json_escape::wire);
+
+// True when `s` is well-formed UTF-8 without control characters (C0, DEL, C1): text that
+// append_json_string(..., json_escape::log) changes only by escaping '"' and '\\'.
+bool is_printable_utf8(std::string_view s) noexcept;
 
 }  // namespace keylock
