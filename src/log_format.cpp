@@ -1,7 +1,9 @@
-// The two log formats of keylockd (log_format.hpp). The JSON formatter escapes with the
-// codec's JSON string escaper (append_json_string with json_escape::log), the one escaper of
-// keylock; it uses no JSON library and allocates nothing per line once its scratch string has
-// grown.
+// The two log formats of keylockd (log_format.hpp). Both escape client input with the codec's
+// JSON string escaper (append_json_string with json_escape::log), the one escaper of keylock:
+// the JSON formatter for every string it writes, the text formatter only for a message that
+// holds a control character or invalid UTF-8 (is_printable_utf8), so that a message quoting a
+// client's name or key cannot forge log lines or drive the operator's terminal. Neither uses a
+// JSON library, and neither allocates per line once its scratch string has grown.
 #include "log_format.hpp"
 
 #include "keylock/codec.hpp"
@@ -60,6 +62,32 @@ void append_digits(spdlog::memory_buf_t& dest, long long v, int width) {
   }
   dest.append(buf.data(), buf.data() + width);
 }
+
+// Text: text_pattern, with the message escaped as the inside of a JSON string when it is not
+// printable UTF-8 ("evil\n2026-..." stays on one line). A printable message is written as is.
+class text_formatter final : public spdlog::formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+    std::string_view payload(msg.payload.data(), msg.payload.size());
+    if (is_printable_utf8(payload)) return pattern_.format(msg, dest);
+    scratch_.clear();
+    append_json_string(scratch_, payload, json_escape::log);
+    spdlog::details::log_msg escaped = msg;
+    escaped.payload = spdlog::string_view_t(scratch_.data() + 1, scratch_.size() - 2);  // no ""
+    pattern_.format(escaped, dest);
+    // The color sink reads the level's range from the message it passed in.
+    msg.color_range_start = escaped.color_range_start;
+    msg.color_range_end = escaped.color_range_end;
+  }
+
+  std::unique_ptr<spdlog::formatter> clone() const override {
+    return std::make_unique<text_formatter>();
+  }
+
+ private:
+  spdlog::pattern_formatter pattern_{text_pattern};
+  std::string scratch_;  // the escaped message; keeps its capacity from line to line
+};
 
 class json_formatter final : public spdlog::formatter {
  public:
@@ -125,7 +153,7 @@ class json_formatter final : public spdlog::formatter {
 
 bool set_log_format(spdlog::logger& logger, std::string_view format) {
   if (format == "text") {
-    logger.set_formatter(std::make_unique<spdlog::pattern_formatter>(text_pattern));
+    logger.set_formatter(std::make_unique<text_formatter>());
     return true;
   }
   if (format == "json") {

@@ -1,6 +1,6 @@
-// Log lines that quote client input: the JSON format stays valid JSON with the codec's one JSON
-// string escaper (append_json_string, whose json_escape::log mode and \ufffd replacement are
-// tested here).
+// Log lines that quote client input: the text format escapes control characters and invalid
+// UTF-8, the JSON format stays valid JSON, and both use the codec's one JSON string escaper
+// (append_json_string, whose json_escape::log mode and \ufffd replacement are tested here).
 #include "keylock/codec.hpp"
 #include "log_format.hpp"
 
@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/details/log_msg.h>
 #include <spdlog/logger.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/ostream_sink.h>
 
 #include <chrono>
@@ -19,6 +20,9 @@
 using namespace std::literals;
 
 namespace {
+
+// What main.cpp has always used for text logs, and what log_format.cpp's "text" prints.
+constexpr const char* text_pattern = "%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v";
 
 // A message that tries everything: a forged line, a carriage return, an SGR escape, DEL, CSI as
 // a C1 control in UTF-8, and a byte that is not UTF-8.
@@ -55,6 +59,20 @@ std::string json_string(std::string_view s, keylock::json_escape mode) {
 
 }  // namespace
 
+TEST_CASE("a text log line escapes control characters and invalid UTF-8 in the message", "[log]") {
+  std::string line = format_line(hostile, "text");
+  INFO(line);
+  // One line: the only newline is the one that ends it.
+  REQUIRE(line.find('\n') == line.size() - 1);
+  CHECK(line.find('\r') == std::string::npos);
+  CHECK(line.find('\x1b') == std::string::npos);
+  CHECK(line.find('\x7f') == std::string::npos);
+  CHECK(line.find("\xc2\x9b") == std::string::npos);
+  CHECK(line.find('\xff') == std::string::npos);
+  std::string_view expected = R"(a\nb\rc\u001b[31md\u007fe\u009bf\ufffdg)";
+  CHECK(std::string_view(line).substr(0, line.size() - 1).ends_with(expected));
+}
+
 TEST_CASE("a json log line with control characters and invalid UTF-8 is valid JSON", "[log]") {
   std::string line = format_line(hostile, "json");
   INFO(line);
@@ -70,6 +88,21 @@ TEST_CASE("a json log line with control characters and invalid UTF-8 is valid JS
         "e\xc2\x9b"
         "f\xef\xbf\xbd"
         "g");
+}
+
+TEST_CASE("a text log line with a printable message is what the plain pattern writes", "[log]") {
+  for (std::string_view clean :
+       {"plain message"sv, "peer 127.0.0.1:5000: key \"a\\b\" not held"sv,
+        "utf-8: h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80 \xc2\xa0"sv, ""sv}) {
+    INFO(clean);
+    std::string ours = format_line(clean, "text");
+    CHECK(ours ==
+          format_line(clean, "", std::make_unique<spdlog::pattern_formatter>(text_pattern)));
+    std::string tail = " ";  // after the level
+    tail.append(clean);
+    tail += '\n';
+    CHECK(ours.ends_with(tail));
+  }
 }
 
 TEST_CASE("is_printable_utf8 rejects controls, C1 and invalid UTF-8 only", "[log]") {

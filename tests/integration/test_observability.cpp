@@ -191,6 +191,28 @@ TEST_CASE("top names the longest queue and the oldest holder with its client and
   CHECK(t.oldest->at(0).peer.rfind("127.0.0.1:", 0) == 0);
 }
 
+TEST_CASE("a client name with a newline and terminal escapes is escaped in the text log",
+          "[observability][integration][hostile]") {
+  test::daemon d;
+  conn c(d.port());
+  // JSON-escaped on the wire; the daemon decodes it into a raw newline and a raw ESC.
+  REQUIRE(call_reply(c, R"({"op":"hello","id":1,)"
+                        R"("client":"evil\n2026-01-01T00:00:00.000 info forged line\u001b[2J"})")
+              .type == reply::kind::ok);
+  // A bad request: the daemon warns once, naming the client.
+  REQUIRE(call_reply(c, R"({"op":"zap","id":2})").code == errc::unknown_op);
+  REQUIRE(d.wait_log("unknown_op"));
+  std::string log = d.log();
+  INFO(log);
+  CHECK(log.find(R"(client evil\n2026-01-01T00:00:00.000 info forged line\u001b[2J)") !=
+        std::string::npos);
+  CHECK(log.find('\x1b') == std::string::npos);
+  std::istringstream lines(log);
+  for (std::string line; std::getline(lines, line);) {
+    CHECK(line.rfind("2026-01-01T00:00:00.000 info forged", 0) != 0);
+  }
+}
+
 TEST_CASE("with --log-format json every log line is one JSON object", "[observability]") {
   test::daemon d({"--log-format", "json"});
   conn c(d.port());
