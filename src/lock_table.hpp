@@ -9,26 +9,35 @@
 //
 // Invariants (checked by check_invariants(), used by tests and the fuzzer):
 //  - a key has at most `limit` holders;
-//  - a key has waiters only while it has no free slot or is in its lock delay (so a newcomer
-//    never jumps the queue);
+//  - a key has waiters only while it has no free slot, is in its lock delay, or is stalled
+//    because no fencing token was available (so a newcomer never jumps the queue);
 //  - a key with no holder, no waiter and no running lock delay is not in the table;
-//  - every token handed out is greater than every token before it.
+//  - every token handed out is greater than every token before it, and none is handed out
+//    while the token_source is not ready();
+//  - an owner's leases plus queued acquires never exceed max_leases_per_owner, and the leases
+//    of all owners never exceed max_leases.
+//
+// Keys are found through an open-addressing index keyed by SipHash under a per-table seed, so
+// clients cannot craft keys that collide. `now` never goes backwards between calls (the server
+// passes steady_clock time).
 //
 // Single-threaded: the daemon calls it on its io_context thread only.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
-#include "metrics.hpp"
-
 namespace keylock {
+
+struct duration_histogram;  // metrics.hpp
 
 // Monotonic time since an arbitrary epoch. The server passes steady_clock time; tests pass
 // whatever they like.
@@ -38,11 +47,28 @@ using tick = std::chrono::nanoseconds;
 // from lock_table::connect(); valid until disconnect().
 using owner_id = std::uint32_t;
 
-// Source of fencing tokens. next() must return strictly increasing values below 2^53.
+// Source of fencing tokens. The table calls next() only when ready() is true; while it is
+// false, acquires answer `unavailable` and waiters whose slot freed stay queued (stalled) until
+// lock_table::resume_grants().
 class token_source {
  public:
   virtual ~token_source() = default;
+  // True when next() may be called: the next token is covered by a durable reservation.
+  virtual bool ready() const = 0;
+  // Only when ready(). Strictly increasing, below 2^53.
   virtual std::uint64_t next() = 0;
+};
+
+// The 128-bit SipHash key of the key index. The server draws it from getrandom() at start-up;
+// tests may leave it zero.
+struct hash_seed {
+  std::uint64_t k0 = 0, k1 = 0;
+};
+
+// Where the table records wait and hold times. A null pointer is not recorded.
+struct table_histograms {
+  duration_histogram* wait = nullptr;  // arrival of an acquire -> its grant (0 when at once)
+  duration_histogram* hold = nullptr;  // grant -> end of the lease, however it ended
 };
 
 // How a lease is held. Only exclusive (up to `limit` holders, each counted) exists in protocol
@@ -54,6 +80,9 @@ struct table_limits {
   std::uint32_t max_waiters_per_key = 10000;      // queued acquires on one key
   std::uint32_t max_pending_per_owner = 4096;     // queued acquires of one connection
   std::uint32_t lock_delay_ms = 0;                // see PROTOCOL.md "Lock delay"
+  std::uint32_t max_leases_per_owner = 65536;     // leases + queued acquires of one connection
+  std::uint32_t max_leases = 1u << 24;            // leases of all connections (see acquire());
+                                                  // clamped below the table's slot range
 };
 
 struct acquire_args {
@@ -73,6 +102,9 @@ enum class acquire_status : std::uint8_t {
   too_many_keys,     // table_limits::max_keys
   too_many_waiters,  // table_limits::max_waiters_per_key
   too_many_pending,  // table_limits::max_pending_per_owner
+  too_many_owner_leases,  // table_limits::max_leases_per_owner
+  too_many_leases,        // table_limits::max_leases
+  unavailable,            // the token_source is not ready(): no fencing token can be issued
 };
 
 struct acquire_result {
@@ -121,15 +153,13 @@ struct table_counters {
   std::uint64_t cancels = 0;
   std::uint64_t extends = 0;
   std::uint64_t disconnect_releases = 0;
-  duration_histogram wait;  // arrival of an acquire -> its grant (0 when granted at once)
-  duration_histogram hold;  // grant -> end of the lease, however it ended
 };
 
 // The `top` snapshot: the longest queues and the oldest leases.
 struct top_queue {
   std::string_view key;  // valid until the table changes
   std::uint32_t waiters = 0;
-  std::uint32_t held = 0;
+  std::uint32_t held = 0;  // live holders: a lease past its deadline is not counted
   std::uint32_t limit = 0;
 };
 struct top_lease {
@@ -140,13 +170,16 @@ struct top_lease {
   owner_id owner = 0;
 };
 struct top_result {
-  std::vector<top_queue> queues;  // most waiters first, then key order
-  std::vector<top_lease> oldest;  // longest held first, then token order
+  std::vector<top_queue> queues;  // most waiters first, then key order (bytewise)
+  std::vector<top_lease> oldest;  // longest held first, then token order; live leases only
 };
 
 class lock_table {
  public:
-  lock_table(table_limits limits, token_source& tokens);
+  // `seed` keys the hash of the key index; `histograms` may name where wait and hold times go.
+  // limits.max_leases is clamped below the table's slot range (2^30 - 1).
+  lock_table(table_limits limits, token_source& tokens, hash_seed seed = {},
+             table_histograms histograms = {});
   lock_table(const lock_table&) = delete;
   lock_table& operator=(const lock_table&) = delete;
 
@@ -155,13 +188,26 @@ class lock_table {
 
   // Releases every lease of `owner` (applying the lock delay: these leases were lost, not
   // released), drops its waiters without events, and grants the freed slots to waiters of
-  // other owners. The handle is invalid afterwards.
+  // other owners (or stalls them while no token is ready()). The handle is invalid afterwards.
   void disconnect(owner_id owner, tick now, std::vector<table_event>& events);
 
-  // Acquires `args.key` for `owner`. Granted at once when the key has a free slot, nobody
-  // waits and no lock delay runs; else queued (wait_ms != 0) or busy (wait_ms == 0). The
-  // caller validated ranges (key non-empty, ttl_ms > 0, limit > 0). May append events
-  // (a waiter of another owner whose deadline passed is answered first).
+  // Acquires `args.key` for `owner`. The caller validated ranges (key non-empty, ttl_ms > 0,
+  // limit > 0). First the key's holders whose deadline has passed are expired (their
+  // `expired` events appended, lock delay applied, freed slots granted to waiters), so a lease
+  // that is over never makes a key look busy. Then: granted at once when the key has a free
+  // slot, nobody waits and no lock delay runs; else queued (wait_ms != 0) or busy
+  // (wait_ms == 0). May append events for other owners (expiries, a waiter whose deadline
+  // passed). Errors, each without side effects on the key or owner:
+  //  - unavailable: tokens are not ready(); checked before anything else;
+  //  - conflict: the live key has another limit;
+  //  - too_many_owner_leases: the owner's leases + queued acquires >= max_leases_per_owner
+  //    (whether the acquire would be granted, queued or busy);
+  //  - too_many_keys: a new key beyond max_keys;
+  //  - too_many_leases: max_leases leases are held and the acquire would be granted at once
+  //    (or queued at a free slot of a key in its lock delay or stalled, which reserves that
+  //    slot); a lease whose deadline passed is expired first rather than counted;
+  //  - too_many_waiters / too_many_pending: it would queue beyond max_waiters_per_key /
+  //    max_pending_per_owner.
   acquire_result acquire(owner_id owner, const acquire_args& args, tick now,
                          std::vector<table_event>& events);
 
@@ -179,9 +225,21 @@ class lock_table {
   // its `cancelled` event. False when there is none.
   bool cancel(owner_id owner, std::uint64_t request_id, std::vector<table_event>& events);
 
-  // Processes every deadline at or before `now`: lease expiries (`expired` event, then grants),
-  // wait timeouts (`wait_timeout` events) and ends of lock delays (grants).
-  void expire_due(tick now, std::vector<table_event>& events);
+  // Cancels every queued acquire of `owner` (the client half-closed): one `cancelled` event
+  // each, in the owner's arrival order; counted as cancels. Its leases stay.
+  void cancel_waiters(owner_id owner, std::vector<table_event>& events);
+
+  // Processes deadlines at or before `now`, earliest first: lease expiries (`expired` event,
+  // then grants), wait timeouts (`wait_timeout` events) and ends of lock delays (grants). At
+  // most `max_deadlines` of them, so one call's work is bounded; returns true when due
+  // deadlines remain (call again after flushing output).
+  bool expire_due(tick now, std::vector<table_event>& events,
+                  std::size_t max_deadlines = SIZE_MAX);
+
+  // Grants the free slots of every key stalled because tokens were not ready() when a slot
+  // freed, in each key's FIFO order. The server calls it when its token source becomes ready
+  // again. Cheap when nothing is stalled; while tokens are still not ready, keys stay stalled.
+  void resume_grants(tick now, std::vector<table_event>& events);
 
   // The earliest pending deadline, if any. The server arms its one timer for it.
   std::optional<tick> next_deadline();
@@ -189,17 +247,27 @@ class lock_table {
   // Answers every queued acquire with an `aborted` event and empties every queue (shutdown).
   void abort_waiters(std::vector<table_event>& events);
 
+  // The key's live holders (a lease whose deadline passed is left out: the key is not held if
+  // all of them are due), its waiters and limit. limit 0 when the key is not in the table.
   inspect_result inspect(std::string_view key, tick now) const;
 
-  // Up to `n` of each list, in one pass over the live keys and their holders.
+  // Up to `n` of each list, leaving out leases whose deadline passed. Costs O(n log keys) plus
+  // the due leases skipped, independent of the keys and leases not shown.
   top_result top(std::size_t n, tick now) const;
 
   std::size_t keys() const { return index_count_; }
+  // Lease records, including those whose deadline has passed but were not expired yet.
   std::size_t held() const;
+  // Live leases at `now`: held() minus those due. O(due deadlines).
+  std::size_t held(tick now) const;
   std::size_t waiting() const;
   std::size_t owner_leases(owner_id owner) const;
   std::size_t owner_waiters(owner_id owner) const;
   const table_counters& counters() const { return counters_; }
+
+  // The index hash of `key` under this table's seed (the low 32 bits of its SipHash-2-4).
+  // Public for tests.
+  std::uint32_t hash_of(std::string_view key) const;
 
   // Recomputes every invariant from scratch; returns a description of the first one broken,
   // or an empty string. O(size of the table): for tests and fuzzing.
@@ -231,14 +299,26 @@ class lock_table {
     std::uint32_t high_water_ = 0;
   };
 
+  // The keys that ever had a waiter, most waiters first, then by key bytes; `top` reads its
+  // head. Ordered through the table (it compares entries_[e].waiting and .key).
+  struct queue_order {
+    const lock_table* table;
+    bool operator()(std::uint32_t a, std::uint32_t b) const;
+  };
+  using queue_index = std::set<std::uint32_t, queue_order>;
+
   struct entry_rec {  // one live key; free when limit == 0
     std::string key;
-    std::uint32_t hash = 0;  // from the key's MD5: index position and quick compare
+    std::uint32_t hash = 0;  // hash_of(key): index position and quick compare
     std::uint32_t limit = 0;
     std::uint32_t held = 0;
     std::uint32_t waiting = 0;
     std::uint32_t first_lease = nil, last_lease = nil;    // holders, singly linked, grant order
     std::uint32_t first_waiter = nil, last_waiter = nil;  // FIFO queue, doubly linked
+    std::uint32_t delay_pos = nil;  // heap node of its running lock delay, or nil
+    std::uint32_t stall_pos = nil;  // its place in stalled_, or nil when not stalled
+    bool in_queues = false;         // queue_it is valid
+    queue_index::iterator queue_it{};
   };
 #pragma pack(push, 4)
   struct lease_rec {  // free when token == 0
@@ -246,6 +326,7 @@ class lock_table {
     std::uint32_t entry = nil, owner = nil, ttl_ms = 0;
     std::uint32_t key_next = nil;
     std::uint32_t owner_prev = nil, owner_next = nil;
+    std::uint32_t all_prev = nil, all_next = nil;  // every lease, in grant order (for `top`)
     std::uint32_t heap_pos = nil;  // its deadline in deadlines_
     std::int64_t granted = 0;      // tick count of the grant, for hold times and `top`
   };
@@ -277,27 +358,41 @@ class lock_table {
   enum class ref_kind : std::uint32_t { lease = 0, waiter = 1, delay = 2 };
   static constexpr std::uint32_t max_slot = (1u << 30) - 1;
 
-  static std::uint32_t hash_of(std::string_view key);
   std::uint32_t find_entry(std::string_view key, std::uint32_t hash) const;
   std::uint32_t find_entry(std::string_view key) const { return find_entry(key, hash_of(key)); }
   void index_insert(std::uint32_t e);
   void index_erase(std::uint32_t e);
   void index_resize(std::size_t capacity);
   std::uint32_t new_entry(std::uint32_t hash, std::string_view key, std::uint32_t limit);
-  bool in_delay(std::uint32_t e) const { return !delays_.empty() && delays_.count(e) != 0; }
-  void erase_if_idle(std::uint32_t e);
+  bool in_delay(std::uint32_t e) const { return entries_[e].delay_pos != nil; }
+  bool erase_if_idle(std::uint32_t e);
   std::uint32_t find_lease(std::uint32_t e, std::uint64_t token) const;
   // Takes the count by value: packed members must be loaded, never bound to a reference
   // (tick's constructor takes const Rep&, which would be misaligned).
   static tick as_tick(std::int64_t count) { return tick(count); }
   tick deadline_of(std::uint32_t heap_pos) const { return as_tick(deadlines_[heap_pos].when); }
+  bool any_due(tick now) const {
+    return !deadlines_.empty() && as_tick(deadlines_.front().when) <= now;
+  }
+  // Waiters of the key that sit at a free slot (only during a lock delay or a stall).
+  static std::uint32_t reserved_of(const entry_rec& ent) {
+    return std::min(ent.waiting, ent.limit - ent.held);
+  }
+  bool at_lease_bound() const { return leases_.live() + reserved_ >= limits_.max_leases; }
   std::uint64_t grant(std::uint32_t e, std::uint32_t owner, std::uint32_t ttl_ms, tick now);
   void unlink_lease(std::uint32_t l, tick now);
+  void link_waiter(std::uint32_t w);
   void unlink_waiter(std::uint32_t w);
+  void requeue(std::uint32_t e, int delta);
   void lose_lease(std::uint32_t l, tick now);
   void end_delay(std::uint32_t e);
   void expire_lease(std::uint32_t l, tick now, std::vector<table_event>& events);
+  bool expire_due_holders(std::uint32_t e, tick now, std::vector<table_event>& events);
+  void expire_front(tick now, std::vector<table_event>& events);
   void promote(std::uint32_t e, tick now, std::vector<table_event>& events);
+  void stall(std::uint32_t e);
+  void unstall(std::uint32_t e);
+  std::uint32_t live_holders(const entry_rec& ent, tick now) const;
 
   std::uint32_t heap_push(tick when, ref_kind kind, std::uint32_t slot);
   void heap_remove(std::uint32_t pos);
@@ -308,6 +403,8 @@ class lock_table {
 
   table_limits limits_;
   token_source& tokens_;
+  hash_seed seed_;
+  table_histograms histograms_;
   std::vector<std::uint32_t> index_;  // open addressing, linear probing: entry slot or nil
   std::size_t index_count_ = 0;
   slab<entry_rec> entries_;
@@ -315,7 +412,30 @@ class lock_table {
   slab<waiter_rec> waiters_;
   slab<owner_rec> owners_;
   std::vector<heap_node> deadlines_;
-  std::unordered_map<std::uint32_t, std::uint32_t> delays_;  // entry -> heap pos of its lock delay
+  std::size_t delays_ = 0;  // running lock delays (entries with delay_pos != nil)
+  // Every lease in grant order. Tokens increase with grant time and `now` never goes back, so
+  // the head is the oldest lease: `top` reads it from the head, and a lease unlinks in O(1).
+  std::uint32_t first_granted_ = nil, last_granted_ = nil;
+  // Keys with waiters, for `top`: a std::set ordered by (waiting desc, key bytes). A key's
+  // node is inserted at its first waiter and stays, at the tail with 0 waiters, until the key
+  // leaves the table; a change of its waiter count moves the node with extract + insert
+  // (O(log keys), no allocation). So a key cycling between 0 and 1 waiters never allocates,
+  // and `top` reads the head and stops at the first key without waiters.
+  queue_index queues_;
+  // Keys whose free slots wait for a token (promote() found tokens not ready()).
+  std::vector<std::uint32_t> stalled_;
+  // The max_leases bound. "A queued waiter is promoted only into a slot a lease just freed"
+  // is not enough on its own: a slot freed during a key's lock delay (or while its grants are
+  // stalled) stays free until the delay ends, and meanwhile another key could take that
+  // capacity at once; when the delay ends the waiter would be granted too, one lease over.
+  // So waiters that sit at a free slot count like leases: reserved_ is the sum over keys of
+  // min(waiting, limit - held), nonzero only during a lock delay or a stall, and
+  //   leases + reserved_ <= max_leases
+  // always holds: an immediate grant, and a waiter queued at a free slot, need
+  // leases + reserved_ < max_leases first (else too_many_leases); a grant to a waiter turns a
+  // reserved slot into a lease (sum unchanged); a lease that ends lowers leases by one and
+  // raises reserved_ by at most one; a waiter that leaves only lowers reserved_.
+  std::size_t reserved_ = 0;
   std::uint64_t next_seq_ = 1;
   std::uint64_t last_token_ = 0;
   table_counters counters_;

@@ -2,11 +2,15 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "lock_table.hpp"
+#include "metrics.hpp"
+#include "siphash.hpp"
 
 using namespace keylock;
 using namespace std::chrono_literals;
@@ -20,20 +24,30 @@ std::string numbered(std::string prefix, std::uint64_t n) {
   return prefix;
 }
 
+// Tokens that can be switched off, as when the fencing reservation cannot be written.
 struct counter_tokens final : token_source {
   std::uint64_t n = 100;
-  std::uint64_t next() override { return ++n; }
+  bool on = true;
+  bool issued_while_off = false;
+  bool ready() const override { return on; }
+  std::uint64_t next() override {
+    if (!on) issued_while_off = true;
+    return ++n;
+  }
 };
 
 // A table, a clock and an event sink, with helpers that keep tests short.
 struct fixture {
   counter_tokens tokens;
   table_limits limits;
+  duration_histogram wait_hist;
+  duration_histogram hold_hist;
   lock_table table;
   tick now{1'000'000'000};
   std::vector<table_event> events;
 
-  explicit fixture(table_limits l = {}) : limits(l), table(l, tokens) {}
+  explicit fixture(table_limits l = {})
+      : limits(l), table(l, tokens, hash_seed{}, table_histograms{&wait_hist, &hold_hist}) {}
 
   acquire_result acquire(owner_id o, std::string_view key, std::optional<std::uint32_t> wait_ms,
                          std::uint64_t id = 0, std::uint32_t ttl_ms = 1000,
@@ -62,6 +76,7 @@ struct fixture {
     std::string broken = table.check_invariants();
     INFO(broken);
     REQUIRE(broken.empty());
+    REQUIRE_FALSE(tokens.issued_while_off);
   }
   std::vector<table_event> take() { return std::exchange(events, {}); }
 };
@@ -563,10 +578,560 @@ TEST_CASE("wait and hold times are recorded in the histograms", "[table]") {
   f.acquire(b, "k", std::nullopt, 1);
   f.now += 30ms;
   REQUIRE(f.release("k", r.token) == lease_status::ok);  // held 30 ms; b waited 30 ms
-  const auto& c = f.table.counters();
-  REQUIRE(c.wait.count == 2);
-  REQUIRE(c.wait.sum_ns == 30'000'000);
-  REQUIRE(c.wait.buckets[0] == 1);  // the immediate grant
-  REQUIRE(c.hold.count == 1);
-  REQUIRE(c.hold.sum_ns == 30'000'000);
+  REQUIRE(f.wait_hist.count == 2);
+  REQUIRE(f.wait_hist.sum_ns == 30'000'000);
+  REQUIRE(f.wait_hist.buckets[0] == 1);  // the immediate grant
+  REQUIRE(f.hold_hist.count == 1);
+  REQUIRE(f.hold_hist.sum_ns == 30'000'000);
+}
+
+TEST_CASE("a table without histograms records nothing and still works", "[table]") {
+  counter_tokens tokens;
+  lock_table table(table_limits{}, tokens);
+  std::vector<table_event> events;
+  owner_id a = table.connect();
+  acquire_args args;
+  args.key = "k";
+  auto r = table.acquire(a, args, tick{0}, events);
+  REQUIRE(r.status == acquire_status::granted);
+  REQUIRE(table.release("k", r.token, tick{1}, events) == lease_status::ok);
+  REQUIRE(table.check_invariants().empty());
+}
+
+// --- the seeded key hash ---------------------------------------------------------------------
+
+TEST_CASE("siphash24 matches the reference vectors of SipHash-2-4", "[table]") {
+  // Key 00 01 .. 0f, message 00 01 .. (len-1): vectors.h of the reference implementation.
+  const std::uint64_t k0 = 0x0706050403020100ull, k1 = 0x0f0e0d0c0b0a0908ull;
+  unsigned char msg[64];
+  for (int i = 0; i < 64; ++i) msg[i] = static_cast<unsigned char>(i);
+  REQUIRE(siphash24(k0, k1, msg, 0) == 0x726fdb47dd0e0e31ull);
+  REQUIRE(siphash24(k0, k1, msg, 1) == 0x74f839c593dc67fdull);
+  REQUIRE(siphash24(k0, k1, msg, 8) == 0x93f5f5799a932462ull);
+  REQUIRE(siphash24(k0, k1, msg, 15) == 0xa129ca6149be45e5ull);  // the paper's example
+  REQUIRE(siphash24(k0, k1, msg, 63) == 0x958a324ceb064572ull);
+}
+
+TEST_CASE("the key hash is deterministic for one seed and differs between seeds", "[table]") {
+  counter_tokens tokens;
+  lock_table a(table_limits{}, tokens, hash_seed{1, 2});
+  lock_table a_again(table_limits{}, tokens, hash_seed{1, 2});
+  lock_table b(table_limits{}, tokens, hash_seed{3, 4});
+  int differ = 0;
+  for (int i = 0; i < 100; ++i) {
+    std::string key = numbered("key", i);
+    REQUIRE(a.hash_of(key) == a_again.hash_of(key));
+    REQUIRE(a.hash_of(key) == static_cast<std::uint32_t>(siphash24(1, 2, key.data(), key.size())));
+    differ += a.hash_of(key) != b.hash_of(key);
+  }
+  REQUIRE(differ >= 99);
+}
+
+TEST_CASE("keys that collide on the low hash bits under one seed spread under another",
+          "[table]") {
+  counter_tokens tokens;
+  lock_table a(table_limits{}, tokens, hash_seed{11, 22});
+  lock_table b(table_limits{}, tokens, hash_seed{33, 44});
+  // What a flooder who knew seed A would send: 40 keys on one home slot of a 1024-slot index.
+  std::vector<std::string> crafted;
+  for (int i = 0; crafted.size() < 40; ++i) {
+    std::string key = numbered("flood", i);
+    if ((a.hash_of(key) & 1023u) == 7u) crafted.push_back(key);
+  }
+  std::set<std::uint32_t> homes_b;
+  for (const auto& key : crafted) homes_b.insert(b.hash_of(key) & 1023u);
+  REQUIRE(homes_b.size() >= 35);  // 40 keys in 1024 slots: a handful of collisions at most
+  // And the table under seed B still holds and finds all of them.
+  std::vector<table_event> events;
+  owner_id o = b.connect();
+  for (const auto& key : crafted) {
+    acquire_args args;
+    args.key = key;
+    REQUIRE(b.acquire(o, args, tick{0}, events).status == acquire_status::granted);
+  }
+  REQUIRE(b.keys() == 40);
+  REQUIRE(b.check_invariants().empty());
+}
+
+// --- lease bounds ------------------------------------------------------------------------------
+
+TEST_CASE("an owner's leases and queued acquires together are bounded by max_leases_per_owner",
+          "[table]") {
+  table_limits limits;
+  limits.max_leases_per_owner = 3;
+  fixture f(limits);
+  owner_id a = f.table.connect(), b = f.table.connect();
+  f.acquire(b, "held-by-b", 0);
+  REQUIRE(f.acquire(a, "k1", 0).status == acquire_status::granted);
+  REQUIRE(f.acquire(a, "k2", 0).status == acquire_status::granted);
+  REQUIRE(f.acquire(a, "held-by-b", std::nullopt, 1).status == acquire_status::queued);
+  SECTION("a grant is refused") {
+    REQUIRE(f.acquire(a, "k3", 0).status == acquire_status::too_many_owner_leases);
+    REQUIRE(f.table.keys() == 3);  // nothing allocated for k3
+  }
+  SECTION("a queued acquire is refused") {
+    REQUIRE(f.acquire(a, "held-by-b", std::nullopt, 2).status ==
+            acquire_status::too_many_owner_leases);
+    REQUIRE(f.table.owner_waiters(a) == 1);
+  }
+  SECTION("another owner is not limited by it") {
+    REQUIRE(f.acquire(b, "k3", 0).status == acquire_status::granted);
+  }
+  SECTION("a grant to its waiter keeps the count and a release makes room") {
+    auto r = f.table.inspect("held-by-b", f.now).holders.at(0);
+    REQUIRE(f.release("held-by-b", r.token) == lease_status::ok);
+    REQUIRE(f.take().at(0).owner == a);
+    REQUIRE(f.table.owner_leases(a) == 3);
+    REQUIRE(f.acquire(a, "k3", 0).status == acquire_status::too_many_owner_leases);
+    auto mine = f.table.inspect("k1", f.now).holders.at(0);
+    REQUIRE(f.release("k1", mine.token) == lease_status::ok);
+    REQUIRE(f.acquire(a, "k3", 0).status == acquire_status::granted);
+  }
+}
+
+TEST_CASE("the leases of all owners are bounded by max_leases", "[table]") {
+  table_limits limits;
+  limits.max_leases = 3;
+  fixture f(limits);
+  owner_id a = f.table.connect(), b = f.table.connect();
+  std::vector<std::uint64_t> tokens;
+  for (int i = 0; i < 3; ++i) tokens.push_back(f.acquire(a, numbered("k", i), 0).token);
+  REQUIRE(f.acquire(b, "k9", 0).status == acquire_status::too_many_leases);
+  REQUIRE(f.acquire(b, "k9", std::nullopt).status == acquire_status::too_many_leases);
+  REQUIRE(f.table.keys() == 3);  // nothing allocated for k9
+  // A held key still queues: its waiter is granted only into the slot a release frees.
+  REQUIRE(f.acquire(b, "k0", std::nullopt, 5).status == acquire_status::queued);
+  REQUIRE(f.release("k0", tokens[0]) == lease_status::ok);
+  REQUIRE(f.take().at(0).owner == b);
+  REQUIRE(f.table.held() == 3);
+  REQUIRE(f.acquire(b, "k9", 0).status == acquire_status::too_many_leases);
+  REQUIRE(f.release("k1", tokens[1]) == lease_status::ok);
+  REQUIRE(f.acquire(b, "k9", 0).status == acquire_status::granted);
+}
+
+TEST_CASE("a lease past its deadline does not count against max_leases", "[table]") {
+  table_limits limits;
+  limits.max_leases = 2;
+  fixture f(limits);
+  owner_id a = f.table.connect(), b = f.table.connect();
+  auto old = f.acquire(a, "k1", 0, 0, 100);
+  f.acquire(a, "k2", 0, 0, 1000);
+  f.now += 150ms;  // k1's lease is over; its timer has not run
+  REQUIRE(f.acquire(b, "k3", 0).status == acquire_status::granted);
+  auto ev = f.take();
+  REQUIRE(ev.size() == 1);
+  REQUIRE(ev[0].kind == event_kind::expired);
+  REQUIRE(ev[0].token == old.token);
+}
+
+TEST_CASE("a slot freed during a lock delay stays with its key's waiter under max_leases",
+          "[table]") {
+  table_limits limits;
+  limits.max_leases = 2;
+  limits.lock_delay_ms = 100;
+  fixture f(limits);
+  owner_id a = f.table.connect(), b = f.table.connect(), c = f.table.connect();
+  f.acquire(a, "k", 0);
+  f.acquire(c, "other", 0);
+  f.acquire(b, "k", std::nullopt, 1);
+  f.table.disconnect(a, f.now, f.events);  // k is lost: its slot waits out the delay for b
+  f.check();
+  REQUIRE(f.take().empty());
+  REQUIRE(f.table.held() == 1);
+  // One lease held, but b's waiter sits at k's free slot: the bound is reached.
+  REQUIRE(f.acquire(c, "fresh", 0).status == acquire_status::too_many_leases);
+  f.advance(100ms);
+  auto ev = f.take();
+  REQUIRE(ev.size() == 1);
+  REQUIRE(ev[0].owner == b);
+  REQUIRE(f.table.held() == 2);
+}
+
+TEST_CASE("a waiter that would sit at a free slot of a delayed key needs room under max_leases",
+          "[table]") {
+  table_limits limits;
+  limits.max_leases = 1;
+  limits.lock_delay_ms = 100;
+  fixture f(limits);
+  owner_id a = f.table.connect(), b = f.table.connect(), c = f.table.connect();
+  f.acquire(a, "k", 0);
+  f.table.disconnect(a, f.now, f.events);  // k in its delay, no lease held
+  f.check();
+  REQUIRE(f.acquire(c, "other", 0).status == acquire_status::granted);
+  REQUIRE(f.acquire(b, "k", std::nullopt, 1).status == acquire_status::too_many_leases);
+  f.advance(100ms);
+  REQUIRE(f.table.held() == 1);
+}
+
+// --- tokens unavailable ------------------------------------------------------------------------
+
+TEST_CASE("while tokens are unavailable every acquire answers unavailable", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  f.acquire(a, "held", 0);
+  f.tokens.on = false;
+  REQUIRE(f.acquire(b, "free", 0).status == acquire_status::unavailable);
+  REQUIRE(f.acquire(b, "free", std::nullopt, 1).status == acquire_status::unavailable);
+  REQUIRE(f.acquire(b, "held", std::nullopt, 2).status == acquire_status::unavailable);
+  REQUIRE(f.acquire(b, "held", 0).status == acquire_status::unavailable);
+  REQUIRE(f.table.keys() == 1);
+  REQUIRE(f.table.waiting() == 0);
+  REQUIRE(f.table.counters().acquires == 5);
+  f.tokens.on = true;
+  REQUIRE(f.acquire(b, "free", 0).status == acquire_status::granted);
+}
+
+TEST_CASE("a release while tokens are unavailable grants nobody until resume_grants",
+          "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect(), c = f.table.connect();
+  auto r = f.acquire(a, "k", 0, 0, 1000, 2);
+  auto r2 = f.acquire(a, "k", 0, 0, 1000, 2);
+  f.acquire(b, "k", std::nullopt, 1, 1000, 2);
+  f.acquire(c, "k", std::nullopt, 2, 1000, 2);
+  f.acquire(b, "k", std::nullopt, 3, 1000, 2);
+  const std::uint64_t issued = f.tokens.n;
+  f.tokens.on = false;
+  REQUIRE(f.release("k", r.token) == lease_status::ok);
+  REQUIRE(f.release("k", r2.token) == lease_status::ok);
+  REQUIRE(f.events.empty());
+  REQUIRE(f.table.waiting() == 3);
+  SECTION("resume while still unavailable keeps the key stalled") {
+    f.table.resume_grants(f.now, f.events);
+    f.check();
+    REQUIRE(f.events.empty());
+    REQUIRE(f.table.waiting() == 3);
+  }
+  f.tokens.on = true;
+  // A newcomer does not jump the stalled queue.
+  REQUIRE(f.acquire(c, "k", 0, 0, 1000, 2).status == acquire_status::busy);
+  f.table.resume_grants(f.now, f.events);
+  f.check();
+  auto ev = f.take();
+  REQUIRE(ev.size() == 2);
+  REQUIRE(ev[0].kind == event_kind::granted);
+  REQUIRE(ev[0].owner == b);
+  REQUIRE(ev[0].request_id == std::optional<std::uint64_t>(1));
+  REQUIRE(ev[0].token == issued + 1);
+  REQUIRE(ev[1].owner == c);
+  REQUIRE(ev[1].token == issued + 2);
+  REQUIRE(f.table.waiting() == 1);
+  f.table.resume_grants(f.now, f.events);  // nothing stalled: a no-op
+  f.check();
+  REQUIRE(f.events.empty());
+}
+
+TEST_CASE("an expiry while tokens are unavailable stalls the key, and resume grants it",
+          "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  auto r = f.acquire(a, "k", 0, 0, 100);
+  f.acquire(b, "k", std::nullopt, 1);
+  f.tokens.on = false;
+  f.advance(100ms);
+  auto ev = f.take();
+  REQUIRE(ev.size() == 1);
+  REQUIRE(ev[0].kind == event_kind::expired);
+  REQUIRE(ev[0].token == r.token);
+  REQUIRE(f.table.keys() == 1);  // kept for its waiter
+  f.tokens.on = true;
+  f.table.resume_grants(f.now, f.events);
+  f.check();
+  ev = f.take();
+  REQUIRE(ev.size() == 1);
+  REQUIRE(ev[0].owner == b);
+}
+
+TEST_CASE("waiters of a stalled key still time out, cancel and leave with their owner",
+          "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect(), c = f.table.connect();
+  auto r = f.acquire(a, "k", 0);
+  f.acquire(b, "k", 50u, 1);
+  f.acquire(c, "k", std::nullopt, 2);
+  f.acquire(b, "k", std::nullopt, 3);
+  f.tokens.on = false;
+  REQUIRE(f.release("k", r.token) == lease_status::ok);
+  REQUIRE(f.events.empty());
+  f.advance(50ms);
+  auto ev = f.take();
+  REQUIRE(ev.size() == 1);
+  REQUIRE(ev[0].kind == event_kind::wait_timeout);
+  REQUIRE(ev[0].owner == b);
+  REQUIRE(f.table.cancel(c, 2, f.events));
+  f.check();
+  REQUIRE(f.take().at(0).kind == event_kind::cancelled);
+  f.table.disconnect(b, f.now, f.events);  // the last waiter: the stalled key leaves
+  f.check();
+  REQUIRE(f.take().empty());
+  REQUIRE(f.table.keys() == 0);
+  f.tokens.on = true;
+  f.table.resume_grants(f.now, f.events);
+  f.check();
+  REQUIRE(f.events.empty());
+}
+
+TEST_CASE("a lock delay that ends while tokens are unavailable keeps the key stalled",
+          "[table]") {
+  table_limits limits;
+  limits.lock_delay_ms = 100;
+  fixture f(limits);
+  owner_id a = f.table.connect(), b = f.table.connect();
+  f.acquire(a, "k", 0);
+  f.acquire(b, "k", std::nullopt, 1);
+  f.tokens.on = false;
+  f.table.disconnect(a, f.now, f.events);
+  f.check();
+  f.advance(100ms);  // the delay ends; no token to grant with
+  REQUIRE(f.events.empty());
+  REQUIRE(f.table.keys() == 1);
+  f.advance(1000ms);
+  REQUIRE(f.events.empty());
+  f.tokens.on = true;
+  f.table.resume_grants(f.now, f.events);
+  f.check();
+  auto ev = f.take();
+  REQUIRE(ev.size() == 1);
+  REQUIRE(ev[0].kind == event_kind::granted);
+  REQUIRE(ev[0].owner == b);
+}
+
+// --- bounded and lazy expiry -------------------------------------------------------------------
+
+TEST_CASE("expire_due processes at most max_deadlines per call and says when more are due",
+          "[table]") {
+  fixture f;
+  owner_id a = f.table.connect();
+  for (int i = 0; i < 10; ++i) f.acquire(a, numbered("k", i), 0, 0, 100 + static_cast<std::uint32_t>(i));
+  f.now += 200ms;
+  std::vector<std::size_t> per_call;
+  std::vector<bool> more;
+  for (int call = 0; call < 4; ++call) {
+    more.push_back(f.table.expire_due(f.now, f.events, 3));
+    f.check();
+    per_call.push_back(f.take().size());
+  }
+  REQUIRE(per_call == std::vector<std::size_t>{3, 3, 3, 1});
+  REQUIRE(more == std::vector<bool>{true, true, true, false});
+  REQUIRE(f.table.held() == 0);
+  REQUIRE_FALSE(f.table.expire_due(f.now, f.events, 3));
+}
+
+TEST_CASE("a try-lock is not refused because of a lease whose deadline passed", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  auto old = f.acquire(a, "k", 0, 0, 100);
+  f.now += 150ms;  // no expire_due
+  auto r = f.acquire(b, "k", 0);
+  REQUIRE(r.status == acquire_status::granted);
+  REQUIRE(r.token > old.token);
+  auto ev = f.take();
+  REQUIRE(ev.size() == 1);
+  REQUIRE(ev[0].kind == event_kind::expired);
+  REQUIRE(ev[0].owner == a);
+  REQUIRE(ev[0].token == old.token);
+  REQUIRE(f.table.counters().expirations == 1);
+}
+
+TEST_CASE("an acquire behind an expired lease lets the key's waiters go first", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect(), c = f.table.connect();
+  f.acquire(a, "k", 0, 0, 100);
+  f.acquire(b, "k", std::nullopt, 1);
+  f.now += 150ms;
+  REQUIRE(f.acquire(c, "k", 0).status == acquire_status::busy);
+  auto ev = f.take();
+  REQUIRE(ev.size() == 2);
+  REQUIRE(ev[0].kind == event_kind::expired);
+  REQUIRE(ev[1].kind == event_kind::granted);
+  REQUIRE(ev[1].owner == b);
+}
+
+TEST_CASE("an idle key left after lazy expiry forgets its limit", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect();
+  f.acquire(a, "k", 0, 0, 100, 2);
+  f.now += 150ms;
+  REQUIRE(f.acquire(a, "k", 0, 0, 100, 1).status == acquire_status::granted);
+}
+
+TEST_CASE("inspect, held(now) and top leave out leases whose deadline passed", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  f.acquire(a, "short", 0, 0, 100);
+  auto live = f.acquire(a, "sem", 0, 0, 1000, 2);
+  f.acquire(a, "sem", 0, 0, 100, 2);
+  f.acquire(b, "sem", std::nullopt, 1, 1000, 2);
+  f.acquire(b, "short", std::nullopt, 2);
+  f.now += 100ms;  // three leases are over; no timer ran
+  REQUIRE(f.table.held() == 3);
+  REQUIRE(f.table.held(f.now) == 1);
+  REQUIRE(f.table.held(f.now - 1ms) == 3);
+  auto info = f.table.inspect("short", f.now);
+  REQUIRE(info.holders.empty());
+  REQUIRE(info.waiters == 1);
+  info = f.table.inspect("sem", f.now);
+  REQUIRE(info.holders.size() == 1);
+  REQUIRE(info.holders[0].token == live.token);
+  auto top = f.table.top(10, f.now);
+  REQUIRE(top.oldest.size() == 1);
+  REQUIRE(top.oldest[0].token == live.token);
+  REQUIRE(top.queues.size() == 2);
+  REQUIRE(top.queues[0].key == "sem");  // ties of one waiter: key order
+  REQUIRE(top.queues[0].held == 1);
+  REQUIRE(top.queues[1].key == "short");
+  REQUIRE(top.queues[1].held == 0);
+}
+
+TEST_CASE("held(now) counts due leases correctly in a large deadline heap", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect();
+  std::mt19937_64 rng(7);
+  std::vector<std::uint32_t> ttls;
+  for (int i = 0; i < 500; ++i) {
+    auto ttl = static_cast<std::uint32_t>(1 + rng() % 1000);
+    ttls.push_back(ttl);
+    f.acquire(a, numbered("k", i), 0, 0, ttl);
+    if (i % 3 == 0) f.acquire(a, numbered("k", i), static_cast<std::uint32_t>(rng() % 1000), 0);
+  }
+  for (std::uint32_t t : {0u, 1u, 17u, 250u, 500u, 999u, 1000u}) {
+    auto expected = static_cast<std::size_t>(
+        std::count_if(ttls.begin(), ttls.end(), [&](std::uint32_t ttl) { return ttl > t; }));
+    REQUIRE(f.table.held(f.now + std::chrono::milliseconds(t)) == expected);
+  }
+}
+
+// --- top ---------------------------------------------------------------------------------------
+
+TEST_CASE("top matches a brute-force reference over random operations, ties included",
+          "[table]") {
+  table_limits limits;
+  limits.lock_delay_ms = 20;
+  fixture f(limits);
+  std::mt19937_64 rng(1234);
+  // Keys with bytes above 0x7f: key order is bytewise, as unsigned char.
+  std::vector<std::string> keys = {"a", "b", "B", "k\x01", "k\xff", "k\x7f", "zz", "z", "\xc3\xa9"};
+  std::vector<owner_id> owners;
+  for (int i = 0; i < 5; ++i) owners.push_back(f.table.connect());
+  std::map<std::uint64_t, tick> granted_at;
+  std::vector<std::pair<std::string, std::uint64_t>> held;
+  auto absorb = [&] {
+    for (const auto& ev : f.take()) {
+      if (ev.kind == event_kind::granted) granted_at[ev.token] = f.now;
+    }
+  };
+  for (int step = 0; step < 3000; ++step) {
+    std::uint64_t r = rng();
+    owner_id o = owners[r % owners.size()];
+    const std::string& key = keys[(r >> 8) % keys.size()];
+    const std::uint32_t limit = key.size() == 1 ? 1u : 2u;
+    switch ((r >> 16) % 6) {
+      case 0:
+      case 1: {
+        std::optional<std::uint32_t> wait;
+        if ((r >> 24) % 3 == 1) wait = static_cast<std::uint32_t>((r >> 32) % 60);
+        auto res = f.acquire(o, key, wait, step, 1 + (r >> 40) % 100, limit);
+        if (res.status == acquire_status::granted) {
+          granted_at[res.token] = f.now;
+          held.emplace_back(key, res.token);
+        }
+        break;
+      }
+      case 2:
+        if (!held.empty()) {
+          auto i = (r >> 24) % held.size();
+          f.release(held[i].first, held[i].second);
+          held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
+        }
+        break;
+      case 3:
+        f.now += std::chrono::milliseconds((r >> 24) % 15);  // timers late: due leases linger
+        break;
+      case 4:
+        if ((r >> 24) % 4 == 0) f.advance(0ms);
+        break;
+      default:
+        if ((r >> 24) % 30 == 0) {
+          f.table.cancel_waiters(o, f.events);
+          f.check();
+        }
+        break;
+    }
+    absorb();
+    // The reference: every key through inspect(), sorted by the documented orders.
+    std::vector<top_queue> queues;
+    std::vector<top_lease> oldest;
+    for (const auto& k : keys) {
+      auto info = f.table.inspect(k, f.now);
+      if (info.waiters > 0) {
+        queues.push_back({k, static_cast<std::uint32_t>(info.waiters),
+                          static_cast<std::uint32_t>(info.holders.size()), info.limit});
+      }
+      for (const auto& h : info.holders) {
+        oldest.push_back({k, h.token, f.now - granted_at.at(h.token), h.ttl_ms_left, h.owner});
+      }
+    }
+    std::sort(queues.begin(), queues.end(), [](const top_queue& a, const top_queue& b) {
+      return a.waiters != b.waiters ? a.waiters > b.waiters : a.key < b.key;
+    });
+    std::sort(oldest.begin(), oldest.end(), [](const top_lease& a, const top_lease& b) {
+      return a.held_for != b.held_for ? a.held_for > b.held_for : a.token < b.token;
+    });
+    REQUIRE(f.table.held(f.now) == oldest.size());
+    const std::size_t n = 1 + (r >> 56) % 6;
+    if (queues.size() > n) queues.resize(n);
+    if (oldest.size() > n) oldest.resize(n);
+    auto top = f.table.top(n, f.now);
+    REQUIRE(top.queues.size() == queues.size());
+    for (std::size_t i = 0; i < queues.size(); ++i) {
+      REQUIRE(top.queues[i].key == queues[i].key);
+      REQUIRE(top.queues[i].waiters == queues[i].waiters);
+      REQUIRE(top.queues[i].held == queues[i].held);
+      REQUIRE(top.queues[i].limit == queues[i].limit);
+    }
+    REQUIRE(top.oldest.size() == oldest.size());
+    for (std::size_t i = 0; i < oldest.size(); ++i) {
+      REQUIRE(top.oldest[i].key == oldest[i].key);
+      REQUIRE(top.oldest[i].token == oldest[i].token);
+      REQUIRE(top.oldest[i].held_for == oldest[i].held_for);
+      REQUIRE(top.oldest[i].ttl_ms_left == oldest[i].ttl_ms_left);
+      REQUIRE(top.oldest[i].owner == oldest[i].owner);
+    }
+  }
+}
+
+// --- half-close --------------------------------------------------------------------------------
+
+TEST_CASE("cancel_waiters answers every queued acquire of the owner in arrival order and keeps "
+          "its leases",
+          "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  auto r = f.acquire(a, "k1", 0);
+  f.acquire(a, "k2", 0);
+  f.acquire(b, "k2", std::nullopt, 7);
+  f.acquire(b, "k1", 50u, 8);
+  f.acquire(b, "k2", std::nullopt, 9);
+  f.acquire(a, "k2", std::nullopt, 1);  // another owner's waiter stays
+  f.acquire(b, "solo", 0);
+  f.table.cancel_waiters(b, f.events);
+  f.check();
+  auto ev = f.take();
+  REQUIRE(ev.size() == 3);
+  for (const auto& e : ev) {
+    REQUIRE(e.kind == event_kind::cancelled);
+    REQUIRE(e.owner == b);
+  }
+  REQUIRE(ev[0].request_id == std::optional<std::uint64_t>(7));
+  REQUIRE(ev[1].request_id == std::optional<std::uint64_t>(8));
+  REQUIRE(ev[2].request_id == std::optional<std::uint64_t>(9));
+  REQUIRE(f.table.counters().cancels == 3);
+  REQUIRE(f.table.owner_waiters(b) == 0);
+  REQUIRE(f.table.owner_leases(b) == 1);
+  REQUIRE(f.table.waiting() == 1);
+  REQUIRE(f.table.top(5, f.now).queues.size() == 1);
+  f.table.cancel_waiters(b, f.events);  // nothing left: no events
+  REQUIRE(f.events.empty());
+  REQUIRE(f.release("k1", r.token) == lease_status::ok);
+  REQUIRE(f.take().empty());  // b's cancelled waiter on k1 is not granted
 }
