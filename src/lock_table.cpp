@@ -223,8 +223,8 @@ void lock_table::heap_update(std::uint32_t pos, tick when) {
 
 // --- leases and waiters -------------------------------------------------------------------
 
-lock_table::lock_table(table_limits limits, token_source& tokens, hash_seed seed,
-                       table_histograms histograms)
+lock_table::lock_table(table_limits limits, token_source& tokens, table_histograms histograms,
+                       hash_seed seed)
     : limits_(limits),
       tokens_(tokens),
       seed_(seed),

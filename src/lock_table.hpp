@@ -176,10 +176,10 @@ struct top_result {
 
 class lock_table {
  public:
-  // `seed` keys the hash of the key index; `histograms` may name where wait and hold times go.
+  // `histograms` may name where wait and hold times go; `seed` keys the hash of the key index.
   // limits.max_leases is clamped below the table's slot range (2^30 - 1).
-  lock_table(table_limits limits, token_source& tokens, hash_seed seed = {},
-             table_histograms histograms = {});
+  lock_table(table_limits limits, token_source& tokens, table_histograms histograms = {},
+             hash_seed seed = {});
   lock_table(const lock_table&) = delete;
   lock_table& operator=(const lock_table&) = delete;
 

@@ -47,7 +47,7 @@ struct fixture {
   std::vector<table_event> events;
 
   explicit fixture(table_limits l = {})
-      : limits(l), table(l, tokens, hash_seed{}, table_histograms{&wait_hist, &hold_hist}) {}
+      : limits(l), table(l, tokens, table_histograms{&wait_hist, &hold_hist}) {}
 
   acquire_result acquire(owner_id o, std::string_view key, std::optional<std::uint32_t> wait_ms,
                          std::uint64_t id = 0, std::uint32_t ttl_ms = 1000,
@@ -614,9 +614,9 @@ TEST_CASE("siphash24 matches the reference vectors of SipHash-2-4", "[table]") {
 
 TEST_CASE("the key hash is deterministic for one seed and differs between seeds", "[table]") {
   counter_tokens tokens;
-  lock_table a(table_limits{}, tokens, hash_seed{1, 2});
-  lock_table a_again(table_limits{}, tokens, hash_seed{1, 2});
-  lock_table b(table_limits{}, tokens, hash_seed{3, 4});
+  lock_table a(table_limits{}, tokens, {}, hash_seed{1, 2});
+  lock_table a_again(table_limits{}, tokens, {}, hash_seed{1, 2});
+  lock_table b(table_limits{}, tokens, {}, hash_seed{3, 4});
   int differ = 0;
   for (int i = 0; i < 100; ++i) {
     std::string key = numbered("key", i);
@@ -630,8 +630,8 @@ TEST_CASE("the key hash is deterministic for one seed and differs between seeds"
 TEST_CASE("keys that collide on the low hash bits under one seed spread under another",
           "[table]") {
   counter_tokens tokens;
-  lock_table a(table_limits{}, tokens, hash_seed{11, 22});
-  lock_table b(table_limits{}, tokens, hash_seed{33, 44});
+  lock_table a(table_limits{}, tokens, {}, hash_seed{11, 22});
+  lock_table b(table_limits{}, tokens, {}, hash_seed{33, 44});
   // What a flooder who knew seed A would send: 40 keys on one home slot of a 1024-slot index.
   std::vector<std::string> crafted;
   for (int i = 0; crafted.size() < 40; ++i) {
