@@ -127,6 +127,7 @@ std::exception_ptr error_from_reply(const reply& rep) {
       return std::make_exception_ptr(ConnectionError(message, *code));
     case errc::cancelled:
     case errc::not_found:
+    case errc::unavailable:  // the daemon cannot grant for now: a generic failure, retry later
       break;
   }
   return std::make_exception_ptr(Error(message, *code));

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <string>
 
+#include "keylock/protocol.hpp"
+
 namespace keylock {
 
 // A histogram of durations with fixed buckets from 10 µs to 60 s (upper bounds, inclusive, as
@@ -53,7 +55,7 @@ struct metrics_snapshot {
   std::uint64_t disconnect_releases = 0;
   std::uint64_t connections_accepted = 0;
   std::uint64_t connections_refused = 0;
-  std::array<std::uint64_t, 11> errors{};  // by errc value; label is to_string(errc)
+  std::array<std::uint64_t, errc_count> errors{};  // by errc value; label is to_string(errc)
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   duration_histogram wait;  // acquire -> grant (immediate grants observe 0)

@@ -30,6 +30,8 @@ std::string_view to_string(errc code) noexcept {
       return "limit_exceeded";
     case errc::shutting_down:
       return "shutting_down";
+    case errc::unavailable:
+      return "unavailable";
   }
   // Only reachable through a cast of an out-of-range value. A name that is no code makes a
   // client treat the reply as a generic failure, which is the honest reading.
@@ -40,7 +42,7 @@ std::optional<errc> errc_from_string(std::string_view name) noexcept {
   static constexpr std::array all = {
       errc::bad_request, errc::unknown_op,     errc::frame_too_large, errc::unauthenticated,
       errc::timeout,     errc::not_held,       errc::cancelled,       errc::not_found,
-      errc::conflict,    errc::limit_exceeded, errc::shutting_down,
+      errc::conflict,    errc::limit_exceeded, errc::shutting_down,   errc::unavailable,
   };
   for (errc code : all) {
     if (to_string(code) == name) return code;

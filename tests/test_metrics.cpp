@@ -167,7 +167,7 @@ TEST_CASE("the exposition has every family with its type", "[metrics]") {
   }
   const auto* errors = e.find("keylock_errors_total");
   REQUIRE(errors != nullptr);
-  CHECK(errors->samples.size() == 11);
+  CHECK(errors->samples.size() == keylock::errc_count);
 }
 
 TEST_CASE("the exposition shows the snapshot's exact values", "[metrics]") {

@@ -6,6 +6,7 @@
 // proto/ops.json. Change both, compatibly, before changing anything here.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -33,7 +34,11 @@ enum class errc : std::uint8_t {
   conflict,         // acquire with a limit different from the live key's limit
   limit_exceeded,   // a server limit (connections, keys, waiters, pending) was hit
   shutting_down,    // the server is stopping; waiting acquires get this
+  unavailable,      // the server cannot grant now (fencing state not durable); retry later
 };
+
+// The number of error codes (the last enumerator's value + 1), for tables indexed by errc.
+inline constexpr std::size_t errc_count = static_cast<std::size_t>(errc::unavailable) + 1;
 
 // The wire spelling of `code` ("bad_request", ...).
 std::string_view to_string(errc code) noexcept;
