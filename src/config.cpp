@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <variant>
@@ -58,6 +59,21 @@ const std::vector<setting>& settings() {
        "Most queued acquires of one connection", 1, u32_max},
       {"max_output_bytes", &config::max_output_bytes,
        "Unsent reply bytes after which a connection that does not read is closed", 4096, u32_max},
+      {"write_timeout_ms", &config::write_timeout_ms,
+       "Close a connection whose unsent replies make no progress for this long", 100, 3'600'000},
+      {"auth_timeout_ms", &config::auth_timeout_ms,
+       "With auth: close a connection that has not completed hello within this long", 100,
+       600'000},
+      {"max_unauthenticated_connections", &config::max_unauthenticated_connections,
+       "With auth: most connections not yet through hello (the oldest is closed for a new one; "
+       "at most half of max_connections)",
+       1, 1'000'000},
+      {"max_leases_per_connection", &config::max_leases_per_connection,
+       "Most leases plus waiting acquires of one connection", 1, u32_max},
+      {"max_leases", &config::max_leases, "Most leases held at once, over all connections", 1,
+       (1u << 30) - 2},
+      {"fencing_block", &config::fencing_block,
+       "Fencing tokens reserved per durable write of the state (with state_dir)", 16, 1u << 30},
       {"idle_timeout_ms", &config::idle_timeout_ms,
        "Close connections with no lease, no waiter and no request for this long (0 = never)", 0,
        u32_max},
@@ -80,16 +96,24 @@ std::string flag_of(const char* name) {
   return f;
 }
 
+}  // namespace
+
 std::optional<std::string> read_auth_file(const std::string& path, std::string& secret) {
   std::ifstream in(path);
   if (!in) return "cannot read auth file " + path;
-  std::getline(in, secret);
-  while (!secret.empty() && (secret.back() == '\r' || secret.back() == ' ')) secret.pop_back();
-  if (secret.empty()) return "auth file " + path + " has an empty first line";
+  std::string line;
+  std::getline(in, line);
+  while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+  if (line.empty()) return "auth file " + path + " has an empty first line";
+  secret = std::move(line);
   return std::nullopt;
 }
 
-}  // namespace
+void clamp_limits(config& c) {
+  c.max_unauthenticated_connections =
+      std::max<std::uint32_t>(1, std::min(c.max_unauthenticated_connections,
+                                          c.max_connections / 2));
+}
 
 bool split_host_port(const std::string& s, std::string& host, std::uint16_t& port) {
   std::size_t colon = s.rfind(':');
@@ -236,6 +260,7 @@ parse_outcome parse_command_line(int argc, const char* const* argv) {
     if (auto err = read_auth_file(c.auth_file, c.auth)) return fail(*err);
   }
   if (auto err = validate(c)) return fail(*err);
+  clamp_limits(c);
   out.settings = std::move(c);
   return out;
 }

@@ -39,6 +39,14 @@ struct config {
   std::uint32_t max_waiters_per_key = 10000;   // queued acquires on one key
   std::uint32_t max_pending_per_connection = 4096;  // queued acquires of one connection
   std::uint32_t max_output_bytes = 1u << 20;   // unsent reply bytes before a slow reader is cut
+  std::uint32_t write_timeout_ms = 10'000;     // unsent replies making no progress this long: close
+  std::uint32_t auth_timeout_ms = 5'000;       // with auth: time to complete hello, else close
+  // With auth: connections that have not completed hello, at most; the oldest is closed to make
+  // room for a new one. Clamped at start-up to half of max_connections (at least 1).
+  std::uint32_t max_unauthenticated_connections = 256;
+  std::uint32_t max_leases_per_connection = 65536;  // leases + waiting acquires of one connection
+  std::uint32_t max_leases = 1u << 24;         // leases held at once, over all connections
+  std::uint32_t fencing_block = 1u << 20;      // tokens per durable reservation (with state_dir)
   std::uint32_t idle_timeout_ms = 300'000;     // close connections idle this long (0 = never)
   std::uint32_t tcp_keepalive_s = 60;          // TCP keepalive idle time (0 = off)
   std::uint32_t lock_delay_ms = 0;             // see PROTOCOL.md "Lock delay"
@@ -62,6 +70,15 @@ parse_outcome parse_command_line(int argc, const char* const* argv);
 
 // Checks ranges and cross-field rules; returns the first problem, or nullopt.
 std::optional<std::string> validate(const config& c);
+
+// Applies the limits that depend on other limits (max_unauthenticated_connections is at most
+// half of max_connections, and at least 1). Called once at start-up, after validate().
+void clamp_limits(config& c);
+
+// Reads the shared secret from the first line of `path` (trailing spaces and CR dropped) into
+// `secret`. Returns an error message when the file is unreadable or its first line is empty;
+// `secret` is then unchanged.
+std::optional<std::string> read_auth_file(const std::string& path, std::string& secret);
 
 // Loads `path` (a JSON object of setting names) over `c`. Returns an error message or nullopt.
 std::optional<std::string> load_config_file(const std::string& path, config& c);

@@ -47,6 +47,12 @@ TEST_CASE("the shipped config file holds exactly the built-in defaults", "[confi
   REQUIRE(from_file.max_ttl_ms == defaults.max_ttl_ms);
   REQUIRE(from_file.metrics_listen == defaults.metrics_listen);
   REQUIRE(from_file.log_format == defaults.log_format);
+  REQUIRE(from_file.write_timeout_ms == defaults.write_timeout_ms);
+  REQUIRE(from_file.auth_timeout_ms == defaults.auth_timeout_ms);
+  REQUIRE(from_file.max_unauthenticated_connections == defaults.max_unauthenticated_connections);
+  REQUIRE(from_file.max_leases_per_connection == defaults.max_leases_per_connection);
+  REQUIRE(from_file.max_leases == defaults.max_leases);
+  REQUIRE(from_file.fencing_block == defaults.fencing_block);
 }
 
 TEST_CASE("flags override the config file, which overrides the defaults", "[config]") {
@@ -137,4 +143,36 @@ TEST_CASE("help lists every setting's flag", "[config]") {
     INFO(flag);
     REQUIRE(out.output.find(flag) != std::string::npos);
   }
+}
+
+TEST_CASE("unauthenticated connections are clamped to half of max_connections at start-up",
+          "[config]") {
+  auto small = parse({"--max-connections", "20"});
+  REQUIRE(small.what == parse_outcome::action::run);
+  REQUIRE(small.settings.max_unauthenticated_connections == 10);
+  auto one = parse({"--max-connections", "1"});
+  REQUIRE(one.settings.max_unauthenticated_connections == 1);
+  auto kept = parse({"--max-unauthenticated-connections", "7"});
+  REQUIRE(kept.settings.max_unauthenticated_connections == 7);
+}
+
+TEST_CASE("the new deadlines and lease bounds are range-checked", "[config]") {
+  for (const char* flag : {"--write-timeout-ms", "--auth-timeout-ms"}) {
+    auto out = parse({flag, "5"});
+    INFO(flag);
+    REQUIRE(out.what == parse_outcome::action::exit);
+    REQUIRE(out.exit_code == 2);
+  }
+  REQUIRE(parse({"--max-leases", "0"}).exit_code == 2);
+  REQUIRE(parse({"--max-leases-per-connection", "0"}).exit_code == 2);
+  REQUIRE(parse({"--fencing-block", "8"}).exit_code == 2);
+}
+
+TEST_CASE("read_auth_file keeps the secret when the file's first line is empty", "[config]") {
+  std::string path = temp_file("\nsecond line\n");
+  std::string secret = "before";
+  auto err = read_auth_file(path, secret);
+  std::remove(path.c_str());
+  REQUIRE(err.has_value());
+  REQUIRE(secret == "before");
 }
