@@ -19,10 +19,16 @@ std::string errno_text() { return std::strerror(errno); }
 
 }  // namespace
 
-fencing_tokens::fencing_tokens(std::string state_dir, std::uint64_t now_us,
-                               std::function<void(const std::string&)> on_error)
-    : state_dir_(std::move(state_dir)), next_(now_us == 0 ? 1 : now_us),
-      on_error_(std::move(on_error)) {}
+fencing_tokens::fencing_tokens(std::string state_dir, std::uint64_t now_us, std::uint64_t block,
+                               mark_writer writer)
+    : state_dir_(std::move(state_dir)),
+      next_(now_us == 0 ? 1 : now_us),
+      block_(block < 2 ? 2 : block),
+      writer_(std::move(writer)) {
+  if (!writer_) {
+    writer_ = [dir = state_dir_](std::uint64_t mark) { return write_fencing_mark(dir, mark); };
+  }
+}
 
 std::optional<std::string> fencing_tokens::open() {
   if (state_dir_.empty()) return std::nullopt;
@@ -46,23 +52,32 @@ std::optional<std::string> fencing_tokens::open() {
   } else if (errno != ENOENT) {
     return "cannot read " + path + ": " + errno_text();
   }
-  if (auto err = store_mark(next_ + block)) return err;
+  std::uint64_t first = next_ + block_;
+  if (auto err = writer_(first)) return err;
+  mark_ = first;
   return std::nullopt;
 }
 
-std::uint64_t fencing_tokens::next() {
-  if (!state_dir_.empty() && next_ >= mark_) {
-    // Reserve before handing out: a crash after this point restarts above the new mark.
-    if (auto err = store_mark(next_ + block)) {
-      mark_ = next_ + block;  // report once per block, not on every grant
-      if (on_error_) on_error_(*err);
-    }
-  }
-  return next_++;
+std::optional<std::uint64_t> fencing_tokens::reservation_due() const {
+  if (state_dir_.empty() || in_flight_) return std::nullopt;
+  // Reserve when half the block is used, so the write (milliseconds on a disk) finishes long
+  // before the block runs out. Marks only grow by whole blocks from the stored one.
+  if (next_ + block_ / 2 < mark_) return std::nullopt;
+  return mark_ + block_;
 }
 
-std::optional<std::string> fencing_tokens::store_mark(std::uint64_t mark) {
-  std::string path = state_dir_ + "/fencing";
+void fencing_tokens::reservation_done(std::uint64_t mark, const std::optional<std::string>& error) {
+  in_flight_ = false;
+  if (error) {
+    error_ = *error;
+    return;
+  }
+  error_.clear();
+  if (mark > mark_) mark_ = mark;
+}
+
+std::optional<std::string> write_fencing_mark(const std::string& dir, std::uint64_t mark) {
+  std::string path = dir + "/fencing";
   std::string tmp = path + ".tmp";
   std::string text = std::to_string(mark) + "\n";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -70,15 +85,20 @@ std::optional<std::string> fencing_tokens::store_mark(std::uint64_t mark) {
   bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
             ::fsync(fd) == 0;
   std::string err = ok ? std::string() : errno_text();
-  ::close(fd);
+  if (::close(fd) != 0 && ok) {
+    ok = false;
+    err = errno_text();
+  }
   if (!ok) return "cannot write " + tmp + ": " + err;
   if (::rename(tmp.c_str(), path.c_str()) != 0) return "cannot rename " + tmp + ": " + errno_text();
-  int dir = ::open(state_dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
-  }
-  mark_ = mark;
+  // Without the directory's fsync the rename may not survive a crash, and the old, lower mark
+  // would come back: the reservation is not durable until this succeeds.
+  int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d < 0) return "cannot open " + dir + " to fsync it: " + errno_text();
+  bool synced = ::fsync(d) == 0;
+  std::string derr = synced ? std::string() : errno_text();
+  ::close(d);
+  if (!synced) return "cannot fsync " + dir + ": " + derr;
   return std::nullopt;
 }
 
