@@ -14,18 +14,6 @@ namespace {
 constexpr std::uint16_t key_field = static_cast<std::uint16_t>(field::key);
 constexpr std::size_t max_client_name_bytes = 256;
 
-constexpr op_spec op_specs[] = {
-    {"hello", op::hello, 0, field::auth | field::client},
-    {"ping", op::ping, 0, 0},
-    {"acquire", op::acquire, key_field, field::ttl_ms | field::wait_ms | field::limit},
-    {"release", op::release, field::key | field::token, static_cast<std::uint16_t>(field::noreply)},
-    {"extend", op::extend, field::key | field::token, static_cast<std::uint16_t>(field::ttl_ms)},
-    {"cancel", op::cancel, static_cast<std::uint16_t>(field::target), 0},
-    {"inspect", op::inspect, key_field, 0},
-    {"stats", op::stats, 0, 0},
-    {"top", op::top, 0, static_cast<std::uint16_t>(field::n)},
-};
-
 constexpr std::uint64_t default_top_n = 10;
 constexpr std::uint64_t max_top_n = 100;
 
@@ -73,12 +61,34 @@ std::string range_message(std::string_view name, std::uint64_t lo, std::uint64_t
 
 }  // namespace
 
-std::span<const op_spec> op_table() { return op_specs; }
+std::span<const op_spec> op_table() {
+  constexpr auto before_auth = static_cast<std::uint8_t>(op_flag::before_auth);
+  constexpr auto admin = static_cast<std::uint8_t>(op_flag::admin);
+  static constexpr op_spec specs[] = {
+      {"hello", op::hello, 0, field::auth | field::client, before_auth, &dispatcher::do_hello},
+      {"ping", op::ping, 0, 0, 0, &dispatcher::do_ping},
+      {"acquire", op::acquire, key_field, field::ttl_ms | field::wait_ms | field::limit, 0,
+       &dispatcher::do_acquire},
+      {"release", op::release, field::key | field::token,
+       static_cast<std::uint16_t>(field::noreply), 0, &dispatcher::do_release},
+      {"extend", op::extend, field::key | field::token, static_cast<std::uint16_t>(field::ttl_ms),
+       0, &dispatcher::do_extend},
+      {"cancel", op::cancel, static_cast<std::uint16_t>(field::target), 0, 0,
+       &dispatcher::do_cancel},
+      {"inspect", op::inspect, key_field, 0, 0, &dispatcher::do_inspect},
+      {"stats", op::stats, 0, 0, admin, &dispatcher::do_stats},
+      {"top", op::top, 0, static_cast<std::uint16_t>(field::n), admin, &dispatcher::do_top},
+  };
+  return specs;
+}
 
 dispatcher::dispatcher(const config& settings, lock_table& table, delivery& out, tick started)
     : settings_(settings), table_(table), delivery_(out), started_(started) {
   if (!settings_.auth.empty()) auth_digest_ = sha256(settings_.auth);
+  for (const op_spec& spec : op_table()) specs_[static_cast<std::size_t>(spec.kind)] = &spec;
 }
+
+void dispatcher::set_auth_secret(std::string_view secret) { auth_digest_ = sha256(secret); }
 
 void dispatcher::reply_error(connection_info& conn, const request* req, errc code,
                              std::string_view message, std::string& out) {
@@ -134,7 +144,8 @@ void dispatcher::handle_oversized_frame(connection_info& conn, std::string& out)
 
 bool dispatcher::authorize_or_reply(connection_info& conn, const request& req, std::string& out) {
   if (settings_.auth.empty() || conn.authenticated) return true;
-  if (req.kind == op::hello && req.has(field::auth)) {
+  const op_spec* spec = req.kind == op::unknown ? nullptr : specs_[static_cast<std::size_t>(req.kind)];
+  if (spec != nullptr && spec->has(op_flag::before_auth) && req.has(field::auth)) {
     // Compare digests: constant time, and independent of the secrets' lengths.
     auto given = sha256(req.auth);
     if (CRYPTO_memcmp(given.data(), auth_digest_.data(), given.size()) == 0) {
@@ -151,7 +162,7 @@ bool dispatcher::authorize_or_reply(connection_info& conn, const request& req, s
 }
 
 bool dispatcher::validate_or_reply(connection_info& conn, const request& req, std::string& out) {
-  const op_spec& spec = op_specs[static_cast<std::size_t>(req.kind)];
+  const op_spec& spec = *specs_[static_cast<std::size_t>(req.kind)];
   std::uint16_t missing = spec.required & static_cast<std::uint16_t>(~req.fields);
   if (missing != 0) {
     for (std::size_t bit = 0; bit < std::size(field_names); ++bit) {
@@ -197,46 +208,22 @@ void dispatcher::handle(connection_info& conn, const request& req, tick now, std
     return;
   }
   if (!validate_or_reply(conn, req, out)) return;
-  switch (req.kind) {
-    case op::hello:
-      do_hello(conn, req, out);
-      break;
-    case op::ping:
-      append_reply(out, fresh(reply_, &req));
-      break;
-    case op::acquire:
-      do_acquire(conn, req, now, out);
-      break;
-    case op::release:
-      do_release(conn, req, now, out);
-      break;
-    case op::extend:
-      do_extend(conn, req, now, out);
-      break;
-    case op::cancel:
-      do_cancel(conn, req, out);
-      break;
-    case op::inspect:
-      do_inspect(conn, req, now, out);
-      break;
-    case op::stats:
-      do_stats(conn, req, now, out);
-      break;
-    case op::top:
-      do_top(conn, req, now, out);
-      break;
-    case op::unknown:
-      break;
-  }
+  (this->*specs_[static_cast<std::size_t>(req.kind)]->run)(conn, req, now, out);
 }
 
-void dispatcher::do_hello(connection_info& conn, const request& req, std::string& out) {
+void dispatcher::do_hello(connection_info& conn, const request& req, tick /*now*/,
+                          std::string& out) {
   if (req.has(field::client)) conn.client = req.client;
   reply& r = fresh(reply_, &req);
   r.server = "keylockd";
   r.version = KEYLOCK_VERSION;
   r.protocol = protocol_version;
   append_reply(out, r);
+}
+
+void dispatcher::do_ping(connection_info& /*conn*/, const request& req, tick /*now*/,
+                         std::string& out) {
+  append_reply(out, fresh(reply_, &req));
 }
 
 void dispatcher::do_acquire(connection_info& conn, const request& req, tick now,
@@ -275,6 +262,17 @@ void dispatcher::do_acquire(connection_info& conn, const request& req, tick now,
                          "too many waiting acquires on this connection "
                          "(max_pending_per_connection)",
                          out);
+    case acquire_status::too_many_owner_leases:
+      return reply_error(conn, &req, errc::limit_exceeded,
+                         "too many leases and waiting acquires on this connection "
+                         "(max_leases_per_connection)",
+                         out);
+    case acquire_status::too_many_leases:
+      return reply_error(conn, &req, errc::limit_exceeded, "too many leases held (max_leases)",
+                         out);
+    case acquire_status::unavailable:
+      return reply_error(conn, &req, errc::unavailable,
+                         "cannot grant now: the fencing state cannot be made durable", out);
   }
 }
 
@@ -308,7 +306,8 @@ void dispatcher::do_extend(connection_info& conn, const request& req, tick now,
   }
 }
 
-void dispatcher::do_cancel(connection_info& conn, const request& req, std::string& out) {
+void dispatcher::do_cancel(connection_info& conn, const request& req, tick /*now*/,
+                           std::string& out) {
   events_.clear();
   bool found = table_.cancel(conn.owner, req.target, events_);
   deliver_events(&conn, &out);
@@ -345,7 +344,7 @@ stats_info dispatcher::current_stats(tick now) const {
   stats_info s;
   s.connections = delivery_.connections();
   s.keys = table_.keys();
-  s.held = table_.held();
+  s.held = table_.held(now);
   s.waiting = table_.waiting();
   s.acquires = c.acquires;
   s.grants = c.grants;
@@ -432,9 +431,22 @@ void dispatcher::deliver_events(const connection_info* current, std::string* cur
   events_.clear();
 }
 
-void dispatcher::expire_due(tick now) {
+bool dispatcher::expire_due(tick now, std::size_t max_deadlines) {
   events_.clear();
-  table_.expire_due(now, events_);
+  bool more = table_.expire_due(now, events_, max_deadlines);
+  deliver_events(nullptr, nullptr);
+  return more;
+}
+
+void dispatcher::half_close(const connection_info& conn, std::string& out) {
+  events_.clear();
+  table_.cancel_waiters(conn.owner, events_);
+  deliver_events(&conn, &out);
+}
+
+void dispatcher::resume_grants(tick now) {
+  events_.clear();
+  table_.resume_grants(now, events_);
   deliver_events(nullptr, nullptr);
 }
 

@@ -46,20 +46,35 @@ class delivery {
   virtual std::uint64_t connections() const = 0;
 };
 
-// One row of the command table: the op, and the fields it requires and may carry (besides
-// `op` and `id`). proto/ops.json says the same; a test holds the two together.
+class dispatcher;
+
+// What an op needs beyond its fields, as bits of op_spec::flags.
+enum class op_flag : std::uint8_t {
+  before_auth = 1u << 0,  // may run before the connection has authenticated (hello)
+  admin = 1u << 1,        // reads the whole server's state (stats, top): admin-only under ACLs
+};
+
+// One row of the command table (after Redis's command table): the op, the fields it requires
+// and may carry (besides `op` and `id`), its flags and its handler. proto/ops.json says the
+// same of names and fields; a test holds the two together. Rows are found by op, never by
+// their position in the table.
 struct op_spec {
+  using handler = void (dispatcher::*)(connection_info&, const request&, tick, std::string&);
   std::string_view name;
   op kind;
   std::uint16_t required;
   std::uint16_t optional;
+  std::uint8_t flags;
+  handler run;
+
+  bool has(op_flag f) const { return (flags & static_cast<std::uint8_t>(f)) != 0; }
 };
 
 std::span<const op_spec> op_table();
 
 // Counters the dispatcher keeps beyond the table's own (for stats and metrics).
 struct dispatch_counters {
-  std::array<std::uint64_t, 11> errors{};  // by errc, indexed by its value
+  std::array<std::uint64_t, errc_count> errors{};  // by errc, indexed by its value
 };
 
 class dispatcher {
@@ -76,11 +91,24 @@ class dispatcher {
   // Answers a frame longer than max_frame_bytes and marks the connection for closing.
   void handle_oversized_frame(connection_info& conn, std::string& out);
 
-  // Processes due deadlines (expiries, wait timeouts, lock-delay ends) and delivers results.
-  void expire_due(tick now);
+  // Processes at most `max_deadlines` due deadlines (expiries, wait timeouts, lock-delay ends)
+  // and delivers the results. True when due deadlines remain (the server flushes output, then
+  // calls again on the next turn of its loop).
+  bool expire_due(tick now, std::size_t max_deadlines);
+
+  // The connection half-closed: every acquire of it still waiting is answered `cancelled` into
+  // `out` (PROTOCOL.md "Half-close"). Its leases stay until disconnect().
+  void half_close(const connection_info& conn, std::string& out);
 
   // The connection is gone: drop its waiters, release its leases, deliver the grants.
   void disconnect(const connection_info& conn, tick now);
+
+  // Fencing tokens are available again: grant the waiters that queued behind free slots.
+  void resume_grants(tick now);
+
+  // Replaces the shared secret (SIGHUP re-read auth_file). Connections already authenticated
+  // keep their session; later hellos are checked against the new secret.
+  void set_auth_secret(std::string_view secret);
 
   // Shutdown: every waiting acquire is answered shutting_down.
   void abort_waiters();
@@ -93,17 +121,21 @@ class dispatcher {
   std::function<void(connection_info&, errc, std::string_view)> on_client_error;
 
  private:
+  friend std::span<const op_spec> op_table();
+
   void reply_error(connection_info& conn, const request* req, errc code,
                    std::string_view message, std::string& out);
   void deliver_events(const connection_info* current, std::string* current_out);
   bool authorize_or_reply(connection_info& conn, const request& req, std::string& out);
   bool validate_or_reply(connection_info& conn, const request& req, std::string& out);
 
-  void do_hello(connection_info& conn, const request& req, std::string& out);
+  // Handlers: one per op, all of op_spec::handler's shape.
+  void do_hello(connection_info& conn, const request& req, tick now, std::string& out);
+  void do_ping(connection_info& conn, const request& req, tick now, std::string& out);
   void do_acquire(connection_info& conn, const request& req, tick now, std::string& out);
   void do_release(connection_info& conn, const request& req, tick now, std::string& out);
   void do_extend(connection_info& conn, const request& req, tick now, std::string& out);
-  void do_cancel(connection_info& conn, const request& req, std::string& out);
+  void do_cancel(connection_info& conn, const request& req, tick now, std::string& out);
   void do_inspect(connection_info& conn, const request& req, tick now, std::string& out);
   void do_stats(connection_info& conn, const request& req, tick now, std::string& out);
   void do_top(connection_info& conn, const request& req, tick now, std::string& out);
@@ -113,6 +145,7 @@ class dispatcher {
   lock_table& table_;
   delivery& delivery_;
   tick started_;
+  std::array<const op_spec*, static_cast<std::size_t>(op::unknown)> specs_{};  // by op
   std::array<unsigned char, 32> auth_digest_{};  // SHA-256 of the secret, when auth is set
   std::vector<table_event> events_;              // scratch, reused
   reply reply_;                                  // scratch, reused

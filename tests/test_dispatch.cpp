@@ -16,6 +16,8 @@ namespace {
 
 struct counter_tokens final : token_source {
   std::uint64_t n = 0;
+  bool available = true;  // false: as when the fencing state cannot be made durable
+  bool ready() const override { return available; }
   std::uint64_t next() override { return ++n; }
 };
 
@@ -102,10 +104,10 @@ TEST_CASE("the dispatcher's command table agrees with proto/ops.json", "[dispatc
   REQUIRE(documented.size() == op_table().size());
   std::set<std::string> codes;
   for (const auto& c : doc["errors"]) codes.insert(c.get<std::string>());
-  for (int i = 0; i <= static_cast<int>(errc::shutting_down); ++i) {
+  for (int i = 0; i < static_cast<int>(errc_count); ++i) {
     REQUIRE(codes.count(std::string(to_string(static_cast<errc>(i)))) == 1);
   }
-  REQUIRE(codes.size() == static_cast<std::size_t>(errc::shutting_down) + 1);
+  REQUIRE(codes.size() == errc_count);
 }
 
 TEST_CASE("a missing required field is named in the bad_request message", "[dispatch]") {
@@ -244,4 +246,57 @@ TEST_CASE("top answers stats plus queues and oldest leases with their clients", 
   REQUIRE(rep.oldest->at(0).client == "holder-a");
   REQUIRE(rep.oldest->at(0).token == 1);
   REQUIRE(f.send(b, R"({"op":"top","id":4,"n":101})").find("bad_request") != std::string::npos);
+}
+
+TEST_CASE("the command table is found by op, whatever the order of its rows", "[dispatch]") {
+  std::set<op> seen;
+  for (const op_spec& spec : op_table()) {
+    INFO(spec.name);
+    REQUIRE(spec.run != nullptr);
+    REQUIRE(seen.insert(spec.kind).second);  // one row per op
+    REQUIRE(spec.name == to_string(spec.kind));
+  }
+  REQUIRE(seen.size() == static_cast<std::size_t>(op::unknown));
+  // Flags: only hello runs before auth; stats and top read the whole server.
+  for (const op_spec& spec : op_table()) {
+    INFO(spec.name);
+    REQUIRE(spec.has(op_flag::before_auth) == (spec.kind == op::hello));
+    REQUIRE(spec.has(op_flag::admin) == (spec.kind == op::stats || spec.kind == op::top));
+  }
+}
+
+TEST_CASE("while tokens are unavailable acquire answers unavailable and waiters resume in order",
+          "[dispatch]") {
+  fixture f;
+  connection_info& a = f.connect("a");
+  connection_info& b = f.connect("b");
+  REQUIRE(f.send(a, R"({"op":"acquire","id":1,"key":"k"})").find(R"("token":1)") !=
+          std::string::npos);
+  REQUIRE(f.send(b, R"({"op":"acquire","id":2,"key":"k"})").empty());  // queued
+  f.tokens.available = false;
+  std::string refused = f.send(a, R"({"op":"acquire","id":3,"key":"other","wait_ms":0})");
+  REQUIRE(refused.find(R"("error":"unavailable")") != std::string::npos);
+  REQUIRE(refused.find(R"("id":3)") != std::string::npos);
+  // The release frees the key, but no token may be issued: b stays queued.
+  REQUIRE(f.send(a, R"({"op":"release","id":4,"key":"k","token":1})").find(R"("ok":true)") !=
+          std::string::npos);
+  REQUIRE(f.out.outputs[b.owner].empty());
+  f.tokens.available = true;
+  f.dispatch.resume_grants(f.now);
+  REQUIRE(f.out.outputs[b.owner] == "{\"id\":2,\"ok\":true,\"token\":2,\"ttl_ms\":30000}\n");
+}
+
+TEST_CASE("a half-close answers the connection's waiting acquires cancelled", "[dispatch]") {
+  fixture f;
+  connection_info& a = f.connect("a");
+  connection_info& b = f.connect("b");
+  f.send(a, R"({"op":"acquire","id":1,"key":"k"})");
+  REQUIRE(f.send(b, R"({"op":"acquire","id":2,"key":"k"})").empty());
+  REQUIRE(f.send(b, R"({"op":"acquire","id":3,"key":"k2"})").find(R"("ok":true)") !=
+          std::string::npos);
+  std::string out;
+  f.dispatch.half_close(b, out);
+  REQUIRE(out.find(R"("id":2,"ok":false,"error":"cancelled")") != std::string::npos);
+  // Its lease stays until the connection is gone.
+  REQUIRE(f.table.owner_leases(b.owner) == 1);
 }
