@@ -1,5 +1,6 @@
-// The one header through which the daemon includes Asio. Few TUs include it (session.cpp,
-// server.cpp): Asio costs ~30 s of compile time per TU on the build machines.
+// The one header through which the daemon includes Asio. Three TUs include it (server.cpp,
+// session.cpp through session.hpp, metrics_http.cpp): Asio costs ~30 s of compile time per TU
+// on the build machines, so keep it out of every other header.
 #pragma once
 
 // Boost 1.74's asio/awaitable.hpp uses std::exchange without including <utility> (GCC 12).

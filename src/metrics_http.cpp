@@ -62,6 +62,17 @@ std::string endpoint_text(const tcp::endpoint& ep) {
   return addr + ":" + std::to_string(ep.port());
 }
 
+// "ok\n", or "ok: REASON\n" when the daemon has something to say.
+std::string probe_body(std::string_view verdict, const std::string& reason) {
+  std::string body(verdict);
+  if (!reason.empty()) {
+    body += ": ";
+    body += reason;
+  }
+  body += '\n';
+  return body;
+}
+
 bool is_parse_error(const beast::error_code& ec) {
   return ec.category() == http::make_error_code(http::error::need_more).category();
 }
@@ -194,15 +205,16 @@ class http_session : public std::enable_shared_from_this<http_session> {
       }
       if (path == "/healthz") {
         // Answered by the event loop itself: a stuck loop answers nothing, and the probe
-        // times out. Unset hooks count as true.
-        bool healthy = !h.healthy || h.healthy();
-        return respond(healthy ? http::status::ok : http::status::service_unavailable,
-                       healthy ? "ok\n" : "unhealthy\n", text_content_type, close);
+        // times out. Unset hooks count as ok.
+        metrics_http::probe p = h.healthy ? h.healthy() : metrics_http::probe{};
+        return respond(p.ok ? http::status::ok : http::status::service_unavailable,
+                       probe_body(p.ok ? "ok" : "unhealthy", p.reason), text_content_type, close);
       }
       if (path == "/readyz") {
-        bool ready = !h.ready || h.ready();
-        return respond(ready ? http::status::ok : http::status::service_unavailable,
-                       ready ? "ready\n" : "shutting down\n", text_content_type, close);
+        metrics_http::probe p = h.ready ? h.ready() : metrics_http::probe{};
+        return respond(p.ok ? http::status::ok : http::status::service_unavailable,
+                       probe_body(p.ok ? "ready" : "not ready", p.reason), text_content_type,
+                       close);
       }
     } catch (const std::exception&) {
       return respond(http::status::internal_server_error, "internal error\n", text_content_type,

@@ -1,8 +1,9 @@
 // The metrics and health HTTP listener (Boost.Beast), on the daemon's io_context.
 //
 //   GET /metrics  Prometheus text exposition 0.0.4 (hooks::render_metrics)
-//   GET /healthz  200 "ok" while the event loop serves (hooks::healthy), else 503
-//   GET /readyz   200 "ready", or 503 "shutting down" (hooks::ready)
+//   GET /healthz  200 "ok" while the event loop serves (hooks::healthy), else 503; a reason
+//                 the daemon gives (for example, it cannot grant) follows "ok" on the line
+//   GET /readyz   200 "ready", or 503 with the reason (hooks::ready)
 //   other paths   404; methods other than GET/HEAD: 405; malformed or oversized: 400
 //
 // It is isolated from the lock protocol: its own acceptor, its own limits (a few concurrent
@@ -33,10 +34,15 @@ namespace keylock {
 
 class metrics_http {
  public:
+  // A probe's answer: ok or not, and why (for people; empty when there is nothing to say).
+  struct probe {
+    bool ok = true;
+    std::string reason;
+  };
   struct hooks {
     std::function<std::string()> render_metrics;
-    std::function<bool()> healthy;
-    std::function<bool()> ready;
+    std::function<probe()> healthy;  // unset: ok
+    std::function<probe()> ready;    // unset: ok
   };
 
   metrics_http(boost::asio::io_context& io, hooks h);

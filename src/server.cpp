@@ -1,12 +1,21 @@
 #include "server.hpp"
 
+#include <sys/random.h>
+#include <unistd.h>
+
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <deque>
 #include <vector>
 
-#include "asio_common.hpp"
+#include "asio_common.hpp"  // first: <utility> before any Asio header
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+
 #include "dispatch.hpp"
 #include "fencing.hpp"
 #include "keylock_version.hpp"
@@ -21,6 +30,34 @@ namespace {
 
 constexpr std::size_t scratch_bytes = 64u << 10;
 constexpr std::chrono::milliseconds accept_retry{100};
+// Deadlines processed per turn of the event loop. When many leases run out at once, the
+// events of one batch are flushed (and max_output_bytes applied) before the next batch runs,
+// and other connections are served in between.
+constexpr std::size_t expiry_batch = 4096;
+// After a failed fencing reservation, how long until the next try.
+constexpr std::chrono::seconds reservation_retry{1};
+
+// 128 random bits for the key index's hash, so that keys cannot be crafted to collide.
+hash_seed random_hash_seed() {
+  std::uint64_t words[2] = {0, 0};
+  std::size_t got = 0;
+  while (got < sizeof words) {
+    ssize_t n = ::getrandom(reinterpret_cast<char*>(words) + got, sizeof words - got, 0);
+    if (n <= 0) {
+      if (n < 0 && errno == EINTR) continue;
+      // No entropy source at all: fall back to the clock, still different in every process.
+      words[0] ^= static_cast<std::uint64_t>(
+          std::chrono::steady_clock::now().time_since_epoch().count());
+      words[1] ^= static_cast<std::uint64_t>(::getpid()) * 0x9e3779b97f4a7c15ull;
+      break;
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  hash_seed seed;
+  seed.k0 = words[0];
+  seed.k1 = words[1];
+  return seed;
+}
 
 std::uint64_t wall_clock_us() {
   return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
@@ -44,22 +81,18 @@ asio::steady_timer::time_point to_time_point(tick t) {
 struct server::impl final : session_host, delivery {
   explicit impl(config c)
       : settings_(std::move(c)),
-        tokens_(settings_.state_dir, wall_clock_us(),
-                [](const std::string& err) {
-                  spdlog::error("fencing state: {}; tokens still increase in this run, but a "
-                                "restart may reuse values if the clock steps back",
-                                err);
-                }),
-        table_(table_limits{settings_.max_keys, settings_.max_waiters_per_key,
-                            settings_.max_pending_per_connection, settings_.lock_delay_ms},
-               tokens_),
+        tokens_(settings_.state_dir, wall_clock_us(), settings_.fencing_block),
+        table_(limits_of(settings_), tokens_, table_histograms{&wait_hist_, &hold_hist_},
+               random_hash_seed()),
         started_(now()),
         dispatcher_(settings_, table_, *this, started_),
         acceptor_(io_),
         signals_(io_, SIGINT, SIGTERM),
+        reload_signal_(io_, SIGHUP),
         deadline_timer_(io_),
         housekeeping_timer_(io_),
         accept_timer_(io_),
+        reservation_timer_(io_),
         scratch_(scratch_bytes) {
     dispatcher_.on_client_error = [](connection_info& conn, errc code, std::string_view msg) {
       if (conn.warned) return;
@@ -68,6 +101,19 @@ struct server::impl final : session_host, delivery {
                    conn.client, to_string(code), msg);
     };
   }
+
+  static table_limits limits_of(const config& c) {
+    table_limits l;
+    l.max_keys = c.max_keys;
+    l.max_waiters_per_key = c.max_waiters_per_key;
+    l.max_pending_per_owner = c.max_pending_per_connection;
+    l.max_leases_per_owner = c.max_leases_per_connection;
+    l.max_leases = c.max_leases;
+    l.lock_delay_ms = c.lock_delay_ms;
+    return l;
+  }
+
+  bool auth_required() const { return !settings_.auth.empty(); }
 
   // --- session_host
   const config& settings() const override { return settings_; }
@@ -92,6 +138,7 @@ struct server::impl final : session_host, delivery {
     }
     dirty_.clear();
     arm_deadline();
+    maybe_reserve_tokens();
     if (stopping_ && sessions_live_ == 0 && draining_.empty()) io_.stop();
   }
 
@@ -107,8 +154,15 @@ struct server::impl final : session_host, delivery {
       if (graceful) draining_.push_back(sessions_[o]);
       sessions_[o].reset();
       --sessions_live_;
+      if (auth_required() && !s.info().authenticated) --unauthenticated_;
     }
     spdlog::debug("peer {}: closed", s.info().peer);
+  }
+
+  void on_socket_closed(session& /*s*/) override { --sockets_open_; }
+
+  void on_authenticated(session& /*s*/) override {
+    if (auth_required()) --unauthenticated_;
   }
 
   // --- delivery
@@ -124,6 +178,51 @@ struct server::impl final : session_host, delivery {
     return &sessions_[owner]->info();
   }
   std::uint64_t connections() const override { return sessions_live_; }
+
+  // --- fencing reservations, written on the background thread
+  void maybe_reserve_tokens() {
+    if (reservation_waiting_) return;
+    auto mark = tokens_.reservation_due();
+    if (!mark) return;
+    tokens_.reservation_started();
+    asio::post(disk_, [this, m = *mark] {
+      auto err = tokens_.write(m);
+      asio::post(io_, [this, m, err] { on_reserved(m, err); });
+    });
+  }
+
+  void on_reserved(std::uint64_t mark, const std::optional<std::string>& err) {
+    const bool was_ready = tokens_.ready();
+    const bool was_failing = !tokens_.error().empty();
+    tokens_.reservation_done(mark, err);
+    if (err) {
+      if (!was_failing) {
+        spdlog::error("fencing state: cannot reserve tokens up to {}: {}; {} tokens left before "
+                      "acquires are answered unavailable; retrying every {} s",
+                      mark, *err, tokens_.ready() ? tokens_.durable_mark() - tokens_.peek() : 0,
+                      reservation_retry.count());
+      }
+      reservation_waiting_ = true;
+      reservation_timer_.expires_after(reservation_retry);
+      reservation_timer_.async_wait([this](const error_code& ec) {
+        if (ec) return;
+        reservation_waiting_ = false;
+        maybe_reserve_tokens();
+      });
+      return;
+    }
+    if (was_failing) spdlog::info("fencing state: tokens reserved up to {} again", mark);
+    if (!was_ready) {
+      dispatcher_.resume_grants(now());
+      after_batch();
+    }
+  }
+
+  // Why the daemon cannot grant, for /healthz and /readyz; empty when it can.
+  std::string degraded_reason() const {
+    if (tokens_.ready()) return {};
+    return "fencing state not durable (" + tokens_.error() + "); acquires answer unavailable";
+  }
 
   // --- listening and accepting
   std::optional<std::string> open() {
@@ -145,7 +244,8 @@ struct server::impl final : session_host, delivery {
     if (!settings_.metrics_listen.empty()) {
       metrics_ = std::make_unique<metrics_http>(
           io_, metrics_http::hooks{[this] { return render_prometheus(snapshot()); },
-                                   [this] { return healthy(); }, [this] { return !stopping_; }});
+                                   [this] { return health_probe(); },
+                                   [this] { return readiness_probe(); }});
       std::string metrics_bound;
       if (auto err = metrics_->listen(settings_.metrics_listen, &metrics_bound)) {
         return "cannot serve metrics on " + settings_.metrics_listen + ": " + *err;
@@ -189,17 +289,64 @@ struct server::impl final : session_host, delivery {
     error_code pe;
     auto remote = socket.remote_endpoint(pe);
     std::string peer = pe ? std::string("?") : endpoint_text(remote);
-    if (sessions_live_ >= settings_.max_connections) {
+    // Closing sessions count too: their descriptors are open until their close is done.
+    if (sockets_open_ >= settings_.max_connections) {
       refuse(socket, peer);
     } else {
+      if (auth_required() && unauthenticated_ >= settings_.max_unauthenticated_connections) {
+        evict_oldest_unauthenticated();
+      }
       ++accepted_;
       owner_id owner = table_.connect();
       if (owner >= sessions_.size()) sessions_.resize(owner + 1);
-      sessions_[owner] = std::make_shared<session>(std::move(socket), *this, owner, peer);
+      auto s = std::make_shared<session>(std::move(socket), *this, owner, peer);
+      sessions_[owner] = s;
       ++sessions_live_;
-      sessions_[owner]->start();
+      ++sockets_open_;
+      if (auth_required()) {
+        ++unauthenticated_;
+        unauthenticated_order_.push_back(s);
+      }
+      s->start();
     }
+    after_batch();
     do_accept();
+  }
+
+  // Connections that have not authenticated, oldest first; entries that have authenticated or
+  // closed since are skipped (and dropped once they reach the front).
+  std::shared_ptr<session> oldest_unauthenticated() {
+    while (!unauthenticated_order_.empty()) {
+      auto s = unauthenticated_order_.front().lock();
+      if (s && !s->closed() && !s->info().authenticated) return s;
+      unauthenticated_order_.pop_front();
+    }
+    return nullptr;
+  }
+
+  // Makes room under max_unauthenticated_connections: a client that has not passed hello
+  // cannot hold a slot against a newcomer, so a flood of them cannot lock out a client that
+  // has the secret.
+  void evict_oldest_unauthenticated() {
+    if (auto s = oldest_unauthenticated()) {
+      if (!s->info().warned) {
+        s->info().warned = true;
+        spdlog::warn("peer {}: closed before hello to make room for a new connection "
+                     "(max_unauthenticated_connections {})",
+                     s->info().peer, settings_.max_unauthenticated_connections);
+      }
+      close_with_error(*s, "closed to make room: authenticate with hello sooner");
+    }
+  }
+
+  // Answers `unauthenticated` and closes at once (the reply goes out if the kernel takes it).
+  static void close_with_error(session& s, std::string_view message) {
+    std::string& out = s.output();
+    out += R"({"ok":false,"error":"unauthenticated","message":")";
+    out += message;
+    out += "\"}\n";
+    s.flush();
+    s.abort();
   }
 
   void refuse(tcp::socket& socket, const std::string& peer) {
@@ -229,19 +376,25 @@ struct server::impl final : session_host, delivery {
     deadline_timer_.async_wait([this, gen](const error_code& ec) {
       if (ec || gen != timer_generation_) return;  // re-armed earlier, or cancelled
       armed_.reset();
-      dispatcher_.expire_due(now());
+      // A bounded batch: what remains due re-arms the timer for "now", so it runs on a later
+      // turn of the loop, after the output of this batch is flushed.
+      dispatcher_.expire_due(now(), expiry_batch);
       after_batch();
     });
   }
 
   // --- idle connections and draining sockets
+  // Often enough that every deadline is enforced within a quarter of its length (at least
+  // every 10 ms, at most every 250 ms).
   std::chrono::milliseconds housekeeping_period() const {
-    std::chrono::milliseconds p{250};
-    if (settings_.idle_timeout_ms > 0) {
-      p = std::min(p, std::chrono::milliseconds(std::max<std::uint32_t>(
-                          settings_.idle_timeout_ms / 4, 10)));
-    }
-    return p;
+    std::uint32_t p = 250;
+    auto within = [&p](std::uint32_t timeout_ms) {
+      if (timeout_ms > 0) p = std::min(p, std::max<std::uint32_t>(timeout_ms / 4, 10));
+    };
+    within(settings_.idle_timeout_ms);
+    within(settings_.write_timeout_ms);
+    if (auth_required()) within(settings_.auth_timeout_ms);
+    return std::chrono::milliseconds(p);
   }
 
   void do_housekeeping() {
@@ -254,15 +407,28 @@ struct server::impl final : session_host, delivery {
   }
 
   // The probe is answered by this same event loop, so an answer at all shows it turns; a
-  // housekeeping tick overdue by seconds shows it is stalled behind something.
-  bool healthy() const { return now() - last_housekeeping_ < std::chrono::seconds(2); }
+  // housekeeping tick overdue by seconds shows it is stalled behind something. A daemon that
+  // cannot grant is alive (restarting it would not mend a full disk, and would drop every
+  // lease): healthy, with the reason; not ready.
+  metrics_http::probe health_probe() const {
+    if (now() - last_housekeeping_ >= std::chrono::seconds(2)) {
+      return {false, "event loop stalled"};
+    }
+    return {true, degraded_reason()};
+  }
+
+  metrics_http::probe readiness_probe() const {
+    if (stopping_) return {false, "shutting down"};
+    std::string reason = degraded_reason();
+    return {reason.empty(), std::move(reason)};
+  }
 
   metrics_snapshot snapshot() const {
     metrics_snapshot m;
     const table_counters& c = table_.counters();
     m.connections = sessions_live_;
     m.keys = table_.keys();
-    m.held = table_.held();
+    m.held = table_.held(now());
     m.waiting = table_.waiting();
     m.acquires = c.acquires;
     m.grants = c.grants;
@@ -277,11 +443,16 @@ struct server::impl final : session_host, delivery {
     m.errors = dispatcher_.counters().errors;
     m.bytes_in = bytes_in_;
     m.bytes_out = bytes_out_;
-    m.wait = c.wait;
-    m.hold = c.hold;
+    m.wait = wait_hist_;
+    m.hold = hold_hist_;
     m.start_time_seconds = start_unix_seconds_;
     m.version = KEYLOCK_VERSION;
     return m;
+  }
+
+  bool write_timed_out(const session& s, tick t) const {
+    auto since = s.write_stalled_since();
+    return since && t - *since >= std::chrono::milliseconds(settings_.write_timeout_ms);
   }
 
   void on_housekeeping() {
@@ -289,35 +460,80 @@ struct server::impl final : session_host, delivery {
     last_housekeeping_ = t;
     // While stopping, draining sockets get the whole grace period (poll_shutdown ends it).
     std::erase_if(draining_, [this, t](const std::shared_ptr<session>& s) {
-      if (!stopping_ && !s->finished() && s->drain_deadline() != tick{0} &&
-          t >= s->drain_deadline()) {
+      if (!stopping_ && !s->finished() &&
+          ((s->close_deadline() != tick{0} && t >= s->close_deadline()) ||
+           write_timed_out(*s, t))) {
         s->abort();
       }
       return s->finished();
     });
-    if (settings_.idle_timeout_ms > 0 && !stopping_) {
-      auto idle = std::chrono::milliseconds(settings_.idle_timeout_ms);
-      for (auto& s : sessions_) {
-        if (!s || s->closed()) continue;
-        owner_id o = s->info().owner;
-        if (t - s->last_active() < idle || table_.owner_leases(o) > 0 ||
-            table_.owner_waiters(o) > 0) {
-          continue;
-        }
-        spdlog::info("peer {}: idle for {} ms with no lease or waiter; closing", s->info().peer,
-                     settings_.idle_timeout_ms);
-        s->close(false);
+    if (stopping_) return after_batch();
+    if (auth_required()) {
+      const auto limit = std::chrono::milliseconds(settings_.auth_timeout_ms);
+      for (auto s = oldest_unauthenticated(); s && t - s->connected_at() >= limit;
+           s = oldest_unauthenticated()) {
+        spdlog::info("peer {}: no hello within auth_timeout_ms ({}); closing", s->info().peer,
+                     settings_.auth_timeout_ms);
+        close_with_error(*s, "no hello within auth_timeout_ms");
       }
+    }
+    const auto idle = std::chrono::milliseconds(settings_.idle_timeout_ms);
+    for (auto& s : sessions_) {
+      if (!s || s->closed()) continue;
+      if (write_timed_out(*s, t)) {
+        spdlog::warn("peer {}: replies unread for {} ms (write_timeout_ms); closing",
+                     s->info().peer, settings_.write_timeout_ms);
+        s->close(false);
+        continue;
+      }
+      if (settings_.idle_timeout_ms == 0 || t - s->last_active() < idle) continue;
+      owner_id o = s->info().owner;
+      if (table_.owner_leases(o) > 0 || table_.owner_waiters(o) > 0) continue;
+      spdlog::info("peer {}: idle for {} ms with no lease or waiter; closing", s->info().peer,
+                   settings_.idle_timeout_ms);
+      s->close(false);
     }
     after_batch();
   }
 
   // --- shutdown
+  void wait_reload_signal() {
+    reload_signal_.async_wait([this](const error_code& ec, int) {
+      if (ec) return;
+      reload();
+      wait_reload_signal();
+    });
+  }
+
+  // SIGHUP: re-read auth_file. Sessions that have authenticated keep their session; a file that
+  // cannot be read keeps the old secret.
+  void reload() {
+    if (settings_.auth_file.empty()) {
+      spdlog::info("SIGHUP: no auth_file to re-read; nothing to reload");
+      return;
+    }
+    std::string secret;
+    if (auto err = read_auth_file(settings_.auth_file, secret)) {
+      spdlog::error("SIGHUP: {}; keeping the current secret", *err);
+      return;
+    }
+    dispatcher_.set_auth_secret(secret);
+    spdlog::info("SIGHUP: re-read auth_file {}; new hellos are checked against it",
+                 settings_.auth_file);
+  }
+
   void on_signal(const error_code& ec, int signo) {
     if (ec) return;
+    if (stopping_) {
+      spdlog::warn("signal {} during shutdown: exiting now", signo);
+      for (auto& s : draining_) s->abort();
+      io_.stop();
+      return;
+    }
     spdlog::info("signal {}: shutting down ({} connections, {} leases, {} waiters)", signo,
-                 sessions_live_, table_.held(), table_.waiting());
+                 sessions_live_, table_.held(now()), table_.waiting());
     stopping_ = true;
+    signals_.async_wait([this](const error_code& e, int n) { on_signal(e, n); });
     error_code ignored;
     acceptor_.close(ignored);
     accept_timer_.cancel();
@@ -345,6 +561,7 @@ struct server::impl final : session_host, delivery {
 
   int run() {
     signals_.async_wait([this](const error_code& ec, int signo) { on_signal(ec, signo); });
+    wait_reload_signal();
     do_accept();
     do_housekeeping();
     io_.run();
@@ -354,20 +571,28 @@ struct server::impl final : session_host, delivery {
 
   config settings_;
   asio::io_context io_{1};
+  duration_histogram wait_hist_;  // acquire -> grant, recorded by the table
+  duration_histogram hold_hist_;  // grant -> end of the lease
   fencing_tokens tokens_;
   lock_table table_;
   tick started_;
   dispatcher dispatcher_;
   tcp::acceptor acceptor_;
   asio::signal_set signals_;
+  asio::signal_set reload_signal_;
   asio::steady_timer deadline_timer_;
   asio::steady_timer housekeeping_timer_;
   asio::steady_timer accept_timer_;
+  asio::steady_timer reservation_timer_;
+  bool reservation_waiting_ = false;  // a failed reservation waits for its retry timer
   std::optional<tick> armed_;
   std::uint64_t timer_generation_ = 0;
   std::vector<std::shared_ptr<session>> sessions_;  // by owner id
   std::vector<std::shared_ptr<session>> draining_;  // closed, flushing their last reply
-  std::size_t sessions_live_ = 0;
+  std::size_t sessions_live_ = 0;    // open sessions (not closing)
+  std::size_t sockets_open_ = 0;     // sessions whose socket is open, closing ones included
+  std::size_t unauthenticated_ = 0;  // open sessions that have not passed hello (auth on)
+  std::deque<std::weak_ptr<session>> unauthenticated_order_;  // in accept order
   std::vector<owner_id> dirty_;
   std::vector<std::uint8_t> dirty_flag_;
   std::vector<char> scratch_;
@@ -382,7 +607,10 @@ struct server::impl final : session_host, delivery {
   tick last_housekeeping_ = now();
   double start_unix_seconds_ =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  std::unique_ptr<metrics_http> metrics_;  // last: closed first, before the io_context
+  std::unique_ptr<metrics_http> metrics_;  // closed before the io_context
+  // The fencing writer's thread (fsync off the event loop). Last: joined first, while
+  // everything its handlers touch still exists.
+  asio::thread_pool disk_{1};
 };
 
 server::server(config settings) : impl_(std::make_unique<impl>(std::move(settings))) {}

@@ -15,7 +15,8 @@ namespace {
 // Reads per wake-up before yielding to other connections: a client that streams requests
 // must not starve the rest. What is left is read at the next wake-up.
 constexpr int max_reads_per_wakeup = 4;
-// After a closing reply, how long and how much input is drained before the socket is closed.
+// A graceful close (flush the last replies, send FIN, drain the peer's input) gets this long
+// from the moment it begins, and this much input is drained at most, before the socket closes.
 constexpr std::chrono::milliseconds drain_time{1000};
 constexpr std::size_t drain_bytes = 1u << 20;
 
@@ -45,7 +46,7 @@ void session::start() {
     ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
     ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
   }
-  last_active_ = host_.now();
+  connected_at_ = last_active_ = host_.now();
   do_read();
 }
 
@@ -63,15 +64,15 @@ void session::on_readable(const error_code& ec) {
     }
     return;
   }
-  last_active_ = host_.now();
+  // One clock read per wake-up: every frame of this batch is handled at this time.
+  wake_time_ = host_.now();
   std::vector<char>& buf = host_.scratch();
   for (int round = 0; round < max_reads_per_wakeup && !closed_; ++round) {
     error_code rec;
     std::size_t n = socket_.read_some(asio::buffer(buf), rec);
     if (would_block(rec)) break;
     if (rec == asio::error::eof) {
-      // The peer finished sending; it may still read the replies to what it sent.
-      close(true);
+      on_peer_finished();
       break;
     }
     if (rec) {
@@ -126,16 +127,29 @@ void session::consume(const char* data, std::size_t n) {
   }
 }
 
+// The peer half-closed: it may still read the replies to what it sent. Every acquire of it
+// still waiting is answered `cancelled` (PROTOCOL.md "Half-close"), then the session closes.
+void session::on_peer_finished() {
+  host_.dispatch().half_close(info_, out_);
+  host_.mark_dirty(info_.owner);
+  close(true);
+}
+
 void session::handle_frame(std::string_view frame) {
   if (closed_) return;
   if (frame.empty() || frame == "\r") return;
+  // A complete frame, even an empty or malformed one: the only thing that resets the idle
+  // clock (bytes that never end a frame do not keep a connection open).
+  last_active_ = wake_time_;
+  const bool was_authenticated = info_.authenticated;
   request& req = host_.scratch_request();
   if (auto err = decode_request(frame, req)) {
     host_.dispatch().handle_decode_error(info_, *err, out_);
   } else {
-    host_.dispatch().handle(info_, req, last_active_, out_);
+    host_.dispatch().handle(info_, req, wake_time_, out_);
   }
   host_.mark_dirty(info_.owner);
+  if (!was_authenticated && info_.authenticated) host_.on_authenticated(*this);
   if (info_.close_after_reply) {
     close(true);
   } else if (out_.size() > host_.settings().max_output_bytes) {
@@ -145,12 +159,15 @@ void session::handle_frame(std::string_view frame) {
   }
 }
 
+std::size_t session::unsent() const { return out_.size() + writing_.size() - write_offset_; }
+
 void session::flush() {
+  const std::size_t max_output = host_.settings().max_output_bytes;
   if (write_in_flight_) {
-    if (!closed_ && out_.size() + writing_.size() > host_.settings().max_output_bytes) {
+    if (!closed_ && unsent() > max_output) {
       spdlog::warn("peer {}: not reading its replies ({} bytes unsent, max_output_bytes {}); "
                    "closing",
-                   info_.peer, out_.size() + writing_.size(), host_.settings().max_output_bytes);
+                   info_.peer, unsent(), max_output);
       close(false);
     }
     return;  // on_write continues with out_
@@ -173,17 +190,18 @@ void session::flush() {
     if (n == out_.size()) {
       out_.clear();
     } else {
-      // The kernel took part of it: hand the rest to an async write, keep out_ for new replies.
+      // The kernel took part of it: hand the rest to async writes, keep out_ for new replies.
       writing_.swap(out_);
-      writing_.erase(0, n);
+      write_offset_ = n;
       out_.clear();
-      if (!closed_ && writing_.size() > host_.settings().max_output_bytes) {
+      if (!closed_ && unsent() > max_output) {
         spdlog::warn("peer {}: not reading its replies ({} bytes unsent, max_output_bytes {}); "
                      "closing",
-                     info_.peer, writing_.size(), host_.settings().max_output_bytes);
+                     info_.peer, unsent(), max_output);
         close(false);
         return;
       }
+      write_progress_at_ = host_.now();
       do_write();
       return;
     }
@@ -196,12 +214,13 @@ void session::flush() {
   }
 }
 
+// One write_some at a time rather than async_write: each completion shows progress, which is
+// what write_timeout_ms measures.
 void session::do_write() {
   write_in_flight_ = true;
-  asio::async_write(socket_, asio::buffer(writing_),
-                    [self = shared_from_this()](const error_code& ec, std::size_t n) {
-                      self->on_write(ec, n);
-                    });
+  socket_.async_write_some(
+      asio::buffer(writing_.data() + write_offset_, writing_.size() - write_offset_),
+      [self = shared_from_this()](const error_code& ec, std::size_t n) { self->on_write(ec, n); });
 }
 
 void session::on_write(const error_code& ec, std::size_t n) {
@@ -215,7 +234,14 @@ void session::on_write(const error_code& ec, std::size_t n) {
     finish_close();
     return;
   }
+  write_offset_ += n;
+  if (n > 0) write_progress_at_ = host_.now();
+  if (write_offset_ < writing_.size()) {
+    do_write();
+    return;
+  }
   writing_.clear();
+  write_offset_ = 0;
   if (writing_.capacity() > (64u << 10)) writing_.shrink_to_fit();
   flush();
 }
@@ -224,20 +250,23 @@ void session::close(bool graceful) {
   if (closed_) return;
   auto self = shared_from_this();  // the server drops its reference in on_closed
   closed_ = true;
-  host_.dispatch().disconnect(info_, host_.now());
+  tick now = host_.now();
+  host_.dispatch().disconnect(info_, now);
   host_.on_closed(*this, graceful);
   if (!graceful) {
     out_.clear();
     finish_close();
     return;
   }
+  // One bound for the whole graceful close, from now: flushing included, so a peer that never
+  // reads cannot keep the socket (and its slot) open.
+  close_deadline_ = now + drain_time;
   shutdown_pending_ = true;
   if (!write_in_flight_) flush();
 }
 
 void session::do_drain() {
   draining_ = true;
-  drain_deadline_ = host_.now() + drain_time;
   socket_.async_wait(tcp::socket::wait_read,
                      [self = shared_from_this()](const error_code& ec) { self->on_drain(ec); });
 }
@@ -257,13 +286,17 @@ void session::on_drain(const error_code& ec) {
                      [self = shared_from_this()](const error_code& e) { self->on_drain(e); });
 }
 
-void session::abort() { finish_close(); }
+void session::abort() {
+  if (!closed_) close(false);
+  finish_close();
+}
 
 void session::finish_close() {
   draining_ = false;
   if (!socket_.is_open()) return;
   error_code ignored;
   socket_.close(ignored);
+  host_.on_socket_closed(*this);
 }
 
 }  // namespace keylock
