@@ -18,36 +18,6 @@
 using namespace keylock;
 using namespace keylock::test;
 
-namespace {
-
-std::uint64_t acquire_now(conn& c, const std::string& key, int ttl_ms = 30000, int limit = 1) {
-  reply r = call_reply(c, R"({"op":"acquire","id":1,"key":")" + key + R"(","ttl_ms":)" +
-                        std::to_string(ttl_ms) + R"(,"limit":)" + std::to_string(limit) +
-                        R"(,"wait_ms":0})");
-  INFO("acquire " << key << ": " << r.message);
-  REQUIRE(r.type == reply::kind::ok);
-  REQUIRE(r.token.has_value());
-  return *r.token;
-}
-
-void require_error(const reply& r, errc code) {
-  INFO("message: " << r.message);
-  REQUIRE(r.type == reply::kind::error);
-  REQUIRE(r.code == code);
-}
-
-struct temp_dir {
-  std::filesystem::path path;
-  temp_dir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "keylockd-it-XXXXXX").string();
-    REQUIRE(::mkdtemp(templ.data()) != nullptr);
-    path = templ;
-  }
-  ~temp_dir() { std::filesystem::remove_all(path); }
-};
-
-}  // namespace
-
 TEST_CASE("hello, ping and stats answer over the wire", "[integration]") {
   test::daemon d;
   conn c(d.port());

@@ -7,10 +7,16 @@
 #include <catch2/catch.hpp>
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -178,4 +184,314 @@ TEST_CASE("a client pipelining 100000 acquires without reading is cut off while 
   require_served(good, id++);
   conn fresh(d.port());
   require_served(fresh, 1);
+}
+
+// ---- Issue 11: holes found by attacks and a code review on 005de2c -------------------------
+
+namespace {
+
+// Open descriptors of process `pid` (from /proc).
+std::size_t open_fds(pid_t pid) {
+  std::size_t n = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++n;
+  }
+  return n;
+}
+
+// Waits (bounded by event_bound) until `pid` has at most `limit` descriptors open.
+bool fds_fall_to(pid_t pid, std::size_t limit) {
+  const auto deadline = std::chrono::steady_clock::now() + event_bound;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (open_fds(pid) <= limit) return true;
+    pollfd none{-1, 0, 0};
+    ::poll(&none, 0, 20);  // paced polling of an observable, not a wait for time to pass
+  }
+  return false;
+}
+
+// Writes `bytes` without blocking until all is sent or the socket stops taking more for a
+// while (the peer's buffers are full). Returns the bytes sent.
+std::size_t send_until_full(conn& c, const std::string& bytes) {
+  std::size_t sent = 0;
+  int stalls = 0;
+  const auto deadline = std::chrono::steady_clock::now() + event_bound;
+  while (sent < bytes.size() && stalls < 5 && std::chrono::steady_clock::now() < deadline) {
+    const ssize_t n = ::send(c.fd(), bytes.data() + sent, bytes.size() - sent,
+                             MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<std::size_t>(n);
+      stalls = 0;
+      continue;
+    }
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) break;
+    pollfd p{c.fd(), POLLOUT, 0};
+    if (::poll(&p, 1, 100) == 0) ++stalls;
+  }
+  return sent;
+}
+
+std::string repeat_frame(std::string_view frame, std::size_t times) {
+  std::string out;
+  out.reserve((frame.size() + 1) * times);
+  for (std::size_t i = 0; i < times; ++i) {
+    out += frame;
+    out += '\n';
+  }
+  return out;
+}
+
+void shrink_receive_buffer(conn& c) {
+  const int rcvbuf = 4096;
+  REQUIRE(::setsockopt(c.fd(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf) == 0);
+}
+
+}  // namespace
+
+TEST_CASE("connections that half-close and never read their replies release their descriptors",
+          "[integration][hostile]") {
+  // max_output_bytes far above what the kernel buffers hold: only the bound on a graceful
+  // close (1 s from the half-close) can end these connections.
+  test::daemon d({"--max-output-bytes", "67108864", "--idle-timeout-ms", "1000"});
+  conn good(d.port());
+  require_served(good, 1);
+  const std::size_t baseline = open_fds(d.pid());
+
+  const std::string pings = repeat_frame(R"({"op":"ping","id":123456789})", 200000);
+  std::vector<conn> attackers;
+  for (int i = 0; i < 5; ++i) {
+    conn a(d.port());
+    shrink_receive_buffer(a);
+    std::size_t sent = send_until_full(a, pings);
+    INFO("attacker " << i << " sent " << sent << " bytes");
+    REQUIRE(sent > 0);
+    REQUIRE(::shutdown(a.fd(), SHUT_WR) == 0);
+    attackers.push_back(std::move(a));  // kept open, never read
+  }
+  require_served(good, 2);
+  // Every attacker's descriptor in the daemon is closed although none of them ever reads.
+  INFO("daemon descriptors: baseline " << baseline << ", now " << open_fds(d.pid()));
+  REQUIRE(fds_fall_to(d.pid(), baseline));
+  require_served(good, 3);
+  REQUIRE(new_connection_served(d.port()));
+}
+
+TEST_CASE("a client that does not read its replies is closed after write_timeout_ms",
+          "[integration][hostile]") {
+  test::daemon d({"--max-output-bytes", "67108864", "--write-timeout-ms", "300"});
+  conn good(d.port()), slow(d.port());
+  shrink_receive_buffer(slow);
+  acquire_now(slow, "held-by-slow");
+  send_until_full(slow, repeat_frame(R"({"op":"ping","id":1})", 400000));
+  REQUIRE(d.wait_log("write_timeout_ms"));
+  // Closing released its lease.
+  REQUIRE(call_reply(good, R"({"op":"acquire","id":5,"key":"held-by-slow","wait_ms":10000})")
+              .type == reply::kind::ok);
+}
+
+TEST_CASE("unauthenticated connections trickling bytes cannot lock out a client with the secret",
+          "[integration][hostile]") {
+  test::daemon d({"--auth", "s3cret", "--max-connections", "20"});
+  std::vector<conn> slowloris;
+  for (int i = 0; i < 20; ++i) {
+    conn c(d.port());
+    c.send_raw("{");  // a frame that never ends
+    slowloris.push_back(std::move(c));
+  }
+  for (auto& c : slowloris) c.send_raw(" ");
+  conn good(d.port());
+  reply hello = call_reply(good, R"({"op":"hello","id":1,"auth":"s3cret","client":"good"})");
+  INFO("hello answered " << hello.message);
+  REQUIRE(hello.type == reply::kind::ok);
+  require_served(good, 2);
+  // The attackers keep trickling; the authenticated client stays served.
+  for (auto& c : slowloris) c.send_raw(" ");
+  require_served(good, 3);
+}
+
+TEST_CASE("a connection that does not complete hello within auth_timeout_ms is closed",
+          "[integration][hostile]") {
+  test::daemon d({"--auth", "s3cret", "--auth-timeout-ms", "300"});
+  conn silent(d.port());
+  reply r = parse_reply(silent.recv_line());
+  require_error(r, errc::unauthenticated);
+  REQUIRE(silent.wait_closed());
+  REQUIRE(d.wait_log("auth_timeout_ms"));
+}
+
+TEST_CASE("bytes that never complete a frame do not reset the idle clock",
+          "[integration][hostile]") {
+  test::daemon d({"--idle-timeout-ms", "400"});
+  conn trickler(d.port());
+  bool closed = false;
+  // One space every 100 ms, for at most event_bound: the connection must be closed by then.
+  const auto deadline = std::chrono::steady_clock::now() + event_bound;
+  while (!closed && std::chrono::steady_clock::now() < deadline) {
+    closed = !trickler.send_raw(" ") || trickler.wait_closed(100ms);
+  }
+  REQUIRE(closed);
+  REQUIRE(d.wait_log("idle for"));
+}
+
+TEST_CASE("a half-close gets one reply to every request read before it, cancelled for waiters",
+          "[integration][hostile]") {
+  test::daemon d;
+  conn holder(d.port()), c(d.port());
+  acquire_now(holder, "hc");
+  REQUIRE(c.send_raw(R"({"op":"acquire","id":1,"key":"mine"})"
+                     "\n"
+                     R"({"op":"acquire","id":2,"key":"hc"})"
+                     "\n"
+                     R"({"op":"ping","id":3})"
+                     "\n"));
+  REQUIRE(::shutdown(c.fd(), SHUT_WR) == 0);
+  std::vector<reply> replies;
+  for (int i = 0; i < 3; ++i) replies.push_back(parse_reply(c.recv_line()));
+  REQUIRE(c.wait_closed());
+  auto by_id = [&](std::uint64_t id) {
+    for (const reply& r : replies) {
+      if (r.id == std::optional<std::uint64_t>(id)) return r;
+    }
+    FAIL("no reply with id " << id);
+    return reply{};
+  };
+  REQUIRE(by_id(1).type == reply::kind::ok);
+  require_error(by_id(2), errc::cancelled);
+  REQUIRE(by_id(3).type == reply::kind::ok);
+  // Its lease on "mine" went with the connection.
+  REQUIRE(call_reply(holder, R"({"op":"acquire","id":4,"key":"mine","wait_ms":10000})").type ==
+          reply::kind::ok);
+}
+
+TEST_CASE("leases per connection and leases in all are bounded", "[integration][hostile]") {
+  test::daemon d({"--max-leases-per-connection", "3", "--max-leases", "5"});
+  conn a(d.port()), b(d.port());
+  acquire_now(a, "a0");
+  acquire_now(a, "a1");
+  acquire_now(a, "a2");
+  reply r = call_reply(a, R"({"op":"acquire","id":9,"key":"a3"})");
+  require_error(r, errc::limit_exceeded);
+  REQUIRE(r.message.find("max_leases_per_connection") != std::string::npos);
+  // A waiting acquire counts against the connection too.
+  require_error(call_reply(a, R"({"op":"acquire","id":10,"key":"a0"})"), errc::limit_exceeded);
+  acquire_now(b, "b0");
+  acquire_now(b, "b1");
+  r = call_reply(b, R"({"op":"acquire","id":11,"key":"b2"})");
+  require_error(r, errc::limit_exceeded);
+  REQUIRE(r.message.find("max_leases") != std::string::npos);
+  require_served(a, 12);
+}
+
+TEST_CASE("SIGHUP re-reads auth_file without dropping authenticated connections",
+          "[integration][hostile]") {
+  temp_dir dir;
+  const auto path = dir.path / "secret";
+  std::ofstream(path) << "old-secret\n";
+  test::daemon d({"--auth-file", path.string()});
+  conn before(d.port());
+  REQUIRE(call_reply(before, R"({"op":"hello","id":1,"auth":"old-secret"})").type ==
+          reply::kind::ok);
+  acquire_now(before, "rotating");
+
+  std::ofstream(path, std::ios::trunc) << "new-secret\n";
+  REQUIRE(::kill(d.pid(), SIGHUP) == 0);
+  REQUIRE(d.wait_log("re-read auth_file"));
+  REQUIRE(d.running());
+
+  conn old_secret(d.port());
+  require_error(call_reply(old_secret, R"({"op":"hello","id":2,"auth":"old-secret"})"),
+                errc::unauthenticated);
+  conn new_secret(d.port());
+  REQUIRE(call_reply(new_secret, R"({"op":"hello","id":3,"auth":"new-secret"})").type ==
+          reply::kind::ok);
+  // The connection authenticated before the rotation keeps its session and its lease.
+  require_served(before, 4);
+  reply held = call_reply(new_secret, R"({"op":"inspect","id":5,"key":"rotating"})");
+  REQUIRE(held.held == std::optional<bool>(true));
+}
+
+TEST_CASE("a second SIGTERM during a slow shutdown ends the daemon at once",
+          "[integration][hostile]") {
+  test::daemon d({"--shutdown-grace-ms", "10000", "--max-output-bytes", "67108864"});
+  conn stuck(d.port());
+  shrink_receive_buffer(stuck);
+  send_until_full(stuck, repeat_frame(R"({"op":"ping","id":1})", 400000));
+  REQUIRE(::kill(d.pid(), SIGTERM) == 0);
+  REQUIRE(d.wait_log("shutting down"));
+  REQUIRE(d.running());  // still flushing to a client that does not read
+  int status = d.stop(SIGTERM);
+  REQUIRE(d.wait_log("during shutdown: exiting now"));
+  REQUIRE(WIFEXITED(status));
+}
+
+namespace {
+
+std::uint64_t stored_mark(const std::filesystem::path& dir) {
+  std::ifstream in(dir / "fencing");
+  std::uint64_t mark = 0;
+  in >> mark;
+  return mark;
+}
+
+}  // namespace
+
+TEST_CASE("when the fencing state cannot be made durable no token reaches the stored mark, "
+          "acquires answer unavailable, and grants resume once the disk recovers",
+          "[integration][hostile]") {
+  temp_dir dir;
+  test::daemon d({"--state-dir", dir.path.string(), "--fencing-block", "64"});
+  conn holder(d.port()), waiter(d.port()), churn(d.port());
+  const std::uint64_t held = acquire_now(holder, "stalled");
+  std::uint64_t highest = held;
+  REQUIRE(waiter.send_line(R"({"op":"acquire","id":7,"key":"stalled"})"));
+  require_served(waiter, 8);  // the acquire is queued by now
+
+  // A directory where the daemon's temporary state file must go: every reservation fails,
+  // as on a full or read-only disk.
+  std::filesystem::create_directory(dir.path / "fencing.tmp");
+  bool unavailable = false;
+  int granted = 0;
+  for (int i = 0; i < 1000 && !unavailable; ++i) {
+    reply r = call_reply(churn, R"({"op":"acquire","id":1,"key":"churn","wait_ms":0})");
+    if (r.type == reply::kind::error) {
+      require_error(r, errc::unavailable);
+      unavailable = true;
+      break;
+    }
+    ++granted;
+    highest = std::max(highest, *r.token);
+    REQUIRE(call_reply(churn, R"({"op":"release","id":2,"key":"churn","token":)" +
+                                  std::to_string(*r.token) + "}")
+                .type == reply::kind::ok);
+  }
+  INFO("granted " << granted << " before unavailable");
+  REQUIRE(unavailable);
+  REQUIRE(highest < stored_mark(dir.path));  // nothing at or above the durable mark
+
+  http_response ready = http_get(d.metrics_port(), "/readyz");
+  REQUIRE(ready.status == 503);
+  REQUIRE(ready.body.find("fencing state not durable") != std::string::npos);
+  http_response health = http_get(d.metrics_port(), "/healthz");
+  REQUIRE(health.status == 200);
+  REQUIRE(health.body.find("fencing state not durable") != std::string::npos);
+
+  // A release while tokens are unavailable grants nobody; the waiter keeps its place.
+  REQUIRE(call_reply(holder, R"({"op":"release","id":3,"key":"stalled","token":)" +
+                                 std::to_string(held) + "}")
+              .type == reply::kind::ok);
+  reply still = call_reply(churn, R"({"op":"inspect","id":5,"key":"stalled"})");
+  REQUIRE(still.held == std::optional<bool>(false));
+  REQUIRE(still.waiters == std::optional<std::uint64_t>(1));
+
+  // The disk recovers: the retry succeeds and the waiter is granted, above every earlier token.
+  std::filesystem::remove(dir.path / "fencing.tmp");
+  reply grant = parse_reply(waiter.recv_line());
+  REQUIRE(grant.id == std::optional<std::uint64_t>(7));
+  REQUIRE(grant.type == reply::kind::ok);
+  REQUIRE(*grant.token > highest);
+  REQUIRE(*grant.token < stored_mark(dir.path));
+  REQUIRE(http_get(d.metrics_port(), "/readyz").status == 200);
+  REQUIRE(d.wait_log("tokens reserved up to"));
 }
