@@ -9,7 +9,7 @@ stops it by PID. Figures, one line each ("name: value  (what it means)"):
   halfclose_fds_left     descriptors still open 12 s after 5 clients pipelined 3 to 4.5 MiB of
                          pings over a small receive buffer, half-closed and never read (0 is
                          right; a client the daemon cut by max_output_bytes leaves none)
-  auth_slowloris_served  seconds until a client with the secret gets its hello answered while
+  auth_slowloris_served  time until a client with the secret gets its hello answered while
                          20 connections (max_connections 20) trickle a byte a second; 'never'
                          when it is refused for the whole 10 s attack
   idle_trickle_closed    seconds until a connection sending one space a second is closed with
@@ -17,7 +17,7 @@ stops it by PID. Figures, one line each ("name: value  (what it means)"):
   fencing_tokens_over    tokens issued at or above the stored mark after the state file could
                          no longer be written (0 is right); 'unavailable' marks that acquires
                          were refused instead
-  healthz_under_flood    seconds for /healthz to answer while 64 connections to the metrics
+  healthz_under_flood    time for /healthz to answer while 64 connections to the metrics
                          port hold a half-sent request ('no answer' when closed unanswered)
   sighup_survives        whether the daemon is still running after SIGHUP
   top_cost               ms per `top` (n 10) with 100 and with 200,000 leases held on their own
@@ -165,7 +165,7 @@ def auth_slowloris_served(binary):
                 time.sleep(1)
         for s in bad:
             s.close()
-        return "never" if answered is None else f"{answered:.3f}"
+        return "never" if answered is None else f"{answered * 1000:.1f} ms"
     finally:
         d.stop()
 
@@ -180,11 +180,11 @@ def idle_trickle_closed(binary):
                 s.send(b" ")
                 s.settimeout(1.0)
                 if s.recv(1) == b"":
-                    return f"{time.monotonic() - start:.3f}"
+                    return f"{time.monotonic() - start:.3f} s"
             except socket.timeout:
                 continue
             except OSError:
-                return f"{time.monotonic() - start:.3f}"
+                return f"{time.monotonic() - start:.3f} s"
         return "never"
     finally:
         d.stop()
@@ -262,7 +262,7 @@ def healthz_under_flood(binary):
             p.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             data = p.recv(4096)
             took = time.monotonic() - start
-            result = f"{took:.3f}" if data.startswith(b"HTTP/1.1 200") else "no answer"
+            result = f"{took * 1000:.1f} ms" if data.startswith(b"HTTP/1.1 200") else "no answer"
         except OSError:
             result = "no answer"
         for s in slow:
