@@ -35,6 +35,8 @@
 #include <string_view>
 #include <vector>
 
+#include "keylock/protocol.hpp"  // lock_mode
+
 namespace keylock {
 
 struct duration_histogram;  // metrics.hpp
@@ -71,9 +73,6 @@ struct table_histograms {
   duration_histogram* hold = nullptr;  // grant -> end of the lease, however it ended
 };
 
-// How a lease is held. Only exclusive (up to `limit` holders, each counted) exists in protocol
-// v1; a shared (reader) mode is planned and will be a new enumerator, not a new type.
-enum class lock_mode : std::uint8_t { exclusive };
 
 struct table_limits {
   std::uint32_t max_keys = 1u << 20;              // live keys

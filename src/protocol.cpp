@@ -50,6 +50,22 @@ std::optional<errc> errc_from_string(std::string_view name) noexcept {
   return std::nullopt;
 }
 
+std::string_view to_string(lock_mode mode) noexcept {
+  switch (mode) {
+    case lock_mode::exclusive:
+      return "exclusive";
+    case lock_mode::shared:
+      return "shared";
+  }
+  return "exclusive";
+}
+
+std::optional<lock_mode> lock_mode_from_string(std::string_view name) noexcept {
+  if (name == "exclusive") return lock_mode::exclusive;
+  if (name == "shared") return lock_mode::shared;
+  return std::nullopt;
+}
+
 std::string_view to_string(op kind) noexcept {
   switch (kind) {
     case op::hello:

@@ -47,6 +47,16 @@ std::string_view to_string(errc code) noexcept;
 // server's code: clients treat it as a generic failure).
 std::optional<errc> errc_from_string(std::string_view name) noexcept;
 
+// How a lease holds its key(s): exclusive (the default; with limit N, up to N exclusive holders)
+// or shared (read-write lock: shared holders coexist; limit must be 1).
+enum class lock_mode : std::uint8_t { exclusive, shared };
+
+std::string_view to_string(lock_mode mode) noexcept;
+std::optional<lock_mode> lock_mode_from_string(std::string_view name) noexcept;
+
+// Most keys one acquire may name in `keys`.
+inline constexpr std::size_t max_keys_per_request = 64;
+
 // Operations of protocol v1. `unknown` stands for any op string this build does not know.
 enum class op : std::uint8_t {
   hello,
@@ -79,6 +89,8 @@ enum class field : std::uint16_t {
   client = 1u << 8,
   n = 1u << 9,
   noreply = 1u << 10,
+  keys = 1u << 11,
+  mode = 1u << 12,
 };
 
 constexpr std::uint16_t operator|(field a, field b) noexcept {
@@ -98,6 +110,8 @@ struct request {
 
   std::uint64_t id = 0;       // echoed in the reply
   std::string key;            // acquire, release, extend, inspect
+  std::vector<std::string> keys;  // acquire, release, extend: several keys, in place of `key`
+  lock_mode mode = lock_mode::exclusive;  // acquire
   std::uint64_t token = 0;    // release, extend
   std::uint64_t ttl_ms = 0;   // acquire, extend
   std::uint64_t wait_ms = 0;  // acquire; absent = wait until granted
@@ -117,6 +131,8 @@ struct request {
 struct holder_info {
   std::uint64_t token = 0;
   std::uint64_t ttl_ms_left = 0;
+  lock_mode mode = lock_mode::exclusive;
+  std::vector<std::string> keys;  // every key of the lease when it holds several; else empty
   std::string client;  // name given at hello; empty when none (optional on the wire)
   std::string peer;    // "ip:port" of the holder's connection; empty when unknown
 };
@@ -129,6 +145,7 @@ struct stats_info {
   std::uint64_t waiting = 0;
   std::uint64_t acquires = 0;
   std::uint64_t grants = 0;
+  std::uint64_t grants_shared = 0;  // of `grants`, those in shared mode
   std::uint64_t releases = 0;
   std::uint64_t timeouts = 0;
   std::uint64_t expirations = 0;
@@ -168,9 +185,11 @@ struct reply {
   std::string code_name;  // decoder only: the code as received (for codes newer than this build)
   std::string message;
 
-  // kind::event: event name ("expired") with key and token.
+  // kind::event: event name ("expired") with key and token; `keys` lists every key of a lease
+  // over several keys (empty otherwise).
   std::string event;
   std::string key;
+  std::vector<std::string> keys;
 
   // ok bodies; each member present only in the replies that carry it.
   std::optional<std::uint64_t> token;   // acquire, expired event
