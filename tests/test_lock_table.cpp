@@ -301,9 +301,9 @@ TEST_CASE("cancel answers the oldest matching waiter of that owner only", "[tabl
   auto r = f.acquire(a, "k", 0);
   f.acquire(b, "k", std::nullopt, 7);
   f.acquire(b, "k", std::nullopt, 8);
-  REQUIRE_FALSE(f.table.cancel(a, 7, f.events));  // not a's waiter
-  REQUIRE_FALSE(f.table.cancel(b, 99, f.events));
-  REQUIRE(f.table.cancel(b, 7, f.events));
+  REQUIRE_FALSE(f.table.cancel(a, 7, f.now, f.events));  // not a's waiter
+  REQUIRE_FALSE(f.table.cancel(b, 99, f.now, f.events));
+  REQUIRE(f.table.cancel(b, 7, f.now, f.events));
   f.check();
   auto ev = f.take();
   REQUIRE(ev.size() == 1);
@@ -519,7 +519,7 @@ TEST_CASE("random operations keep every invariant and never grant beyond the lim
         }
         break;
       case 4:
-        f.table.cancel(o, (r >> 24) % next_id, f.events);
+        f.table.cancel(o, (r >> 24) % next_id, f.now, f.events);
         f.check();
         break;
       case 5:
@@ -858,7 +858,7 @@ TEST_CASE("waiters of a stalled key still time out, cancel and leave with their 
   REQUIRE(ev.size() == 1);
   REQUIRE(ev[0].kind == event_kind::wait_timeout);
   REQUIRE(ev[0].owner == b);
-  REQUIRE(f.table.cancel(c, 2, f.events));
+  REQUIRE(f.table.cancel(c, 2, f.now, f.events));
   f.check();
   REQUIRE(f.take().at(0).kind == event_kind::cancelled);
   f.table.disconnect(b, f.now, f.events);  // the last waiter: the stalled key leaves
@@ -1052,7 +1052,7 @@ TEST_CASE("top matches a brute-force reference over random operations, ties incl
         break;
       default:
         if ((r >> 24) % 30 == 0) {
-          f.table.cancel_waiters(o, f.events);
+          f.table.cancel_waiters(o, f.now, f.events);
           f.check();
         }
         break;
@@ -1114,7 +1114,7 @@ TEST_CASE("cancel_waiters answers every queued acquire of the owner in arrival o
   f.acquire(b, "k2", std::nullopt, 9);
   f.acquire(a, "k2", std::nullopt, 1);  // another owner's waiter stays
   f.acquire(b, "solo", 0);
-  f.table.cancel_waiters(b, f.events);
+  f.table.cancel_waiters(b, f.now, f.events);
   f.check();
   auto ev = f.take();
   REQUIRE(ev.size() == 3);
@@ -1130,7 +1130,7 @@ TEST_CASE("cancel_waiters answers every queued acquire of the owner in arrival o
   REQUIRE(f.table.owner_leases(b) == 1);
   REQUIRE(f.table.waiting() == 1);
   REQUIRE(f.table.top(5, f.now).queues.size() == 1);
-  f.table.cancel_waiters(b, f.events);  // nothing left: no events
+  f.table.cancel_waiters(b, f.now, f.events);  // nothing left: no events
   REQUIRE(f.events.empty());
   REQUIRE(f.release("k1", r.token) == lease_status::ok);
   REQUIRE(f.take().empty());  // b's cancelled waiter on k1 is not granted
