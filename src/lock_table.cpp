@@ -305,10 +305,8 @@ void lock_table::set_holders(std::uint32_t e, int delta, lock_mode mode) {
   entry_rec& ent = entries_[e];
   reserved_ -= reserved_of(ent);
   ent.held = static_cast<std::uint32_t>(static_cast<std::int64_t>(ent.held) + delta);
-  if (mode == lock_mode::shared) {
-    ent.held_shared =
-        static_cast<std::uint32_t>(static_cast<std::int64_t>(ent.held_shared) + delta);
-  }
+  // Only one mode holds at a time (has_room), so a flag tells which.
+  ent.shared_held = ent.held != 0 && mode == lock_mode::shared;
   reserved_ += reserved_of(ent);
 }
 
@@ -1177,7 +1175,7 @@ std::string lock_table::check_invariants() const {
       held_shared += rec.mode == lock_mode::shared;
     }
     if (last != ent.last_lease) return "holder list tail is wrong on '" + ent.key + "'";
-    if (held != ent.held || held_shared != ent.held_shared) {
+    if (held != ent.held || held_shared != ent.held_shared()) {
       return "holder count mismatch on '" + ent.key + "'";
     }
     if (held - held_shared > ent.limit) return "more holders than the limit on '" + ent.key + "'";

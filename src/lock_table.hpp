@@ -366,8 +366,7 @@ class lock_table {
     std::string key;
     std::uint32_t hash = 0;  // hash_of(key): index position and quick compare
     std::uint32_t limit = 0;
-    std::uint32_t held = 0;            // holders, of which
-    std::uint32_t held_shared = 0;     //   in shared mode (the others are exclusive)
+    std::uint32_t held = 0;            // holders: all exclusive or (shared_held) all shared
     std::uint32_t waiting = 0;         // waiter records (one per request queued here), of which
     std::uint32_t waiting_shared = 0;  //   in shared mode
     std::uint32_t first_lease = nil, last_lease = nil;    // holders, singly linked, grant order
@@ -375,7 +374,9 @@ class lock_table {
     std::uint32_t delay_pos = nil;  // heap node of its running lock delay, or nil
     std::uint32_t stall_pos = nil;  // its place in stalled_, or nil when not stalled
     bool in_queues = false;         // queue_it is valid
+    bool shared_held = false;       // the holders are in shared mode (never both modes at once)
     queue_index::iterator queue_it{};
+    std::uint32_t held_shared() const { return shared_held ? held : 0; }
   };
   // A lease or waiter record that belongs to a set has no deadline node of its own: its
   // heap_pos is in_set | the index of its group_rec, which holds the set's one node.
@@ -476,20 +477,20 @@ class lock_table {
   // Whether `mode` has room on the key now: exclusive needs a free exclusive slot and no shared
   // holder, shared needs no exclusive holder.
   static bool has_room(const entry_rec& ent, lock_mode mode) {
-    return mode == lock_mode::shared ? ent.held == ent.held_shared
-                                     : ent.held < ent.limit && ent.held_shared == 0;
+    return mode == lock_mode::shared ? ent.held == 0 || ent.shared_held
+                                     : ent.held < ent.limit && !ent.shared_held;
   }
   // Waiter records of the key that may be granted without one of its leases ending (see
   // reserved_): every shared waiter, and exclusive waiters up to the free exclusive slots.
   static std::uint32_t reserved_of(const entry_rec& ent) {
-    const std::uint32_t exclusive_held = ent.held - ent.held_shared;
+    const std::uint32_t exclusive_held = ent.held - ent.held_shared();
     return ent.waiting_shared +
            std::min(ent.waiting - ent.waiting_shared, ent.limit - exclusive_held);
   }
   // How much one more waiter record in `mode` raises reserved_of(ent).
   static std::uint32_t reserve_delta(const entry_rec& ent, lock_mode mode) {
     if (mode == lock_mode::shared) return 1;
-    return ent.waiting - ent.waiting_shared < ent.limit - (ent.held - ent.held_shared) ? 1 : 0;
+    return ent.waiting - ent.waiting_shared < ent.limit - (ent.held - ent.held_shared()) ? 1 : 0;
   }
   // Whether `n` more leases (or reserved slots) would pass max_leases.
   bool over_lease_bound(std::size_t n) const {
