@@ -33,6 +33,8 @@ bool same_request(const keylock::request& a, const keylock::request& b) {
   if (a.has(field::client) && a.client != b.client) return false;
   if (a.has(field::n) && a.n != b.n) return false;
   if (a.has(field::noreply) && a.noreply != b.noreply) return false;
+  if (a.has(field::keys) && a.keys != b.keys) return false;
+  if (a.has(field::mode) && a.mode != b.mode) return false;
   return true;
 }
 
