@@ -496,3 +496,48 @@ TEST_CASE("when the fencing state cannot be made durable no token reaches the st
   REQUIRE(http_get(d.metrics_port(), "/readyz").status == 200);
   REQUIRE(d.wait_log("tokens reserved up to"));
 }
+
+TEST_CASE("a storm of expiries to a client that does not read obeys max_output_bytes",
+          "[integration][hostile]") {
+  test::daemon d({"--max-output-bytes", "65536", "--max-leases-per-connection", "200000"});
+  conn good(d.port()), hoarder(d.port());
+  // 150,000 leases that all run out together; their expired events (~50 bytes each, 7 MB)
+  // are far more than max_output_bytes and than what loopback's kernel buffers hold.
+  const int leases = 150000;
+  // Acquired in batches, each read back before the next, so that the acquire replies never
+  // pile up: only the expiries may. The ttl must outlast the acquiring on a slow (sanitizer)
+  // build, so it is set from how long the first batch took.
+  const int batch = 5000;
+  auto acquire_batch = [&](int first, std::int64_t ttl_ms) {
+    std::string frames;
+    for (int i = first; i < first + batch; ++i) {
+      frames += R"({"op":"acquire","key":"storm)";
+      frames += std::to_string(i);
+      frames += R"(","wait_ms":0,"ttl_ms":)";
+      frames += std::to_string(ttl_ms);
+      frames += "}\n";
+    }
+    REQUIRE(hoarder.send_raw(frames));
+    for (int i = 0; i < batch; ++i) {
+      reply r = parse_reply(hoarder.recv_line());
+      REQUIRE(r.type == reply::kind::ok);
+    }
+  };
+  const auto start = std::chrono::steady_clock::now();
+  acquire_batch(0, 600000);  // these stay: the storm is the rest
+  const auto per_batch = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - start);
+  const std::int64_t ttl_ms = 2 * (leases / batch) * per_batch.count() + 1000;
+  for (int first = batch; first < leases; first += batch) acquire_batch(first, ttl_ms);
+  shrink_receive_buffer(hoarder);  // from now on it reads nothing
+  // The expiries are delivered in bounded batches: the hoarder is cut by the output limit,
+  // and the good client is served throughout.
+  REQUIRE(d.wait_log("not reading its replies"));
+  require_served(good, 1);
+  bool released = false;
+  for (int i = 0; i < 200 && !released; ++i) {
+    released = held_leases(good) == 0;  // the 5,000 long leases went with the connection
+    if (!released) REQUIRE_FALSE(good.recv_line(50ms).has_value());
+  }
+  REQUIRE(released);
+}
