@@ -8,7 +8,7 @@
 //   client.with_lock("report:monthly", [](const keylock::Lease& lease) {
 //     write_report(lease.token());  // pass the fencing token on to storage
 //   });
-//   client.with_lock("config:prices", read_prices, {.mode = keylock::lock_mode::shared});
+//   client.with_shared_lock("config:prices", read_prices);  // readers together
 //   client.with_lock_all({"acct:17", "acct:42"}, transfer);  // both keys or neither
 //
 // Invariants:
@@ -348,11 +348,14 @@ class Client {
   // Throws what acquire() throws, and NotHeld if the client saw the lease lost while fn ran
   // (fn's result is then discarded: whatever fn did, it did without the lock for a while;
   // options.on_lost has been called too).
-  //
-  // Shared mode and reentrancy are options: with_lock(key, fn, {.mode = lock_mode::shared}),
-  // with_lock(key, fn, {.reentrant = true}).
+  // Shared mode and reentrancy are AcquireOptions fields (mode, reentrant).
   template <class Fn>
   decltype(auto) with_lock(std::string_view key, Fn&& fn, const AcquireOptions& options = {});
+
+  // with_lock holding `key` in shared mode (options.mode is overridden): for readers. Throws
+  // what with_lock throws.
+  template <class Fn>
+  decltype(auto) with_shared_lock(std::string_view key, Fn&& fn, AcquireOptions options = {});
 
   // with_lock over several keys: acquire_all(keys, options), fn, release. Throws what
   // acquire_all() throws, and NotHeld as with_lock.
@@ -386,6 +389,13 @@ class Client {
 
 template <class Fn>
 decltype(auto) Client::with_lock(std::string_view key, Fn&& fn, const AcquireOptions& options) {
+  Lease lease = acquire(key, options);
+  return run_locked(lease, fn);
+}
+
+template <class Fn>
+decltype(auto) Client::with_shared_lock(std::string_view key, Fn&& fn, AcquireOptions options) {
+  options.mode = lock_mode::shared;
   Lease lease = acquire(key, options);
   return run_locked(lease, fn);
 }
