@@ -355,10 +355,9 @@ class client_impl {
     if (lease->depth.fetch_sub(1) > 1) return false;
     for (auto it = reentries_.begin(); it != reentries_.end(); ++it) {
       auto& held = it->second;
-      const auto found = std::find_if(held.begin(), held.end(),
-                                      [&](const reentry& held_lease) {
-                                        return held_lease.lease == lease;
-                                      });
+      const auto found = std::find_if(held.begin(), held.end(), [&](const reentry& held_lease) {
+        return held_lease.lease == lease;
+      });
       if (found == held.end()) continue;
       held.erase(found);
       if (held.empty()) reentries_.erase(it);
@@ -371,8 +370,7 @@ class client_impl {
   // A reentrant acquire: the lease this thread holds over exactly `sorted` (depth + 1), nullptr
   // when no held set shares a key with it. Throws ReentrancyError for a mode or set mismatch,
   // NotHeld when the held lease was lost.
-  std::shared_ptr<lease_state> enter_held(const std::vector<std::string>& sorted,
-                                          lock_mode mode) {
+  std::shared_ptr<lease_state> enter_held(const std::vector<std::string>& sorted, lock_mode mode) {
     std::lock_guard lock(reentry_mtx_);
     const auto it = reentries_.find(std::this_thread::get_id());
     if (it == reentries_.end()) return nullptr;
@@ -819,11 +817,11 @@ class client_impl {
         send_release(first_key(p.req), *rep.token);
         return;
       }
-      std::vector<std::string> keys =
-          p.req.has(field::keys) && !p.req.keys.empty() ? std::move(p.req.keys)
-                                                        : std::vector<std::string>{p.req.key};
-      auto lease = std::make_shared<lease_state>(std::move(keys), *rep.token, p.req.mode,
-                                                 p.reentrant);
+      std::vector<std::string> keys = p.req.has(field::keys) && !p.req.keys.empty()
+                                          ? std::move(p.req.keys)
+                                          : std::vector<std::string>{p.req.key};
+      auto lease =
+          std::make_shared<lease_state>(std::move(keys), *rep.token, p.req.mode, p.reentrant);
       lease->ttl = milliseconds(rep.ttl_ms.value_or(p.req.ttl_ms));
       lease->auto_extend = p.auto_extend;
       lease->on_lost = std::move(p.on_lost);
@@ -1251,9 +1249,9 @@ class client_impl {
       }
       waiter& w = *p.w;
       p.w = nullptr;  // abandoned: a late grant is released at once
-      complete(w, std::make_exception_ptr(ConnectionError("keylock: no reply to acquire of " +
-                                                          p.label + " from keylockd at " +
-                                                          options_.server)));
+      complete(
+          w, std::make_exception_ptr(ConnectionError("keylock: no reply to acquire of " + p.label +
+                                                     " from keylockd at " + options_.server)));
       const std::uint64_t cancel_id = new_internal_call(op::cancel);  // may rehash calls_
       pending& cancel = calls_.at(cancel_id);
       cancel.req.target = id;

@@ -494,9 +494,9 @@ int inspect(keylock::Client& client, const std::string& key, bool json) {
         set += k;
       }
       std::printf("%-18llu %-9s %-10s %-32s %-21s %s\n", static_cast<unsigned long long>(h.token),
-                  std::string(keylock::to_string(h.mode)).c_str(),
-                  format_ms(h.ttl_ms_left).c_str(), h.client.empty() ? "-" : h.client.c_str(),
-                  h.peer.empty() ? "-" : h.peer.c_str(), set.empty() ? "-" : set.c_str());
+                  std::string(keylock::to_string(h.mode)).c_str(), format_ms(h.ttl_ms_left).c_str(),
+                  h.client.empty() ? "-" : h.client.c_str(), h.peer.empty() ? "-" : h.peer.c_str(),
+                  set.empty() ? "-" : set.c_str());
     }
   }
   return 0;
@@ -623,8 +623,7 @@ std::string check_run_args(const run_args& run) {
   }
   std::vector<std::string> sorted = run.keys;
   std::sort(sorted.begin(), sorted.end());
-  if (const auto twice = std::adjacent_find(sorted.begin(), sorted.end());
-      twice != sorted.end()) {
+  if (const auto twice = std::adjacent_find(sorted.begin(), sorted.end()); twice != sorted.end()) {
     return "run: key '" + *twice + "' given twice";
   }
   if (run.shared && run.limit != 1) {

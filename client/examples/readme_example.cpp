@@ -88,7 +88,8 @@ int main() {
   keylock::AcquireOptions nested;
   nested.reentrant = true;
   auto orders_table = [](auto&&...) { return std::string("table:orders"); };
-  auto save_row = keylock::lock_decorator(client, [](int row) { return row; }, orders_table, nested);
+  auto save_row = keylock::lock_decorator(
+      client, [](int row) { return row; }, orders_table, nested);
   auto save_all = keylock::lock_decorator(
       client,
       [&](int count) {

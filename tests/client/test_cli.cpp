@@ -358,7 +358,8 @@ TEST_CASE("keylock run with several keys holds every key as one lease while the 
   const std::string script = "printf '%s|%s' \"$KEYLOCK_KEY\" \"$KEYLOCK_KEYS\" > '" +
                              dir.file("env") + "'; i=0; while [ ! -e '" + go +
                              "' ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done";
-  child_process run(dir, cli({"run", "acct:17", "acct:42", "--ttl", "5s", "--", "sh", "-c", script}),
+  child_process run(dir,
+                    cli({"run", "acct:17", "acct:42", "--ttl", "5s", "--", "sh", "-c", script}),
                     server_env(d.port()));
   REQUIRE(wait_until([&] { return !read_file(dir.file("env")).empty(); }));
   const keylock::key_info first = observer.inspect("acct:17");

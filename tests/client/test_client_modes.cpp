@@ -87,7 +87,8 @@ TEST_CASE("shared holders of a key hold it at once while an exclusive acquire is
   keylock::Client b(options_for(d.port(), "reader-b"));
   keylock::Client writer(options_for(d.port(), "writer"));
 
-  std::optional<keylock::Lease> first = a.try_acquire("prices", try_once(keylock::lock_mode::shared));
+  std::optional<keylock::Lease> first =
+      a.try_acquire("prices", try_once(keylock::lock_mode::shared));
   std::optional<keylock::Lease> second =
       b.try_acquire("prices", try_once(keylock::lock_mode::shared));
   REQUIRE(first);
