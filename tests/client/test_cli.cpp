@@ -327,25 +327,29 @@ TEST_CASE("keylock run --shared: two shared runs hold the key at the same time",
   keylock_daemon d;
   temp_dir dir;
   keylock::Client writer(options_for(d.port()));
-  // Each command marks that it runs, then waits (bounded) for the other's mark: both exit 0
-  // only if both held the key at once.
+  const std::string go = dir.file("go");
+  // Each command marks that it runs, then holds on (bounded) until the test says go; it exits
+  // 0 only if the other's mark was there by then, i.e. both held the key at once.
   const auto script_for = [&](const std::string& mine, const std::string& theirs) {
-    return "echo \"$KEYLOCK_MODE\" > '" + dir.file(mine) + "'; i=0; while [ ! -e '" +
-           dir.file(theirs) + "' ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; [ -e '" +
-           dir.file(theirs) + "' ]";
+    return "echo \"$KEYLOCK_MODE\" > '" + dir.file(mine) + "'; i=0; while [ ! -e '" + go +
+           "' ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; [ -e '" + dir.file(theirs) +
+           "' ]";
   };
   child_process a(dir, cli({"run", "prices", "--shared", "--", "sh", "-c", script_for("a", "b")}),
                   server_env(d.port()));
   child_process b(dir, cli({"run", "--shared", "prices", "--", "sh", "-c", script_for("b", "a")}),
                   server_env(d.port()));
-  REQUIRE(wait_until([&] { return writer.inspect("prices").holders.size() == 2; }));
+  const bool both = wait_until([&] { return writer.inspect("prices").holders.size() == 2; });
+  INFO(a.err() << b.err());
+  CHECK(both);
   // Meanwhile an exclusive holder is refused.
   keylock::AcquireOptions once;
   once.wait = 0ms;
   CHECK_FALSE(writer.try_acquire("prices", once));
+  child_process touch(dir, {"/bin/sh", "-c", "touch '" + go + "'"});
+  CHECK(touch.wait() == 0);
   CHECK(a.wait() == 0);
   CHECK(b.wait() == 0);
-  INFO(a.err() << b.err());
   CHECK(read_file(dir.file("a")) == "shared\n");
 }
 
