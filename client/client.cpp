@@ -165,6 +165,17 @@ std::pair<std::string, std::string> split_server(const std::string& server) {
   return {host, port};
 }
 
+// How messages name the keys of a request or lease: 'k' for one key, {'a', 'b'} for a set.
+std::string quote_keys(const std::vector<std::string>& keys) {
+  if (keys.size() == 1) return "'" + keys.front() + "'";
+  std::string out = "{";
+  for (const auto& key : keys) {
+    if (out.size() > 1) out += ", ";
+    out += "'" + key + "'";
+  }
+  return out + "}";
+}
+
 std::string env_or(const char* name, const char* fallback) {
   const char* value = std::getenv(name);
   return value != nullptr && *value != '\0' ? value : fallback;
@@ -174,14 +185,29 @@ std::string env_or(const char* name, const char* fallback) {
 
 enum class lease_status : std::uint8_t { held, released, lost };
 
-// One granted lease. key and token never change; `status` is the only member read by other
-// threads; the rest belongs to the I/O thread.
-struct lease_state {
-  lease_state(std::string k, std::uint64_t t) : key(std::move(k)), token(t) {}
+// How an acquire names its keys on the wire: `key` (acquire) or `keys` (acquire_all).
+enum class key_shape : std::uint8_t { one_key, key_set };
 
-  const std::string key;
+// One granted lease. keys, token, mode and reentrant never change; `status` and `depth` are
+// the only members read by other threads; the rest belongs to the I/O thread.
+struct lease_state {
+  lease_state(std::vector<std::string> ks, std::uint64_t t, lock_mode m, bool r)
+      : keys(std::move(ks)),
+        key(keys.front()),
+        label(quote_keys(keys)),
+        token(t),
+        mode(m),
+        reentrant(r) {}
+
+  const std::vector<std::string> keys;  // as acquired; never empty
+  const std::string key;                // keys.front(): names the lease in release/extend
+  const std::string label;              // for messages
   const std::uint64_t token;
+  const lock_mode mode;
+  const bool reentrant;  // registered in client_impl::reentries_ while held
   std::atomic<lease_status> status{lease_status::held};
+  // Open holds of a reentrant lease; written under client_impl::reentry_mtx_.
+  std::atomic<int> depth{1};
 
   // I/O thread only.
   milliseconds ttl{0};
@@ -214,6 +240,12 @@ struct waiter {
 
 enum class call_state : std::uint8_t { queued, sent };
 
+// The key that names a request's lock in release/extend: `key`, or the first of `keys` (the
+// daemon takes any member of a set).
+const std::string& first_key(const request& req) {
+  return req.has(field::keys) && !req.keys.empty() ? req.keys.front() : req.key;
+}
+
 // One request known to the I/O thread, by id. `w` is null for the client's own requests
 // (hello, renewals, releases of abandoned grants, cancels) and for an acquire whose caller
 // gave up (an abandoned acquire: a late grant is released at once).
@@ -228,6 +260,8 @@ struct pending {
   deadline_handle timeout;
   std::shared_ptr<lease_state> lease;  // release, extend
   // acquire
+  std::string label;  // the keys, for messages
+  bool reentrant = false;
   bool auto_extend = false;
   std::function<void(const lease_lost&)> on_lost;
 };
@@ -295,7 +329,80 @@ class client_impl {
     return server_version_;
   }
 
-  std::shared_ptr<lease_state> acquire(std::string_view key, const AcquireOptions& options) {
+  // Acquires `keys`: as `key` when `shape` is one_key, else as the set `keys`. A reentrant
+  // acquire nests in this thread's hold of the same keys when there is one.
+  std::shared_ptr<lease_state> acquire(std::vector<std::string> keys, key_shape shape,
+                                       const AcquireOptions& options) {
+    std::vector<std::string> sorted;
+    if (options.reentrant) {
+      sorted = keys;
+      std::sort(sorted.begin(), sorted.end());
+      if (auto held = enter_held(sorted, options.mode)) return held;
+    }
+    auto lease = acquire_on_wire(std::move(keys), shape, options);
+    if (options.reentrant) {
+      std::lock_guard lock(reentry_mtx_);
+      reentries_[std::this_thread::get_id()].push_back(reentry{std::move(sorted), lease});
+    }
+    return lease;
+  }
+
+  // Ends one hold of `lease`. True when it was the last (or only) one: the caller releases the
+  // lease on the daemon. False when an enclosing reentrant holder still holds it.
+  bool leave_held(const std::shared_ptr<lease_state>& lease) {
+    if (!lease->reentrant) return true;
+    std::lock_guard lock(reentry_mtx_);
+    if (lease->depth.fetch_sub(1) > 1) return false;
+    for (auto it = reentries_.begin(); it != reentries_.end(); ++it) {
+      auto& held = it->second;
+      const auto found = std::find_if(held.begin(), held.end(), [&](const reentry& held_lease) {
+        return held_lease.lease == lease;
+      });
+      if (found == held.end()) continue;
+      held.erase(found);
+      if (held.empty()) reentries_.erase(it);
+      break;
+    }
+    return true;
+  }
+
+ private:
+  // A reentrant acquire: the lease this thread holds over exactly `sorted` (depth + 1), nullptr
+  // when no held set shares a key with it. Throws ReentrancyError for a mode or set mismatch,
+  // NotHeld when the held lease was lost.
+  std::shared_ptr<lease_state> enter_held(const std::vector<std::string>& sorted, lock_mode mode) {
+    std::lock_guard lock(reentry_mtx_);
+    const auto it = reentries_.find(std::this_thread::get_id());
+    if (it == reentries_.end()) return nullptr;
+    for (const reentry& held : it->second) {
+      if (held.keys == sorted) {
+        const auto& lease = held.lease;
+        if (lease->mode != mode) {
+          throw ReentrancyError("keylock: cannot nest a " + std::string(to_string(mode)) +
+                                " hold of " + lease->label + " inside this thread's " +
+                                std::string(to_string(lease->mode)) + " hold of it");
+        }
+        if (lease->status.load() == lease_status::lost) {
+          throw NotHeld("keylock: the enclosing hold of " + lease->label + " was lost");
+        }
+        lease->depth.fetch_add(1);
+        return lease;
+      }
+      const bool overlap = std::any_of(sorted.begin(), sorted.end(), [&](const std::string& k) {
+        return std::binary_search(held.keys.begin(), held.keys.end(), k);
+      });
+      if (overlap) {
+        throw ReentrancyError("keylock: cannot nest an acquire of " + quote_keys(sorted) +
+                              " inside this thread's hold of " + held.lease->label +
+                              ": nested sets of keys must be equal");
+      }
+    }
+    return nullptr;
+  }
+
+ public:
+  std::shared_ptr<lease_state> acquire_on_wire(std::vector<std::string> keys, key_shape shape,
+                                               const AcquireOptions& options) {
     waiter w;
     submit(w, [&] {
       const std::uint64_t id = next_id_++;
@@ -303,11 +410,21 @@ class client_impl {
       p.w = &w;
       p.req.kind = op::acquire;
       p.req.id = id;
-      p.req.key = std::string(key);
+      p.label = quote_keys(keys);
+      if (shape == key_shape::one_key) {
+        p.req.key = std::move(keys.front());
+        p.req.set(field::key);
+      } else {
+        p.req.keys = std::move(keys);
+        p.req.set(field::keys);
+      }
+      if (options.mode != lock_mode::exclusive) {  // the default is not sent: older daemons
+        p.req.mode = options.mode;
+        p.req.set(field::mode);
+      }
       p.req.ttl_ms = static_cast<std::uint64_t>(options.ttl.count());
       p.req.limit = options.limit;
       p.req.set(field::id);
-      p.req.set(field::key);
       p.req.set(field::ttl_ms);
       p.req.set(field::limit);
       if (options.wait) {
@@ -315,6 +432,7 @@ class client_impl {
         p.wait_until = steady::now() + p.wait;
         p.timeout = add_deadline(*p.wait_until, deadline_kind::call, id);
       }
+      p.reentrant = options.reentrant;
       p.auto_extend = options.auto_extend;
       p.on_lost = options.on_lost;
       send_or_queue(id);
@@ -323,6 +441,14 @@ class client_impl {
   }
 
   void release(const std::shared_ptr<lease_state>& lease, release_mode mode) {
+    if (!leave_held(lease)) {
+      // An enclosing holder keeps the lease; tell this one if it ran without the lock.
+      if (lease->status.load() == lease_status::lost && !on_io_thread()) {
+        // lost_message is written before status turns lost, and never again.
+        throw NotHeld("keylock: lease on " + lease->label + " was lost: " + lease->lost_message);
+      }
+      return;
+    }
     if (on_io_thread()) {
       release_inline(lease);
       return;
@@ -447,11 +573,11 @@ class client_impl {
 
   void finish_lost_or_released(waiter& w, const lease_state& lease) {
     if (lease.status.load() == lease_status::lost) {
-      complete(w, std::make_exception_ptr(NotHeld("keylock: lease on '" + lease.key +
-                                                  "' was lost: " + lease.lost_message)));
+      complete(w, std::make_exception_ptr(NotHeld("keylock: lease on " + lease.label +
+                                                  " was lost: " + lease.lost_message)));
     } else {
       complete(w, std::make_exception_ptr(
-                      NotHeld("keylock: lease on '" + lease.key + "' was already released")));
+                      NotHeld("keylock: lease on " + lease.label + " was already released")));
     }
   }
 
@@ -638,8 +764,8 @@ class client_impl {
           complete(*p.w);
         } else if (code_of(rep) == "not_held") {
           complete(*p.w, std::make_exception_ptr(NotHeld(
-                             "keylock: lease on '" + p.req.key +
-                                 "' was no longer held by the daemon (it expired): " + rep.message,
+                             "keylock: lease on " + p.lease->label +
+                                 " was no longer held by the daemon (it expired): " + rep.message,
                              errc::not_held)));
         } else {
           complete(*p.w, error_from_reply(rep));
@@ -688,10 +814,14 @@ class client_impl {
     if (rep.type == reply::kind::ok && rep.token) {
       if (p.w == nullptr) {
         // Our caller gave up on this acquire (no reply in time); give the grant back.
-        send_release(p.req.key, *rep.token);
+        send_release(first_key(p.req), *rep.token);
         return;
       }
-      auto lease = std::make_shared<lease_state>(p.req.key, *rep.token);
+      std::vector<std::string> keys = p.req.has(field::keys) && !p.req.keys.empty()
+                                          ? std::move(p.req.keys)
+                                          : std::vector<std::string>{p.req.key};
+      auto lease =
+          std::make_shared<lease_state>(std::move(keys), *rep.token, p.req.mode, p.reentrant);
       lease->ttl = milliseconds(rep.ttl_ms.value_or(p.req.ttl_ms));
       lease->auto_extend = p.auto_extend;
       lease->on_lost = std::move(p.on_lost);
@@ -723,7 +853,7 @@ class client_impl {
     }
     if (code_of(rep) == "timeout") {
       complete(*p.w, std::make_exception_ptr(
-                         Timeout("keylock: '" + p.req.key + "' not acquired within " +
+                         Timeout("keylock: " + p.label + " not acquired within " +
                                      std::to_string(p.wait.count()) + " ms: " + rep.message,
                                  errc::timeout)));
       return;
@@ -753,7 +883,7 @@ class client_impl {
     if (p.w != nullptr) {
       complete(*p.w, not_held
                          ? std::make_exception_ptr(NotHeld(
-                               "keylock: lease on '" + lease->key + "' " + why, errc::not_held))
+                               "keylock: lease on " + lease->label + " " + why, errc::not_held))
                          : error_from_reply(rep));
     }
   }
@@ -828,7 +958,8 @@ class client_impl {
     forget(lease, lease_status::lost);
     if (lease->on_lost) {
       try {
-        lease->on_lost(lease_lost{lease->key, lease->token, reason, std::move(message)});
+        lease->on_lost(
+            lease_lost{lease->key, lease->keys, lease->token, reason, std::move(message)});
       } catch (...) {  // documented: callbacks must not throw; never let one kill the I/O thread
       }
     }
@@ -948,7 +1079,7 @@ class client_impl {
         if (waiting_acquire && p.wait_until && *p.wait_until <= steady::now()) {
           cancel_deadline(p.timeout);
           complete(*p.w, std::make_exception_ptr(
-                             Timeout("keylock: '" + p.req.key + "' not acquired within " +
+                             Timeout("keylock: " + p.label + " not acquired within " +
                                          std::to_string(p.wait.count()) + " ms: " + last_error_,
                                      errc::timeout)));
           calls_.erase(it);
@@ -1118,9 +1249,9 @@ class client_impl {
       }
       waiter& w = *p.w;
       p.w = nullptr;  // abandoned: a late grant is released at once
-      complete(w, std::make_exception_ptr(ConnectionError("keylock: no reply to acquire of '" +
-                                                          p.req.key + "' from keylockd at " +
-                                                          options_.server)));
+      complete(
+          w, std::make_exception_ptr(ConnectionError("keylock: no reply to acquire of " + p.label +
+                                                     " from keylockd at " + options_.server)));
       const std::uint64_t cancel_id = new_internal_call(op::cancel);  // may rehash calls_
       pending& cancel = calls_.at(cancel_id);
       cancel.req.target = id;
@@ -1137,7 +1268,7 @@ class client_impl {
                               : last_error_.empty() ? "not connected"
                                                     : last_error_;
       complete(*done.w, std::make_exception_ptr(
-                            Timeout("keylock: '" + done.req.key + "' not acquired within " +
+                            Timeout("keylock: " + done.label + " not acquired within " +
                                         std::to_string(done.wait.count()) + " ms: " + why,
                                     errc::timeout)));
       return;
@@ -1171,6 +1302,15 @@ class client_impl {
   std::mutex mtx_;  // guards closed_ and server_version_
   bool closed_ = false;
   std::string server_version_;
+
+  // Reentrant holds by the thread that acquired them (any thread; guarded by reentry_mtx_):
+  // each with its keys sorted. A few per thread at most, so a vector is searched.
+  struct reentry {
+    std::vector<std::string> keys;
+    std::shared_ptr<lease_state> lease;
+  };
+  std::mutex reentry_mtx_;
+  std::unordered_map<std::thread::id, std::vector<reentry>> reentries_;
 
   // I/O thread only.
   bool closing_ = false;
@@ -1226,6 +1366,15 @@ const std::string& Lease::key() const noexcept {
   return state_ ? state_->key : empty;
 }
 
+const std::vector<std::string>& Lease::keys() const noexcept {
+  static const std::vector<std::string> empty;
+  return state_ ? state_->keys : empty;
+}
+
+lock_mode Lease::mode() const noexcept { return state_ ? state_->mode : lock_mode::exclusive; }
+
+int Lease::depth() const noexcept { return state_ ? state_->depth.load() : 0; }
+
 std::uint64_t Lease::token() const noexcept { return state_ ? state_->token : 0; }
 
 bool Lease::valid() const noexcept {
@@ -1261,7 +1410,21 @@ Client::Client(client_options options)
 Client::~Client() { impl_->shutdown(); }
 
 Lease Client::acquire(std::string_view key, const AcquireOptions& options) {
-  return Lease(impl_, impl_->acquire(key, options));
+  return Lease(impl_, impl_->acquire({std::string(key)}, detail::key_shape::one_key, options));
+}
+
+Lease Client::acquire_all(const std::vector<std::string>& keys, const AcquireOptions& options) {
+  return Lease(impl_, impl_->acquire(keys, detail::key_shape::key_set, options));
+}
+
+std::optional<Lease> Client::try_acquire_all(const std::vector<std::string>& keys,
+                                             AcquireOptions options) {
+  if (!options.wait) options.wait = std::chrono::milliseconds(0);
+  try {
+    return acquire_all(keys, options);
+  } catch (const Timeout&) {
+    return std::nullopt;
+  }
 }
 
 std::optional<Lease> Client::try_acquire(std::string_view key, AcquireOptions options) {

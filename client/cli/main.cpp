@@ -1,7 +1,7 @@
 // keylock: the command-line client of keylockd.
 //
-//   keylock run KEY [--ttl D] [--wait D] [--limit N] [--conflict-exit-code N] [--grace D]
-//               -- COMMAND [ARGS...]
+//   keylock run KEY [KEY...] [--shared] [--ttl D] [--wait D] [--limit N]
+//               [--conflict-exit-code N] [--grace D] -- COMMAND [ARGS...]
 //   keylock ping [--count N]
 //   keylock inspect KEY [--json]
 //   keylock stats [--json]
@@ -12,6 +12,7 @@
 //
 // `run` is flock(1) across hosts: it holds the lock while COMMAND runs (renewing it at ttl/3),
 // forwards SIGINT/SIGTERM/SIGHUP, and never lets the command go on once the lock is lost.
+// Several keys before `--` are acquired all at once (one lease); --shared takes them shared.
 #include "keylock/client.hpp"
 #include "keylock/codec.hpp"
 #include "keylock_version.hpp"
@@ -25,6 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -165,7 +167,8 @@ void install_handlers() {
 }
 
 struct run_args {
-  std::string key;
+  std::vector<std::string> keys;  // one, or several acquired at once (before `--`)
+  bool shared = false;
   std::string ttl = "30s";
   std::string wait;  // empty: forever
   std::uint32_t limit = 1;
@@ -174,17 +177,38 @@ struct run_args {
   std::vector<std::string> command;
 };
 
-// The environment of the command: ours, with KEYLOCK_KEY and KEYLOCK_TOKEN set.
-std::vector<std::string> child_environment(const std::string& key, std::uint64_t token) {
+// The environment of the command: ours, with KEYLOCK_KEY (the first key), KEYLOCK_KEYS (every
+// key, one per line), KEYLOCK_MODE and KEYLOCK_TOKEN set.
+std::vector<std::string> child_environment(const keylock::Lease& lease) {
   std::vector<std::string> env;
   for (char** entry = environ; *entry != nullptr; ++entry) {
     const std::string_view var(*entry);
-    if (var.rfind("KEYLOCK_KEY=", 0) == 0 || var.rfind("KEYLOCK_TOKEN=", 0) == 0) continue;
+    if (var.rfind("KEYLOCK_KEY=", 0) == 0 || var.rfind("KEYLOCK_KEYS=", 0) == 0 ||
+        var.rfind("KEYLOCK_MODE=", 0) == 0 || var.rfind("KEYLOCK_TOKEN=", 0) == 0) {
+      continue;
+    }
     env.emplace_back(var);
   }
-  env.push_back("KEYLOCK_KEY=" + key);
-  env.push_back("KEYLOCK_TOKEN=" + std::to_string(token));
+  std::string keys;
+  for (const auto& key : lease.keys()) {
+    if (!keys.empty()) keys += '\n';
+    keys += key;
+  }
+  env.push_back("KEYLOCK_KEY=" + lease.key());
+  env.push_back("KEYLOCK_KEYS=" + keys);
+  env.push_back("KEYLOCK_MODE=" + std::string(keylock::to_string(lease.mode())));
+  env.push_back("KEYLOCK_TOKEN=" + std::to_string(lease.token()));
   return env;
+}
+
+// 'k' for one key, 'a', 'b' for several: how messages name the lock.
+std::string quote_keys(const std::vector<std::string>& keys) {
+  std::string out;
+  for (const auto& key : keys) {
+    if (!out.empty()) out += ", ";
+    out += "'" + key + "'";
+  }
+  return out;
 }
 
 std::vector<char*> c_strings(std::vector<std::string>& strings) {
@@ -299,6 +323,7 @@ int run_command(keylock::client_options options, const run_args& args) {
   acquire.ttl = *parse_duration(args.ttl);
   if (!args.wait.empty()) acquire.wait = *parse_duration(args.wait);
   acquire.limit = args.limit;
+  if (args.shared) acquire.mode = keylock::lock_mode::shared;
   acquire.on_lost = [](const keylock::lease_lost& lost) {
     {
       std::lock_guard lock(lost_mutex);
@@ -307,23 +332,26 @@ int run_command(keylock::client_options options, const run_args& args) {
     wake(lost_byte);
   };
 
+  const std::string label = quote_keys(args.keys);
   keylock::Lease lease;
   try {
-    lease = client.acquire(args.key, acquire);
+    lease = args.keys.size() == 1 ? client.acquire(args.keys.front(), acquire)
+                                  : client.acquire_all(args.keys, acquire);
   } catch (const keylock::Timeout&) {
-    complain("'" + args.key + "' is held elsewhere; not acquired within " +
+    complain(label + (args.keys.size() == 1 ? " is" : " are") +
+             " held elsewhere; not acquired within " +
              format_ms(static_cast<std::uint64_t>(acquire.wait.value_or(milliseconds(0)).count())));
     return args.conflict_exit_code;
   }
 
   if (!lease.valid()) {
-    complain("lost the lock on '" + args.key + "' before the command started");
+    complain("lost the lock on " + label + " before the command started");
     return exit_lost;
   }
   // Handlers only now: while keylock waits for the lock, ^C simply ends it (and the daemon
   // drops the waiting acquire with the connection).
   install_handlers();
-  std::vector<std::string> env = child_environment(args.key, lease.token());
+  std::vector<std::string> env = child_environment(lease);
   std::vector<std::string> argv_strings = args.command;
   std::vector<char*> child_argv = c_strings(argv_strings);
   std::vector<char*> child_env = c_strings(env);
@@ -377,7 +405,7 @@ int run_command(keylock::client_options options, const run_args& args) {
             std::lock_guard lock(lost_mutex);
             why = lost_message;
           }
-          complain("lost the lock on '" + args.key + "' while the command ran (" + why +
+          complain("lost the lock on " + label + " while the command ran (" + why +
                    "); sending SIGTERM to the command");
           kill(child, SIGTERM);
           kill_at = steady::now() + grace;
@@ -401,13 +429,13 @@ int run_command(keylock::client_options options, const run_args& args) {
                          : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
                                                : exit_failure;
   if (lost) {
-    complain("the command was stopped because the lock on '" + args.key + "' was lost");
+    complain("the command was stopped because the lock on " + label + " was lost");
     return exit_lost;
   }
   try {
     lease.release();
   } catch (const keylock::NotHeld& e) {
-    complain("lost the lock on '" + args.key + "' before the command finished: " + e.what());
+    complain("lost the lock on " + label + " before the command finished: " + e.what());
     return exit_lost;
   } catch (const keylock::ConnectionError& e) {
     // Every renewal was confirmed while the command ran (else the lease would be lost); the
@@ -456,11 +484,19 @@ int inspect(keylock::Client& client, const std::string& key, bool json) {
   }
   std::printf("waiters  %llu\n", static_cast<unsigned long long>(info.waiters));
   if (!info.holders.empty()) {
-    std::printf("\n%-18s %-10s %-32s %s\n", "TOKEN", "TTL LEFT", "CLIENT", "PEER");
+    // SET lists every key of a lease over several keys (acquired at once), "-" for one key.
+    std::printf("\n%-18s %-9s %-10s %-32s %-21s %s\n", "TOKEN", "MODE", "TTL LEFT", "CLIENT",
+                "PEER", "SET");
     for (const auto& h : info.holders) {
-      std::printf("%-18llu %-10s %-32s %s\n", static_cast<unsigned long long>(h.token),
-                  format_ms(h.ttl_ms_left).c_str(), h.client.empty() ? "-" : h.client.c_str(),
-                  h.peer.empty() ? "-" : h.peer.c_str());
+      std::string set;
+      for (const auto& k : h.keys) {
+        if (!set.empty()) set += ' ';
+        set += k;
+      }
+      std::printf("%-18llu %-9s %-10s %-32s %-21s %s\n", static_cast<unsigned long long>(h.token),
+                  std::string(keylock::to_string(h.mode)).c_str(), format_ms(h.ttl_ms_left).c_str(),
+                  h.client.empty() ? "-" : h.client.c_str(), h.peer.empty() ? "-" : h.peer.c_str(),
+                  set.empty() ? "-" : set.c_str());
     }
   }
   return 0;
@@ -483,6 +519,7 @@ int stats(keylock::Client& client, bool json) {
   row("waiting", s.waiting, "acquires waiting");
   row("acquires", s.acquires, "acquire requests since start");
   row("grants", s.grants, "grants since start");
+  row("shared", s.grants_shared, "of which in shared mode");
   row("releases", s.releases, "releases since start");
   row("timeouts", s.timeouts, "acquires that timed out");
   row("expirations", s.expirations, "leases that ran out");
@@ -566,6 +603,35 @@ int top(keylock::Client& client, const top_args& args) {
   return 0;
 }
 
+// Moves the words after the first `--` that follows `run` into `command`; true when there was
+// one.
+bool split_command(std::vector<std::string>& args, std::vector<std::string>& command) {
+  const auto run = std::find(args.begin(), args.end(), "run");
+  if (run == args.end()) return false;
+  const auto dashes = std::find(run, args.end(), "--");
+  if (dashes == args.end()) return false;
+  command.assign(dashes + 1, args.end());
+  args.erase(dashes, args.end());
+  return true;
+}
+
+// What is wrong with `keylock run`'s arguments beyond what CLI11 checks; empty when nothing.
+std::string check_run_args(const run_args& run) {
+  if (run.command.empty()) return "run: no command given (keylock run KEY... -- COMMAND)";
+  if (run.keys.size() > keylock::max_keys_per_request) {
+    return "run: at most " + std::to_string(keylock::max_keys_per_request) + " keys";
+  }
+  std::vector<std::string> sorted = run.keys;
+  std::sort(sorted.begin(), sorted.end());
+  if (const auto twice = std::adjacent_find(sorted.begin(), sorted.end()); twice != sorted.end()) {
+    return "run: key '" + *twice + "' given twice";
+  }
+  if (run.shared && run.limit != 1) {
+    return "run: --shared needs --limit 1 (a shared lock is a read-write lock, not a semaphore)";
+  }
+  return "";
+}
+
 int run_main(int argc, char** argv) {
   CLI::App app{"keylock: run commands under keylockd locks, and look at the daemon"};
   app.set_version_flag("--version", "keylock " KEYLOCK_VERSION);
@@ -581,8 +647,18 @@ int run_main(int argc, char** argv) {
 
   run_args run;
   CLI::App* run_cmd = app.add_subcommand(
-      "run", "run COMMAND holding the lock KEY; exit with its status (see docs/client.md)");
-  run_cmd->add_option("key", run.key, "the lock to hold")->required();
+      "run",
+      "run COMMAND holding the lock KEY (or every KEY at once); exit with its status:\n"
+      "  keylock run KEY [OPTIONS] -- COMMAND [ARGS...]\n"
+      "  keylock run KEY1 KEY2... [OPTIONS] -- COMMAND [ARGS...]");
+  run_cmd
+      ->add_option("keys", run.keys,
+                   "the lock(s) to hold; several keys before -- are acquired all at once, as one "
+                   "lease")
+      ->required();
+  run_cmd->add_flag("--shared", run.shared,
+                    "hold the lock(s) shared: shared holders run at once, an exclusive holder "
+                    "excludes them (a read-write lock)");
   run_cmd->add_option("--ttl", run.ttl, "lease ttl, renewed at a third of it (default 30s)")
       ->check(duration_check);
   run_cmd
@@ -601,8 +677,10 @@ int run_main(int argc, char** argv) {
                    "after a lost lock, SIGKILL the command this long after SIGTERM (default "
                    "5s)")
       ->check(duration_check);
-  run_cmd->add_option("command", run.command, "the command and its arguments, after --")
-      ->required();
+  // Filled by split_command below, not by CLI11 (which cannot end a list of keys at `--`);
+  // declared so that --help shows it.
+  std::vector<std::string> command_for_help;
+  run_cmd->add_option("command", command_for_help, "the command and its arguments, after --");
 
   int ping_count = 1;
   CLI::App* ping_cmd = app.add_subcommand("ping", "measure the round trip to the daemon");
@@ -629,13 +707,30 @@ int run_main(int argc, char** argv) {
       ->check(CLI::Range(0, 1000000));
   top_cmd->add_flag("--once", top_opts.once, "print one snapshot without clearing the screen");
 
+  // `run KEY... -- COMMAND...`: CLI11 2.1 gives every positional after `--` to the first list
+  // option, so the command is cut off at the first `--` after `run` before parsing.
+  app.name(argc > 0 ? argv[0] : "keylock");  // what parse(argc, argv) would have set
+  std::vector<std::string> args(argv + 1, argv + argc);
+  const bool split = split_command(args, run.command);
   try {
-    app.parse(argc, argv);
+    std::reverse(args.begin(), args.end());  // CLI11 takes its vector reversed
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
     return code == 0 ? 0 : exit_usage;
   }
   if (auth_option->count() > 0) options.auth = auth;
+  if (run_cmd->parsed()) {
+    if (!split) {
+      // Without `--` (as before several keys): the first word is the key, the rest the command.
+      run.command.assign(run.keys.begin() + 1, run.keys.end());
+      run.keys.resize(1);
+    }
+    if (const std::string problem = check_run_args(run); !problem.empty()) {
+      complain(problem);
+      return exit_usage;
+    }
+  }
 
   try {
     if (run_cmd->parsed()) return run_command(options, run);

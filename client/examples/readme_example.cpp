@@ -71,5 +71,33 @@ int main() {
   } else {
     std::cout << "cleanup runs elsewhere\n";
   }
+
+  // 5. A read-write lock: readers share the key; a writer (with_lock) holds it alone.
+  const int price = client.with_shared_lock("config:prices", [] { return 7; });
+  std::cout << "price: " << price << '\n';
+
+  // 6. Several keys at once, or none: one lease, one token, over the whole set. Two transfers
+  //    over overlapping sets never deadlock, whatever order they name the keys in.
+  client.with_lock_all({"acct:17", "acct:42"}, [](const keylock::Lease& lease) {
+    std::cout << "transfer holds " << lease.keys().size() << " keys\n";
+  });
+
+  // 7. Reentrancy is opt-in: with it, a decorated function that calls another decorated on the
+  //    same key (same Client, same thread) runs the inner call under the outer call's lease
+  //    instead of queueing behind itself.
+  keylock::AcquireOptions nested;
+  nested.reentrant = true;
+  auto orders_table = [](auto&&...) { return std::string("table:orders"); };
+  auto save_row = keylock::lock_decorator(
+      client, [](int row) { return row; }, orders_table, nested);
+  auto save_all = keylock::lock_decorator(
+      client,
+      [&](int count) {
+        int saved = 0;
+        for (int row = 0; row < count; ++row) saved += save_row(row) == row ? 1 : 0;
+        return saved;
+      },
+      orders_table, nested);
+  std::cout << "saved " << save_all(3) << " rows under one lease\n";
   return 0;
 }

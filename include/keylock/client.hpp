@@ -8,6 +8,8 @@
 //   client.with_lock("report:monthly", [](const keylock::Lease& lease) {
 //     write_report(lease.token());  // pass the fencing token on to storage
 //   });
+//   client.with_shared_lock("config:prices", read_prices);  // readers together
+//   client.with_lock_all({"acct:17", "acct:42"}, transfer);  // both keys or neither
 //
 // Invariants:
 // - A `Lease` with auto_extend is renewed (`extend`) at a third of its ttl by the I/O thread
@@ -22,6 +24,10 @@
 // - After a connection loss the client reconnects with exponential backoff and jitter, and
 //   sends `hello` (with the auth secret) first on every connection. Waiting acquires are sent
 //   again with the wait they have left; other requests in flight fail with ConnectionError.
+// - A lease over several keys (acquire_all) is one lease: one token, one ttl, one renewal,
+//   released and lost whole.
+// - Reentrancy is opt-in per acquire (AcquireOptions::reentrant) and local to this Client and
+//   the calling thread: see AcquireOptions::reentrant. On the wire there is none.
 //
 // This header has no Asio or JSON dependency; everything networked lives in client/client.cpp.
 #pragma once
@@ -32,6 +38,7 @@
 #include <concepts>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -96,6 +103,15 @@ class AuthError : public Error {
  public:
   using Error::Error;
 };
+// A reentrant acquire (AcquireOptions::reentrant) that cannot nest inside what this thread
+// already holds through this Client: the same key in the other mode (shared inside exclusive or
+// the reverse), or a set of keys that overlaps a held set without being equal to it. Nothing
+// was sent to the daemon; code() is nullopt. Queueing instead would wait on ourselves.
+// NOLINTNEXTLINE(readability-identifier-naming): public name in the style of issue 3's
+class ReentrancyError : public Error {
+ public:
+  using Error::Error;
+};
 // A daemon limit was hit: keys, waiters per key, waiting acquires per connection
 // (`limit_exceeded`).
 // NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
@@ -149,7 +165,8 @@ std::string_view to_string(lost_reason reason) noexcept;
 
 // What on_lost is told.
 struct lease_lost {
-  std::string key;
+  std::string key;                // the lease's first key
+  std::vector<std::string> keys;  // every key of the lease (one for a single-key lease)
   std::uint64_t token = 0;
   lost_reason reason = lost_reason::expired;
   std::string message;  // for people: what happened
@@ -165,6 +182,22 @@ struct AcquireOptions {
   // How many may hold the key at once (1 = mutex, N = counting semaphore). Every acquire of a
   // live key must name the same limit, else Conflict.
   std::uint32_t limit = 1;
+  // exclusive (the default) or shared: shared holders of a key coexist, an exclusive holder
+  // excludes everyone (a read-write lock). Shared needs limit 1 (else ProtocolError). Waiters
+  // stay FIFO: a shared acquire queues behind a waiting exclusive one, so writers never starve.
+  lock_mode mode = lock_mode::exclusive;
+  // Opt-in reentrancy. When set, an acquire of keys that the calling thread already holds
+  // through this Client by an earlier reentrant acquire returns that same lease (Lease::depth()
+  // counts the holds) without asking the daemon; the lease is released when its last holder
+  // releases it (with nested scopes, the outermost), and is renewed until then. The nested
+  // acquire must name the same mode and exactly the same set of keys (a single key is a set of
+  // one); the other mode, or a set that overlaps a held one without being equal, throws
+  // ReentrancyError. Its ttl, wait, limit, auto_extend and on_lost are not used: the held lease
+  // keeps its own. If the held lease was lost, the nested acquire throws NotHeld.
+  // Not covered: other threads (they queue as usual), other Clients and processes, and holds
+  // taken without `reentrant` (a reentrant acquire of such a key queues behind it, as on the
+  // wire). A Lease moved to another thread stays registered with the thread that acquired it.
+  bool reentrant = false;
   // Renew the lease at ttl/3 while it lives.
   bool auto_extend = true;
   // Called once, on the I/O thread, if the lease is lost (see the header comment). Must not
@@ -221,8 +254,17 @@ class Lease {
   Lease& operator=(const Lease&) = delete;
   ~Lease();
 
-  // The key; empty for an empty Lease.
+  // The key (for a lease over several keys, the first one as given to acquire_all); empty for
+  // an empty Lease.
   const std::string& key() const noexcept;
+  // Every key of the lease, in the order given to acquire/acquire_all (one for acquire());
+  // empty for an empty Lease.
+  const std::vector<std::string>& keys() const noexcept;
+  // The mode the lease holds its keys in. exclusive for an empty Lease.
+  lock_mode mode() const noexcept;
+  // How many holders share this lease through reentrant acquires (AcquireOptions::reentrant):
+  // 1 for a lease held once, N while N nested holds are open; 0 for an empty Lease.
+  int depth() const noexcept;
   // The fencing token of the grant: strictly greater than every token the daemon granted
   // before. Pass it to storage so that it can refuse writes from an older holder. 0 if empty.
   std::uint64_t token() const noexcept;
@@ -235,6 +277,9 @@ class Lease {
   // ConnectionError if no reply came, std::logic_error on an empty Lease or from the I/O thread.
   void extend(std::chrono::milliseconds ttl);
 
+  // For a reentrant lease with other holders open (depth() > 1): ends this hold only and
+  // returns (throwing NotHeld if the lease was lost meanwhile); the lease stays held and
+  // renewed for the others. Otherwise:
   // Ends the lease and stops its renewal; after it returns no renewal is sent. Does nothing on
   // an empty or already released Lease. Throws NotHeld if the lease had been lost (expired,
   // renewal refused, connection dropped; with `confirmed`, also when the daemon answers
@@ -286,6 +331,16 @@ class Client {
   // "try once" (wait 0) here, not "forever".
   std::optional<Lease> try_acquire(std::string_view key, AcquireOptions options = {});
 
+  // Acquires every key of `keys` at once, or none: one Lease over the whole set (one token, one
+  // ttl; renewed, extended, released and lost whole). 1 to 64 distinct keys. The request waits
+  // in every key's queue from the same instant, so two acquire_all calls over overlapping sets
+  // never deadlock, in any order. Throws what acquire() throws; ProtocolError for an empty set,
+  // more than 64 keys or a key given twice; ReentrancyError as AcquireOptions::reentrant says.
+  Lease acquire_all(const std::vector<std::string>& keys, const AcquireOptions& options = {});
+  // As acquire_all(), but returns nullopt instead of throwing Timeout (unset wait: try once).
+  std::optional<Lease> try_acquire_all(const std::vector<std::string>& keys,
+                                       AcquireOptions options = {});
+
   // Acquires `key`, runs fn, releases, and returns fn's result. fn is called as fn(lease) when
   // it accepts a `const Lease&`, else as fn(). The release is release_mode::no_reply: it costs
   // no round trip, and this Client's later requests reach the daemon after it. When fn throws,
@@ -293,8 +348,20 @@ class Client {
   // Throws what acquire() throws, and NotHeld if the client saw the lease lost while fn ran
   // (fn's result is then discarded: whatever fn did, it did without the lock for a while;
   // options.on_lost has been called too).
+  // Shared mode and reentrancy are AcquireOptions fields (mode, reentrant).
   template <class Fn>
   decltype(auto) with_lock(std::string_view key, Fn&& fn, const AcquireOptions& options = {});
+
+  // with_lock holding `key` in shared mode (options.mode is overridden): for readers. Throws
+  // what with_lock throws.
+  template <class Fn>
+  decltype(auto) with_shared_lock(std::string_view key, Fn&& fn, AcquireOptions options = {});
+
+  // with_lock over several keys: acquire_all(keys, options), fn, release. Throws what
+  // acquire_all() throws, and NotHeld as with_lock.
+  template <class Fn>
+  decltype(auto) with_lock_all(const std::vector<std::string>& keys, Fn&& fn,
+                               const AcquireOptions& options = {});
 
   // Round trip of one `ping`, measured on the I/O thread from write to reply. Throws
   // ConnectionError.
@@ -313,17 +380,40 @@ class Client {
   std::string server_version() const;
 
  private:
+  // Runs fn under `lease` and releases it (with_lock's and with_lock_all's body).
+  template <class Fn>
+  static decltype(auto) run_locked(Lease& lease, Fn& fn);
+
   std::shared_ptr<detail::client_impl> impl_;
 };
 
 template <class Fn>
 decltype(auto) Client::with_lock(std::string_view key, Fn&& fn, const AcquireOptions& options) {
+  Lease lease = acquire(key, options);
+  return run_locked(lease, fn);
+}
+
+template <class Fn>
+decltype(auto) Client::with_shared_lock(std::string_view key, Fn&& fn, AcquireOptions options) {
+  options.mode = lock_mode::shared;
+  Lease lease = acquire(key, options);
+  return run_locked(lease, fn);
+}
+
+template <class Fn>
+decltype(auto) Client::with_lock_all(const std::vector<std::string>& keys, Fn&& fn,
+                                     const AcquireOptions& options) {
+  Lease lease = acquire_all(keys, options);
+  return run_locked(lease, fn);
+}
+
+template <class Fn>
+decltype(auto) Client::run_locked(Lease& lease, Fn& fn) {
   constexpr bool takes_lease = std::is_invocable_v<Fn&, const Lease&>;
   using result = std::conditional_t<takes_lease, std::invoke_result<Fn&, const Lease&>,
                                     std::invoke_result<Fn&>>;
   using result_t = typename result::type;
 
-  Lease lease = acquire(key, options);
   // On an exception from fn the Lease destructor releases quietly; on success release() may
   // throw NotHeld, which is the point: the caller learns that the lock was lost.
   constexpr release_mode mode = release_mode::no_reply;
@@ -376,8 +466,10 @@ std::string default_key(std::string_view name, const Args&... args) {
   return std::move(out).str();
 }
 
-// A callable that runs Fn under client.with_lock(key_maker(args...), ...). Made by
-// lock_decorator. Holds a pointer to the Client, which must outlive it.
+// A callable that runs Fn under client.with_lock(key_maker(args...), ...), or under
+// client.with_lock_all(...) when the key_maker returns several keys (a range of strings, such as
+// std::vector<std::string>). Made by lock_decorator. Holds a pointer to the Client, which must
+// outlive it.
 template <class Fn, class KeyMaker>
 class locked_function {
  public:
@@ -403,10 +495,14 @@ class locked_function {
  private:
   template <class F, class... Args>
   decltype(auto) invoke_locked(F& fn, Args&&... args) const {
-    std::string key = std::invoke(key_maker_, std::as_const(args)...);
-    return client_->with_lock(
-        key, [&]() -> decltype(auto) { return std::invoke(fn, std::forward<Args>(args)...); },
-        options_);
+    auto keys = std::invoke(key_maker_, std::as_const(args)...);
+    auto call = [&]() -> decltype(auto) { return std::invoke(fn, std::forward<Args>(args)...); };
+    if constexpr (std::is_convertible_v<const decltype(keys)&, std::string>) {
+      return client_->with_lock(std::string(keys), call, options_);
+    } else {
+      return client_->with_lock_all(std::vector<std::string>(std::begin(keys), std::end(keys)),
+                                    call, options_);
+    }
   }
 
   Client* client_;
@@ -416,8 +512,13 @@ class locked_function {
 };
 
 // Wraps fn so that every call runs under the lock whose key key_maker(args...) returns (a
-// std::string, or anything convertible to one). A key_maker that ignores its arguments and
-// returns one key runs fn one call at a time across every process using the daemon.
+// std::string, or anything convertible to one), or under all the keys it returns at once (a
+// std::vector<std::string> or another range of strings: with_lock_all). A key_maker that
+// ignores its arguments and returns one key runs fn one call at a time across every process
+// using the daemon. options.mode and options.reentrant apply to every call: with
+// {.reentrant = true}, a decorated function that calls itself (or another function decorated
+// with the same key) through the same Client on the same thread runs the inner call at once
+// under the outer call's lease.
 template <detail::not_a_name Fn, class KeyMaker>
 auto lock_decorator(Client& client, Fn fn, KeyMaker key_maker, AcquireOptions options = {}) {
   return locked_function<Fn, KeyMaker>(client, std::move(fn), std::move(key_maker),

@@ -320,3 +320,115 @@ TEST_CASE("keylock top --once shows the longest queue and the oldest holder", "[
   lease.release();
   queued.join();
 }
+
+// ---- issue 12: --shared and several keys ------------------------------------------------------
+
+TEST_CASE("keylock run --shared: two shared runs hold the key at the same time", "[cli][modes]") {
+  keylock_daemon d;
+  temp_dir dir;
+  keylock::Client writer(options_for(d.port()));
+  const std::string go = dir.file("go");
+  // Each command marks that it runs, then holds on (bounded) until the test says go; it exits
+  // 0 only if the other's mark was there by then, i.e. both held the key at once.
+  const auto script_for = [&](const std::string& mine, const std::string& theirs) {
+    return "echo \"$KEYLOCK_MODE\" > '" + dir.file(mine) + "'; i=0; while [ ! -e '" + go +
+           "' ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; [ -e '" + dir.file(theirs) +
+           "' ]";
+  };
+  child_process a(dir, cli({"run", "prices", "--shared", "--", "sh", "-c", script_for("a", "b")}),
+                  server_env(d.port()));
+  child_process b(dir, cli({"run", "--shared", "prices", "--", "sh", "-c", script_for("b", "a")}),
+                  server_env(d.port()));
+  const bool both = wait_until([&] { return writer.inspect("prices").holders.size() == 2; });
+  INFO(a.err() << b.err());
+  CHECK(both);
+  // Meanwhile an exclusive holder is refused.
+  keylock::AcquireOptions once;
+  once.wait = 0ms;
+  CHECK_FALSE(writer.try_acquire("prices", once));
+  child_process touch(dir, {"/bin/sh", "-c", "touch '" + go + "'"});
+  CHECK(touch.wait() == 0);
+  CHECK(a.wait() == 0);
+  CHECK(b.wait() == 0);
+  CHECK(read_file(dir.file("a")) == "shared\n");
+}
+
+TEST_CASE("keylock run with several keys holds every key as one lease while the command runs",
+          "[cli][sets]") {
+  keylock_daemon d;
+  temp_dir dir;
+  keylock::Client observer(options_for(d.port()));
+  const std::string go = dir.file("go");
+  const std::string script = "printf '%s|%s' \"$KEYLOCK_KEY\" \"$KEYLOCK_KEYS\" > '" +
+                             dir.file("env") + "'; i=0; while [ ! -e '" + go +
+                             "' ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done";
+  child_process run(dir,
+                    cli({"run", "acct:17", "acct:42", "--ttl", "5s", "--", "sh", "-c", script}),
+                    server_env(d.port()));
+  REQUIRE(wait_until([&] { return !read_file(dir.file("env")).empty(); }));
+  const keylock::key_info first = observer.inspect("acct:17");
+  const keylock::key_info second = observer.inspect("acct:42");
+  REQUIRE(first.holders.size() == 1);
+  REQUIRE(second.holders.size() == 1);
+  CHECK(first.holders[0].token == second.holders[0].token);
+  CHECK(first.holders[0].keys.size() == 2);
+  CHECK(read_file(dir.file("env")) == "acct:17|acct:17\nacct:42");
+
+  // A second run over an overlapping set waits until the first is done.
+  child_process overlap(dir, cli({"run", "acct:42", "acct:99", "--wait", "0", "--", "true"}),
+                        server_env(d.port()));
+  CHECK(overlap.wait() == 75);
+
+  child_process touch(dir, {"/bin/sh", "-c", "touch '" + go + "'"});
+  CHECK(touch.wait() == 0);
+  CHECK(run.wait() == 0);
+  INFO(run.err());
+  CHECK(wait_until([&] { return !observer.inspect("acct:17").held; }));
+}
+
+TEST_CASE("keylock inspect prints each holder's mode and set", "[cli][sets]") {
+  keylock_daemon d;
+  temp_dir dir;
+  keylock::Client holder(options_for(d.port()));
+  keylock::AcquireOptions shared;
+  shared.mode = keylock::lock_mode::shared;
+  keylock::Lease lease = holder.acquire_all({"cfg:a", "cfg:b"}, shared);
+
+  child_process inspect(dir, cli({"inspect", "cfg:b"}), server_env(d.port()));
+  CHECK(inspect.wait() == 0);
+  INFO(inspect.out());
+  CHECK(contains(inspect.out(), "MODE"));
+  CHECK(contains(inspect.out(), "SET"));
+  CHECK(contains(inspect.out(), "shared"));
+  CHECK((contains(inspect.out(), "cfg:a cfg:b") || contains(inspect.out(), "cfg:b cfg:a")));
+
+  child_process json(dir, cli({"inspect", "cfg:b", "--json"}), server_env(d.port()));
+  CHECK(json.wait() == 0);
+  CHECK(contains(json.out(), R"("mode":"shared")"));
+}
+
+TEST_CASE("keylock run refuses a key given twice, --shared with --limit, and too many keys",
+          "[cli][sets]") {
+  temp_dir dir;
+  std::vector<std::string> many = {"run"};
+  for (int i = 0; i < 65; ++i) many.push_back(std::to_string(1000 + i));
+  many.insert(many.end(), {"--", "true"});
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"run", "a", "b", "a", "--", "true"},
+           {"run", "a", "--shared", "--limit", "2", "--", "true"},
+           many,
+           {"run", "a", "b", "--"},
+       }) {
+    child_process bad(dir, cli(args), {"KEYLOCK_SERVER=127.0.0.1:1"});
+    CHECK(bad.wait() == 64);
+    CHECK(contains(bad.err(), "keylock: run:"));
+  }
+}
+
+TEST_CASE("keylock run --help shows several keys and --shared", "[cli]") {
+  temp_dir dir;
+  child_process help(dir, cli({"run", "--help"}));
+  CHECK(help.wait() == 0);
+  CHECK(contains(help.out(), "--shared"));
+  CHECK(contains(help.out(), "KEY1 KEY2"));
+}

@@ -5,6 +5,10 @@
     client = keylock.Client("127.0.0.1:7400")
     with client.lock("report:monthly", ttl=30, wait=5) as lease:
         write_report(lease.token)
+    with client.lock("config:prices", shared=True):      # a read-write lock
+        read_prices()
+    with client.lock_all(["acct:17", "acct:42"]):         # several keys at once
+        transfer()
 
     @keylock.lock_decorator()
     def fetch_remote_thing(name): ...
@@ -12,7 +16,17 @@
 Times are seconds (floats). See docs/python.md in the keylock repository; Django users want
 ``keylock.django``.
 """
-from .client import DEFAULT_PORT, Client, Holder, KeyInfo, Lease, LeaseLost, default_client
+from .client import (
+    DEFAULT_PORT,
+    EXCLUSIVE,
+    SHARED,
+    Client,
+    Holder,
+    KeyInfo,
+    Lease,
+    LeaseLost,
+    default_client,
+)
 from .decorator import MAX_KEY_BYTES, default_key, lock_decorator, locked_call
 from .errors import (
     AuthError,
@@ -22,6 +36,7 @@ from .errors import (
     LimitExceeded,
     NotHeld,
     ProtocolError,
+    ReentrancyError,
     Timeout,
 )
 
@@ -39,6 +54,8 @@ __all__ = [
     "default_key",
     "MAX_KEY_BYTES",
     "DEFAULT_PORT",
+    "EXCLUSIVE",
+    "SHARED",
     "Error",
     "Timeout",
     "NotHeld",
@@ -47,4 +64,5 @@ __all__ = [
     "AuthError",
     "LimitExceeded",
     "Conflict",
+    "ReentrancyError",
 ]

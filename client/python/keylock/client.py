@@ -9,6 +9,10 @@ own thread. Times are in **seconds** (floats), as in redis-py's ``Lock`` (``time
     client = keylock.Client()            # $KEYLOCK_SERVER, else 127.0.0.1:7400; $KEYLOCK_AUTH
     with client.lock("report:monthly", ttl=30, wait=5) as lease:
         write_report(lease.token)        # pass the fencing token on to storage
+    with client.lock("config:prices", shared=True):      # readers together, writers alone
+        read_prices()
+    with client.lock_all(["acct:17", "acct:42"]):         # every key at once, or none
+        transfer()
 
 Invariants (the same as the C++ client's, include/keylock/client.hpp):
 
@@ -21,6 +25,11 @@ Invariants (the same as the C++ client's, include/keylock/client.hpp):
   released by its owner.
 - Callbacks run on the I/O thread: they must be quick and must not call blocking Client or
   Lease methods (those raise RuntimeError there). Exceptions they raise are logged and dropped.
+- A lease over several keys (``acquire_all``/``lock_all``) is one lease: one token, one ttl,
+  renewed, released and lost whole.
+- Reentrancy is opt-in per acquire (``reentrant=True``) and local to this Client and the calling
+  thread (and, inside an asyncio event loop, the calling task): see :meth:`Client.acquire`.
+  There is none on the wire.
 - After a connection loss the client reconnects with exponential backoff and jitter and sends
   ``hello`` (with the secret) first on every connection. Waiting acquires are sent again with
   the wait they have left; other requests in flight fail with ConnectionError.
@@ -45,12 +54,13 @@ import os
 import random
 import select
 import socket
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Tuple, Type
 
 from .errors import (
     AuthError,
@@ -58,11 +68,15 @@ from .errors import (
     Error,
     NotHeld,
     ProtocolError,
+    ReentrancyError,
     Timeout,
     error_from_reply,
 )
 
-__all__ = ["Client", "Lease", "LeaseLost", "KeyInfo", "Holder", "default_client", "DEFAULT_PORT"]
+__all__ = [
+    "Client", "Lease", "LeaseLost", "KeyInfo", "Holder", "default_client", "DEFAULT_PORT",
+    "EXCLUSIVE", "SHARED",
+]
 
 DEFAULT_PORT = 7400
 _log = logging.getLogger("keylock")
@@ -82,26 +96,35 @@ _RECONNECTING = "reconnecting"  # an established connection dropped: retry with 
 _QUEUED, _SENT = "queued", "sent"
 # Deadline kinds.
 _RENEW, _EXPIRY = 0, 1
+# Lock modes, as on the wire.
+EXCLUSIVE, SHARED = "exclusive", "shared"
 
 
 @dataclass(frozen=True)
 class LeaseLost:
     """What ``on_lost`` is told. ``reason`` is one of "expired" (the daemon's ``expired``
     event, or no renewal confirmed within the ttl), "not_held" (the daemon refused a renewal),
-    "connection_lost" (the daemon released it with the connection), "client_closed"."""
+    "connection_lost" (the daemon released it with the connection), "client_closed". ``key`` is
+    the lease's first key; ``keys`` all of them."""
 
     key: str
     token: int
     reason: str
     message: str
+    keys: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Holder:
+    """One holder of a key, as ``inspect`` reports it. ``mode`` is "exclusive" or "shared";
+    ``keys`` lists every key of a lease over several keys (empty for a single key)."""
+
     token: int
     ttl_ms_left: int
     client: Optional[str] = None
     peer: Optional[str] = None
+    mode: str = EXCLUSIVE
+    keys: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,18 +173,58 @@ def _encode(msg: Dict[str, Any]) -> bytes:
     return json.dumps(msg, separators=(",", ":")).encode("ascii") + b"\n"
 
 
+def _label(keys) -> str:
+    """How messages name a lock: 'k' for one key, {'a', 'b'} for a set."""
+    if len(keys) == 1:
+        return repr(keys[0])
+    return "{" + ", ".join(repr(k) for k in keys) + "}"
+
+
+def _call_keys(fields: Dict[str, Any]) -> Tuple[str, ...]:
+    if "keys" in fields:
+        return tuple(fields["keys"])
+    return (fields["key"],)
+
+
+def _holder_id() -> Tuple[int, Any]:
+    """Who holds a reentrant lease: the thread, and inside an asyncio event loop the task
+    (tasks of one loop share a thread but must not share holds)."""
+    task = None
+    aio = sys.modules.get("asyncio")
+    if aio is not None:
+        try:
+            task = aio.current_task()
+        except RuntimeError:  # no running loop in this thread
+            task = None
+    return threading.get_ident(), task
+
+
 class _LeaseState:
-    """One granted lease. key, token and pid never change; everything else is guarded by the
-    client's lock."""
+    """One granted lease. keys, token, mode, reentrant and pid never change; everything else is
+    guarded by the client's lock."""
 
     __slots__ = (
-        "key", "token", "pid", "status", "ttl", "auto_extend", "renewing", "on_lost",
-        "lost_message", "renew_at", "expires_at",
+        "keys", "key", "token", "mode", "reentrant", "depth", "holder", "pid", "status", "ttl",
+        "auto_extend", "renewing", "on_lost", "lost_message", "renew_at", "expires_at",
     )
 
-    def __init__(self, key: str, token: int, ttl: float, auto_extend: bool, on_lost) -> None:
-        self.key = key
+    def __init__(
+        self,
+        keys: Tuple[str, ...],
+        token: int,
+        ttl: float,
+        auto_extend: bool,
+        on_lost,
+        mode: str = EXCLUSIVE,
+        reentrant: bool = False,
+    ) -> None:
+        self.keys = keys
+        self.key = keys[0]  # names the lease in release/extend (the daemon takes any member)
         self.token = token
+        self.mode = mode
+        self.reentrant = reentrant
+        self.depth = 1  # open holds of a reentrant lease
+        self.holder: Optional[Tuple[int, Any]] = None  # _holder_id() of a reentrant lease
         self.pid = os.getpid()
         self.status = _HELD
         self.ttl = ttl
@@ -181,6 +244,7 @@ class _Call:
     __slots__ = (
         "op", "fields", "user", "latch", "done", "reply", "error", "state", "id", "sent_at",
         "wait", "wait_until", "lease", "auto_extend", "on_lost", "ttl_ms", "abandoned",
+        "reentrant",
     )
 
     def __init__(self, op: str, fields: Dict[str, Any], user: bool = True) -> None:
@@ -204,6 +268,7 @@ class _Call:
         self.on_lost = None
         self.ttl_ms = 0
         self.abandoned = False  # acquire whose caller gave up: a late grant is released at once
+        self.reentrant = False
 
 
 class Lease:
@@ -226,7 +291,28 @@ class Lease:
 
     @property
     def key(self) -> str:
+        """The key; for a lease over several keys, the first one as given."""
         return self._state.key
+
+    @property
+    def keys(self) -> Tuple[str, ...]:
+        """Every key of the lease, in the order given (one for acquire())."""
+        return self._state.keys
+
+    @property
+    def mode(self) -> str:
+        """"exclusive" or "shared"."""
+        return self._state.mode
+
+    @property
+    def shared(self) -> bool:
+        return self._state.mode == SHARED
+
+    @property
+    def depth(self) -> int:
+        """How many holds share this lease through reentrant acquires: 1 when held once, N
+        while N nested holds are open."""
+        return self._state.depth
 
     @property
     def token(self) -> int:
@@ -244,8 +330,11 @@ class Lease:
         self._client._extend(self._state, ttl)
 
     def release(self, noreply: bool = False) -> None:
-        """Ends the lease and stops its renewal. Does nothing if already released, or if the
-        lease was inherited from the parent process across fork.
+        """For a reentrant lease with other holds open (``depth`` > 1): ends this hold only
+        (raising NotHeld if the lease was lost meanwhile); the lease stays held and renewed.
+
+        Otherwise ends the lease and stops its renewal. Does nothing if already released, or if
+        the lease was inherited from the parent process across fork.
 
         ``noreply=False`` waits for the daemon's answer (one round trip, bounded by
         request_timeout). ``noreply=True`` sends ``release`` with ``noreply`` and returns once
@@ -281,22 +370,27 @@ class Lease:
             pass
 
     def __repr__(self) -> str:
-        return f"<keylock.Lease key={self.key!r} token={self.token} valid={self.valid}>"
+        keys = f"key={self.key!r}" if len(self.keys) == 1 else f"keys={list(self.keys)!r}"
+        return (
+            f"<keylock.Lease {keys} mode={self.mode} token={self.token} valid={self.valid}"
+            f"{' depth=%d' % self.depth if self.depth > 1 else ''}>"
+        )
 
 
 class _LockContext:
-    """What Client.lock returns: acquires on enter, releases (noreply) on exit."""
+    """What Client.lock and Client.lock_all return: acquire on enter, release (noreply) on
+    exit."""
 
-    __slots__ = ("_client", "_key", "_kwargs", "_lease")
+    __slots__ = ("_acquire", "_key", "_kwargs", "_lease")
 
-    def __init__(self, client: "Client", key: str, kwargs: Dict[str, Any]) -> None:
-        self._client = client
+    def __init__(self, acquire: Callable[..., Lease], key, kwargs: Dict[str, Any]) -> None:
+        self._acquire = acquire
         self._key = key
         self._kwargs = kwargs
         self._lease: Optional[Lease] = None
 
     def __enter__(self) -> Lease:
-        self._lease = self._client.acquire(self._key, **self._kwargs)
+        self._lease = self._acquire(self._key, **self._kwargs)
         return self._lease
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -373,6 +467,8 @@ class Client:
         wait: Optional[float] = None,
         limit: int = 1,
         *,
+        shared: bool = False,
+        reentrant: bool = False,
         auto_extend: bool = True,
         on_lost: Optional[Callable[[LeaseLost], None]] = None,
     ) -> Lease:
@@ -382,36 +478,63 @@ class Client:
         daemon's max_ttl_ms, default 1 h). ``wait``: seconds to wait for the key; None: until
         granted; 0: try once. Waiters are granted in FIFO order. ``limit``: how many may hold
         the key at once (1 = mutex, N = counting semaphore; every acquire of a live key must
-        name the same limit). ``auto_extend``: renew the lease at ttl/3 while it is held.
-        ``on_lost``: called once, on the I/O thread, with a LeaseLost if the lease is lost.
+        name the same limit). ``shared``: hold the key in shared mode (a read-write lock: shared
+        holders coexist, an exclusive holder excludes everyone; needs limit 1; a shared acquire
+        queues behind a waiting exclusive one, so writers never starve). ``auto_extend``: renew
+        the lease at ttl/3 while it is held. ``on_lost``: called once, on the I/O thread, with a
+        LeaseLost if the lease is lost.
+
+        ``reentrant``: when this thread (in an asyncio loop: this task) already holds the same
+        key through this client by an earlier reentrant acquire, return that lease again
+        (``depth`` counts the holds) without asking the daemon; it is released when its last
+        holder releases it (with nested ``with`` blocks, the outermost) and renewed until then.
+        The nested acquire must name the same mode, else ReentrancyError; its ttl, wait, limit,
+        auto_extend and on_lost are not used. If the held lease was lost, NotHeld. Not covered:
+        other threads and tasks, other clients and processes (they queue as usual), and holds
+        taken without ``reentrant`` (a reentrant acquire queues behind them, as on the wire).
 
         Raises Timeout when not granted within ``wait``, Conflict on a limit mismatch,
-        LimitExceeded, ProtocolError for an invalid key/ttl/limit, AuthError, and
-        ConnectionError when the daemon cannot be reached at first use, the Client is closed,
-        or the daemon did not answer within ``wait`` + request_timeout. A waiting acquire
-        survives reconnects (it is sent again with the wait it has left).
+        LimitExceeded, ProtocolError for an invalid key/ttl/limit (and shared with limit > 1),
+        ReentrancyError, AuthError, and ConnectionError when the daemon cannot be reached at
+        first use, the Client is closed, or the daemon did not answer within ``wait`` +
+        request_timeout. A waiting acquire survives reconnects (it is sent again with the wait
+        it has left).
         """
         if not isinstance(key, str):
             raise TypeError(f"keylock: key must be a str, not {type(key).__name__}")
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError("keylock: limit must be an int")
-        ttl_ms = _ms(ttl, "ttl", 1)
-        call = _Call("acquire", {"key": key, "ttl_ms": ttl_ms, "limit": limit})
-        call.ttl_ms = ttl_ms
-        call.auto_extend = bool(auto_extend)
-        call.on_lost = on_lost
-        if wait is not None:
-            _ms(wait, "wait", 0)
-            call.wait = float(wait)
-            call.wait_until = time.monotonic() + call.wait
-        self._start(call)
-        if call.wait_until is None:
-            call.latch.acquire()
-        elif not call.latch.acquire(timeout=max(0.0, call.wait_until - time.monotonic())):
-            self._acquire_wait_ran_out(call, key)
-        if call.error is not None:
-            raise call.error
-        return Lease(self, call.lease)
+        return self._acquire(
+            (key,), False, ttl, wait, limit, shared, reentrant, auto_extend, on_lost
+        )
+
+    def acquire_all(
+        self,
+        keys: Iterable[str],
+        ttl: float = 30.0,
+        wait: Optional[float] = None,
+        limit: int = 1,
+        *,
+        shared: bool = False,
+        reentrant: bool = False,
+        auto_extend: bool = True,
+        on_lost: Optional[Callable[[LeaseLost], None]] = None,
+    ) -> Lease:
+        """Acquires every key of ``keys`` (1 to 64 distinct str) at once, or none, and returns
+        one Lease over the set: one token, one ttl, renewed, extended, released and lost whole.
+        The request waits in every key's queue from the same instant, so two acquire_all calls
+        over overlapping sets never deadlock, in any order. Options as for acquire(); with
+        ``reentrant``, a nested acquire must name exactly the held set (in any order): a set
+        that overlaps a held one without being equal raises ReentrancyError.
+
+        Raises what acquire() raises; ProtocolError for an empty set, more than 64 keys or a
+        key given twice; TypeError when ``keys`` is a str (pass a list) or holds a non-str.
+        """
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keylock: acquire_all takes a list of keys, not one str")
+        keys = tuple(keys)
+        for key in keys:
+            if not isinstance(key, str):
+                raise TypeError(f"keylock: keys must be str, not {type(key).__name__}")
+        return self._acquire(keys, True, ttl, wait, limit, shared, reentrant, auto_extend, on_lost)
 
     def try_acquire(
         self,
@@ -419,16 +542,27 @@ class Client:
         ttl: float = 30.0,
         wait: float = 0,
         limit: int = 1,
-        *,
-        auto_extend: bool = True,
-        on_lost: Optional[Callable[[LeaseLost], None]] = None,
+        **kwargs: Any,
     ) -> Optional[Lease]:
         """As acquire(), but returns None instead of raising Timeout. ``wait`` defaults to 0:
-        try once."""
+        try once. Keyword arguments as for acquire()."""
         try:
-            return self.acquire(
-                key, ttl, wait, limit, auto_extend=auto_extend, on_lost=on_lost
-            )
+            return self.acquire(key, ttl, wait, limit, **kwargs)
+        except Timeout:
+            return None
+
+    def try_acquire_all(
+        self,
+        keys: Iterable[str],
+        ttl: float = 30.0,
+        wait: float = 0,
+        limit: int = 1,
+        **kwargs: Any,
+    ) -> Optional[Lease]:
+        """As acquire_all(), but returns None instead of raising Timeout (``wait`` defaults to
+        0: try once)."""
+        try:
+            return self.acquire_all(keys, ttl, wait, limit, **kwargs)
         except Timeout:
             return None
 
@@ -439,18 +573,142 @@ class Client:
         wait: Optional[float] = None,
         limit: int = 1,
         *,
+        shared: bool = False,
+        reentrant: bool = False,
         auto_extend: bool = True,
         on_lost: Optional[Callable[[LeaseLost], None]] = None,
     ) -> _LockContext:
         """A context manager: ``with client.lock(key) as lease:`` acquires as acquire() does and
         releases on exit without a round trip (noreply). Raises what acquire() raises, and, on
         a normal exit, NotHeld if the lease was lost while the body ran (whatever it did, part
-        of it ran without the lock)."""
+        of it ran without the lock). ``with client.lock(key, shared=True):`` holds it shared;
+        ``reentrant=True`` lets a nested ``with client.lock(key, reentrant=True)`` in the same
+        thread enter at once."""
         return _LockContext(
-            self,
+            self.acquire,
             key,
-            dict(ttl=ttl, wait=wait, limit=limit, auto_extend=auto_extend, on_lost=on_lost),
+            dict(
+                ttl=ttl, wait=wait, limit=limit, shared=shared, reentrant=reentrant,
+                auto_extend=auto_extend, on_lost=on_lost,
+            ),
         )
+
+    def lock_all(
+        self,
+        keys: Iterable[str],
+        ttl: float = 30.0,
+        wait: Optional[float] = None,
+        limit: int = 1,
+        *,
+        shared: bool = False,
+        reentrant: bool = False,
+        auto_extend: bool = True,
+        on_lost: Optional[Callable[[LeaseLost], None]] = None,
+    ) -> _LockContext:
+        """``with client.lock_all(["acct:17", "acct:42"]) as lease:``: acquire_all() on enter,
+        release (noreply) on exit, as lock() does for one key."""
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keylock: lock_all takes a list of keys, not one str")
+        return _LockContext(
+            self.acquire_all,
+            list(keys),
+            dict(
+                ttl=ttl, wait=wait, limit=limit, shared=shared, reentrant=reentrant,
+                auto_extend=auto_extend, on_lost=on_lost,
+            ),
+        )
+
+    def _acquire(
+        self,
+        keys: Tuple[str, ...],
+        as_set: bool,
+        ttl: float,
+        wait: Optional[float],
+        limit: int,
+        shared: bool,
+        reentrant: bool,
+        auto_extend: bool,
+        on_lost: Optional[Callable[[LeaseLost], None]],
+    ) -> Lease:
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError("keylock: limit must be an int")
+        mode = SHARED if shared else EXCLUSIVE
+        ttl_ms = _ms(ttl, "ttl", 1)
+        if wait is not None:
+            _ms(wait, "wait", 0)
+        if reentrant:
+            held = self._enter_held(frozenset(keys), mode)
+            if held is not None:
+                return Lease(self, held)
+        fields: Dict[str, Any] = {"keys": list(keys)} if as_set else {"key": keys[0]}
+        fields.update(ttl_ms=ttl_ms, limit=limit)
+        if shared:  # the default is not sent: older daemons know no mode
+            fields["mode"] = SHARED
+        call = _Call("acquire", fields)
+        call.ttl_ms = ttl_ms
+        call.auto_extend = bool(auto_extend)
+        call.on_lost = on_lost
+        call.reentrant = bool(reentrant)
+        if wait is not None:
+            call.wait = float(wait)
+            call.wait_until = time.monotonic() + call.wait
+        self._start(call)
+        if call.wait_until is None:
+            call.latch.acquire()
+        elif not call.latch.acquire(timeout=max(0.0, call.wait_until - time.monotonic())):
+            self._acquire_wait_ran_out(call, _label(keys))
+        if call.error is not None:
+            raise call.error
+        st = call.lease
+        if reentrant:
+            holder = _holder_id()
+            with self._mu:
+                st.holder = holder
+                self._reentries.setdefault(holder, []).append((frozenset(keys), st))
+        return Lease(self, st)
+
+    def _enter_held(self, keys: FrozenSet[str], mode: str) -> Optional[_LeaseState]:
+        """A reentrant acquire: this holder's lease over exactly ``keys`` with one more hold,
+        or None when no lease of this holder shares a key with them. Raises ReentrancyError on
+        a mode or set mismatch, NotHeld when the held lease was lost."""
+        self._check_pid()
+        holder = _holder_id()
+        with self._mu:
+            for held_keys, st in self._reentries.get(holder, ()):
+                if held_keys == keys:
+                    if st.mode != mode:
+                        raise ReentrancyError(
+                            f"keylock: cannot nest a {mode} hold of {_label(st.keys)} inside "
+                            f"this thread's {st.mode} hold of it"
+                        )
+                    if st.status == _LOST:
+                        raise NotHeld(
+                            f"keylock: the enclosing hold of {_label(st.keys)} was lost: "
+                            f"{st.lost_message}"
+                        )
+                    st.depth += 1
+                    return st
+                if held_keys & keys:
+                    raise ReentrancyError(
+                        f"keylock: cannot nest an acquire of {_label(sorted(keys))} inside this "
+                        f"thread's hold of {_label(st.keys)}: nested sets of keys must be equal"
+                    )
+        return None
+
+    def _leave_held_locked(self, st: _LeaseState) -> bool:
+        """Ends one hold of ``st``. True when it was the last (or only) one: the lease is to be
+        released. False when an enclosing reentrant holder still holds it."""
+        if not st.reentrant:
+            return True
+        st.depth -= 1
+        if st.depth > 0:
+            return False
+        held = self._reentries.get(st.holder)
+        if held is not None:
+            held[:] = [entry for entry in held if entry[1] is not st]
+            if not held:
+                del self._reentries[st.holder]
+        return True
 
     def ping(self) -> float:
         """Round trip of one ``ping``, in seconds. Raises ConnectionError."""
@@ -459,10 +717,18 @@ class Client:
         return time.monotonic() - start
 
     def inspect(self, key: str) -> KeyInfo:
-        """The holders, waiters and limit of ``key``. Raises ConnectionError, ProtocolError."""
+        """The holders (with their mode, and every key of a lease over several keys), waiters
+        and limit of ``key``. Raises ConnectionError, ProtocolError."""
         rep = self._request("inspect", {"key": key})
         holders = [
-            Holder(h.get("token", 0), h.get("ttl_ms_left", 0), h.get("client"), h.get("peer"))
+            Holder(
+                h.get("token", 0),
+                h.get("ttl_ms_left", 0),
+                h.get("client"),
+                h.get("peer"),
+                h.get("mode", EXCLUSIVE),
+                tuple(h.get("keys", ())),
+            )
             for h in rep.get("holders", [])
         ]
         return KeyInfo(bool(rep.get("held")), holders, rep.get("waiters", 0), rep.get("limit", 0))
@@ -517,6 +783,8 @@ class Client:
         self._calls: Dict[int, _Call] = {}  # sent, by id
         self._queue: List[_Call] = []  # waiting for a connection that may carry them
         self._leases: Dict[int, _LeaseState] = {}  # held, by token
+        # Reentrant leases by holder (_holder_id()), with their keys; a few per holder at most.
+        self._reentries: Dict[Tuple[int, Any], List[Tuple[FrozenSet[str], _LeaseState]]] = {}
         self._deadlines: List[Tuple[float, int, int, int]] = []  # (when, seq, kind, token)
         self._seq = itertools.count()
         self._next_id = 1
@@ -626,7 +894,7 @@ class Client:
             raise call.error
         return call.reply
 
-    def _acquire_wait_ran_out(self, call: _Call, key: str) -> None:
+    def _acquire_wait_ran_out(self, call: _Call, label: str) -> None:
         """The caller's wait is over and no answer came. A queued acquire times out here; a
         sent one is given request_timeout more for the daemon's own timeout answer, then
         abandoned (cancelled; a late grant is released at once)."""
@@ -645,7 +913,7 @@ class Client:
                 self._queue.remove(call)
                 why = "not connected" if self._state != _READY else "the daemon is shutting down"
                 raise Timeout(
-                    f"keylock: {key!r} not acquired within {call.wait:g} s: "
+                    f"keylock: {label} not acquired within {call.wait:g} s: "
                     f"{self._last_error or why}",
                     "timeout",
                 )
@@ -657,13 +925,13 @@ class Client:
             call.done = True
             if call.state == _QUEUED:  # re-queued by a connection drop meanwhile
                 self._queue.remove(call)
-                raise Timeout(f"keylock: {key!r} not acquired within {call.wait:g} s", "timeout")
+                raise Timeout(f"keylock: {label} not acquired within {call.wait:g} s", "timeout")
             call.abandoned = True
             if self._state == _READY:  # else the daemon dropped it with the connection
                 self._write_locked(_Call("cancel", {"target": call.id}, user=False))
         self._flush()
         raise ConnectionError(
-            f"keylock: no reply to acquire of {key!r} from keylockd at {self._server}"
+            f"keylock: no reply to acquire of {label} from keylockd at {self._server}"
         )
 
     # ---- writing ---------------------------------------------------------------------------
@@ -735,6 +1003,15 @@ class Client:
     def _release(self, st: _LeaseState, noreply: bool) -> None:
         if st.pid != os.getpid():
             return  # inherited from the parent: not ours to release
+        if st.reentrant:
+            with self._mu:
+                if not self._leave_held_locked(st):
+                    # An enclosing holder keeps the lease; tell this one if it ran without it.
+                    if st.status == _LOST:
+                        raise NotHeld(
+                            f"keylock: lease on {_label(st.keys)} was lost: {st.lost_message}"
+                        )
+                    return
         if self._io_thread is not None and threading.get_ident() == self._io_thread.ident:
             with self._mu:  # from a callback: fire and forget
                 if st.status == _HELD:
@@ -743,7 +1020,7 @@ class Client:
             return  # the I/O loop flushes
         with self._mu:
             if st.status == _LOST:
-                raise NotHeld(f"keylock: lease on {st.key!r} was lost: {st.lost_message}")
+                raise NotHeld(f"keylock: lease on {_label(st.keys)} was lost: {st.lost_message}")
             if st.status == _RELEASED:
                 return
             self._forget_locked(st, _RELEASED)
@@ -768,7 +1045,7 @@ class Client:
 
     def _extend(self, st: _LeaseState, ttl: Optional[float]) -> None:
         if st.pid != os.getpid():
-            raise NotHeld(f"keylock: lease on {st.key!r} belongs to the parent process")
+            raise NotHeld(f"keylock: lease on {_label(st.keys)} belongs to the parent process")
         with self._mu:
             if st.status != _HELD:
                 raise self._not_held_error(st)
@@ -780,8 +1057,8 @@ class Client:
     @staticmethod
     def _not_held_error(st: _LeaseState) -> NotHeld:
         if st.status == _LOST:
-            return NotHeld(f"keylock: lease on {st.key!r} was lost: {st.lost_message}")
-        return NotHeld(f"keylock: lease on {st.key!r} was already released")
+            return NotHeld(f"keylock: lease on {_label(st.keys)} was lost: {st.lost_message}")
+        return NotHeld(f"keylock: lease on {_label(st.keys)} was already released")
 
     def _forget_locked(self, st: _LeaseState, status: str) -> None:
         """Takes the lease out of the renewal machinery: no renewal of it is queued after."""
@@ -795,7 +1072,9 @@ class Client:
         st.lost_message = message
         self._forget_locked(st, _LOST)
         if st.on_lost is not None:
-            self._callbacks.append((st.on_lost, LeaseLost(st.key, st.token, reason, message)))
+            self._callbacks.append(
+                (st.on_lost, LeaseLost(st.key, st.token, reason, message, st.keys))
+            )
 
     def _confirmed_locked(self, st: _LeaseState, since: float, ttl: float) -> None:
         """The daemon holds the lease until at least since + ttl: move the local expiry there
@@ -900,6 +1179,8 @@ class Client:
         with self._mu:
             while self._release_later_q:
                 st = self._release_later_q.popleft()
+                if st.reentrant and not self._leave_held_locked(st):
+                    continue  # an enclosing holder keeps it
                 if st.status == _HELD:
                     self._forget_locked(st, _RELEASED)
                     self._send_release_locked(st.key, st.token)
@@ -1009,7 +1290,7 @@ class Client:
                 self._complete_locked(
                     call,
                     error=NotHeld(
-                        f"keylock: lease on {call.fields['key']!r} was no longer held by the "
+                        f"keylock: lease on {_label(call.lease.keys)} was no longer held by the "
                         f"daemon (it expired): {rep.get('message', '')}",
                         "not_held",
                     ),
@@ -1024,13 +1305,21 @@ class Client:
 
     def _on_acquire_reply_locked(self, call: _Call, rep: dict, ok: bool) -> None:
         token = rep.get("token")
-        key = call.fields["key"]
+        keys = _call_keys(call.fields)
         if ok and isinstance(token, int):
             if call.done:  # the caller gave up on it: give the grant back
-                self._send_release_locked(key, token)
+                self._send_release_locked(keys[0], token)
                 return
             ttl = rep.get("ttl_ms", call.ttl_ms) / 1000.0
-            st = _LeaseState(key, token, ttl, call.auto_extend, call.on_lost)
+            st = _LeaseState(
+                keys,
+                token,
+                ttl,
+                call.auto_extend,
+                call.on_lost,
+                call.fields.get("mode", EXCLUSIVE),
+                call.reentrant,
+            )
             self._leases[token] = st
             # The grant happened at most one one-way trip ago: count the ttl from its arrival.
             self._confirmed_locked(st, time.monotonic(), ttl)
@@ -1053,7 +1342,7 @@ class Client:
             self._complete_locked(
                 call,
                 error=Timeout(
-                    f"keylock: {key!r} not acquired within {call.wait or 0:g} s: "
+                    f"keylock: {_label(keys)} not acquired within {call.wait or 0:g} s: "
                     f"{rep.get('message', '')}",
                     "timeout",
                 ),
@@ -1083,7 +1372,7 @@ class Client:
         )
         self._lose_locked(st, "not_held" if not_held else "expired", why)
         if call.user:
-            err = NotHeld(f"keylock: lease on {st.key!r} {why}", "not_held")
+            err = NotHeld(f"keylock: lease on {_label(st.keys)} {why}", "not_held")
             self._complete_locked(call, error=err if not_held else error_from_reply(rep))
 
     # ---- connecting ------------------------------------------------------------------------
@@ -1220,7 +1509,7 @@ class Client:
                         self._complete_locked(
                             call,
                             error=Timeout(
-                                f"keylock: {call.fields['key']!r} not acquired within "
+                                f"keylock: {_label(_call_keys(call.fields))} not acquired within "
                                 f"{call.wait:g} s: {self._last_error}",
                                 "timeout",
                             ),

@@ -5,12 +5,21 @@
 
     @keylock.lock_decorator(key_maker=lambda *args, **kwargs: "stats")
     def stats_view(request): ...               # one call at a time, whatever the arguments
+
+    @keylock.lock_decorator(key_maker=lambda src, dst, amount: [f"acct:{src}", f"acct:{dst}"])
+    def transfer(src, dst, amount): ...        # both accounts at once (one lease)
+
+    @keylock.lock_decorator(key_maker=lambda: "prices", shared=True)
+    def read_prices(): ...                     # readers together; an exclusive holder excludes
+
+    @keylock.lock_decorator(key_maker=lambda node: f"tree:{node.root}", reentrant=True)
+    def walk(node): ...                        # may call itself: inner calls enter at once
 """
 from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Any, Callable, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from .client import Client, default_client
 from .errors import NotHeld
@@ -72,7 +81,7 @@ def _resolve(client: ClientLike) -> Client:
 
 def locked_call(
     client: Client,
-    key: str,
+    key: Union[str, Sequence[str]],
     fn: Callable[..., Any],
     args: tuple,
     kwargs: dict,
@@ -80,13 +89,20 @@ def locked_call(
     ttl: float,
     wait: Optional[float],
     limit: int,
+    shared: bool = False,
+    reentrant: bool = False,
 ) -> Any:
-    """Runs fn(*args, **kwargs) holding the lock on ``key``, renewed while fn runs, and
-    releases it without a round trip (noreply). When fn raises, the lease is released (errors
-    of the release are swallowed) and fn's exception propagates. Raises what Client.acquire
-    raises, and NotHeld if the lease was lost while fn ran (fn's result is then discarded:
-    part of what fn did ran without the lock)."""
-    lease = client.acquire(key, ttl=ttl, wait=wait, limit=limit)
+    """Runs fn(*args, **kwargs) holding the lock on ``key`` (a str), or on every key of a list
+    or tuple of str at once (Client.acquire_all), renewed while fn runs, and releases it without
+    a round trip (noreply). ``shared`` and ``reentrant`` are Client.acquire's. When fn raises,
+    the lease is released (errors of the release are swallowed) and fn's exception propagates.
+    Raises what Client.acquire raises, and NotHeld if the lease was lost while fn ran (fn's
+    result is then discarded: part of what fn did ran without the lock)."""
+    options = dict(ttl=ttl, wait=wait, limit=limit, shared=shared, reentrant=reentrant)
+    if isinstance(key, str):
+        lease = client.acquire(key, **options)
+    else:
+        lease = client.acquire_all(key, **options)
     try:
         result = fn(*args, **kwargs)
     except BaseException:
@@ -99,20 +115,33 @@ def locked_call(
     return result
 
 
+KeyMaker = Callable[..., Union[str, List[str], Tuple[str, ...]]]
+
+
 def lock_decorator(
-    key_maker: Optional[Callable[..., str]] = None,
+    key_maker: Optional[KeyMaker] = None,
     ttl: float = 30.0,
     wait: Optional[float] = None,
     limit: int = 1,
     client: ClientLike = None,
+    *,
+    shared: bool = False,
+    reentrant: bool = False,
 ) -> Callable[[F], F]:
     """Makes every call of the decorated function run under a keylock lock.
 
     Without ``key_maker`` the key is ``default_key(fn, *args, **kwargs)``: the function's
     qualified name plus ``str(args) + str(kwargs)``, hashed when longer than the daemon's key
-    limit. With it, the key is ``key_maker(*args, **kwargs)`` (a str, used as is). Works on
-    plain functions, methods and Django views (for a view, ``str(request)`` names the method
-    and path, so each URL gets its own lock).
+    limit. With it, the key is ``key_maker(*args, **kwargs)``: a str, used as is, or a list or
+    tuple of str, all acquired at once as one lease (Client.acquire_all). Works on plain
+    functions, methods and Django views (for a view, ``str(request)`` names the method and
+    path, so each URL gets its own lock).
+
+    ``shared=True`` holds the key(s) in shared mode: shared calls run together, an exclusive
+    holder of the key excludes them. ``reentrant=True``: a decorated function that, on the same
+    thread, calls itself or another function decorated with ``reentrant=True`` on the same
+    key(s) and client runs the inner call at once under the outer call's lease (instead of
+    queueing behind itself); see Client.acquire for the rules and what it does not cover.
 
     ``ttl`` (seconds) is the lease's ttl, renewed at ttl/3 while the function runs, so long
     calls are fine; ``wait`` (seconds) bounds the wait for the lock (None: wait until granted,
@@ -122,16 +151,24 @@ def lock_decorator(
 
     Raises what ``locked_call`` raises. Use it with parentheses: ``@lock_decorator()``.
     """
-    return make_decorator(key_maker, lambda: (_resolve(client), ttl, wait, limit))
+    return make_decorator(
+        key_maker,
+        lambda: (_resolve(client), ttl, wait, limit),
+        shared=shared,
+        reentrant=reentrant,
+    )
 
 
 def make_decorator(
-    key_maker: Optional[Callable[..., str]],
+    key_maker: Optional[KeyMaker],
     options: Callable[[], Tuple[Client, float, Optional[float], int]],
+    *,
+    shared: bool = False,
+    reentrant: bool = False,
 ) -> Callable[[F], F]:
     """The decorator behind lock_decorator; ``options()`` is called on every call and returns
     (client, ttl, wait, limit), so that integrations (keylock.django) can read their settings
-    and create their client lazily."""
+    and create their client lazily. ``shared`` and ``reentrant`` apply to every call."""
     if key_maker is not None and not callable(key_maker):
         raise TypeError("keylock: key_maker must be callable")
 
@@ -146,12 +183,16 @@ def make_decorator(
                 key = default_key(name, *args, **kwargs)
             else:
                 key = key_maker(*args, **kwargs)
-                if not isinstance(key, str):
+                if not isinstance(key, (str, list, tuple)):
                     raise TypeError(
-                        f"keylock: key_maker must return a str, not {type(key).__name__}"
+                        "keylock: key_maker must return a str or a list of str, not "
+                        f"{type(key).__name__}"
                     )
             client, ttl, wait, limit = options()
-            return locked_call(client, key, fn, args, kwargs, ttl=ttl, wait=wait, limit=limit)
+            return locked_call(
+                client, key, fn, args, kwargs, ttl=ttl, wait=wait, limit=limit,
+                shared=shared, reentrant=reentrant,
+            )
 
         return inner  # type: ignore[return-value]
 

@@ -33,7 +33,7 @@ from django.core.signals import setting_changed
 from . import decorator as _decorator
 from .client import Client
 
-__all__ = ["get_client", "lock_decorator", "lock", "reset"]
+__all__ = ["get_client", "lock_decorator", "lock", "lock_all", "reset"]
 
 _KNOWN = {"SERVER", "AUTH", "TTL", "WAIT", "NAME", "CONNECT_TIMEOUT", "REQUEST_TIMEOUT"}
 _UNSET: Any = object()
@@ -114,23 +114,40 @@ def _wait(wait: Any) -> Optional[float]:
 
 
 def lock_decorator(
-    key_maker: Optional[Callable[..., str]] = None,
+    key_maker: Optional[_decorator.KeyMaker] = None,
     ttl: Optional[float] = None,
     wait: Any = _UNSET,
     limit: int = 1,
     client: Optional[Client] = None,
+    *,
+    shared: bool = False,
+    reentrant: bool = False,
 ) -> Callable:
     """``keylock.lock_decorator`` bound to this process's client, with ``ttl`` and ``wait``
     defaulting to settings.KEYLOCK["TTL"] (30 s) and ["WAIT"] (None: until granted). Settings
     are read at call time, so decorating at import time is fine. Keys are as for
     keylock.lock_decorator: the function's qualified name plus str(args) + str(kwargs) (for a
-    view, str(request) names the method and path), or key_maker(*args, **kwargs)."""
+    view, str(request) names the method and path), or key_maker(*args, **kwargs) (a str, or a
+    list of str acquired all at once). ``shared`` and ``reentrant`` are
+    keylock.lock_decorator's."""
     return _decorator.make_decorator(
-        key_maker, lambda: (client or get_client(), _ttl(ttl), _wait(wait), limit)
+        key_maker,
+        lambda: (client or get_client(), _ttl(ttl), _wait(wait), limit),
+        shared=shared,
+        reentrant=reentrant,
     )
 
 
 def lock(key: str, ttl: Optional[float] = None, wait: Any = _UNSET, limit: int = 1, **kwargs: Any):
     """``with keylock.django.lock("report:monthly") as lease:`` — Client.lock on this
-    process's client with the settings' TTL and WAIT as defaults."""
+    process's client with the settings' TTL and WAIT as defaults (``shared=True``,
+    ``reentrant=True`` as for Client.lock)."""
     return get_client().lock(key, ttl=_ttl(ttl), wait=_wait(wait), limit=limit, **kwargs)
+
+
+def lock_all(
+    keys: Any, ttl: Optional[float] = None, wait: Any = _UNSET, limit: int = 1, **kwargs: Any
+):
+    """``with keylock.django.lock_all(["acct:17", "acct:42"]) as lease:`` — Client.lock_all on
+    this process's client with the settings' TTL and WAIT as defaults."""
+    return get_client().lock_all(keys, ttl=_ttl(ttl), wait=_wait(wait), limit=limit, **kwargs)

@@ -21,6 +21,7 @@ __all__ = [
     "AuthError",
     "LimitExceeded",
     "Conflict",
+    "ReentrancyError",
     "error_from_reply",
 ]
 
@@ -65,6 +66,13 @@ class LimitExceeded(Error):
 
 class Conflict(Error):
     """acquire() named a ``limit`` other than the live key's limit (``conflict``)."""
+
+
+class ReentrancyError(Error):
+    """A reentrant acquire (``reentrant=True``) that cannot nest inside what this thread already
+    holds through this client: the same key in the other mode (shared inside exclusive or the
+    reverse), or a set of keys that overlaps a held set without being equal to it. Nothing was
+    sent to the daemon; ``code`` is None. Queueing instead would wait on ourselves."""
 
 
 _BY_CODE = {

@@ -58,3 +58,27 @@ def test_unknown_settings_keys_are_refused():
         with pytest.raises(ImproperlyConfigured):
             kd.get_client()
     kd.reset()
+
+
+def test_the_bound_decorator_takes_shared_reentrant_and_several_keys(daemon, make_client):
+    observer = make_client()
+
+    @kd.lock_decorator(key_maker=lambda: "django:cfg", shared=True)
+    def read():
+        return observer.inspect("django:cfg").holders[0].mode
+
+    @kd.lock_decorator(key_maker=lambda a, b: [a, b])
+    def transfer(a, b):
+        return sorted(observer.inspect(a).holders[0].keys)
+
+    @kd.lock_decorator(key_maker=lambda n: "django:tree", reentrant=True)
+    def walk(n):
+        return [observer.inspect("django:tree").holders[0].token] + (walk(n - 1) if n else [])
+
+    with override_settings(KEYLOCK={"SERVER": daemon.address, "WAIT": 10}):
+        assert read() == "shared"
+        assert transfer("django:a", "django:b") == ["django:a", "django:b"]
+        tokens = walk(2)
+        assert len(tokens) == 3 and len(set(tokens)) == 1  # nested calls share one lease
+        with kd.lock_all(["django:a", "django:b"]) as lease:
+            assert lease.keys == ("django:a", "django:b")
