@@ -139,7 +139,8 @@ std::string json_fault_message(std::size_t position, std::string_view last_token
 // ---------------------------------------------------------------------------------------------
 // Request members
 
-enum class value_type : std::uint8_t { op, string, integer, boolean };
+// `strings` is `keys` (an array of strings); `mode` is a lock_mode spelled as a string.
+enum class value_type : std::uint8_t { op, string, integer, boolean, strings, mode };
 
 struct member_spec {
   std::string_view name;
@@ -150,8 +151,12 @@ struct member_spec {
   bool request::*flag = nullptr;  // value_type::boolean
 };
 
+constexpr std::string_view bad_mode_message = "field 'mode' must be \"exclusive\" or \"shared\"";
+constexpr std::string_view bad_keys_message = "field 'keys' must be an array of strings";
+constexpr std::string_view too_many_keys_message = "field 'keys' holds more than 64 keys";
+
 // In field-bit order, which is also the order append_request writes them in.
-constexpr std::array<member_spec, 11> request_fields = {{
+constexpr std::array<member_spec, 13> request_fields = {{
     {"id", field::id, value_type::integer, nullptr, &request::id},
     {"key", field::key, value_type::string, &request::key, nullptr},
     {"token", field::token, value_type::integer, nullptr, &request::token},
@@ -163,6 +168,8 @@ constexpr std::array<member_spec, 11> request_fields = {{
     {"client", field::client, value_type::string, &request::client, nullptr},
     {"n", field::n, value_type::integer, nullptr, &request::n},
     {"noreply", field::noreply, value_type::boolean, nullptr, nullptr, &request::noreply},
+    {"keys", field::keys, value_type::strings, nullptr, nullptr},
+    {"mode", field::mode, value_type::mode, nullptr, nullptr},
 }};
 
 constexpr member_spec op_member = {"op", field{}, value_type::op, nullptr, nullptr};
@@ -189,6 +196,8 @@ void reset_request(request& out) noexcept {
   // clear(), not assignment: the daemon reuses one request per connection, and keeping the
   // capacity keeps the hot path free of allocations for keys of a usual length.
   out.key.clear();
+  out.keys.clear();
+  out.mode = lock_mode::exclusive;
   out.auth.clear();
   out.client.clear();
   out.op_name.clear();
@@ -229,6 +238,12 @@ class request_handler {
   }
 
   bool string(json::string_t& value) {
+    if (in_keys_) {
+      if (depth_ != 2) return fail(bad_keys_message);
+      if (out_.keys.size() >= max_keys_per_request) return fail(too_many_keys_message);
+      out_.keys.emplace_back(std::move(value));
+      return true;
+    }
     if (!decoding_member()) return scalar();
     switch (current_->type) {
       case value_type::op:
@@ -239,8 +254,16 @@ class request_handler {
         (out_.*(current_->text)).assign(value);
         out_.set(current_->bit);
         return true;
+      case value_type::mode:
+        if (auto mode = lock_mode_from_string(value)) {
+          out_.mode = *mode;
+          out_.set(current_->bit);
+          return true;
+        }
+        return fail(bad_mode_message);
       case value_type::integer:
       case value_type::boolean:
+      case value_type::strings:
         break;
     }
     return scalar();
@@ -256,11 +279,23 @@ class request_handler {
 
   bool start_array(std::size_t /*elements*/) {
     if (depth_ == 0) return fail("top-level value must be an object");
+    if (in_keys_) return fail(bad_keys_message);  // no arrays inside `keys`
+    if (decoding_member() && current_->type == value_type::strings) {
+      in_keys_ = true;
+      ++depth_;
+      return true;
+    }
     return open_container();
   }
 
   bool end_object() { return close_container(); }
-  bool end_array() { return close_container(); }
+  bool end_array() {
+    if (in_keys_) {
+      in_keys_ = false;
+      out_.set(field::keys);
+    }
+    return close_container();
+  }
 
   bool key(json::string_t& name) {
     if (depth_ != 1) return true;
@@ -292,11 +327,13 @@ class request_handler {
   // Any value the caller has no use for: fine inside an unknown member, wrong elsewhere.
   bool scalar() {
     if (depth_ == 0) return fail("top-level value must be an object");
+    if (in_keys_) return fail(bad_keys_message);
     if (decoding_member()) return fail_mistyped();
     return true;
   }
 
   bool open_container() {
+    if (in_keys_) return fail(bad_keys_message);
     if (decoding_member()) return fail_mistyped();
     ++depth_;
     return true;
@@ -317,6 +354,10 @@ class request_handler {
         return fail_member("field '", "' must be a string");
       case value_type::boolean:
         return fail_member("field '", "' must be true or false");
+      case value_type::strings:
+        return fail(bad_keys_message);
+      case value_type::mode:
+        return fail(bad_mode_message);
       case value_type::integer:
         break;
     }
@@ -340,6 +381,7 @@ class request_handler {
   std::size_t depth_ = 0;
   std::uint16_t seen_ = 0;  // field bits whose name has been seen, for duplicate detection
   bool seen_op_ = false;
+  bool in_keys_ = false;  // inside the `keys` array (depth_ 2)
   std::string error_;
 };
 
@@ -387,6 +429,18 @@ void append_string_member(std::string& out, std::string_view name, std::string_v
   append_json_string(out, value);
 }
 
+// Appends ,"name":["a","b",...].
+void append_string_array(std::string& out, std::string_view name,
+                         const std::vector<std::string>& values) {
+  append_name(out, name);
+  out += '[';
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) out += ',';
+    append_json_string(out, values[i]);
+  }
+  out += ']';
+}
+
 void append_holders(std::string& out, const std::vector<holder_info>& holders) {
   append_name(out, "holders");
   out += '[';
@@ -397,6 +451,8 @@ void append_holders(std::string& out, const std::vector<holder_info>& holders) {
     out += "{\"token\":";
     append_uint(out, h.token);
     append_uint_member(out, "ttl_ms_left", h.ttl_ms_left);
+    append_string_member(out, "mode", to_string(h.mode));
+    if (!h.keys.empty()) append_string_array(out, "keys", h.keys);
     if (!h.client.empty()) append_string_member(out, "client", h.client);
     if (!h.peer.empty()) append_string_member(out, "peer", h.peer);
     out += '}';
@@ -410,7 +466,7 @@ struct stats_member {
   std::uint64_t stats_info::*value;
 };
 
-constexpr std::array<stats_member, 10> stats_members = {{
+constexpr std::array<stats_member, 11> stats_members = {{
     {"connections", &stats_info::connections},
     {"keys", &stats_info::keys},
     {"held", &stats_info::held},
@@ -421,6 +477,7 @@ constexpr std::array<stats_member, 10> stats_members = {{
     {"timeouts", &stats_info::timeouts},
     {"expirations", &stats_info::expirations},
     {"uptime_ms", &stats_info::uptime_ms},
+    {"grants_shared", &stats_info::grants_shared},
 }};
 
 // ---------------------------------------------------------------------------------------------
@@ -524,6 +581,18 @@ class reply_reader {
   std::string error_;
 };
 
+// Reads `value` (an array of strings) into `out`.
+bool read_strings(reply_reader& reader, std::string_view name, const json& value,
+                  std::vector<std::string>& out) {
+  if (!value.is_array()) return reader.mistyped(name, "an array of strings");
+  out.reserve(value.size());
+  for (const json& item : value) {
+    if (!item.is_string()) return reader.mistyped(name, "an array of strings");
+    out.push_back(item.get<std::string>());
+  }
+  return true;
+}
+
 bool read_holders(reply_reader& reader, const json& value, std::vector<holder_info>& out) {
   if (!value.is_array()) return reader.mistyped("holders", "an array of objects");
   out.reserve(value.size());
@@ -533,11 +602,18 @@ bool read_holders(reply_reader& reader, const json& value, std::vector<holder_in
     std::optional<std::uint64_t> token;
     std::optional<std::uint64_t> ttl_ms_left;
     holder_info info;
+    std::string mode;
+    const json* keys = holder.find("keys");
     if (!holder.read("token", token) || !holder.read("ttl_ms_left", ttl_ms_left) ||
-        !holder.read("client", info.client) || !holder.read("peer", info.peer)) {
+        !holder.read("mode", mode) || !holder.read("client", info.client) ||
+        !holder.read("peer", info.peer) ||
+        (keys != nullptr && !read_strings(holder, "keys", *keys, info.keys))) {
       reader.error() = "in 'holders': " + holder.error();
       return false;
     }
+    // An older server sends no mode (exclusive); a newer one may send a mode this build does
+    // not know: read it as exclusive rather than fail the whole reply.
+    info.mode = lock_mode_from_string(mode).value_or(lock_mode::exclusive);
     info.token = token.value_or(0);
     info.ttl_ms_left = ttl_ms_left.value_or(0);
     out.push_back(std::move(info));
@@ -622,9 +698,14 @@ bool read_reply(reply_reader& reader, reply& out) {
   for (const stats_member& member : stats_members) {
     const json* value = reader.find(member.name);
     if (value == nullptr) continue;
-    // `held` is a boolean in inspect replies and a count in stats replies.
+    // `held` is a boolean in inspect replies and a count in stats replies; `keys` is the key
+    // list in an `expired` event and a count in stats replies.
     if (member.name == "held" && value->is_boolean()) {
       out.held = value->get<bool>();
+      continue;
+    }
+    if (member.name == "keys" && value->is_array()) {
+      if (!read_strings(reader, "keys", *value, out.keys)) return false;
       continue;
     }
     std::optional<std::uint64_t> number;
@@ -700,6 +781,24 @@ bool decode_request_fast(std::string_view frame, request& out) noexcept {
         return false;
       }
       out.set(spec->bit);
+    } else if (spec->type == value_type::strings) {
+      // ["a","b",...] of plain strings; anything else (empty, escapes, nesting) takes the
+      // full parser, which also words the errors.
+      if (out.has(spec->bit) || p == end || *p != '[') return false;
+      ++p;
+      for (;;) {
+        skip_ws();
+        std::string_view k;
+        if (out.keys.size() >= max_keys_per_request || !plain_string(k)) return false;
+        out.keys.emplace_back(k);
+        skip_ws();
+        if (p == end) return false;
+        if (*p == ']') break;
+        if (*p != ',') return false;
+        ++p;
+      }
+      ++p;
+      out.set(spec->bit);
     } else if (spec->type == value_type::integer) {
       if (out.has(spec->bit)) return false;
       if (p == end || *p < '0' || *p > '9') return false;
@@ -726,6 +825,11 @@ bool decode_request_fast(std::string_view frame, request& out) noexcept {
         seen_op = true;
         out.kind = op_from_string(value);
         if (out.kind == op::unknown) out.op_name.assign(value.substr(0, max_op_name_bytes));
+      } else if (spec->type == value_type::mode) {
+        auto mode = lock_mode_from_string(value);
+        if (out.has(spec->bit) || !mode) return false;
+        out.mode = *mode;
+        out.set(spec->bit);
       } else {
         if (out.has(spec->bit)) return false;
         (out.*(spec->text)).assign(value);
@@ -789,6 +893,10 @@ void append_request(std::string& out, const request& req) {
     } else if (spec.type == value_type::boolean) {
       append_name(out, spec.name);
       out += req.*(spec.flag) ? "true" : "false";
+    } else if (spec.type == value_type::strings) {
+      append_string_array(out, spec.name, req.keys);
+    } else if (spec.type == value_type::mode) {
+      append_string_member(out, spec.name, to_string(req.mode));
     } else {
       append_string_member(out, spec.name, req.*(spec.text));
     }
@@ -820,6 +928,7 @@ void append_reply(std::string& out, const reply& rep) {
     out += "\"event\":";
     append_json_string(out, rep.event);
     append_string_member(out, "key", rep.key);
+    if (!rep.keys.empty()) append_string_array(out, "keys", rep.keys);
     if (rep.token) append_uint_member(out, "token", *rep.token);
     out += "}\n";
     return;

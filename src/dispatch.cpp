@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include <bit>
 #include <string>
 
 #include "keylock_version.hpp"
@@ -18,8 +19,9 @@ constexpr std::uint64_t default_top_n = 10;
 constexpr std::uint64_t max_top_n = 100;
 
 // Field names for messages, in bit order of `field`.
-constexpr std::string_view field_names[] = {"id",     "key",  "token",  "ttl_ms", "wait_ms", "limit",
-                                            "target", "auth", "client", "n",      "noreply"};
+constexpr std::string_view field_names[] = {"id",     "key",    "token",  "ttl_ms", "wait_ms",
+                                            "limit",  "target", "auth",   "client", "n",
+                                            "noreply", "keys",  "mode"};
 
 std::array<unsigned char, 32> sha256(std::string_view s) {
   std::array<unsigned char, 32> d{};
@@ -35,6 +37,7 @@ reply& fresh(reply& r, const request* req) {
   r.message.clear();
   r.event.clear();
   r.key.clear();
+  r.keys.clear();
   r.token.reset();
   r.ttl_ms.reset();
   r.server.clear();
@@ -64,20 +67,23 @@ std::string range_message(std::string_view name, std::uint64_t lo, std::uint64_t
 std::span<const op_spec> op_table() {
   constexpr auto before_auth = static_cast<std::uint8_t>(op_flag::before_auth);
   constexpr auto admin = static_cast<std::uint8_t>(op_flag::admin);
+  constexpr auto token = static_cast<std::uint16_t>(field::token);
+  constexpr std::uint16_t key_or_keys = field::key | field::keys;
   static constexpr op_spec specs[] = {
-      {"hello", op::hello, 0, field::auth | field::client, before_auth, &dispatcher::do_hello},
-      {"ping", op::ping, 0, 0, 0, &dispatcher::do_ping},
-      {"acquire", op::acquire, key_field, field::ttl_ms | field::wait_ms | field::limit, 0,
+      {"hello", op::hello, 0, field::auth | field::client, 0, before_auth, &dispatcher::do_hello},
+      {"ping", op::ping, 0, 0, 0, 0, &dispatcher::do_ping},
+      {"acquire", op::acquire, 0,
+       key_or_keys | field::ttl_ms | field::wait_ms | field::limit | field::mode, key_or_keys, 0,
        &dispatcher::do_acquire},
-      {"release", op::release, field::key | field::token,
-       static_cast<std::uint16_t>(field::noreply), 0, &dispatcher::do_release},
-      {"extend", op::extend, field::key | field::token, static_cast<std::uint16_t>(field::ttl_ms),
-       0, &dispatcher::do_extend},
-      {"cancel", op::cancel, static_cast<std::uint16_t>(field::target), 0, 0,
+      {"release", op::release, token, key_or_keys | field::noreply, key_or_keys, 0,
+       &dispatcher::do_release},
+      {"extend", op::extend, token, key_or_keys | field::ttl_ms, key_or_keys, 0,
+       &dispatcher::do_extend},
+      {"cancel", op::cancel, static_cast<std::uint16_t>(field::target), 0, 0, 0,
        &dispatcher::do_cancel},
-      {"inspect", op::inspect, key_field, 0, 0, &dispatcher::do_inspect},
-      {"stats", op::stats, 0, 0, admin, &dispatcher::do_stats},
-      {"top", op::top, 0, static_cast<std::uint16_t>(field::n), admin, &dispatcher::do_top},
+      {"inspect", op::inspect, key_field, 0, 0, 0, &dispatcher::do_inspect},
+      {"stats", op::stats, 0, 0, 0, admin, &dispatcher::do_stats},
+      {"top", op::top, 0, static_cast<std::uint16_t>(field::n), 0, admin, &dispatcher::do_top},
   };
   return specs;
 }
@@ -179,13 +185,30 @@ bool dispatcher::validate_or_reply(connection_info& conn, const request& req, st
     reply_error(conn, &req, errc::bad_request, range_message(name, lo, hi), out);
     return false;
   };
-  bool uses_key = (spec.required & key_field) != 0;
-  if (uses_key && !check(field::key, "key length in bytes", req.key.size(), 1,
-                         settings_.max_key_bytes)) {
+  if (spec.one_of != 0 && std::popcount(static_cast<unsigned>(req.fields & spec.one_of)) != 1) {
+    std::string names;
+    for (std::size_t bit = 0; bit < std::size(field_names); ++bit) {
+      if ((spec.one_of & (1u << bit)) == 0) continue;
+      if (!names.empty()) names += " or ";
+      names += '\'';
+      names += field_names[bit];
+      names += '\'';
+    }
+    reply_error(conn, &req, errc::bad_request,
+                std::string(spec.name) + " needs exactly one of " + names, out);
     return false;
   }
+  if (!check(field::key, "key length in bytes", req.key.size(), 1, settings_.max_key_bytes)) {
+    return false;
+  }
+  if (req.has(field::keys) && !validate_keys_or_reply(conn, req, out)) return false;
   switch (req.kind) {
     case op::acquire:
+      if (req.mode == lock_mode::shared && req.has(field::limit) && req.limit > 1) {
+        reply_error(conn, &req, errc::bad_request,
+                    "mode shared needs limit 1: a key is a read-write lock or a semaphore", out);
+        return false;
+      }
       return check(field::ttl_ms, "ttl_ms", req.ttl_ms, 1, settings_.max_ttl_ms) &&
              check(field::wait_ms, "wait_ms", req.wait_ms, 0, settings_.max_wait_ms) &&
              check(field::limit, "limit", req.limit, 1, settings_.max_limit);
@@ -199,6 +222,42 @@ bool dispatcher::validate_or_reply(connection_info& conn, const request& req, st
     default:
       return true;
   }
+}
+
+// `keys`: 1..64 distinct keys, each 1..max_key_bytes. n <= 64, so the pairwise check is cheap
+// and needs no allocation.
+bool dispatcher::validate_keys_or_reply(connection_info& conn, const request& req,
+                                        std::string& out) {
+  const std::size_t n = req.keys.size();
+  if (n < 1 || n > max_keys_per_request) {
+    reply_error(conn, &req, errc::bad_request,
+                range_message("number of keys", 1, max_keys_per_request), out);
+    return false;
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::string& k = req.keys[i];
+    if (k.empty() || k.size() > settings_.max_key_bytes) {
+      reply_error(conn, &req, errc::bad_request,
+                  range_message("key length in bytes", 1, settings_.max_key_bytes), out);
+      return false;
+    }
+    for (std::size_t j = 0; j < i; ++j) {
+      if (req.keys[j] == k) {
+        reply_error(conn, &req, errc::bad_request, "keys must be distinct", out);
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+std::span<const std::string_view> dispatcher::keys_of(const request& req) {
+  if (!req.has(field::keys)) {
+    key_views_[0] = req.key;
+    return {key_views_.data(), 1};
+  }
+  for (std::size_t i = 0; i < req.keys.size(); ++i) key_views_[i] = req.keys[i];
+  return {key_views_.data(), req.keys.size()};
 }
 
 void dispatcher::handle(connection_info& conn, const request& req, tick now, std::string& out) {
@@ -229,7 +288,12 @@ void dispatcher::do_ping(connection_info& /*conn*/, const request& req, tick /*n
 void dispatcher::do_acquire(connection_info& conn, const request& req, tick now,
                             std::string& out) {
   acquire_args args;
-  args.key = req.key;
+  if (req.has(field::keys)) {
+    args.keys = keys_of(req);
+  } else {
+    args.key = req.key;
+  }
+  args.mode = req.mode;
   args.ttl_ms = req.has(field::ttl_ms) ? static_cast<std::uint32_t>(req.ttl_ms)
                                        : settings_.default_ttl_ms;
   if (req.has(field::wait_ms)) args.wait_ms = static_cast<std::uint32_t>(req.wait_ms);
@@ -279,7 +343,8 @@ void dispatcher::do_acquire(connection_info& conn, const request& req, tick now,
 void dispatcher::do_release(connection_info& conn, const request& req, tick now,
                             std::string& out) {
   events_.clear();
-  lease_status st = table_.release(req.key, req.token, now, events_);
+  lease_status st = req.has(field::keys) ? table_.release(keys_of(req), req.token, now, events_)
+                                         : table_.release(req.key, req.token, now, events_);
   deliver_events(&conn, &out);
   if (req.noreply) return;  // the client asked not to wait a round trip for this
   if (st == lease_status::ok) {
@@ -295,7 +360,10 @@ void dispatcher::do_extend(connection_info& conn, const request& req, tick now,
   if (req.has(field::ttl_ms)) ttl = static_cast<std::uint32_t>(req.ttl_ms);
   std::uint32_t applied = 0;
   events_.clear();
-  lease_status st = table_.extend(req.key, req.token, ttl, now, events_, &applied);
+  lease_status st =
+      req.has(field::keys)
+          ? table_.extend(keys_of(req), req.token, ttl, now, events_, &applied)
+          : table_.extend(req.key, req.token, ttl, now, events_, &applied);
   deliver_events(&conn, &out);
   if (st == lease_status::ok) {
     reply& r = fresh(reply_, &req);
@@ -306,10 +374,10 @@ void dispatcher::do_extend(connection_info& conn, const request& req, tick now,
   }
 }
 
-void dispatcher::do_cancel(connection_info& conn, const request& req, tick /*now*/,
+void dispatcher::do_cancel(connection_info& conn, const request& req, tick now,
                            std::string& out) {
   events_.clear();
-  bool found = table_.cancel(conn.owner, req.target, events_);
+  bool found = table_.cancel(conn.owner, req.target, now, events_);
   deliver_events(&conn, &out);
   if (found) {
     append_reply(out, fresh(reply_, &req));
@@ -330,6 +398,8 @@ void dispatcher::do_inspect(connection_info& conn, const request& req, tick now,
     holder_info hi;
     hi.token = h.token;
     hi.ttl_ms_left = h.ttl_ms_left;
+    hi.mode = h.mode;
+    hi.keys.assign(h.keys.begin(), h.keys.end());
     if (const connection_info* owner = delivery_.info_for(h.owner)) {
       hi.client = owner->client;
       hi.peer = owner->peer;
@@ -348,6 +418,7 @@ stats_info dispatcher::current_stats(tick now) const {
   s.waiting = table_.waiting();
   s.acquires = c.acquires;
   s.grants = c.grants;
+  s.grants_shared = c.grants_shared;
   s.releases = c.releases;
   s.timeouts = c.timeouts;
   s.expirations = c.expirations;
@@ -422,6 +493,7 @@ void dispatcher::deliver_events(const connection_info* current, std::string* cur
         r.type = reply::kind::event;
         r.event = "expired";
         r.key = ev.key;
+        r.keys = ev.keys;
         r.token = ev.token;
         break;
     }
@@ -438,9 +510,9 @@ bool dispatcher::expire_due(tick now, std::size_t max_deadlines) {
   return more;
 }
 
-void dispatcher::half_close(const connection_info& conn, std::string& out) {
+void dispatcher::half_close(const connection_info& conn, tick now, std::string& out) {
   events_.clear();
-  table_.cancel_waiters(conn.owner, events_);
+  table_.cancel_waiters(conn.owner, now, events_);
   deliver_events(&conn, &out);
 }
 

@@ -64,6 +64,7 @@ struct op_spec {
   op kind;
   std::uint16_t required;
   std::uint16_t optional;
+  std::uint16_t one_of;  // of these optional fields exactly one must be present (0: no rule)
   std::uint8_t flags;
   handler run;
 
@@ -98,7 +99,7 @@ class dispatcher {
 
   // The connection half-closed: every acquire of it still waiting is answered `cancelled` into
   // `out` (PROTOCOL.md "Half-close"). Its leases stay until disconnect().
-  void half_close(const connection_info& conn, std::string& out);
+  void half_close(const connection_info& conn, tick now, std::string& out);
 
   // The connection is gone: drop its waiters, release its leases, deliver the grants.
   void disconnect(const connection_info& conn, tick now);
@@ -147,6 +148,11 @@ class dispatcher {
   tick started_;
   std::array<const op_spec*, static_cast<std::size_t>(op::unknown)> specs_{};  // by op
   std::array<unsigned char, 32> auth_digest_{};  // SHA-256 of the secret, when auth is set
+  // The request's keys as views, for the table (`keys`, or `key` alone). Scratch, reused.
+  std::span<const std::string_view> keys_of(const request& req);
+  bool validate_keys_or_reply(connection_info& conn, const request& req, std::string& out);
+
+  std::array<std::string_view, max_keys_per_request> key_views_{};
   std::vector<table_event> events_;              // scratch, reused
   reply reply_;                                  // scratch, reused
   dispatch_counters counters_;

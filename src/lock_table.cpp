@@ -1,6 +1,7 @@
 #include "lock_table.hpp"
 
 #include <algorithm>
+#include <array>
 #include <string>
 
 #include "metrics.hpp"
@@ -162,6 +163,9 @@ void lock_table::heap_place(std::uint32_t pos, heap_node node) {
     case ref_kind::delay:
       entries_[slot].delay_pos = pos;
       break;
+    case ref_kind::group:
+      groups_[slot].heap_pos = pos;
+      break;
   }
 }
 
@@ -241,7 +245,6 @@ owner_id lock_table::connect() {
 }
 
 std::size_t lock_table::held() const { return leases_.live(); }
-std::size_t lock_table::waiting() const { return waiters_.live(); }
 std::size_t lock_table::owner_leases(owner_id owner) const { return owners_[owner].leases; }
 std::size_t lock_table::owner_waiters(owner_id owner) const { return owners_[owner].waiters; }
 
@@ -254,7 +257,17 @@ std::size_t lock_table::held(tick now) const {
   if (due(0)) {
     std::size_t i = 0;
     for (;;) {
-      due_leases += static_cast<ref_kind>(deadlines_[i].ref >> 30) == ref_kind::lease;
+      const std::uint32_t ref = deadlines_[i].ref;
+      switch (static_cast<ref_kind>(ref >> 30)) {
+        case ref_kind::lease:
+          ++due_leases;
+          break;
+        case ref_kind::group:
+          if (groups_[ref & max_slot].held) due_leases += groups_[ref & max_slot].size;
+          break;
+        default:
+          break;
+      }
       if (due(2 * i + 1)) {
         i = 2 * i + 1;
         continue;
@@ -282,16 +295,26 @@ std::uint32_t lock_table::live_holders(const entry_rec& ent, tick now) const {
   if (!any_due(now)) return ent.held;  // the common case: nothing anywhere is due
   std::uint32_t n = 0;
   for (std::uint32_t l = ent.first_lease; l != nil; l = leases_[l].key_next) {
-    n += deadline_of(leases_[l].heap_pos) > now;
+    n += lease_deadline(l) > now;
   }
   return n;
 }
 
-std::uint64_t lock_table::grant(std::uint32_t e, std::uint32_t owner, std::uint32_t ttl_ms,
-                                tick now) {
+// Changes the key's holder count in `mode` by `delta`, keeping reserved_ in step.
+void lock_table::set_holders(std::uint32_t e, int delta, lock_mode mode) {
+  entry_rec& ent = entries_[e];
+  reserved_ -= reserved_of(ent);
+  ent.held = static_cast<std::uint32_t>(static_cast<std::int64_t>(ent.held) + delta);
+  // Only one mode holds at a time (has_room), so a flag tells which.
+  ent.shared_held = ent.held != 0 && mode == lock_mode::shared;
+  reserved_ += reserved_of(ent);
+}
+
+// A lease record on `e`, linked into the key's holders, the owner's leases and the grant
+// order; no deadline node (the caller adds the lease's or its set's).
+std::uint32_t lock_table::add_lease(std::uint32_t e, std::uint32_t owner, std::uint32_t ttl_ms,
+                                    lock_mode mode, std::uint64_t token, tick now) {
   std::uint32_t l = leases_.alloc();
-  std::uint64_t token = tokens_.next();
-  last_token_ = token;
   lease_rec& rec = leases_[l];
   entry_rec& ent = entries_[e];
   owner_rec& own = owners_[owner];
@@ -300,6 +323,7 @@ std::uint64_t lock_table::grant(std::uint32_t e, std::uint32_t owner, std::uint3
   rec.owner = owner;
   rec.ttl_ms = ttl_ms;
   rec.granted = now.count();
+  rec.mode = mode;
   if (ent.last_lease != nil) {
     leases_[ent.last_lease].key_next = l;
   } else {
@@ -316,21 +340,72 @@ std::uint64_t lock_table::grant(std::uint32_t e, std::uint32_t owner, std::uint3
   rec.all_prev = last_granted_;
   (last_granted_ != nil ? leases_[last_granted_].all_next : first_granted_) = l;
   last_granted_ = l;
-  reserved_ -= reserved_of(ent);
-  ++ent.held;
-  reserved_ += reserved_of(ent);
   ++own.leases;
+  set_holders(e, +1, mode);
+  return l;
+}
+
+// A new lease over the one key `e` (tokens must be ready()).
+std::uint64_t lock_table::grant(std::uint32_t e, std::uint32_t owner, std::uint32_t ttl_ms,
+                                lock_mode mode, tick now) {
+  std::uint64_t token = tokens_.next();
+  last_token_ = token;
+  std::uint32_t l = add_lease(e, owner, ttl_ms, mode, token, now);
   ++counters_.grants;
+  counters_.grants_shared += mode == lock_mode::shared;
   heap_push(now + ms(ttl_ms), ref_kind::lease, l);
   return token;
 }
 
-void lock_table::unlink_lease(std::uint32_t l, tick now) {
+// Grants the queued request whose first record is `w` (it is grantable, tokens are ready()):
+// its waiter records leave every queue and become its leases, under one token and deadline.
+std::uint64_t lock_table::grant_request(std::uint32_t w, tick now) {
+  const waiter_rec& first = waiters_[w];
+  const std::uint32_t owner = first.owner;
+  const std::uint32_t ttl_ms = first.ttl_ms;
+  const lock_mode mode = first.mode;
+  if (histograms_.wait) histograms_.wait->observe(now - first.arrived);
+  if (!is_member(first.heap_pos)) {
+    std::uint32_t e = first.entry;
+    unlink_waiter(w, true);
+    return grant(e, owner, ttl_ms, mode, now);
+  }
+  const std::uint32_t g = first.heap_pos & ~in_set;
+  std::uint64_t token = tokens_.next();
+  last_token_ = token;
+  if (groups_[g].heap_pos != nil) {
+    heap_remove(groups_[g].heap_pos);  // the wait deadline; the ttl's replaces it
+    groups_[g].heap_pos = nil;
+  }
+  std::uint32_t prev = nil;
+  bool first_record = true;
+  for (std::uint32_t m = groups_[g].first; m != nil;) {
+    const std::uint32_t next = waiters_[m].set_next;
+    const std::uint32_t e = waiters_[m].entry;
+    unlink_waiter(m, first_record);
+    first_record = false;
+    std::uint32_t l = add_lease(e, owner, ttl_ms, mode, token, now);
+    leases_[l].heap_pos = in_set | g;
+    (prev == nil ? groups_[g].first : leases_[prev].set_next) = l;
+    prev = l;
+    work_.push_back(e);  // its queue's head changed: the next waiter may go too
+    m = next;
+  }
+  groups_[g].held = true;
+  heap_push(now + ms(ttl_ms), ref_kind::group, g);
+  ++counters_.grants;
+  counters_.grants_shared += mode == lock_mode::shared;
+  return token;
+}
+
+// Unlinks one lease record from its key, owner and the grant order (not from the deadline
+// index: end_lease removes the lease's or set's node).
+void lock_table::unlink_lease(std::uint32_t l) {
   lease_rec& rec = leases_[l];
-  if (histograms_.hold) histograms_.hold->observe(now - as_tick(rec.granted));
   entry_rec& ent = entries_[rec.entry];
   owner_rec& own = owners_[rec.owner];
-  // The key's holder list is singly linked: find the predecessor (holders <= limit).
+  // The key's holder list is singly linked: find the predecessor (exclusive holders <= limit;
+  // shared holders are many only while they coexist).
   std::uint32_t prev = nil;
   for (std::uint32_t i = ent.first_lease; i != l; i = leases_[i].key_next) prev = i;
   (prev != nil ? leases_[prev].key_next : ent.first_lease) = rec.key_next;
@@ -339,65 +414,140 @@ void lock_table::unlink_lease(std::uint32_t l, tick now) {
   (rec.owner_next != nil ? leases_[rec.owner_next].owner_prev : own.last_lease) = rec.owner_prev;
   (rec.all_prev != nil ? leases_[rec.all_prev].all_next : first_granted_) = rec.all_next;
   (rec.all_next != nil ? leases_[rec.all_next].all_prev : last_granted_) = rec.all_prev;
-  reserved_ -= reserved_of(ent);
-  --ent.held;
-  reserved_ += reserved_of(ent);
   --own.leases;
-  heap_remove(rec.heap_pos);
+  set_holders(rec.entry, -1, rec.mode);
   leases_.release(l);
 }
 
-// Moves the key's node in queues_ for a change of its waiter count by `delta` (+1 or -1).
-// extract + insert reuses the node: no allocation but the key's first waiter ever.
-void lock_table::requeue(std::uint32_t e, int delta) {
+// Ends the lease `l` belongs to (every key of a set). `lost` (expiry, disconnect) starts the
+// lock delay of each key. Its keys go on the worklist; the caller settles.
+void lock_table::end_lease(std::uint32_t l, tick now, bool lost) {
+  const std::uint32_t f = first_lease_of(l);
+  if (histograms_.hold) histograms_.hold->observe(now - as_tick(leases_[f].granted));
+  const std::uint32_t pos = leases_[f].heap_pos;
+  if (!is_member(pos)) {
+    const std::uint32_t e = leases_[f].entry;
+    heap_remove(pos);
+    unlink_lease(f);
+    if (lost) start_delay(e, now);
+    work_.push_back(e);
+    return;
+  }
+  const std::uint32_t g = pos & ~in_set;
+  heap_remove(groups_[g].heap_pos);
+  for (std::uint32_t m = groups_[g].first; m != nil;) {
+    const std::uint32_t next = leases_[m].set_next;
+    const std::uint32_t e = leases_[m].entry;
+    unlink_lease(m);
+    if (lost) start_delay(e, now);
+    work_.push_back(e);
+    m = next;
+  }
+  groups_.release(g);
+}
+
+// Moves the key's node in queues_ for a change of its waiter count by `delta` (+1 or -1) in
+// `mode`. extract + insert reuses the node: no allocation but the key's first waiter ever.
+void lock_table::requeue(std::uint32_t e, int delta, lock_mode mode) {
   entry_rec& ent = entries_[e];
   reserved_ -= reserved_of(ent);
+  auto add = [delta](std::uint32_t& n) {
+    n = static_cast<std::uint32_t>(static_cast<std::int64_t>(n) + delta);
+  };
   if (ent.in_queues) {
     auto node = queues_.extract(ent.queue_it);
-    ent.waiting = static_cast<std::uint32_t>(static_cast<std::int64_t>(ent.waiting) + delta);
+    add(ent.waiting);
     ent.queue_it = queues_.insert(std::move(node)).position;
   } else {
-    ent.waiting = static_cast<std::uint32_t>(static_cast<std::int64_t>(ent.waiting) + delta);
+    add(ent.waiting);
     ent.queue_it = queues_.insert(e).first;
     ent.in_queues = true;
   }
+  if (mode == lock_mode::shared) add(ent.waiting_shared);
   reserved_ += reserved_of(ent);
 }
 
-void lock_table::link_waiter(std::uint32_t w) {
+std::uint32_t lock_table::new_waiter(std::uint32_t e, std::uint32_t owner,
+                                     const acquire_args& args, std::uint64_t seq, tick now) {
+  std::uint32_t w = waiters_.alloc();
+  waiter_rec& rec = waiters_[w];
+  rec.seq = seq;
+  rec.arrived = now;
+  rec.request_id = args.request_id.value_or(0);
+  rec.has_request_id = args.request_id.has_value();
+  rec.entry = e;
+  rec.owner = owner;
+  rec.ttl_ms = args.ttl_ms;
+  rec.mode = args.mode;
+  return w;
+}
+
+// Appends waiter record `w` to its key's queue; the first record of a request also joins its
+// owner's list of queued requests.
+void lock_table::link_waiter(std::uint32_t w, bool first_of_request) {
   waiter_rec& rec = waiters_[w];
   entry_rec& ent = entries_[rec.entry];
   owner_rec& own = owners_[rec.owner];
   rec.key_prev = ent.last_waiter;
   (ent.last_waiter != nil ? waiters_[ent.last_waiter].key_next : ent.first_waiter) = w;
   ent.last_waiter = w;
-  rec.owner_prev = own.last_waiter;
-  (own.last_waiter != nil ? waiters_[own.last_waiter].owner_next : own.first_waiter) = w;
-  own.last_waiter = w;
-  ++own.waiters;
-  requeue(rec.entry, +1);
+  if (first_of_request) {
+    rec.owner_prev = own.last_waiter;
+    (own.last_waiter != nil ? waiters_[own.last_waiter].owner_next : own.first_waiter) = w;
+    own.last_waiter = w;
+    ++own.waiters;
+    ++queued_;
+  }
+  ++own.waiter_keys;
+  requeue(rec.entry, +1, rec.mode);
 }
 
-void lock_table::unlink_waiter(std::uint32_t w) {
+// Unlinks and frees one waiter record (and the deadline node of a single-key request).
+void lock_table::unlink_waiter(std::uint32_t w, bool first_of_request) {
   waiter_rec& rec = waiters_[w];
   entry_rec& ent = entries_[rec.entry];
   owner_rec& own = owners_[rec.owner];
   (rec.key_prev != nil ? waiters_[rec.key_prev].key_next : ent.first_waiter) = rec.key_next;
   (rec.key_next != nil ? waiters_[rec.key_next].key_prev : ent.last_waiter) = rec.key_prev;
-  (rec.owner_prev != nil ? waiters_[rec.owner_prev].owner_next : own.first_waiter) =
-      rec.owner_next;
-  (rec.owner_next != nil ? waiters_[rec.owner_next].owner_prev : own.last_waiter) =
-      rec.owner_prev;
-  --own.waiters;
-  requeue(rec.entry, -1);
-  if (rec.heap_pos != nil) heap_remove(rec.heap_pos);
+  if (first_of_request) {
+    (rec.owner_prev != nil ? waiters_[rec.owner_prev].owner_next : own.first_waiter) =
+        rec.owner_next;
+    (rec.owner_next != nil ? waiters_[rec.owner_next].owner_prev : own.last_waiter) =
+        rec.owner_prev;
+    --own.waiters;
+    --queued_;
+  }
+  --own.waiter_keys;
+  requeue(rec.entry, -1, rec.mode);
+  if (rec.heap_pos != nil && !is_member(rec.heap_pos)) heap_remove(rec.heap_pos);
   waiters_.release(w);
 }
 
-// A lease that ends without a release (expiry, disconnect): start the key's lock delay.
-void lock_table::lose_lease(std::uint32_t l, tick now) {
-  std::uint32_t e = leases_[l].entry;
-  unlink_lease(l, now);
+// Takes the request that waiter record `w` belongs to out of every queue. Its keys go on the
+// worklist: the waiters behind it may be grantable now.
+void lock_table::remove_request(std::uint32_t w) {
+  const std::uint32_t f = first_waiter_of(w);
+  const std::uint32_t pos = waiters_[f].heap_pos;
+  if (!is_member(pos)) {
+    work_.push_back(waiters_[f].entry);
+    unlink_waiter(f, true);
+    return;
+  }
+  const std::uint32_t g = pos & ~in_set;
+  if (groups_[g].heap_pos != nil) heap_remove(groups_[g].heap_pos);
+  bool first_record = true;
+  for (std::uint32_t m = groups_[g].first; m != nil;) {
+    const std::uint32_t next = waiters_[m].set_next;
+    work_.push_back(waiters_[m].entry);
+    unlink_waiter(m, first_record);
+    first_record = false;
+    m = next;
+  }
+  groups_.release(g);
+}
+
+// A lease of `e` ended without a release (expiry, disconnect): start or lengthen its delay.
+void lock_table::start_delay(std::uint32_t e, tick now) {
   if (limits_.lock_delay_ms == 0) return;
   tick until = now + ms(limits_.lock_delay_ms);
   std::uint32_t pos = entries_[e].delay_pos;
@@ -432,46 +582,54 @@ void lock_table::unstall(std::uint32_t e) {
   entries_[e].stall_pos = nil;
 }
 
-void lock_table::expire_lease(std::uint32_t l, tick now, std::vector<table_event>& events) {
-  const lease_rec& rec = leases_[l];
-  std::uint32_t e = rec.entry;
+// The `expired` event of the lease `l` belongs to (a set: its first key, and every key).
+void lock_table::expired_event(std::uint32_t l, std::vector<table_event>& events) const {
+  const std::uint32_t f = first_lease_of(l);
+  const lease_rec& rec = leases_[f];
   table_event ev;
   ev.kind = event_kind::expired;
   ev.owner = rec.owner;
   ev.token = rec.token;
-  ev.key = entries_[e].key;
+  ev.key = entries_[rec.entry].key;
+  if (is_member(rec.heap_pos)) {
+    ev.keys.reserve(groups_[rec.heap_pos & ~in_set].size);
+    for (std::uint32_t m = f; m != nil; m = leases_[m].set_next) {
+      ev.keys.push_back(entries_[leases_[m].entry].key);
+    }
+  }
   events.push_back(std::move(ev));
-  ++counters_.expirations;
-  lose_lease(l, now);
-  promote(e, now, events);
-  erase_if_idle(e);
 }
 
-// Expires the holders of `e` whose deadline has passed (their timers have not run yet), then
-// grants the freed slots. Returns false when `e` left the table.
-bool lock_table::expire_due_holders(std::uint32_t e, tick now, std::vector<table_event>& events) {
-  bool any = false;
+// The event answering the queued request of waiter record `w` (every record of a set carries
+// the request's owner and id).
+void lock_table::request_event(std::uint32_t w, event_kind kind,
+                               std::vector<table_event>& events) const {
+  const waiter_rec& rec = waiters_[w];
+  table_event ev;
+  ev.kind = kind;
+  ev.owner = rec.owner;
+  if (rec.has_request_id) ev.request_id = rec.request_id;
+  events.push_back(std::move(ev));
+}
+
+void lock_table::expire_lease(std::uint32_t l, tick now, std::vector<table_event>& events) {
+  expired_event(l, events);
+  ++counters_.expirations;
+  end_lease(l, now, true);
+}
+
+// Expires the holders of `e` whose deadline has passed (their timers have not run yet); a set
+// is expired whole. The caller settles.
+void lock_table::end_due_holders(std::uint32_t e, tick now, std::vector<table_event>& events) {
   for (std::uint32_t l = entries_[e].first_lease; l != nil;) {
-    const lease_rec& rec = leases_[l];
-    std::uint32_t next = rec.key_next;
-    if (deadline_of(rec.heap_pos) <= now) {
-      table_event ev;
-      ev.kind = event_kind::expired;
-      ev.owner = rec.owner;
-      ev.token = rec.token;
-      ev.key = entries_[e].key;
-      events.push_back(std::move(ev));
-      ++counters_.expirations;
-      lose_lease(l, now);
-      any = true;
-    }
+    // A set has one lease on this key, so ending it never unlinks `next`.
+    std::uint32_t next = leases_[l].key_next;
+    if (lease_deadline(l) <= now) expire_lease(l, now, events);
     l = next;
   }
-  if (any) promote(e, now, events);
-  return !erase_if_idle(e);
 }
 
-// Processes the earliest deadline (it must be due).
+// Processes the earliest deadline (it must be due), then settles.
 void lock_table::expire_front(tick now, std::vector<table_event>& events) {
   std::uint32_t ref = deadlines_.front().ref;
   std::uint32_t slot = ref & max_slot;
@@ -479,111 +637,160 @@ void lock_table::expire_front(tick now, std::vector<table_event>& events) {
     case ref_kind::lease:
       expire_lease(slot, now, events);
       break;
-    case ref_kind::waiter: {
-      const waiter_rec& rec = waiters_[slot];
-      table_event ev;
-      ev.kind = event_kind::wait_timeout;
-      ev.owner = rec.owner;
-      if (rec.has_request_id) ev.request_id = rec.request_id;
-      events.push_back(std::move(ev));
+    case ref_kind::waiter:
+      request_event(slot, event_kind::wait_timeout, events);
       ++counters_.timeouts;
-      std::uint32_t e = rec.entry;
-      unlink_waiter(slot);
-      erase_if_idle(e);
+      remove_request(slot);
       break;
-    }
     case ref_kind::delay:
-      promote(slot, now, events);  // ends the delay, then grants
-      erase_if_idle(slot);
+      work_.push_back(slot);  // promote() ends the delay, then grants
+      break;
+    case ref_kind::group:
+      if (groups_[slot].held) {
+        expire_lease(groups_[slot].first, now, events);
+      } else {
+        request_event(groups_[slot].first, event_kind::wait_timeout, events);
+        ++counters_.timeouts;
+        remove_request(groups_[slot].first);
+      }
       break;
   }
+  settle(now, events);
 }
 
-// Grants free slots of `e` to its waiters in arrival order. A waiter whose own deadline has
-// passed (the timer has not run yet) is answered `wait_timeout` instead: it must not get a
-// lease it no longer waits for. While tokens are not ready() the key is stalled instead of
-// granted, and resume_grants() comes back to it.
+// For the head `w` of a key that has room for it: whether its request is held back at another
+// of its keys (not at the head there, no room, or a running lock delay). A delay found over is
+// ended on the way.
+bool lock_table::blocked_elsewhere(std::uint32_t w, tick now) {
+  const std::uint32_t pos = waiters_[w].heap_pos;
+  if (!is_member(pos)) return false;
+  const lock_mode mode = waiters_[w].mode;
+  for (std::uint32_t m = groups_[pos & ~in_set].first; m != nil; m = waiters_[m].set_next) {
+    if (m == w) continue;
+    const std::uint32_t e = waiters_[m].entry;
+    const entry_rec& ent = entries_[e];
+    if (ent.first_waiter != m || !has_room(ent, mode)) return true;
+    if (in_delay(e)) {
+      if (deadline_of(ent.delay_pos) > now) return true;
+      end_delay(e);
+      work_.push_back(e);
+    }
+  }
+  return false;
+}
+
+// Grants the head of `e`'s queue while the grant rule allows, in FIFO order: a run of shared
+// waiters goes in together, a set goes in only when it heads every one of its queues. A head
+// whose own wait deadline has passed (the timer has not run yet) is answered `wait_timeout`
+// instead: it must not get a lease it no longer waits for. While tokens are not ready() the key
+// is stalled instead, and resume_grants() comes back to it. Keys whose head changes go on the
+// worklist.
 void lock_table::promote(std::uint32_t e, tick now, std::vector<table_event>& events) {
+  entry_rec& ent = entries_[e];
   if (in_delay(e)) {
-    if (deadline_of(entries_[e].delay_pos) > now) return;
+    if (deadline_of(ent.delay_pos) > now) return;
     end_delay(e);
   }
   for (;;) {
-    const entry_rec& ent = entries_[e];
-    if (ent.first_waiter == nil || ent.held >= ent.limit) break;
-    std::uint32_t w = ent.first_waiter;
-    const waiter_rec& wr = waiters_[w];
-    table_event ev;
-    ev.owner = wr.owner;
-    if (wr.has_request_id) ev.request_id = wr.request_id;
-    if (wr.heap_pos != nil && deadline_of(wr.heap_pos) <= now) {
-      ev.kind = event_kind::wait_timeout;
+    const std::uint32_t w = ent.first_waiter;
+    if (w == nil || !has_room(ent, waiters_[w].mode) || blocked_elsewhere(w, now)) break;
+    const std::uint32_t node = request_node(w);
+    if (node != nil && deadline_of(node) <= now) {
+      request_event(w, event_kind::wait_timeout, events);
       ++counters_.timeouts;
-      unlink_waiter(w);
-    } else if (!tokens_.ready()) {
+      remove_request(w);
+      continue;
+    }
+    if (!tokens_.ready()) {
       stall(e);
       return;
-    } else {
-      ev.kind = event_kind::granted;
-      ev.ttl_ms = wr.ttl_ms;
-      if (histograms_.wait) histograms_.wait->observe(now - wr.arrived);
-      std::uint32_t owner = wr.owner;
-      unlink_waiter(w);
-      ev.token = grant(e, owner, ev.ttl_ms, now);
     }
+    const std::uint32_t f = first_waiter_of(w);
+    table_event ev;
+    ev.kind = event_kind::granted;
+    ev.owner = waiters_[f].owner;
+    if (waiters_[f].has_request_id) ev.request_id = waiters_[f].request_id;
+    ev.ttl_ms = waiters_[f].ttl_ms;
+    ev.token = grant_request(f, now);
     events.push_back(std::move(ev));
   }
-  if (entries_[e].stall_pos != nil) unstall(e);
+  if (ent.stall_pos != nil) unstall(e);
+}
+
+// Works through the worklist until no key on it can grant more (a grant or a request leaving
+// puts the request's other keys on it), then erases the keys that became idle.
+void lock_table::settle(tick now, std::vector<table_event>& events) {
+  for (std::size_t i = 0; i < work_.size(); ++i) promote(work_[i], now, events);
+  erase_idle_work();
+}
+
+// Erases the idle keys among those on the worklist and empties it. Only here are keys erased
+// while a call runs, so every key on the worklist is live until now.
+void lock_table::erase_idle_work() {
+  if (work_.size() > 1) {
+    std::sort(work_.begin(), work_.end());
+    work_.erase(std::unique(work_.begin(), work_.end()), work_.end());
+  }
+  for (std::uint32_t e : work_) erase_if_idle(e);
+  work_.clear();
 }
 
 void lock_table::resume_grants(tick now, std::vector<table_event>& events) {
-  // promote() re-stalls a key if tokens run out again midway; the loop then stops.
-  while (!stalled_.empty() && tokens_.ready()) {
+  if (!tokens_.ready()) return;
+  // promote() stalls a key again if tokens run out midway.
+  while (!stalled_.empty()) {
     std::uint32_t e = stalled_.back();
     unstall(e);
-    promote(e, now, events);
-    erase_if_idle(e);
+    work_.push_back(e);
   }
+  settle(now, events);
 }
 
 acquire_result lock_table::acquire(owner_id owner, const acquire_args& args, tick now,
                                    std::vector<table_event>& events) {
   ++counters_.acquires;
   if (!tokens_.ready()) return {acquire_status::unavailable, 0};
+  if (args.keys.size() > 1) return acquire_set(owner, args, now, events);
+  return acquire_one(owner, args, args.keys.empty() ? args.key : args.keys.front(), now, events);
+}
+
+acquire_result lock_table::acquire_one(owner_id owner, const acquire_args& args,
+                                       std::string_view key, tick now,
+                                       std::vector<table_event>& events) {
   // At the lease bound, deadlines that are due but whose timer has not run yet are processed
   // now: a lease that is over must not count against the bound.
-  while (at_lease_bound() && any_due(now)) expire_front(now, events);
-  std::uint32_t hash = hash_of(args.key);
-  std::uint32_t e = find_entry(args.key, hash);
+  while (over_lease_bound(1) && any_due(now)) expire_front(now, events);
+  const std::uint32_t hash = hash_of(key);
+  std::uint32_t e = find_entry(key, hash);
   if (e != nil) {
     // Holders whose deadline passed, and a lock delay that ran out, end now: their timers are
     // late, and a try-lock must not be refused because of a lease that is over.
-    if (any_due(now) && !expire_due_holders(e, now, events)) e = nil;
-    if (e != nil && in_delay(e) && deadline_of(entries_[e].delay_pos) <= now) {
-      promote(e, now, events);
-      if (erase_if_idle(e)) e = nil;
+    if (any_due(now)) end_due_holders(e, now, events);
+    if (in_delay(e) && deadline_of(entries_[e].delay_pos) <= now) work_.push_back(e);
+    if (!work_.empty()) {
+      settle(now, events);
+      e = find_entry(key, hash);  // it may have become idle and left
     }
   }
   if (e != nil && entries_[e].limit != args.limit) return {acquire_status::conflict, 0};
   const owner_rec& own = owners_[owner];
-  if (own.leases + own.waiters >= limits_.max_leases_per_owner) {
+  if (own.leases + own.waiter_keys >= limits_.max_leases_per_owner) {
     return {acquire_status::too_many_owner_leases, 0};
   }
   if (e == nil) {
     if (index_count_ >= limits_.max_keys || entries_.high_water() >= max_slot) {
       return {acquire_status::too_many_keys, 0};
     }
-    if (at_lease_bound()) return {acquire_status::too_many_leases, 0};
-    e = new_entry(hash, args.key, args.limit);
+    if (over_lease_bound(1)) return {acquire_status::too_many_leases, 0};
+    e = new_entry(hash, key, args.limit);
     if (histograms_.wait) histograms_.wait->observe(tick{0});
-    return {acquire_status::granted, grant(e, owner, args.ttl_ms, now)};
+    return {acquire_status::granted, grant(e, owner, args.ttl_ms, args.mode, now)};
   }
   const entry_rec& ent = entries_[e];
-  const bool free_slot = ent.held < ent.limit;
-  if (free_slot && ent.first_waiter == nil && !in_delay(e)) {
-    if (at_lease_bound()) return {acquire_status::too_many_leases, 0};
+  if (has_room(ent, args.mode) && ent.first_waiter == nil && !in_delay(e)) {
+    if (over_lease_bound(1)) return {acquire_status::too_many_leases, 0};
     if (histograms_.wait) histograms_.wait->observe(tick{0});
-    return {acquire_status::granted, grant(e, owner, args.ttl_ms, now)};
+    return {acquire_status::granted, grant(e, owner, args.ttl_ms, args.mode, now)};
   }
   if (args.wait_ms && *args.wait_ms == 0) {
     ++counters_.timeouts;
@@ -594,25 +801,159 @@ acquire_result lock_table::acquire(owner_id owner, const acquire_args& args, tic
     return {acquire_status::too_many_pending, 0};
   }
   if (waiters_.high_water() >= max_slot) return {acquire_status::too_many_waiters, 0};
-  // A waiter queued at a free slot (lock delay or stall) will be granted without another
-  // lease ending: it reserves that slot (see reserved_).
-  if (ent.waiting < ent.limit - ent.held && at_lease_bound()) {
+  // A waiter that may be granted without another lease of the key ending (at a free slot in a
+  // lock delay or a stall, or shared) reserves its slot (see reserved_).
+  if (over_lease_bound(reserve_delta(ent, args.mode))) {
+    return {acquire_status::too_many_leases, 0};
+  }
+  std::uint32_t w = new_waiter(e, owner, args, next_seq_++, now);
+  link_waiter(w, true);
+  if (args.wait_ms) heap_push(now + ms(*args.wait_ms), ref_kind::waiter, w);
+  return {acquire_status::queued, 0};
+}
+
+acquire_result lock_table::acquire_set(owner_id owner, const acquire_args& args, tick now,
+                                       std::vector<table_event>& events) {
+  const std::span<const std::string_view> keys = args.keys;
+  const std::size_t n = keys.size();
+  if (n > max_keys_per_request) return {acquire_status::too_many_keys, 0};  // caller validates
+  while (over_lease_bound(n) && any_due(now)) expire_front(now, events);
+  std::array<std::uint32_t, max_keys_per_request> hashes;
+  std::array<std::uint32_t, max_keys_per_request> ents;
+  for (std::size_t i = 0; i < n; ++i) {
+    hashes[i] = hash_of(keys[i]);
+    ents[i] = find_entry(keys[i], hashes[i]);
+  }
+  if (any_due(now)) {
+    // As for one key: leases and delays that are over end first, on every key named. Keys are
+    // erased only in settle(), so ents stays valid until then.
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t e = ents[i];
+      if (e == nil) continue;
+      end_due_holders(e, now, events);
+      if (in_delay(e) && deadline_of(entries_[e].delay_pos) <= now) work_.push_back(e);
+    }
+    if (!work_.empty()) {
+      settle(now, events);
+      for (std::size_t i = 0; i < n; ++i) ents[i] = find_entry(keys[i], hashes[i]);
+    }
+  }
+  std::size_t fresh = 0;
+  bool free_now = true;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t e = ents[i];
+    if (e == nil) {
+      ++fresh;
+      continue;
+    }
+    const entry_rec& ent = entries_[e];
+    if (ent.limit != args.limit) return {acquire_status::conflict, 0};
+    free_now = free_now && has_room(ent, args.mode) && ent.first_waiter == nil && !in_delay(e);
+  }
+  const owner_rec& own = owners_[owner];
+  if (own.leases + own.waiter_keys + n > limits_.max_leases_per_owner) {
+    return {acquire_status::too_many_owner_leases, 0};
+  }
+  if (fresh > 0 && (index_count_ + fresh > limits_.max_keys ||
+                    entries_.high_water() + fresh > max_slot)) {
+    return {acquire_status::too_many_keys, 0};
+  }
+  if (!free_now) {
+    if (args.wait_ms && *args.wait_ms == 0) {
+      ++counters_.timeouts;
+      return {acquire_status::busy, 0};
+    }
+    std::size_t reserve = fresh;  // a fresh key's waiter sits at a free slot
+    for (std::size_t i = 0; i < n; ++i) {
+      if (ents[i] == nil) continue;
+      const entry_rec& ent = entries_[ents[i]];
+      if (ent.waiting >= limits_.max_waiters_per_key) {
+        return {acquire_status::too_many_waiters, 0};
+      }
+      reserve += reserve_delta(ent, args.mode);
+    }
+    if (own.waiters >= limits_.max_pending_per_owner) {
+      return {acquire_status::too_many_pending, 0};
+    }
+    if (waiters_.high_water() + n > max_slot || groups_.high_water() >= max_slot) {
+      return {acquire_status::too_many_waiters, 0};
+    }
+    if (over_lease_bound(reserve)) return {acquire_status::too_many_leases, 0};
+  } else if (over_lease_bound(n)) {
     return {acquire_status::too_many_leases, 0};
   }
 
-  std::uint32_t w = waiters_.alloc();
-  waiter_rec& rec = waiters_[w];
-  rec.seq = next_seq_++;
-  rec.arrived = now;
-  rec.request_id = args.request_id.value_or(0);
-  rec.has_request_id = args.request_id.has_value();
-  rec.entry = e;
-  rec.owner = owner;
-  rec.ttl_ms = args.ttl_ms;
-  rec.mode = args.mode;
-  link_waiter(w);
-  if (args.wait_ms) heap_push(now + ms(*args.wait_ms), ref_kind::waiter, w);
+  // Accepted: from here on nothing is refused.
+  for (std::size_t i = 0; i < n; ++i) {
+    if (ents[i] == nil) ents[i] = new_entry(hashes[i], keys[i], args.limit);
+  }
+  const std::uint32_t g = groups_.alloc();
+  groups_[g].size = static_cast<std::uint32_t>(n);
+  std::uint32_t prev = nil;
+  if (free_now) {
+    std::uint64_t token = tokens_.next();
+    last_token_ = token;
+    for (std::size_t i = 0; i < n; ++i) {
+      std::uint32_t l = add_lease(ents[i], owner, args.ttl_ms, args.mode, token, now);
+      leases_[l].heap_pos = in_set | g;
+      (prev == nil ? groups_[g].first : leases_[prev].set_next) = l;
+      prev = l;
+    }
+    groups_[g].held = true;
+    heap_push(now + ms(args.ttl_ms), ref_kind::group, g);
+    ++counters_.grants;
+    counters_.grants_shared += args.mode == lock_mode::shared;
+    if (histograms_.wait) histograms_.wait->observe(tick{0});
+    return {acquire_status::granted, token};
+  }
+  // One arrival for every queue: the same seq, placed at the tail of each at this instant.
+  const std::uint64_t seq = next_seq_++;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t w = new_waiter(ents[i], owner, args, seq, now);
+    waiters_[w].heap_pos = in_set | g;
+    (prev == nil ? groups_[g].first : waiters_[prev].set_next) = w;
+    prev = w;
+    link_waiter(w, i == 0);
+  }
+  if (args.wait_ms) heap_push(now + ms(*args.wait_ms), ref_kind::group, g);
   return {acquire_status::queued, 0};
+}
+
+// Whether the keys of the lease `l` belongs to are exactly `keys` (distinct, any order).
+bool lock_table::member_set_is(std::uint32_t l, std::span<const std::string_view> keys) const {
+  const std::uint32_t f = first_lease_of(l);
+  const std::uint32_t pos = leases_[f].heap_pos;
+  if (!is_member(pos)) return keys.size() == 1;
+  if (groups_[pos & ~in_set].size != keys.size()) return false;
+  // Each of the set's (distinct) keys is among as many `keys`: the two are the same set.
+  for (std::uint32_t m = f; m != nil; m = leases_[m].set_next) {
+    const std::string& key = entries_[leases_[m].entry].key;
+    if (std::find(keys.begin(), keys.end(), std::string_view(key)) == keys.end()) return false;
+  }
+  return true;
+}
+
+std::uint32_t lock_table::find_set_lease(std::span<const std::string_view> keys,
+                                         std::uint64_t token) const {
+  if (keys.empty()) return nil;
+  std::uint32_t e = find_entry(keys.front());
+  if (e == nil) return nil;
+  std::uint32_t l = find_lease(e, token);
+  if (l == nil || !member_set_is(l, keys)) return nil;
+  return l;
+}
+
+lease_status lock_table::release_lease(std::uint32_t l, tick now,
+                                       std::vector<table_event>& events) {
+  if (lease_deadline(l) <= now) {
+    expire_lease(l, now, events);
+    settle(now, events);
+    return lease_status::not_held;
+  }
+  end_lease(l, now, false);
+  ++counters_.releases;
+  settle(now, events);
+  return lease_status::ok;
 }
 
 lease_status lock_table::release(std::string_view key, std::uint64_t token, tick now,
@@ -621,14 +962,34 @@ lease_status lock_table::release(std::string_view key, std::uint64_t token, tick
   if (e == nil) return lease_status::not_held;
   std::uint32_t l = find_lease(e, token);
   if (l == nil) return lease_status::not_held;
-  if (deadline_of(leases_[l].heap_pos) <= now) {
+  return release_lease(l, now, events);
+}
+
+lease_status lock_table::release(std::span<const std::string_view> keys, std::uint64_t token,
+                                 tick now, std::vector<table_event>& events) {
+  std::uint32_t l = find_set_lease(keys, token);
+  if (l == nil) return lease_status::not_held;
+  return release_lease(l, now, events);
+}
+
+lease_status lock_table::extend_lease(std::uint32_t l, std::optional<std::uint32_t> ttl_ms,
+                                      tick now, std::vector<table_event>& events,
+                                      std::uint32_t* ttl_out) {
+  if (lease_deadline(l) <= now) {
     expire_lease(l, now, events);
+    settle(now, events);
     return lease_status::not_held;
   }
-  unlink_lease(l, now);
-  ++counters_.releases;
-  promote(e, now, events);
-  erase_if_idle(e);
+  const std::uint32_t f = first_lease_of(l);
+  const std::uint32_t ttl = ttl_ms ? *ttl_ms : leases_[f].ttl_ms;
+  if (is_member(leases_[f].heap_pos)) {
+    for (std::uint32_t m = f; m != nil; m = leases_[m].set_next) leases_[m].ttl_ms = ttl;
+  } else {
+    leases_[f].ttl_ms = ttl;
+  }
+  ++counters_.extends;
+  if (ttl_out) *ttl_out = ttl;
+  heap_update(lease_node(f), now + ms(ttl));
   return lease_status::ok;
 }
 
@@ -639,87 +1000,63 @@ lease_status lock_table::extend(std::string_view key, std::uint64_t token,
   if (e == nil) return lease_status::not_held;
   std::uint32_t l = find_lease(e, token);
   if (l == nil) return lease_status::not_held;
-  lease_rec& rec = leases_[l];
-  if (deadline_of(rec.heap_pos) <= now) {
-    expire_lease(l, now, events);
-    return lease_status::not_held;
-  }
-  if (ttl_ms) rec.ttl_ms = *ttl_ms;
-  ++counters_.extends;
-  if (ttl_out) *ttl_out = rec.ttl_ms;
-  heap_update(rec.heap_pos, now + ms(rec.ttl_ms));
-  return lease_status::ok;
+  return extend_lease(l, ttl_ms, now, events, ttl_out);
 }
 
-bool lock_table::cancel(owner_id owner, std::uint64_t request_id,
+lease_status lock_table::extend(std::span<const std::string_view> keys, std::uint64_t token,
+                                std::optional<std::uint32_t> ttl_ms, tick now,
+                                std::vector<table_event>& events, std::uint32_t* ttl_out) {
+  std::uint32_t l = find_set_lease(keys, token);
+  if (l == nil) return lease_status::not_held;
+  return extend_lease(l, ttl_ms, now, events, ttl_out);
+}
+
+bool lock_table::cancel(owner_id owner, std::uint64_t request_id, tick now,
                         std::vector<table_event>& events) {
   for (std::uint32_t w = owners_[owner].first_waiter; w != nil; w = waiters_[w].owner_next) {
     const waiter_rec& rec = waiters_[w];
     if (!rec.has_request_id || rec.request_id != request_id) continue;
-    table_event ev;
-    ev.kind = event_kind::cancelled;
-    ev.owner = owner;
-    ev.request_id = request_id;
-    events.push_back(std::move(ev));
-    std::uint32_t e = rec.entry;
-    unlink_waiter(w);
+    request_event(w, event_kind::cancelled, events);
+    remove_request(w);
     ++counters_.cancels;
-    erase_if_idle(e);
+    settle(now, events);
     return true;
   }
   return false;
 }
 
-void lock_table::cancel_waiters(owner_id owner, std::vector<table_event>& events) {
-  // A waiter leaving never frees a slot, so nobody is granted here.
+void lock_table::cancel_waiters(owner_id owner, tick now, std::vector<table_event>& events) {
   while (owners_[owner].first_waiter != nil) {
     std::uint32_t w = owners_[owner].first_waiter;
-    const waiter_rec& rec = waiters_[w];
-    table_event ev;
-    ev.kind = event_kind::cancelled;
-    ev.owner = owner;
-    if (rec.has_request_id) ev.request_id = rec.request_id;
-    events.push_back(std::move(ev));
-    std::uint32_t e = rec.entry;
-    unlink_waiter(w);
+    request_event(w, event_kind::cancelled, events);
+    remove_request(w);
     ++counters_.cancels;
-    erase_if_idle(e);
   }
+  // Only now: the grants this unblocks come after every `cancelled` event, and none goes to
+  // this owner.
+  settle(now, events);
 }
 
 void lock_table::disconnect(owner_id owner, tick now, std::vector<table_event>& events) {
-  // Waiters first, so that the slots freed below are not granted back to this owner.
-  while (owners_[owner].first_waiter != nil) {
-    std::uint32_t w = owners_[owner].first_waiter;
-    std::uint32_t e = waiters_[w].entry;
-    unlink_waiter(w);
-    erase_if_idle(e);
-  }
+  // Waiters first, so that what is freed below is not granted back to this owner.
+  while (owners_[owner].first_waiter != nil) remove_request(owners_[owner].first_waiter);
   while (owners_[owner].first_lease != nil) {
-    std::uint32_t l = owners_[owner].first_lease;
-    std::uint32_t e = leases_[l].entry;
     ++counters_.disconnect_releases;
-    lose_lease(l, now);
-    promote(e, now, events);
-    erase_if_idle(e);
+    end_lease(owners_[owner].first_lease, now, true);
   }
+  settle(now, events);
   owners_.release(owner);
 }
 
 void lock_table::abort_waiters(std::vector<table_event>& events) {
   for (std::uint32_t w = 0; w < waiters_.high_water(); ++w) {
-    const waiter_rec& rec = waiters_[w];
-    if (rec.seq == 0) continue;
-    table_event ev;
-    ev.kind = event_kind::aborted;
-    ev.owner = rec.owner;
-    if (rec.has_request_id) ev.request_id = rec.request_id;
-    events.push_back(std::move(ev));
-    std::uint32_t e = rec.entry;
-    unlink_waiter(w);
-    erase_if_idle(e);
+    if (waiters_[w].seq == 0) continue;  // free, or a set removed with its first record
+    request_event(w, event_kind::aborted, events);
+    remove_request(w);
     if (waiters_.high_water() == 0) break;  // the slab gave its memory back
   }
+  // Every queue is empty: nobody can be granted, only idle keys leave.
+  erase_idle_work();
 }
 
 std::optional<tick> lock_table::next_deadline() {
@@ -745,9 +1082,17 @@ inspect_result lock_table::inspect(std::string_view key, tick now) const {
   out.holders.reserve(ent.held);
   for (std::uint32_t l = ent.first_lease; l != nil; l = leases_[l].key_next) {
     const lease_rec& rec = leases_[l];
-    tick deadline = deadline_of(rec.heap_pos);
+    tick deadline = lease_deadline(l);
     if (deadline <= now) continue;  // over: its timer has not run yet
-    out.holders.push_back({rec.token, ms_left(deadline, now), rec.owner});
+    lease_view view{rec.token, ms_left(deadline, now), rec.owner, rec.mode, {}};
+    if (is_member(rec.heap_pos)) {
+      const group_rec& grp = groups_[rec.heap_pos & ~in_set];
+      view.keys.reserve(grp.size);
+      for (std::uint32_t m = grp.first; m != nil; m = leases_[m].set_next) {
+        view.keys.emplace_back(entries_[leases_[m].entry].key);
+      }
+    }
+    out.holders.push_back(std::move(view));
   }
   return out;
 }
@@ -765,12 +1110,28 @@ top_result lock_table::top(std::size_t n, tick now) const {
   for (std::uint32_t l = first_granted_; l != nil && out.oldest.size() < n;
        l = leases_[l].all_next) {
     const lease_rec& rec = leases_[l];
-    tick deadline = deadline_of(rec.heap_pos);
+    tick deadline = lease_deadline(l);
     if (deadline <= now) continue;  // over: its timer has not run yet
     out.oldest.push_back({entries_[rec.entry].key, rec.token, now - as_tick(rec.granted),
-                          ms_left(deadline, now), rec.owner});
+                          ms_left(deadline, now), rec.owner, rec.mode});
   }
   return out;
+}
+
+// Whether the request of waiter record `w` is grantable by the rule (see the header): at the
+// head of every one of its queues, room for its mode on each key, no key in its lock delay or
+// stalled.
+bool lock_table::grantable(std::uint32_t w) const {
+  const lock_mode mode = waiters_[w].mode;
+  for (std::uint32_t m = first_waiter_of(w); m != nil;
+       m = is_member(waiters_[w].heap_pos) ? waiters_[m].set_next : nil) {
+    const std::uint32_t e = waiters_[m].entry;
+    const entry_rec& ent = entries_[e];
+    if (ent.first_waiter != m || !has_room(ent, mode) || in_delay(e) || ent.stall_pos != nil) {
+      return false;
+    }
+  }
+  return true;
 }
 
 std::string lock_table::check_invariants() const {
@@ -781,6 +1142,10 @@ std::string lock_table::check_invariants() const {
   std::size_t stalled_seen = 0;
   std::size_t queued_keys = 0;
   std::size_t reserved = 0;
+  auto node_is = [&](std::uint32_t pos, ref_kind kind, std::uint32_t slot) {
+    return pos < deadlines_.size() &&
+           deadlines_[pos].ref == ((static_cast<std::uint32_t>(kind) << 30) | slot);
+  };
   for (std::uint32_t e = 0; e < entries_.high_water(); ++e) {
     const entry_rec& ent = entries_[e];
     if (ent.limit == 0) continue;
@@ -788,6 +1153,7 @@ std::string lock_table::check_invariants() const {
     if (find_entry(ent.key) != e) return "entry '" + ent.key + "' not found through the index";
     if (ent.hash != hash_of(ent.key)) return "entry '" + ent.key + "' has a stale hash";
     std::uint32_t held = 0;
+    std::uint32_t held_shared = 0;
     std::uint32_t last = nil;
     std::uint64_t prev_token = 0;
     for (std::uint32_t l = ent.first_lease; l != nil; l = leases_[l].key_next) {
@@ -795,45 +1161,65 @@ std::string lock_table::check_invariants() const {
       if (rec.entry != e) return "lease linked into the wrong key";
       if (rec.token <= prev_token) return "holders not in token order";
       if (rec.token > last_token_) return "lease token above the last token issued";
-      if (rec.heap_pos >= deadlines_.size() ||
-          deadlines_[rec.heap_pos].ref != ((static_cast<std::uint32_t>(ref_kind::lease) << 30) | l)) {
+      if (is_member(rec.heap_pos)) {
+        const std::uint32_t g = rec.heap_pos & ~in_set;
+        if (g >= groups_.high_water() || groups_[g].size == 0 || !groups_[g].held) {
+          return "set lease without its held group on '" + ent.key + "'";
+        }
+      } else if (!node_is(rec.heap_pos, ref_kind::lease, l)) {
         return "lease without its deadline node";
       }
       prev_token = rec.token;
       last = l;
       ++held;
+      held_shared += rec.mode == lock_mode::shared;
     }
     if (last != ent.last_lease) return "holder list tail is wrong on '" + ent.key + "'";
-    if (held != ent.held) return "holder count mismatch on '" + ent.key + "'";
-    if (held > ent.limit) return "more holders than the limit on '" + ent.key + "'";
+    if (held != ent.held || held_shared != ent.held_shared()) {
+      return "holder count mismatch on '" + ent.key + "'";
+    }
+    if (held - held_shared > ent.limit) return "more holders than the limit on '" + ent.key + "'";
+    if (held_shared > 0 && (held != held_shared || ent.limit != 1)) {
+      return "shared holders beside an exclusive holder or a limit on '" + ent.key + "'";
+    }
     std::uint32_t waiting = 0;
+    std::uint32_t waiting_shared = 0;
     std::uint64_t prev_seq = 0;
     for (std::uint32_t w = ent.first_waiter; w != nil; w = waiters_[w].key_next) {
       const waiter_rec& rec = waiters_[w];
       if (rec.entry != e) return "waiter linked into the wrong key";
       if (rec.seq <= prev_seq) return "waiters out of arrival order";
-      if (rec.heap_pos != nil &&
-          (rec.heap_pos >= deadlines_.size() ||
-           deadlines_[rec.heap_pos].ref !=
-               ((static_cast<std::uint32_t>(ref_kind::waiter) << 30) | w))) {
+      if (rec.key_next != nil && waiters_[rec.key_next].key_prev != w) {
+        return "waiter queue back link is wrong on '" + ent.key + "'";
+      }
+      if (is_member(rec.heap_pos)) {
+        const std::uint32_t g = rec.heap_pos & ~in_set;
+        if (g >= groups_.high_water() || groups_[g].size == 0 || groups_[g].held) {
+          return "set waiter without its waiting group on '" + ent.key + "'";
+        }
+      } else if (rec.heap_pos != nil && !node_is(rec.heap_pos, ref_kind::waiter, w)) {
         return "waiter with a wrong deadline node";
+      }
+      if (rec.mode == lock_mode::shared && ent.limit != 1) {
+        return "shared waiter on a key with a limit on '" + ent.key + "'";
       }
       prev_seq = rec.seq;
       ++waiting;
+      waiting_shared += rec.mode == lock_mode::shared;
     }
-    if (waiting != ent.waiting) return "waiter count mismatch on '" + ent.key + "'";
+    if (waiting != ent.waiting || waiting_shared != ent.waiting_shared) {
+      return "waiter count mismatch on '" + ent.key + "'";
+    }
     const bool stalled = ent.stall_pos != nil;
-    if (waiting > 0 && held < ent.limit && !in_delay(e) && !stalled) {
-      return "waiters queued behind a free slot on '" + ent.key + "'";
+    if (ent.first_waiter != nil && grantable(ent.first_waiter)) {
+      return "a queued request is grantable at the head of '" + ent.key + "'";
     }
     if (held == 0 && waiting == 0 && !in_delay(e)) {
       return "idle key '" + ent.key + "' left in the table";
     }
     if (in_delay(e)) {
       ++delays_seen;
-      if (ent.delay_pos >= deadlines_.size() ||
-          deadlines_[ent.delay_pos].ref !=
-              ((static_cast<std::uint32_t>(ref_kind::delay) << 30) | e)) {
+      if (!node_is(ent.delay_pos, ref_kind::delay, e)) {
         return "lock delay without its deadline node on '" + ent.key + "'";
       }
     }
@@ -863,6 +1249,65 @@ std::string lock_table::check_invariants() const {
   if (reserved != reserved_) return "reserved slot count is stale";
   if (leases_.live() + reserved_ > limits_.max_leases) return "more leases than max_leases";
 
+  // Sets: every member on a distinct key, chained from the group; a held set's leases share
+  // token, owner, ttl and mode; a queued set's records share arrival, owner, request and mode
+  // and sit in every one of its queues (each record was found in its key's queue above).
+  std::size_t group_nodes = 0;
+  std::size_t set_records = 0;
+  for (std::uint32_t g = 0; g < groups_.high_water(); ++g) {
+    const group_rec& grp = groups_[g];
+    if (grp.size == 0) continue;
+    if (grp.size < 2) return "a group of fewer than two keys";
+    if (grp.heap_pos != nil) {
+      if (!node_is(grp.heap_pos, ref_kind::group, g)) return "group with a wrong deadline node";
+      ++group_nodes;
+    } else if (grp.held) {
+      return "held set without its deadline node";
+    }
+    std::uint32_t n = 0;
+    std::vector<std::uint32_t> keys_of_set;
+    if (grp.held) {
+      const lease_rec& f = leases_[grp.first];
+      for (std::uint32_t m = grp.first; m != nil; m = leases_[m].set_next) {
+        const lease_rec& rec = leases_[m];
+        if (rec.token == 0 || rec.heap_pos != (in_set | g)) return "set lease not of its group";
+        if (rec.token != f.token || rec.owner != f.owner || rec.ttl_ms != f.ttl_ms ||
+            rec.mode != f.mode || rec.granted != f.granted) {
+          return "leases of one set differ in token, owner, ttl, mode or grant time";
+        }
+        keys_of_set.push_back(rec.entry);
+        if (++n > grp.size) return "set chain longer than its size";
+      }
+    } else {
+      const waiter_rec& f = waiters_[grp.first];
+      for (std::uint32_t m = grp.first; m != nil; m = waiters_[m].set_next) {
+        const waiter_rec& rec = waiters_[m];
+        if (rec.seq == 0 || rec.heap_pos != (in_set | g)) return "set waiter not of its group";
+        if (rec.seq != f.seq || rec.owner != f.owner || rec.ttl_ms != f.ttl_ms ||
+            rec.mode != f.mode || rec.request_id != f.request_id ||
+            rec.has_request_id != f.has_request_id) {
+          return "waiters of one set differ in arrival, owner, ttl, mode or request";
+        }
+        keys_of_set.push_back(rec.entry);
+        if (++n > grp.size) return "set chain longer than its size";
+      }
+    }
+    if (n != grp.size) return "set chain shorter than its size";
+    std::sort(keys_of_set.begin(), keys_of_set.end());
+    if (std::adjacent_find(keys_of_set.begin(), keys_of_set.end()) != keys_of_set.end()) {
+      return "a set names one key twice";
+    }
+    set_records += n;
+  }
+  std::size_t member_records = 0;
+  for (std::uint32_t l = 0; l < leases_.high_water(); ++l) {
+    member_records += leases_[l].token != 0 && is_member(leases_[l].heap_pos);
+  }
+  for (std::uint32_t w = 0; w < waiters_.high_water(); ++w) {
+    member_records += waiters_[w].seq != 0 && is_member(waiters_[w].heap_pos);
+  }
+  if (member_records != set_records) return "set records outside their group's chain";
+
   // The queue index: exactly the keys that ever had a waiter, in (waiting desc, key) order.
   if (queued_keys != queues_.size()) return "queue index holds keys that left the table";
   const queue_order order{this};
@@ -873,16 +1318,21 @@ std::string lock_table::check_invariants() const {
     prev_e = e;
   }
 
-  // The grant-order list: every lease once, tokens (and grant times) increasing.
+  // The grant-order list: every lease once, tokens (and grant times) increasing; the leases of
+  // one set share a token and follow each other.
   std::size_t in_list = 0;
   std::uint32_t prev_l = nil;
   for (std::uint32_t l = first_granted_; l != nil; l = leases_[l].all_next) {
     const lease_rec& rec = leases_[l];
     if (rec.token == 0) return "grant-order list names a free lease";
     if (rec.all_prev != prev_l) return "grant-order list back link is wrong";
-    if (prev_l != nil && (leases_[prev_l].token >= rec.token ||
-                          leases_[prev_l].granted > rec.granted)) {
-      return "grant-order list out of order";
+    if (prev_l != nil) {
+      const lease_rec& prev = leases_[prev_l];
+      const bool same_set = is_member(rec.heap_pos) && prev.heap_pos == rec.heap_pos;
+      if (prev.token > rec.token || (prev.token == rec.token && !same_set) ||
+          prev.granted > rec.granted) {
+        return "grant-order list out of order";
+      }
     }
     prev_l = l;
     if (++in_list > leases_.live()) return "grant-order list has a cycle";
@@ -893,15 +1343,20 @@ std::string lock_table::check_invariants() const {
   for (std::size_t i = 1; i < deadlines_.size(); ++i) {
     if (deadlines_[(i - 1) / 2].when > deadlines_[i].when) return "deadline heap out of order";
   }
-  std::size_t bounded_waiters = 0;
-  for (std::uint32_t w = 0; w < waiters_.high_water(); ++w) {
-    bounded_waiters += waiters_[w].seq != 0 && waiters_[w].heap_pos != nil;
+  std::size_t single_nodes = 0;
+  for (std::uint32_t l = 0; l < leases_.high_water(); ++l) {
+    single_nodes += leases_[l].token != 0 && !is_member(leases_[l].heap_pos);
   }
-  if (deadlines_.size() != leases_.live() + bounded_waiters + delays_) {
+  for (std::uint32_t w = 0; w < waiters_.high_water(); ++w) {
+    single_nodes += waiters_[w].seq != 0 && waiters_[w].heap_pos != nil &&
+                    !is_member(waiters_[w].heap_pos);
+  }
+  if (deadlines_.size() != single_nodes + group_nodes + delays_) {
     return "deadline heap holds stale nodes";
   }
   std::size_t owner_leases_seen = 0;
   std::size_t owner_waiters_seen = 0;
+  std::size_t requests_seen = 0;
   for (std::uint32_t o = 0; o < owners_.high_water(); ++o) {
     const owner_rec& own = owners_[o];
     if (!own.live) continue;
@@ -913,18 +1368,24 @@ std::string lock_table::check_invariants() const {
     if (n != own.leases) return "owner lease count mismatch";
     owner_leases_seen += n;
     n = 0;
+    std::uint32_t keys = 0;
     for (std::uint32_t w = own.first_waiter; w != nil; w = waiters_[w].owner_next) {
-      if (waiters_[w].owner != o) return "waiter linked to the wrong owner";
+      const waiter_rec& rec = waiters_[w];
+      if (rec.owner != o) return "waiter linked to the wrong owner";
+      if (first_waiter_of(w) != w) return "owner list holds a set record but its first";
+      keys += is_member(rec.heap_pos) ? groups_[rec.heap_pos & ~in_set].size : 1;
       ++n;
     }
-    if (n != own.waiters) return "owner waiter count mismatch";
-    owner_waiters_seen += n;
-    if (own.leases + own.waiters > limits_.max_leases_per_owner) {
+    if (n != own.waiters || keys != own.waiter_keys) return "owner waiter count mismatch";
+    owner_waiters_seen += keys;
+    requests_seen += n;
+    if (own.leases + own.waiter_keys > limits_.max_leases_per_owner) {
       return "owner above max_leases_per_owner";
     }
   }
   if (owner_leases_seen != leases_.live()) return "leases not owned by a live owner";
   if (owner_waiters_seen != waiters_.live()) return "waiters not owned by a live owner";
+  if (requests_seen != queued_) return "queued request count is stale";
   return {};
 }
 

@@ -171,6 +171,10 @@ std::string render_prometheus(const metrics_snapshot& m) {
 
   w.counter("acquires_total", "Acquire requests accepted by the dispatcher.", m.acquires);
   w.counter("grants_total", "Leases granted (immediately or after waiting).", m.grants);
+  w.family("grants_by_mode_total", "counter",
+           "Leases granted, by mode (a lease over several keys counts once).");
+  w.sample("grants_by_mode_total", "{mode=\"exclusive\"}", m.grants - m.grants_shared);
+  w.sample("grants_by_mode_total", "{mode=\"shared\"}", m.grants_shared);
   w.counter("releases_total", "Leases released by their holder.", m.releases);
   w.counter("extends_total", "Successful lease extensions.", m.extends);
   w.counter("timeouts_total", "Acquires that timed out before being granted.", m.timeouts);

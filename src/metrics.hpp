@@ -47,6 +47,7 @@ struct metrics_snapshot {
   // counters
   std::uint64_t acquires = 0;
   std::uint64_t grants = 0;
+  std::uint64_t grants_shared = 0;  // of `grants`
   std::uint64_t releases = 0;
   std::uint64_t extends = 0;
   std::uint64_t timeouts = 0;

@@ -432,6 +432,7 @@ struct server::impl final : session_host, delivery {
     m.waiting = table_.waiting();
     m.acquires = c.acquires;
     m.grants = c.grants;
+    m.grants_shared = c.grants_shared;
     m.releases = c.releases;
     m.extends = c.extends;
     m.timeouts = c.timeouts;

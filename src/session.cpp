@@ -130,7 +130,7 @@ void session::consume(const char* data, std::size_t n) {
 // The peer half-closed: it may still read the replies to what it sent. Every acquire of it
 // still waiting is answered `cancelled` (PROTOCOL.md "Half-close"), then the session closes.
 void session::on_peer_finished() {
-  host_.dispatch().half_close(info_, out_);
+  host_.dispatch().half_close(info_, host_.now(), out_);
   host_.mark_dirty(info_.owner);
   close(true);
 }

@@ -125,6 +125,16 @@ const std::vector<field_name> string_fields = {
     {"client", field::client},
 };
 
+keylock::holder_info holder(std::uint64_t token, std::uint64_t ttl_ms_left, std::string client,
+                            std::string peer) {
+  keylock::holder_info h;
+  h.token = token;
+  h.ttl_ms_left = ttl_ms_left;
+  h.client = std::move(client);
+  h.peer = std::move(peer);
+  return h;
+}
+
 void require_same_request(const request& actual, const request& expected) {
   CHECK(actual.kind == expected.kind);
   CHECK(actual.fields == expected.fields);
@@ -139,6 +149,8 @@ void require_same_request(const request& actual, const request& expected) {
   CHECK(actual.auth == expected.auth);
   CHECK(actual.client == expected.client);
   CHECK(actual.op_name == expected.op_name);
+  CHECK(actual.keys == expected.keys);
+  CHECK(actual.mode == expected.mode);
 }
 
 void require_same_reply(const reply& actual, const reply& expected) {
@@ -153,6 +165,7 @@ void require_same_reply(const reply& actual, const reply& expected) {
     case reply::kind::event:
       CHECK(actual.event == expected.event);
       CHECK(actual.key == expected.key);
+      CHECK(actual.keys == expected.keys);
       CHECK(actual.token == expected.token);
       return;
     case reply::kind::ok:
@@ -170,6 +183,8 @@ void require_same_reply(const reply& actual, const reply& expected) {
     CHECK(actual.holders[i].ttl_ms_left == expected.holders[i].ttl_ms_left);
     CHECK(actual.holders[i].client == expected.holders[i].client);
     CHECK(actual.holders[i].peer == expected.holders[i].peer);
+    CHECK(actual.holders[i].mode == expected.holders[i].mode);
+    CHECK(actual.holders[i].keys == expected.holders[i].keys);
   }
   CHECK(actual.waiters == expected.waiters);
   CHECK(actual.limit == expected.limit);
@@ -185,6 +200,7 @@ void require_same_reply(const reply& actual, const reply& expected) {
     CHECK(actual.stats->timeouts == expected.stats->timeouts);
     CHECK(actual.stats->expirations == expected.stats->expirations);
     CHECK(actual.stats->uptime_ms == expected.stats->uptime_ms);
+    CHECK(actual.stats->grants_shared == expected.stats->grants_shared);
   }
 }
 
@@ -780,17 +796,18 @@ TEST_CASE("an inspect reply lists holders and omits their empty client and peer"
   reply rep;
   rep.id = 7;
   rep.held = true;
-  rep.holders.push_back({1764214523000001u, 29120, "billing-worker-7", "127.0.0.1:53114"});
-  rep.holders.push_back({1764214523000002u, 100, "", ""});
-  rep.holders.push_back({1764214523000003u, 0, "", "[::1]:9"});
+  rep.holders.push_back(holder(1764214523000001u, 29120, "billing-worker-7", "127.0.0.1:53114"));
+  rep.holders.push_back(holder(1764214523000002u, 100, "", ""));
+  rep.holders.push_back(holder(1764214523000003u, 0, "", "[::1]:9"));
   rep.waiters = 2;
   rep.limit = 3;
   CHECK(encode(rep) ==
         R"({"id":7,"ok":true,"held":true,"holders":[)"
-        R"({"token":1764214523000001,"ttl_ms_left":29120,"client":"billing-worker-7",)"
-        R"("peer":"127.0.0.1:53114"},)"
-        R"({"token":1764214523000002,"ttl_ms_left":100},)"
-        R"({"token":1764214523000003,"ttl_ms_left":0,"peer":"[::1]:9"}],"waiters":2,"limit":3})"
+        R"({"token":1764214523000001,"ttl_ms_left":29120,"mode":"exclusive",)"
+        R"("client":"billing-worker-7","peer":"127.0.0.1:53114"},)"
+        R"({"token":1764214523000002,"ttl_ms_left":100,"mode":"exclusive"},)"
+        R"({"token":1764214523000003,"ttl_ms_left":0,"mode":"exclusive","peer":"[::1]:9"}],)"
+        R"("waiters":2,"limit":3})"
         "\n");
   SECTION("a key nobody holds has an empty holders array") {
     reply idle;
@@ -809,7 +826,8 @@ TEST_CASE("a stats reply writes its members flat in stats_info order", "[codec]"
   rep.stats = keylock::stats_info{3, 1, 1, 2, 10, 8, 6, 1, 1, 81234};
   CHECK(encode(rep) ==
         R"({"id":8,"ok":true,"connections":3,"keys":1,"held":1,"waiting":2,"acquires":10,)"
-        R"("grants":8,"releases":6,"timeouts":1,"expirations":1,"uptime_ms":81234})"
+        R"("grants":8,"releases":6,"timeouts":1,"expirations":1,"uptime_ms":81234,)"
+        R"("grants_shared":0})"
         "\n");
 }
 
@@ -1010,7 +1028,8 @@ TEST_CASE("decode_reply reproduces every reply append_reply writes", "[codec]") 
     reply inspect;
     inspect.id = 7;
     inspect.held = true;
-    inspect.holders = {{1, 2, "c", "p"}, {3, 4, "", ""}, {max_u64, max_u64, "\xC3\xA9", ""}};
+    inspect.holders = {holder(1, 2, "c", "p"), holder(3, 4, "", ""),
+                       holder(max_u64, max_u64, "\xC3\xA9", "")};
     inspect.waiters = 2;
     inspect.limit = 1;
     replies.push_back(inspect);
@@ -1059,6 +1078,9 @@ TEST_CASE("decode_reply reproduces every reply append_reply writes", "[codec]") 
       case reply::kind::event:
         rep.event = gen.text(3);
         rep.key = gen.text();
+        for (std::size_t k = gen.coin() ? gen.below(4) : 0; k > 0; --k) {
+          rep.keys.push_back(gen.text());
+        }
         if (gen.coin()) rep.token = gen.u64();
         break;
       case reply::kind::ok:
@@ -1073,12 +1095,18 @@ TEST_CASE("decode_reply reproduces every reply append_reply writes", "[codec]") 
         }
         if (gen.coin()) {
           // `held` is inspect's and stats' member: one reply carries one of them.
-          rep.stats = keylock::stats_info{gen.u64(), gen.u64(), gen.u64(), gen.u64(), gen.u64(),
-                                          gen.u64(), gen.u64(), gen.u64(), gen.u64(), gen.u64()};
+          rep.stats = keylock::stats_info{gen.u64(), gen.u64(), gen.u64(), gen.u64(),
+                                          gen.u64(), gen.u64(), gen.u64(), gen.u64(),
+                                          gen.u64(), gen.u64(), gen.u64()};
         } else if (gen.coin()) {
           rep.held = gen.coin();
           for (std::size_t h = gen.below(4); h > 0; --h) {
-            rep.holders.push_back({gen.u64(), gen.u64(), gen.text(), gen.text()});
+            keylock::holder_info one = holder(gen.u64(), gen.u64(), gen.text(), gen.text());
+            if (gen.coin()) one.mode = keylock::lock_mode::shared;
+            for (std::size_t k = gen.coin() ? gen.below(4) : 0; k > 0; --k) {
+              one.keys.push_back(gen.text());
+            }
+            rep.holders.push_back(std::move(one));
           }
         }
         if (gen.coin()) rep.waiters = gen.u64();
@@ -1149,6 +1177,14 @@ TEST_CASE("decode_request reproduces every request append_request writes", "[cod
     if (req.has(field::n)) req.n = gen.u64();
     if (req.has(field::auth)) req.auth = gen.text();
     if (req.has(field::client)) req.client = gen.text();
+    if (gen.coin()) {
+      req.set(field::mode);
+      req.mode = gen.coin() ? keylock::lock_mode::shared : keylock::lock_mode::exclusive;
+    }
+    if (gen.coin()) {
+      req.set(field::keys);
+      for (std::size_t k = gen.below(5); k > 0; --k) req.keys.push_back(gen.text());
+    }
     requests.push_back(req);
   }
 
@@ -1177,4 +1213,106 @@ TEST_CASE("the wire spellings of errc and op map back to their enumerators", "[c
   }
   CHECK(keylock::op_from_string("unknown") == op::unknown);
   CHECK(keylock::op_from_string("") == op::unknown);
+}
+
+TEST_CASE("acquire decodes mode and keys by both decoders alike", "[codec]") {
+  for (std::string_view frame :
+       {std::string_view(R"({"op":"acquire","id":1,"keys":["acct:17","acct:42"],"mode":"shared"})"),
+        std::string_view(R"({"op":"acquire","id":1,"keys": [ "acct:17" , "acct:42" ] ,"mode":"shared"})"),
+        std::string_view(R"({"op":"acquire","id":1,"keys":["acct:\u0031\u0037","acct:42"],"mode":"shared"})")}) {
+    INFO(frame);
+    request r;
+    REQUIRE_FALSE(keylock::decode_request(frame, r).has_value());
+    REQUIRE(r.has(field::keys));
+    REQUIRE(r.has(field::mode));
+    REQUIRE(r.keys == std::vector<std::string>{"acct:17", "acct:42"});
+    REQUIRE(r.mode == keylock::lock_mode::shared);
+    REQUIRE_FALSE(r.has(field::key));
+  }
+  request r;
+  REQUIRE_FALSE(keylock::decode_request(R"({"op":"acquire","key":"k","mode":"exclusive"})", r));
+  REQUIRE(r.mode == keylock::lock_mode::exclusive);
+  // The next frame starts from a clean request: no keys, exclusive.
+  REQUIRE_FALSE(keylock::decode_request(R"({"op":"acquire","key":"k"})", r));
+  REQUIRE(r.keys.empty());
+  REQUIRE_FALSE(r.has(field::mode));
+}
+
+TEST_CASE("a mode that is not exclusive or shared is bad_request", "[codec]") {
+  for (std::string_view frame : {R"({"op":"acquire","key":"k","mode":"read"})",
+                                 R"({"op":"acquire","key":"k","mode":1})",
+                                 R"({"op":"acquire","key":"k","mode":["shared"]})"}) {
+    INFO(frame);
+    request r;
+    auto err = keylock::decode_request(frame, r);
+    REQUIRE(err.has_value());
+    REQUIRE(err->code == errc::bad_request);
+    REQUIRE(err->message.find("mode") != std::string::npos);
+  }
+}
+
+TEST_CASE("keys must be an array of at most 64 strings", "[codec]") {
+  std::string many = R"({"op":"acquire","keys":[)";
+  for (int i = 0; i < 65; ++i) {
+    if (i > 0) many += ',';
+    many += '"';
+    many += std::to_string(i);
+    many += '"';
+  }
+  many += "]}";
+  for (std::string_view frame : {std::string_view(R"({"op":"acquire","keys":"k"})"),
+                                 std::string_view(R"({"op":"acquire","keys":["a",1]})"),
+                                 std::string_view(R"({"op":"acquire","keys":["a",["b"]]})"),
+                                 std::string_view(R"({"op":"acquire","keys":["a",{"b":1}]})"),
+                                 std::string_view(R"({"op":"acquire","keys":["a",null]})"),
+                                 std::string_view(R"({"op":"acquire","keys":{"a":"b"}})"),
+                                 std::string_view(many)}) {
+    INFO(frame);
+    request r;
+    auto err = keylock::decode_request(frame, r);
+    REQUIRE(err.has_value());
+    REQUIRE(err->code == errc::bad_request);
+    REQUIRE(err->message.find("keys") != std::string::npos);
+  }
+  request r;
+  // Empty, duplicate or overlong keys decode; the dispatcher checks them against the limits.
+  REQUIRE_FALSE(keylock::decode_request(R"({"op":"acquire","keys":[]})", r).has_value());
+  REQUIRE(r.has(field::keys));
+  REQUIRE(r.keys.empty());
+  REQUIRE_FALSE(keylock::decode_request(R"({"op":"acquire","keys":["a","a"]})", r).has_value());
+  REQUIRE(r.keys.size() == 2);
+}
+
+TEST_CASE("holders carry their mode and set, and a set's expired event names every key",
+          "[codec]") {
+  reply rep;
+  rep.id = 3;
+  rep.held = true;
+  keylock::holder_info h = holder(5, 100, "", "");
+  h.mode = keylock::lock_mode::shared;
+  h.keys = {"a", "b"};
+  rep.holders.push_back(h);
+  rep.waiters = 0;
+  rep.limit = 1;
+  CHECK(encode(rep) == R"({"id":3,"ok":true,"held":true,"holders":[{"token":5,"ttl_ms_left":100,)"
+                       R"("mode":"shared","keys":["a","b"]}],"waiters":0,"limit":1})"
+                       "\n");
+  reply ev;
+  ev.type = reply::kind::event;
+  ev.event = "expired";
+  ev.key = "a";
+  ev.keys = {"a", "b"};
+  ev.token = 9;
+  CHECK(encode(ev) == R"({"event":"expired","key":"a","keys":["a","b"],"token":9})"
+                      "\n");
+  reply back;
+  REQUIRE_FALSE(keylock::decode_reply(R"({"event":"expired","key":"a","keys":["a","b"],"token":9})",
+                                      back));
+  REQUIRE(back.keys == std::vector<std::string>{"a", "b"});
+  REQUIRE_FALSE(back.stats.has_value());  // `keys` here is the list, not stats' count
+  // A holder without mode (an older server) reads as exclusive.
+  REQUIRE_FALSE(keylock::decode_reply(
+      R"({"id":1,"ok":true,"held":true,"holders":[{"token":1,"ttl_ms_left":1}],"waiters":0,"limit":1})",
+      back));
+  REQUIRE(back.holders.at(0).mode == keylock::lock_mode::exclusive);
 }

@@ -26,6 +26,8 @@ void require_same(const request& a, const request& b) {
   REQUIRE(a.auth == b.auth);
   REQUIRE(a.client == b.client);
   REQUIRE(a.op_name == b.op_name);
+  REQUIRE(a.keys == b.keys);
+  REQUIRE(a.mode == b.mode);
 }
 
 const std::vector<std::string> seeds = {
@@ -58,6 +60,11 @@ const std::vector<std::string> seeds = {
     R"({"op":"acquire","key":"a","key":"b"})",
     R"({"op":"ping"} x)",
     R"({"op":"ping",})",
+    R"({"op":"acquire","id":9,"keys":["a","b","c"],"mode":"shared","wait_ms":0})",
+    R"({"op":"release","keys":["b","a"],"token":5,"noreply":true})",
+    R"({"op":"acquire","key":"k","mode":"exclusive"})",
+    R"({"op":"acquire","keys":[],"mode":"shared"})",
+    R"({"op":"acquire","keys":["a",],"mode":"reader"})",
     R"({"op":7})",
     R"({})",
     R"([])",
@@ -72,6 +79,9 @@ TEST_CASE("the fast decoder handles the frames clients send", "[codec]") {
     INFO(seeds[i]);
     REQUIRE(decode_request_fast(seeds[i], r));
   }
+  REQUIRE(decode_request_fast(R"({"op":"acquire","id":9,"keys":["a","b"],"mode":"shared"})", r));
+  REQUIRE(r.keys == std::vector<std::string>{"a", "b"});
+  REQUIRE(r.mode == lock_mode::shared);
   REQUIRE(decode_request_fast(R"({"op":"acquire","id":12345,"key":"user:42","ttl_ms":30000})", r));
   REQUIRE(r.kind == op::acquire);
   REQUIRE(r.key == "user:42");

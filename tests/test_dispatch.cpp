@@ -75,7 +75,8 @@ std::uint16_t mask_of(const nlohmann::json& names) {
       {"id", field::id},         {"key", field::key},       {"token", field::token},
       {"ttl_ms", field::ttl_ms}, {"wait_ms", field::wait_ms}, {"limit", field::limit},
       {"target", field::target}, {"auth", field::auth},     {"client", field::client},
-      {"n", field::n},           {"noreply", field::noreply}};
+      {"n", field::n},           {"noreply", field::noreply}, {"keys", field::keys},
+      {"mode", field::mode}};
   std::uint16_t m = 0;
   for (const auto& n : names) m = m | fields.at(n.get<std::string>());
   return m;
@@ -100,6 +101,7 @@ TEST_CASE("the dispatcher's command table agrees with proto/ops.json", "[dispatc
     REQUIRE(spec->kind == op_from_string(name));
     REQUIRE(spec->required == mask_of(row["required"]));
     REQUIRE(spec->optional == mask_of(row["optional"]));
+    REQUIRE(spec->one_of == mask_of(row.value("one_of", nlohmann::json::array())));
   }
   REQUIRE(documented.size() == op_table().size());
   std::set<std::string> codes;
@@ -295,7 +297,7 @@ TEST_CASE("a half-close answers the connection's waiting acquires cancelled", "[
   REQUIRE(f.send(b, R"({"op":"acquire","id":3,"key":"k2"})").find(R"("ok":true)") !=
           std::string::npos);
   std::string out;
-  f.dispatch.half_close(b, out);
+  f.dispatch.half_close(b, f.now, out);
   REQUIRE(out.find(R"("id":2,"ok":false,"error":"cancelled")") != std::string::npos);
   // Its lease stays until the connection is gone.
   REQUIRE(f.table.owner_leases(b.owner) == 1);

@@ -62,6 +62,47 @@ struct fixture {
     check();
     return r;
   }
+  // An acquire in `mode` over `keys` (one key goes through `keys` too).
+  acquire_result acquire_set(owner_id o, std::vector<std::string_view> keys,
+                             std::optional<std::uint32_t> wait_ms, std::uint64_t id = 0,
+                             lock_mode mode = lock_mode::exclusive, std::uint32_t ttl_ms = 1000,
+                             std::uint32_t limit = 1) {
+    acquire_args a;
+    a.keys = keys;
+    a.ttl_ms = ttl_ms;
+    a.wait_ms = wait_ms;
+    a.limit = limit;
+    a.mode = mode;
+    a.request_id = id;
+    auto r = table.acquire(o, a, now, events);
+    check();
+    return r;
+  }
+  acquire_result shared(owner_id o, std::string_view key, std::optional<std::uint32_t> wait_ms,
+                        std::uint64_t id = 0, std::uint32_t ttl_ms = 1000) {
+    acquire_args a;
+    a.key = key;
+    a.ttl_ms = ttl_ms;
+    a.wait_ms = wait_ms;
+    a.mode = lock_mode::shared;
+    a.request_id = id;
+    auto r = table.acquire(o, a, now, events);
+    check();
+    return r;
+  }
+  lease_status release_set(std::vector<std::string_view> keys, std::uint64_t token) {
+    auto r = table.release(keys, token, now, events);
+    check();
+    return r;
+  }
+  // The request ids of the `granted` events taken from `events`, in order.
+  std::vector<std::uint64_t> granted_ids() {
+    std::vector<std::uint64_t> ids;
+    for (const table_event& ev : take()) {
+      if (ev.kind == event_kind::granted) ids.push_back(ev.request_id.value_or(0));
+    }
+    return ids;
+  }
   lease_status release(std::string_view key, std::uint64_t token) {
     auto r = table.release(key, token, now, events);
     check();
@@ -301,9 +342,9 @@ TEST_CASE("cancel answers the oldest matching waiter of that owner only", "[tabl
   auto r = f.acquire(a, "k", 0);
   f.acquire(b, "k", std::nullopt, 7);
   f.acquire(b, "k", std::nullopt, 8);
-  REQUIRE_FALSE(f.table.cancel(a, 7, f.events));  // not a's waiter
-  REQUIRE_FALSE(f.table.cancel(b, 99, f.events));
-  REQUIRE(f.table.cancel(b, 7, f.events));
+  REQUIRE_FALSE(f.table.cancel(a, 7, f.now, f.events));  // not a's waiter
+  REQUIRE_FALSE(f.table.cancel(b, 99, f.now, f.events));
+  REQUIRE(f.table.cancel(b, 7, f.now, f.events));
   f.check();
   auto ev = f.take();
   REQUIRE(ev.size() == 1);
@@ -519,7 +560,7 @@ TEST_CASE("random operations keep every invariant and never grant beyond the lim
         }
         break;
       case 4:
-        f.table.cancel(o, (r >> 24) % next_id, f.events);
+        f.table.cancel(o, (r >> 24) % next_id, f.now, f.events);
         f.check();
         break;
       case 5:
@@ -858,7 +899,7 @@ TEST_CASE("waiters of a stalled key still time out, cancel and leave with their 
   REQUIRE(ev.size() == 1);
   REQUIRE(ev[0].kind == event_kind::wait_timeout);
   REQUIRE(ev[0].owner == b);
-  REQUIRE(f.table.cancel(c, 2, f.events));
+  REQUIRE(f.table.cancel(c, 2, f.now, f.events));
   f.check();
   REQUIRE(f.take().at(0).kind == event_kind::cancelled);
   f.table.disconnect(b, f.now, f.events);  // the last waiter: the stalled key leaves
@@ -1052,7 +1093,7 @@ TEST_CASE("top matches a brute-force reference over random operations, ties incl
         break;
       default:
         if ((r >> 24) % 30 == 0) {
-          f.table.cancel_waiters(o, f.events);
+          f.table.cancel_waiters(o, f.now, f.events);
           f.check();
         }
         break;
@@ -1114,7 +1155,7 @@ TEST_CASE("cancel_waiters answers every queued acquire of the owner in arrival o
   f.acquire(b, "k2", std::nullopt, 9);
   f.acquire(a, "k2", std::nullopt, 1);  // another owner's waiter stays
   f.acquire(b, "solo", 0);
-  f.table.cancel_waiters(b, f.events);
+  f.table.cancel_waiters(b, f.now, f.events);
   f.check();
   auto ev = f.take();
   REQUIRE(ev.size() == 3);
@@ -1130,8 +1171,522 @@ TEST_CASE("cancel_waiters answers every queued acquire of the owner in arrival o
   REQUIRE(f.table.owner_leases(b) == 1);
   REQUIRE(f.table.waiting() == 1);
   REQUIRE(f.table.top(5, f.now).queues.size() == 1);
-  f.table.cancel_waiters(b, f.events);  // nothing left: no events
+  f.table.cancel_waiters(b, f.now, f.events);  // nothing left: no events
   REQUIRE(f.events.empty());
   REQUIRE(f.release("k1", r.token) == lease_status::ok);
   REQUIRE(f.take().empty());  // b's cancelled waiter on k1 is not granted
+}
+
+// --- shared and exclusive modes ------------------------------------------------------------------
+
+namespace {
+
+using ids = std::vector<std::uint64_t>;
+
+}  // namespace
+
+TEST_CASE("readers share a key while a writer waits for the last of them", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect(), w = f.table.connect();
+  auto r1 = f.shared(a, "k", 0);
+  auto r2 = f.shared(b, "k", 0);
+  REQUIRE(r1.status == acquire_status::granted);
+  REQUIRE(r2.status == acquire_status::granted);
+  REQUIRE(f.acquire(w, "k", 0).status == acquire_status::busy);
+  REQUIRE(f.acquire(w, "k", std::nullopt, 9).status == acquire_status::queued);
+  auto info = f.table.inspect("k", f.now);
+  REQUIRE(info.holders.size() == 2);
+  REQUIRE(info.holders[0].mode == lock_mode::shared);
+  REQUIRE(info.holders[1].mode == lock_mode::shared);
+  REQUIRE(info.waiters == 1);
+  REQUIRE(f.release("k", r1.token) == lease_status::ok);
+  REQUIRE(f.take().empty());  // one reader still holds
+  REQUIRE(f.release("k", r2.token) == lease_status::ok);
+  REQUIRE(f.granted_ids() == ids{9});
+  REQUIRE(f.table.inspect("k", f.now).holders.at(0).mode == lock_mode::exclusive);
+  REQUIRE(f.table.counters().grants == 3);
+  REQUIRE(f.table.counters().grants_shared == 2);
+}
+
+TEST_CASE("a reader arriving while a writer waits queues behind it, so writers never starve",
+          "[table]") {
+  fixture f;
+  owner_id r = f.table.connect(), w = f.table.connect(), late = f.table.connect();
+  auto held = f.shared(r, "k", 0);
+  REQUIRE(f.acquire(w, "k", std::nullopt, 1).status == acquire_status::queued);
+  // The key is held in shared mode only, but a writer waits: no reader goes ahead of it.
+  REQUIRE(f.shared(late, "k", 0).status == acquire_status::busy);
+  REQUIRE(f.shared(late, "k", std::nullopt, 2).status == acquire_status::queued);
+  REQUIRE(f.release("k", held.token) == lease_status::ok);
+  REQUIRE(f.granted_ids() == ids{1});
+}
+
+TEST_CASE("waiters of mixed modes are granted in FIFO order, a run of readers together",
+          "[table]") {
+  fixture f;
+  owner_id o = f.table.connect(), p = f.table.connect();
+  auto writer = f.acquire(o, "k", 0);
+  // Queue: R1 R2 W3 R4 R5 W6
+  f.shared(p, "k", std::nullopt, 1);
+  f.shared(p, "k", std::nullopt, 2);
+  f.acquire(p, "k", std::nullopt, 3);
+  f.shared(p, "k", std::nullopt, 4);
+  f.shared(p, "k", std::nullopt, 5);
+  f.acquire(p, "k", std::nullopt, 6);
+  REQUIRE(f.release("k", writer.token) == lease_status::ok);
+  auto evs = f.take();
+  REQUIRE(evs.size() == 2);  // the run R1 R2, ended by the writer W3
+  REQUIRE(evs[0].request_id == 1u);
+  REQUIRE(evs[1].request_id == 2u);
+  REQUIRE(f.release("k", evs[0].token) == lease_status::ok);
+  REQUIRE(f.take().empty());
+  REQUIRE(f.release("k", evs[1].token) == lease_status::ok);
+  evs = f.take();
+  REQUIRE(evs.size() == 1);
+  REQUIRE(evs[0].request_id == 3u);
+  REQUIRE(f.release("k", evs[0].token) == lease_status::ok);
+  evs = f.take();
+  REQUIRE(evs.size() == 2);
+  REQUIRE(evs[0].request_id == 4u);
+  REQUIRE(evs[1].request_id == 5u);
+  REQUIRE(f.table.inspect("k", f.now).waiters == 1);
+}
+
+TEST_CASE("cancelling the writer at the head lets the readers behind it join the readers holding",
+          "[table]") {
+  fixture f;
+  owner_id r = f.table.connect(), w = f.table.connect(), q = f.table.connect();
+  f.shared(r, "k", 0);
+  f.acquire(w, "k", std::nullopt, 1);
+  f.shared(q, "k", std::nullopt, 2);
+  f.shared(q, "k", std::nullopt, 3);
+  f.acquire(q, "k", std::nullopt, 4);
+  SECTION("by cancel") {
+    REQUIRE(f.table.cancel(w, 1, f.now, f.events));
+    f.check();
+  }
+  SECTION("by its owner's half-close") {
+    f.table.cancel_waiters(w, f.now, f.events);
+    f.check();
+  }
+  SECTION("by its owner's disconnect") {
+    f.table.disconnect(w, f.now, f.events);
+    f.check();
+  }
+  REQUIRE(f.granted_ids() == ids{2, 3});
+  REQUIRE(f.table.inspect("k", f.now).holders.size() == 3);
+  REQUIRE(f.table.inspect("k", f.now).waiters == 1);
+}
+
+TEST_CASE("a reader's wait timing out at the head of a queue behind a writer hands the key on",
+          "[table]") {
+  fixture f;
+  owner_id r = f.table.connect(), w = f.table.connect(), q = f.table.connect();
+  f.shared(r, "k", 0);
+  f.acquire(w, "k", 50, 1);  // a writer with a bounded wait at the head
+  f.shared(q, "k", std::nullopt, 2);
+  f.advance(50ms);
+  auto evs = f.take();
+  REQUIRE(evs.size() == 2);
+  REQUIRE(evs[0].kind == event_kind::wait_timeout);
+  REQUIRE(evs[0].request_id == 1u);
+  REQUIRE(evs[1].kind == event_kind::granted);
+  REQUIRE(evs[1].request_id == 2u);
+}
+
+TEST_CASE("a shared lease past its deadline does not block a writer's try-lock", "[table]") {
+  fixture f;
+  owner_id r = f.table.connect(), w = f.table.connect();
+  auto old = f.shared(r, "k", 0, 0, 100);
+  f.now += 150ms;  // over; its timer has not run
+  REQUIRE(f.table.inspect("k", f.now).holders.empty());
+  auto got = f.acquire(w, "k", 0);
+  REQUIRE(got.status == acquire_status::granted);
+  auto evs = f.take();
+  REQUIRE(evs.size() == 1);
+  REQUIRE(evs[0].kind == event_kind::expired);
+  REQUIRE(evs[0].token == old.token);
+}
+
+// --- several keys at once ------------------------------------------------------------------------
+
+TEST_CASE("a set over overlapping keys is granted atomically, one token for every key",
+          "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect(), c = f.table.connect();
+  auto x = f.acquire(a, "x", 0);
+  REQUIRE(f.acquire_set(b, {"x", "y"}, std::nullopt, 1).status == acquire_status::queued);
+  // y is free, but the set holds y's queue: a later request for y waits behind it.
+  REQUIRE(f.table.inspect("y", f.now).holders.empty());
+  REQUIRE(f.acquire(c, "y", 0).status == acquire_status::busy);
+  REQUIRE(f.acquire(c, "y", std::nullopt, 2).status == acquire_status::queued);
+  REQUIRE(f.release("x", x.token) == lease_status::ok);
+  auto evs = f.take();
+  REQUIRE(evs.size() == 1);
+  REQUIRE(evs[0].request_id == 1u);
+  auto hx = f.table.inspect("x", f.now).holders;
+  auto hy = f.table.inspect("y", f.now).holders;
+  REQUIRE(hx.size() == 1);
+  REQUIRE(hy.size() == 1);
+  REQUIRE(hx[0].token == evs[0].token);
+  REQUIRE(hy[0].token == evs[0].token);
+  REQUIRE(hx[0].keys == std::vector<std::string_view>{"x", "y"});
+  REQUIRE(f.table.held() == 2);  // each key of the set is a lease
+  REQUIRE(f.table.waiting() == 1);
+  REQUIRE(f.table.counters().grants == 2);
+}
+
+TEST_CASE("sets requested in opposite orders never deadlock, nor do three in a cycle", "[table]") {
+  fixture f;
+  owner_id h = f.table.connect(), a = f.table.connect(), b = f.table.connect(),
+           c = f.table.connect();
+  SECTION("two sets") {
+    auto hx = f.acquire(h, "x", 0);
+    auto hy = f.acquire(h, "y", 0);
+    f.acquire_set(a, {"x", "y"}, std::nullopt, 1);
+    f.acquire_set(b, {"y", "x"}, std::nullopt, 2);
+    REQUIRE(f.release("y", hy.token) == lease_status::ok);
+    REQUIRE(f.take().empty());  // A is first on y too, and waits for x
+    REQUIRE(f.release("x", hx.token) == lease_status::ok);
+    auto evs = f.take();
+    REQUIRE(evs.size() == 1);
+    REQUIRE(evs[0].request_id == 1u);
+    REQUIRE(f.release_set({"y", "x"}, evs[0].token) == lease_status::ok);
+    REQUIRE(f.granted_ids() == ids{2});
+  }
+  SECTION("a cycle of three") {
+    auto hx = f.acquire(h, "x", 0);
+    auto hy = f.acquire(h, "y", 0);
+    auto hz = f.acquire(h, "z", 0);
+    f.acquire_set(a, {"x", "y"}, std::nullopt, 1);
+    f.acquire_set(b, {"y", "z"}, std::nullopt, 2);
+    f.acquire_set(c, {"z", "x"}, std::nullopt, 3);
+    REQUIRE(f.release("z", hz.token) == lease_status::ok);
+    REQUIRE(f.release("y", hy.token) == lease_status::ok);
+    REQUIRE(f.take().empty());  // B needs z, where C is behind it, and y, where A is ahead
+    REQUIRE(f.release("x", hx.token) == lease_status::ok);
+    auto evs = f.take();
+    REQUIRE(evs.size() == 1);
+    REQUIRE(evs[0].request_id == 1u);
+    REQUIRE(f.release("x", evs[0].token) == lease_status::ok);
+    REQUIRE(f.granted_ids() == ids{2});  // C still waits behind B on z
+    auto bz = f.table.inspect("z", f.now).holders.at(0).token;
+    REQUIRE(f.release("y", bz) == lease_status::ok);
+    REQUIRE(f.granted_ids() == ids{3});
+  }
+}
+
+TEST_CASE("a set blocked on one key holds that key's queue, and its leaving unblocks the rest",
+          "[table]") {
+  fixture f;
+  owner_id h = f.table.connect(), s = f.table.connect(), q = f.table.connect();
+  f.acquire(h, "x", 0);
+  REQUIRE(f.acquire_set(s, {"x", "y"}, 100, 1).status == acquire_status::queued);
+  REQUIRE(f.acquire(q, "y", std::nullopt, 2).status == acquire_status::queued);
+  REQUIRE(f.shared(q, "y", std::nullopt, 3).status == acquire_status::queued);
+  REQUIRE(f.table.inspect("y", f.now).waiters == 3);
+  std::vector<table_event> evs;
+  SECTION("cancel") {
+    REQUIRE(f.table.cancel(s, 1, f.now, f.events));
+    f.check();
+    evs = f.take();
+    REQUIRE(evs.at(0).kind == event_kind::cancelled);
+  }
+  SECTION("wait timeout") {
+    f.advance(100ms);
+    evs = f.take();
+    REQUIRE(evs.at(0).kind == event_kind::wait_timeout);
+  }
+  SECTION("disconnect") {
+    f.table.disconnect(s, f.now, f.events);
+    f.check();
+    evs = f.take();
+    evs.insert(evs.begin(), table_event{});  // no event for the departed owner
+  }
+  SECTION("cancel_waiters") {
+    f.table.cancel_waiters(s, f.now, f.events);
+    f.check();
+    evs = f.take();
+    REQUIRE(evs.at(0).kind == event_kind::cancelled);
+  }
+  // The exclusive waiter behind the set on y is granted (and the reader behind it waits).
+  REQUIRE(evs.size() == 2);
+  REQUIRE(evs[1].kind == event_kind::granted);
+  REQUIRE(evs[1].request_id == 2u);
+  REQUIRE(f.table.inspect("x", f.now).waiters == 0);
+  REQUIRE(f.table.inspect("y", f.now).waiters == 1);
+}
+
+TEST_CASE("a set expires as a whole with one event naming every key in the order requested",
+          "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  auto set = f.acquire_set(a, {"k2", "k1", "k3"}, 0, 0, lock_mode::exclusive, 100);
+  REQUIRE(set.status == acquire_status::granted);
+  f.acquire(b, "k3", std::nullopt, 7);
+  f.advance(100ms);
+  auto evs = f.take();
+  REQUIRE(evs.size() == 2);
+  REQUIRE(evs[0].kind == event_kind::expired);
+  REQUIRE(evs[0].owner == a);
+  REQUIRE(evs[0].token == set.token);
+  REQUIRE(evs[0].key == "k2");
+  REQUIRE(evs[0].keys == std::vector<std::string>{"k2", "k1", "k3"});
+  REQUIRE(evs[1].request_id == 7u);
+  REQUIRE(f.table.held() == 1);
+  REQUIRE(f.table.keys() == 1);
+  REQUIRE(f.table.counters().expirations == 1);
+  // A single-key lease's event has no key list.
+  f.advance(1000ms);
+  evs = f.take();
+  REQUIRE(evs.size() == 1);
+  REQUIRE(evs[0].keys.empty());
+}
+
+TEST_CASE("a set is released whole by any one of its keys or by its exact key set", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect();
+  auto set = f.acquire_set(a, {"x", "y", "z"}, 0);
+  REQUIRE(set.status == acquire_status::granted);
+  SECTION("by a member key") { REQUIRE(f.release("y", set.token) == lease_status::ok); }
+  SECTION("by the set in another order") {
+    REQUIRE(f.release_set({"z", "x", "y"}, set.token) == lease_status::ok);
+  }
+  SECTION("not by a wrong set, which changes nothing") {
+    REQUIRE(f.release_set({"x", "y"}, set.token) == lease_status::not_held);
+    REQUIRE(f.release_set({"x", "y", "z", "w"}, set.token) == lease_status::not_held);
+    REQUIRE(f.release_set({"x", "y", "w"}, set.token) == lease_status::not_held);
+    REQUIRE(f.release("w", set.token) == lease_status::not_held);
+    REQUIRE(f.table.held() == 3);
+    REQUIRE(f.release_set({"y", "z", "x"}, set.token) == lease_status::ok);
+  }
+  REQUIRE(f.table.held() == 0);
+  REQUIRE(f.table.keys() == 0);
+  REQUIRE(f.table.owner_leases(a) == 0);
+  REQUIRE(f.table.counters().releases == 1);
+  REQUIRE(f.release("x", set.token) == lease_status::not_held);
+}
+
+TEST_CASE("extend of a set moves the one deadline of all its keys", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect();
+  auto set = f.acquire_set(a, {"x", "y"}, 0, 0, lock_mode::exclusive, 100);
+  f.now += 80ms;
+  std::uint32_t applied = 0;
+  SECTION("by a member key") {
+    REQUIRE(f.table.extend("y", set.token, 100, f.now, f.events, &applied) == lease_status::ok);
+  }
+  SECTION("by its keys") {
+    std::vector<std::string_view> ks{"y", "x"};
+    REQUIRE(f.table.extend(ks, set.token, 100, f.now, f.events, &applied) == lease_status::ok);
+    std::vector<std::string_view> wrong{"y"};
+    REQUIRE(f.table.extend(wrong, set.token, 100, f.now, f.events, &applied) ==
+            lease_status::not_held);
+  }
+  f.check();
+  REQUIRE(applied == 100);
+  REQUIRE(f.table.inspect("x", f.now).holders.at(0).ttl_ms_left == 100);
+  REQUIRE(f.table.inspect("y", f.now).holders.at(0).ttl_ms_left == 100);
+  f.advance(99ms);
+  REQUIRE(f.take().empty());
+  f.advance(1ms);
+  auto evs = f.take();
+  REQUIRE(evs.size() == 1);
+  REQUIRE(evs[0].keys.size() == 2);
+}
+
+TEST_CASE("a try-lock of a set is granted only when every key is free, else changes nothing",
+          "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  f.acquire(a, "y", 0);
+  REQUIRE(f.acquire_set(b, {"x", "y", "z"}, 0).status == acquire_status::busy);
+  REQUIRE(f.table.keys() == 1);  // x and z were never added
+  REQUIRE(f.table.waiting() == 0);
+  REQUIRE(f.acquire_set(b, {"x", "z"}, 0).status == acquire_status::granted);
+  REQUIRE(f.table.keys() == 3);
+}
+
+TEST_CASE("a set with a key live at another limit answers conflict without side effects",
+          "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  f.acquire(a, "sem", 0, 0, 1000, 3);
+  REQUIRE(f.acquire_set(b, {"fresh", "sem"}, std::nullopt).status == acquire_status::conflict);
+  REQUIRE(f.table.keys() == 1);
+  REQUIRE(f.acquire_set(b, {"fresh", "sem"}, std::nullopt, 0, lock_mode::exclusive, 1000, 3)
+              .status == acquire_status::granted);
+}
+
+TEST_CASE("each key of a set counts toward the lease bounds; a queued set is one pending acquire",
+          "[table]") {
+  SECTION("max_leases_per_owner") {
+    table_limits limits;
+    limits.max_leases_per_owner = 3;
+    fixture f(limits);
+    owner_id a = f.table.connect();
+    f.acquire(a, "k0", 0);
+    REQUIRE(f.acquire_set(a, {"x", "y", "z"}, 0).status ==
+            acquire_status::too_many_owner_leases);
+    REQUIRE(f.table.keys() == 1);
+    REQUIRE(f.acquire_set(a, {"x", "y"}, 0).status == acquire_status::granted);
+    REQUIRE(f.table.owner_leases(a) == 3);
+  }
+  SECTION("max_leases") {
+    table_limits limits;
+    limits.max_leases = 3;
+    fixture f(limits);
+    owner_id a = f.table.connect(), b = f.table.connect();
+    auto k0 = f.acquire(a, "k0", 0);
+    REQUIRE(f.acquire_set(b, {"x", "y", "z"}, 0).status == acquire_status::too_many_leases);
+    REQUIRE(f.acquire_set(b, {"x", "y"}, 0).status == acquire_status::granted);
+    REQUIRE(f.table.held() == 3);
+    // Queued behind k0, the set would sit at w's free slot: that slot is reserved, and the
+    // bound is reached. Once k0 is free, the set would need two leases where one frees.
+    REQUIRE(f.acquire_set(a, {"k0", "w"}, std::nullopt).status == acquire_status::too_many_leases);
+    REQUIRE(f.release("k0", k0.token) == lease_status::ok);
+    REQUIRE(f.acquire_set(a, {"k0", "w"}, std::nullopt).status == acquire_status::too_many_leases);
+    REQUIRE(f.table.keys() == 2);
+  }
+  SECTION("max_pending_per_owner and max_waiters_per_key") {
+    table_limits limits;
+    limits.max_pending_per_owner = 2;
+    limits.max_waiters_per_key = 2;
+    fixture f(limits);
+    owner_id h = f.table.connect(), a = f.table.connect(), b = f.table.connect();
+    f.acquire(h, "x", 0);
+    REQUIRE(f.acquire_set(a, {"x", "y", "z"}, std::nullopt, 1).status == acquire_status::queued);
+    REQUIRE(f.table.owner_waiters(a) == 1);
+    REQUIRE(f.table.waiting() == 1);
+    REQUIRE(f.acquire_set(a, {"x", "w"}, std::nullopt, 2).status == acquire_status::queued);
+    REQUIRE(f.acquire(a, "v", std::nullopt, 3).status == acquire_status::granted);
+    REQUIRE(f.acquire(a, "x", std::nullopt, 4).status == acquire_status::too_many_waiters);
+    REQUIRE(f.acquire_set(b, {"q", "x"}, std::nullopt, 5).status ==
+            acquire_status::too_many_waiters);
+    REQUIRE(f.table.keys() == 5);  // q was never added
+  }
+}
+
+TEST_CASE("a set that finds tokens unavailable when freed stalls, and resume grants it",
+          "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  auto x = f.acquire(a, "x", 0);
+  f.acquire_set(b, {"y", "x"}, std::nullopt, 1);
+  f.tokens.on = false;
+  REQUIRE(f.release("x", x.token) == lease_status::ok);
+  REQUIRE(f.take().empty());
+  REQUIRE(f.acquire_set(a, {"z", "y"}, 0).status == acquire_status::unavailable);
+  f.tokens.on = true;
+  // y's queue is held by the stalled set: a try-lock there waits its turn.
+  REQUIRE(f.acquire(a, "y", 0).status == acquire_status::busy);
+  f.table.resume_grants(f.now, f.events);
+  f.check();
+  REQUIRE(f.granted_ids() == ids{1});
+}
+
+TEST_CASE("a set lost by expiry or disconnect puts every key in its lock delay", "[table]") {
+  table_limits limits;
+  limits.lock_delay_ms = 100;
+  fixture f(limits);
+  owner_id a = f.table.connect(), b = f.table.connect();
+  f.acquire_set(a, {"x", "y"}, 0, 0, lock_mode::exclusive, 50);
+  SECTION("expiry") {
+    f.advance(50ms);
+    REQUIRE(f.take().size() == 1);
+  }
+  SECTION("disconnect") {
+    f.table.disconnect(a, f.now, f.events);
+    f.check();
+  }
+  REQUIRE(f.acquire(b, "x", 0).status == acquire_status::busy);
+  REQUIRE(f.acquire(b, "y", 0).status == acquire_status::busy);
+  REQUIRE(f.acquire_set(b, {"y", "x"}, std::nullopt, 3).status == acquire_status::queued);
+  f.advance(99ms);
+  REQUIRE(f.granted_ids().empty());
+  f.advance(100ms);
+  REQUIRE(f.granted_ids() == ids{3});
+}
+
+TEST_CASE("a released set is not delayed and its keys leave the table when idle", "[table]") {
+  table_limits limits;
+  limits.lock_delay_ms = 100;
+  fixture f(limits);
+  owner_id a = f.table.connect();
+  auto set = f.acquire_set(a, {"x", "y"}, 0);
+  REQUIRE(f.release("x", set.token) == lease_status::ok);
+  REQUIRE(f.table.keys() == 0);
+  REQUIRE(f.acquire_set(a, {"y", "x"}, 0).status == acquire_status::granted);
+}
+
+TEST_CASE("inspect and top show modes and a set's keys", "[table]") {
+  fixture f;
+  owner_id a = f.table.connect(), b = f.table.connect();
+  f.shared(a, "r", 0);
+  auto set = f.acquire_set(b, {"s1", "s2"}, 0);
+  auto info = f.table.inspect("s2", f.now);
+  REQUIRE(info.holders.at(0).keys == std::vector<std::string_view>{"s1", "s2"});
+  REQUIRE(info.holders.at(0).mode == lock_mode::exclusive);
+  REQUIRE(f.table.inspect("r", f.now).holders.at(0).keys.empty());
+  auto top = f.table.top(10, f.now);
+  REQUIRE(top.oldest.size() == 3);
+  REQUIRE(top.oldest[0].key == "r");
+  REQUIRE(top.oldest[0].mode == lock_mode::shared);
+  REQUIRE(top.oldest[1].key == "s1");
+  REQUIRE(top.oldest[2].key == "s2");
+  REQUIRE(top.oldest[2].token == set.token);
+}
+
+TEST_CASE("random sets and modes keep every invariant and end empty", "[table]") {
+  table_limits limits;
+  limits.lock_delay_ms = 5;
+  limits.max_leases = 12;
+  fixture f(limits);
+  std::mt19937 rng(12);
+  std::vector<owner_id> owners;
+  for (int i = 0; i < 4; ++i) owners.push_back(f.table.connect());
+  const std::vector<std::string_view> names{"a", "b", "c", "d", "e"};
+  std::uint64_t id = 0;
+  for (int step = 0; step < 20000; ++step) {
+    const std::uint32_t r = rng();
+    owner_id o = owners[r % owners.size()];
+    switch ((r >> 4) % 6) {
+      case 0:
+      case 1: {
+        std::vector<std::string_view> ks;
+        const std::size_t n = 1 + (r >> 8) % 3;
+        for (std::size_t i = 0; i < n; ++i) ks.push_back(names[((r >> 12) + i * 2) % names.size()]);
+        std::optional<std::uint32_t> wait;
+        if ((r >> 16) % 3 == 0) wait = (r >> 18) % 20;
+        const lock_mode mode = (r >> 20) & 1 ? lock_mode::shared : lock_mode::exclusive;
+        f.acquire_set(o, ks, wait, ++id, mode, 1 + (r >> 21) % 30);
+        break;
+      }
+      case 2: {
+        auto info = f.table.inspect(names[(r >> 8) % names.size()], f.now);
+        if (!info.holders.empty()) f.release(names[(r >> 8) % names.size()], info.holders[0].token);
+        break;
+      }
+      case 3:
+        f.table.cancel(o, (r >> 8) % (id + 1), f.now, f.events);
+        f.check();
+        break;
+      case 4:
+        f.advance(std::chrono::milliseconds((r >> 8) % 8));
+        break;
+      default:
+        if ((r >> 8) % 16 == 0) {
+          f.table.disconnect(o, f.now, f.events);
+          f.check();
+          owners[r % owners.size()] = f.table.connect();
+        }
+        break;
+    }
+    f.events.clear();
+  }
+  for (owner_id o : owners) f.table.disconnect(o, f.now, f.events);
+  f.advance(1000ms);
+  REQUIRE(f.table.keys() == 0);
+  REQUIRE(f.table.held() == 0);
+  REQUIRE(f.table.waiting() == 0);
 }

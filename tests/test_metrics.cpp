@@ -54,6 +54,7 @@ metrics_snapshot known_snapshot() {
   m.waiting = 1;
   m.acquires = 10;
   m.grants = 9;
+  m.grants_shared = 4;
   m.releases = 7;
   m.extends = 4;
   m.timeouts = 1;
@@ -140,6 +141,7 @@ TEST_CASE("the exposition has every family with its type", "[metrics]") {
       {"keylock_waiters", metric_type::gauge},
       {"keylock_acquires_total", metric_type::counter},
       {"keylock_grants_total", metric_type::counter},
+      {"keylock_grants_by_mode_total", metric_type::counter},
       {"keylock_releases_total", metric_type::counter},
       {"keylock_extends_total", metric_type::counter},
       {"keylock_timeouts_total", metric_type::counter},
@@ -182,6 +184,8 @@ TEST_CASE("the exposition shows the snapshot's exact values", "[metrics]") {
   CHECK(value_of(e, "keylock_waiters") == 1);
   CHECK(value_of(e, "keylock_acquires_total") == 10);
   CHECK(value_of(e, "keylock_grants_total") == 9);
+  CHECK(value_of(e, "keylock_grants_by_mode_total", {{"mode", "shared"}}) == 4);
+  CHECK(value_of(e, "keylock_grants_by_mode_total", {{"mode", "exclusive"}}) == 5);
   CHECK(value_of(e, "keylock_releases_total") == 7);
   CHECK(value_of(e, "keylock_extends_total") == 4);
   CHECK(value_of(e, "keylock_timeouts_total") == 1);

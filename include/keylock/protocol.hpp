@@ -131,10 +131,10 @@ struct request {
 struct holder_info {
   std::uint64_t token = 0;
   std::uint64_t ttl_ms_left = 0;
-  lock_mode mode = lock_mode::exclusive;
-  std::vector<std::string> keys;  // every key of the lease when it holds several; else empty
   std::string client;  // name given at hello; empty when none (optional on the wire)
   std::string peer;    // "ip:port" of the holder's connection; empty when unknown
+  lock_mode mode = lock_mode::exclusive;
+  std::vector<std::string> keys;  // every key of the lease when it holds several; else empty
 };
 
 // The `stats` reply body.
@@ -145,11 +145,11 @@ struct stats_info {
   std::uint64_t waiting = 0;
   std::uint64_t acquires = 0;
   std::uint64_t grants = 0;
-  std::uint64_t grants_shared = 0;  // of `grants`, those in shared mode
   std::uint64_t releases = 0;
   std::uint64_t timeouts = 0;
   std::uint64_t expirations = 0;
   std::uint64_t uptime_ms = 0;
+  std::uint64_t grants_shared = 0;  // of `grants`, those in shared mode (added last: see codec)
 };
 
 // One key of the `top` reply's `queues` list.

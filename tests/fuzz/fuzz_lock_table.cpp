@@ -2,27 +2,41 @@
 //
 // Input layout: bytes 0 and 1 pick the table limits (lock delay, small key/waiter/pending caps
 // and lease bounds so that every limit is reached); every following group of bytes is one
-// operation over 3 owners and 5 keys: acquire (wait forever / try once / bounded wait; limit
-// 1..3; short ttls), release, extend, cancel, cancel_waiters (half-close), disconnect +
-// reconnect, clock advance + expire_due with a budget of deadlines, clock advance without
-// expire_due (late timers), switching the token source off or on (+ resume_grants), inspect.
+// operation over 3 owners and 5 keys: acquire (one key or a set of 2..3 keys in varying
+// orders; exclusive or shared; wait forever / try once / bounded wait; limit 1..3; short
+// ttls), release and extend (by one member key, by the exact key set, or by a wrong set),
+// cancel, cancel_waiters (half-close), disconnect + reconnect, clock advance + expire_due with a
+// budget of deadlines, clock advance without expire_due (late timers), switching the token
+// source off or on (+ resume_grants), inspect.
 //
-// A model of what each owner was told (leases held with their grant time and deadline,
-// acquires waiting) is kept beside the table. After every step: check_invariants() is empty,
-// and
-//  - no key ever has more holders than its limit (model and inspect());
+// A reference model is kept beside the table: the leases each owner was told of (keys in the
+// order requested, mode, token, grant time, deadline), the requests queued (keys, mode, arrival
+// order, deadline), each key's lock delay, and the grant rule written plainly: a request may be
+// granted when, at each of its keys, no older request waits, the key has room for its mode
+// (exclusive: fewer than `limit` exclusive holders and no shared holder; shared: no exclusive
+// holder) and no lock delay runs. After every step: check_invariants() is empty, and
+//  - no key ever has more exclusive holders than its limit, or shared beside exclusive;
+//  - an acquire is granted at once exactly when the model finds every key free for it (no
+//    waiter, room, no running delay): no newcomer jumps a queue, writers never starve;
+//  - each `granted` event is legal in the model at the moment it is applied (the request heads
+//    every queue it is in, has room, no delay, its wait has not run out), and with the events
+//    applied in order the model reaches the same fixpoint: when no deadline is left due and no
+//    key can be stalled, no queued request in the model is grantable;
+//  - inspect() of every key equals the model: live holders in grant order with token, mode and
+//    the keys of a set, waiters and limit;
 //  - every token handed out (at once or by a `granted` event) is greater than every earlier one,
 //    and no token is taken from the source while it is not ready();
 //  - acquire answers unavailable exactly while tokens are off, with no side effect;
-//  - an owner's leases + waiters never exceed max_leases_per_owner, all leases never exceed
-//    max_leases, and too_many_owner_leases comes only at the owner's bound;
-//  - FIFO: a `granted` event answers the oldest waiter still queued on its key;
-//  - every event answers something the model has (no double grant, no phantom expiry);
-//  - cancel_waiters answers exactly the owner's waiters, in arrival order;
+//  - an owner's leases + waiters (each key counted) never exceed max_leases_per_owner, all
+//    leases never exceed max_leases, and the too_many_* answers come only at those bounds;
+//  - every event answers something the model has (no double grant, no phantom expiry); an
+//    `expired` event names every key of a set in order, and comes only at the lease's deadline;
+//  - cancel and cancel_waiters answer exactly the owner's requests, in arrival order, first;
 //  - after expire_due(now) reports nothing left, no bounded waiter is still queued past
 //    arrival + wait_ms;
-//  - release/extend answer ok only for a lease the owner was told it holds, and not_held only
-//    once that lease is gone from the model (an `expired` event came first);
+//  - release/extend answer ok only for a lease the owner was told it holds (by one of its keys
+//    or its exact set), and not_held only once that lease is gone from the model (an `expired`
+//    event came first) or the keys named are not its set;
 //  - held(now) and top(n) equal what the model computes (live leases only, documented orders).
 // At the end the tokens come back (resume_grants), the clock runs far ahead until every waiter
 // is answered; then every owner disconnects and, after the lock delay, the table must be empty.
@@ -40,6 +54,7 @@
 
 namespace {
 
+using keylock::lock_mode;
 using keylock::tick;
 using namespace std::chrono_literals;
 
@@ -55,21 +70,29 @@ struct counter_tokens final : keylock::token_source {
 };
 
 struct model_lease {
-  std::string key;
+  std::vector<std::string> keys;  // in the order requested
   std::uint64_t token;
   int owner;
   tick granted;
   tick deadline;
+  lock_mode mode;
+  bool has(const std::string& key) const {
+    return std::find(keys.begin(), keys.end(), key) != keys.end();
+  }
 };
 
 struct model_waiter {
   std::uint64_t seq;  // arrival order
-  std::string key;
+  std::vector<std::string> keys;
   int owner;
   std::uint64_t request_id;
   std::optional<tick> deadline;
   std::uint32_t limit;
   std::uint32_t ttl_ms;
+  lock_mode mode;
+  bool has(const std::string& key) const {
+    return std::find(keys.begin(), keys.end(), key) != keys.end();
+  }
 };
 
 constexpr int owners_n = 3;
@@ -129,14 +152,95 @@ class driver {
     return *in_++;
   }
 
+  // --- the reference model: the grant rule, written plainly --------------------------------
+
+  // The oldest queued request that names `key`, or nullptr.
+  const model_waiter* head_of(const std::string& key) const {
+    const model_waiter* head = nullptr;
+    for (const auto& w : waiters_) {
+      if (w.has(key) && (head == nullptr || w.seq < head->seq)) head = &w;
+    }
+    return head;
+  }
+
+  bool room(const std::string& key, lock_mode mode) const {
+    std::uint32_t exclusive = 0, shared = 0;
+    for (const auto& l : leases_) {
+      if (!l.has(key)) continue;
+      (l.mode == lock_mode::shared ? shared : exclusive) += 1;
+    }
+    if (mode == lock_mode::shared) return exclusive == 0;
+    return shared == 0 && (exclusive == 0 || exclusive < limit_of(key));
+  }
+
+  // The limit the key was last acquired with (it holds while the key is live), or 0.
+  std::uint32_t limit_of(const std::string& key) const {
+    auto it = limit_of_.find(key);
+    return it == limit_of_.end() ? 0 : it->second;
+  }
+
+  bool delayed(const std::string& key) const {
+    auto it = delay_until_.find(key);
+    return it != delay_until_.end() && it->second > now_;
+  }
+
+  // The grant rule for a queued request.
+  bool grantable(const model_waiter& w) const {
+    for (const auto& key : w.keys) {
+      if (head_of(key) != &w || !room(key, w.mode) || delayed(key)) return false;
+    }
+    return true;
+  }
+
+  // A new request is granted at once exactly when every key is free for it.
+  bool free_for(const std::vector<std::string>& ks, lock_mode mode) const {
+    for (const auto& key : ks) {
+      if (head_of(key) != nullptr || !room(key, mode) || delayed(key)) return false;
+    }
+    return true;
+  }
+
+  void lose(const model_lease& l) {
+    if (lock_delay_.count() == 0) return;
+    for (const auto& key : l.keys) {
+      tick& until = delay_until_[key];
+      until = std::max(until, now_ + lock_delay_);
+    }
+  }
+
+  std::size_t lease_keys() const {
+    std::size_t n = 0;
+    for (const auto& l : leases_) n += l.keys.size();
+    return n;
+  }
+  std::size_t waiter_keys() const {
+    std::size_t n = 0;
+    for (const auto& w : waiters_) n += w.keys.size();
+    return n;
+  }
+
+  // -------------------------------------------------------------------------------------------
+
   void do_acquire() {
     const std::uint8_t a = take();
     const std::uint8_t b = take();
+    const std::uint8_t c = take();
     const int owner = a % owners_n;
-    const std::string key = keys[(a / owners_n) % keys_n];
+    // 1..3 distinct keys, in an order that varies with c: a set and its reverse both occur.
+    const std::size_t n = 1 + (c >> 1) % 3;
+    const std::size_t first = (a / owners_n) % keys_n;
+    const std::size_t stride = 1 + (c >> 3) % 4;  // coprime with 5: distinct keys
+    std::vector<std::string> ks;
+    for (std::size_t i = 0; i < n; ++i) ks.emplace_back(keys[(first + i * stride) % keys_n]);
+    std::vector<std::string_view> views(ks.begin(), ks.end());
     keylock::acquire_args args;
-    args.key = key;
-    args.limit = 1u + (b & 3u) % 3u;
+    if (n == 1 && (c & 0x20u)) {
+      args.key = ks[0];
+    } else {
+      args.keys = views;
+    }
+    args.mode = (c & 1u) ? lock_mode::shared : lock_mode::exclusive;
+    args.limit = args.mode == lock_mode::shared ? 1u : 1u + (b & 3u) % 3u;
     static const std::uint32_t ttls[] = {1, 5, 50, 1000};
     args.ttl_ms = ttls[(b >> 2) & 3u];
     switch ((b >> 4) & 3u) {
@@ -157,47 +261,62 @@ class driver {
       fail("an unavailable acquire had side effects", step_);
     }
     // Events first: they describe what happened before this acquire was looked at.
-    apply_events();
+    apply_events(0);
+    // A key in the table (held, waited on, or in its lock delay) keeps its limit.
+    bool other_limit = false;
+    for (const auto& key : ks) {
+      other_limit = other_limit || ((live(key) || delayed(key)) && limit_of(key) != args.limit);
+    }
+    if (other_limit && r.status != keylock::acquire_status::conflict &&
+        r.status != keylock::acquire_status::unavailable) {
+      fail("a live key with another limit did not answer conflict", step_);
+    }
     const std::size_t owner_total = owner_count(owner);
-    if ((r.status == keylock::acquire_status::granted ||
-         r.status == keylock::acquire_status::queued) &&
-        owner_total >= limits_.max_leases_per_owner) {
+    const bool served = r.status == keylock::acquire_status::granted ||
+                        r.status == keylock::acquire_status::queued;
+    if (served && owner_total + n > limits_.max_leases_per_owner) {
       fail("acquire served beyond max_leases_per_owner", step_);
+    }
+    if (served || r.status == keylock::acquire_status::busy) {
+      const bool free = free_for(ks, args.mode);
+      if (r.status == keylock::acquire_status::granted && !free) {
+        fail("granted at once although a key has a waiter, no room or a lock delay", step_);
+      }
+      if (r.status != keylock::acquire_status::granted && free) {
+        fail("not granted at once although every key is free for it", step_);
+      }
     }
     switch (r.status) {
       case keylock::acquire_status::granted:
         see_token(r.token);
-        leases_.push_back({key, r.token, owner, now_, now_ + std::chrono::milliseconds(args.ttl_ms)});
-        limit_of_[key] = args.limit;
+        for (const auto& key : ks) limit_of_[key] = args.limit;
+        leases_.push_back({ks, r.token, owner, now_, now_ + std::chrono::milliseconds(args.ttl_ms),
+                           args.mode});
         break;
       case keylock::acquire_status::queued: {
         if (args.wait_ms && *args.wait_ms == 0) fail("try-once acquire was queued", step_);
         std::optional<tick> deadline;
         if (args.wait_ms) deadline = now_ + std::chrono::milliseconds(*args.wait_ms);
-        waiters_.push_back({++seq_, key, owner, rid, deadline, args.limit, args.ttl_ms});
-        limit_of_[key] = args.limit;
+        waiters_.push_back({++seq_, ks, owner, rid, deadline, args.limit, args.ttl_ms, args.mode});
+        for (const auto& key : ks) limit_of_[key] = args.limit;
         break;
       }
       case keylock::acquire_status::too_many_owner_leases:
-        if (owner_total < limits_.max_leases_per_owner) {
+        if (owner_total + n <= limits_.max_leases_per_owner) {
           fail("too_many_owner_leases below the owner's bound", step_);
         }
         break;
       case keylock::acquire_status::too_many_leases:
-        if (leases_.size() + waiters_.size() < limits_.max_leases) {
-          fail("too_many_leases with room for every lease and waiter", step_);
+        if (lease_keys() + waiter_keys() + n <= limits_.max_leases) {
+          fail("too_many_leases with room for every lease, waiter and key asked", step_);
         }
         break;
       case keylock::acquire_status::busy:
         if (!args.wait_ms || *args.wait_ms != 0) fail("busy for an acquire that may wait", step_);
         break;
-      case keylock::acquire_status::conflict: {
-        auto it = limit_of_.find(key);
-        if (it != limit_of_.end() && live(key) && it->second == args.limit) {
-          fail("conflict although the live key has the same limit", step_);
-        }
+      case keylock::acquire_status::conflict:
+        if (!other_limit) fail("conflict although no live key has another limit", step_);
         break;
-      }
       default:
         break;  // too_many_*: the small limits of byte 0
     }
@@ -205,50 +324,98 @@ class driver {
 
   std::size_t pick(std::size_t n) { return n == 0 ? 0 : take() % n; }
 
+  // How release/extend name a lease: by one member key, by its exact set (rotated), or by a
+  // set that is not its own (expected not_held).
+  struct naming {
+    std::vector<std::string> ks;
+    bool by_set = false;
+    bool exact = true;
+  };
+  naming name_lease(const model_lease& l, std::uint8_t sel) const {
+    naming nm;
+    switch ((sel >> 5) & 3u) {
+      case 0:
+      case 1:
+        nm.ks = {l.keys[(sel >> 2) % l.keys.size()]};
+        break;
+      case 2:
+        nm.by_set = true;
+        nm.ks = l.keys;
+        std::rotate(nm.ks.begin(), nm.ks.begin() + (sel >> 2) % nm.ks.size(), nm.ks.end());
+        break;
+      default:
+        nm.by_set = true;
+        nm.ks = l.keys;
+        if (nm.ks.size() > 1 && (sel & 0x80u)) {
+          nm.ks.pop_back();  // a proper subset
+        } else {
+          for (const char* k : keys) {  // a superset
+            if (!l.has(k)) {
+              nm.ks.emplace_back(k);
+              break;
+            }
+          }
+        }
+        nm.exact = false;
+        break;
+    }
+    return nm;
+  }
+
   void do_release() {
     const std::uint8_t sel = take();
-    std::string key;
+    naming nm;
     std::uint64_t token;
     if (!leases_.empty() && (sel & 1u)) {
       const auto& l = leases_[(sel >> 1) % leases_.size()];
-      key = l.key;
+      nm = name_lease(l, take());
       token = l.token;
     } else {
-      key = keys[(sel >> 1) % keys_n];
+      nm.ks = {keys[(sel >> 1) % keys_n]};
       token = (sel >> 4);  // usually a token no one holds
     }
+    std::vector<std::string_view> views(nm.ks.begin(), nm.ks.end());
     events_.clear();
-    const auto st = table_->release(key, token, now_, events_);
-    apply_events();
-    const auto it = find_lease(key, token);
+    const auto st = nm.by_set ? table_->release(views, token, now_, events_)
+                              : table_->release(nm.ks[0], token, now_, events_);
     if (st == keylock::lease_status::ok) {
+      const auto it = find_lease(nm.ks[0], token);
       if (it == leases_.end()) fail("release ok for a lease nobody was told of", step_);
+      if (!nm.exact) fail("release ok for keys that are not the lease's set", step_);
       leases_.erase(it);
-      // The freed slot may have been granted: those events came with this call.
-    } else if (it != leases_.end()) {
-      fail("release answered not_held for a lease still held (no expired event)", step_);
+      // Then what it freed may have been granted: those events came with this call.
+      apply_events(0);
+    } else {
+      apply_events(0);  // a lease past its deadline is expired by the release that finds it
+      if (find_lease(nm.ks[0], token) != leases_.end() && nm.exact) {
+        fail("release answered not_held for a lease still held (no expired event)", step_);
+      }
     }
   }
 
   void do_extend() {
     const std::uint8_t sel = take();
+    const std::uint8_t how = take();
     if (leases_.empty()) return;
     const auto& l = leases_[(sel >> 2) % leases_.size()];
-    const std::string key = l.key;
+    const naming nm = name_lease(l, how);
     const std::uint64_t token = l.token;
     std::optional<std::uint32_t> ttl;
     if (sel & 1u) ttl = (sel & 2u) ? 1u : 200u;
+    std::vector<std::string_view> views(nm.ks.begin(), nm.ks.end());
     events_.clear();
     std::uint32_t applied = 0;
-    const auto st = table_->extend(key, token, ttl, now_, events_, &applied);
-    apply_events();
-    const auto it = find_lease(key, token);
+    const auto st = nm.by_set ? table_->extend(views, token, ttl, now_, events_, &applied)
+                              : table_->extend(nm.ks[0], token, ttl, now_, events_, &applied);
+    apply_events(0);
+    const auto it = find_lease(nm.ks[0], token);
     const bool still = it != leases_.end();
     if (st == keylock::lease_status::ok) {
       if (!still) fail("extend ok for a lease that is gone", step_);
+      if (!nm.exact) fail("extend ok for keys that are not the lease's set", step_);
       if (ttl && applied != *ttl) fail("extend applied another ttl", step_);
       it->deadline = now_ + std::chrono::milliseconds(applied);
-    } else if (still) {
+    } else if (still && nm.exact) {
       fail("extend answered not_held for a lease still held (no expired event)", step_);
     }
   }
@@ -264,14 +431,17 @@ class driver {
     if (!mine.empty() && (sel & 0x80u)) rid = mine[(sel >> 2) % mine.size()]->request_id;
     const bool had = !mine.empty() && (sel & 0x80u);
     events_.clear();
-    const bool ok = table_->cancel(owners_[owner], rid, events_);
+    const bool ok = table_->cancel(owners_[owner], rid, now_, events_);
     if (ok != had) {
       fail(ok ? "cancel found a phantom acquire" : "cancel missed a queued acquire", step_);
     }
-    if (ok && (events_.size() != 1 || events_[0].kind != keylock::event_kind::cancelled)) {
-      fail("cancel did not answer with exactly one cancelled event", step_);
+    if (ok && (events_.empty() || events_[0].kind != keylock::event_kind::cancelled ||
+               events_[0].request_id != rid)) {
+      fail("cancel did not answer with its cancelled event first", step_);
     }
-    apply_events();
+    if (!ok && !events_.empty()) fail("a cancel that found nothing had events", step_);
+    // Then the grants its leaving unblocked (a run of readers, or a set behind it).
+    apply_events(0);
   }
 
   void do_disconnect(int owner) {
@@ -280,7 +450,11 @@ class driver {
     // Its own leases and waiters vanish without events; grants to others may follow.
     std::vector<model_lease> kept;
     for (auto& l : leases_) {
-      if (l.owner != owner) kept.push_back(l);
+      if (l.owner != owner) {
+        kept.push_back(l);
+      } else {
+        lose(l);
+      }
     }
     leases_.swap(kept);
     std::vector<model_waiter> kw;
@@ -291,7 +465,7 @@ class driver {
     for (const auto& e : events_) {
       if (e.owner == owners_[owner]) fail("disconnect sent an event to the departed owner", step_);
     }
-    apply_events();
+    apply_events(0);
     owners_[owner] = table_->connect();
   }
 
@@ -313,28 +487,35 @@ class driver {
   }
 
   // The timer is late: time passes without expire_due, so due leases linger (lazy expiry).
-  void do_late_clock() { now_ += std::chrono::milliseconds(take_ms() % 64); }
+  void do_late_clock() {
+    const std::int64_t d = take_ms() % 64;
+    now_ += std::chrono::milliseconds(d);
+    if (d != 0) settled_ = false;
+  }
 
   void do_tokens() {
     const std::uint8_t b = take();
     tokens_.on = (b & 1u) != 0;
+    if (!tokens_.on) stalls_possible_ = true;
     if (b & 2u) {
       events_.clear();
       table_->resume_grants(now_, events_);
       if (!tokens_.on && !events_.empty()) fail("resume_grants granted without tokens", step_);
-      apply_events();
+      apply_events(0);
+      if (tokens_.on) stalls_possible_ = false;
     }
   }
 
   void do_cancel_waiters(int owner) {
     std::vector<model_waiter> mine;
-    std::vector<model_waiter> kept;
-    for (const auto& w : waiters_) (w.owner == owner ? mine : kept).push_back(w);
+    for (const auto& w : waiters_) {
+      if (w.owner == owner) mine.push_back(w);
+    }
     std::sort(mine.begin(), mine.end(),
               [](const model_waiter& a, const model_waiter& b) { return a.seq < b.seq; });
     events_.clear();
-    table_->cancel_waiters(owners_[owner], events_);
-    if (events_.size() != mine.size()) fail("cancel_waiters answered another number", step_);
+    table_->cancel_waiters(owners_[owner], now_, events_);
+    if (events_.size() < mine.size()) fail("cancel_waiters answered fewer requests", step_);
     for (std::size_t i = 0; i < mine.size(); ++i) {
       const auto& e = events_[i];
       if (e.kind != keylock::event_kind::cancelled || e.owner != owners_[owner] ||
@@ -342,15 +523,20 @@ class driver {
         fail("cancel_waiters did not answer the owner's waiters in arrival order", step_);
       }
     }
-    waiters_.swap(kept);
+    // The cancelled events, then the grants to others that the leaving unblocked.
+    apply_events(0);
+    for (const auto& w : waiters_) {
+      if (w.owner == owner) fail("cancel_waiters left a request of the owner", step_);
+    }
   }
 
   void expire(std::size_t budget = SIZE_MAX) {
     events_.clear();
     const bool more = table_->expire_due(now_, events_, budget);
-    apply_events();
+    apply_events(0);
     const auto d = table_->next_deadline();
     if (more != (d && *d <= now_)) fail("expire_due's answer disagrees with next_deadline", step_);
+    settled_ = !more;
     if (more) return;
     for (const auto& w : waiters_) {
       if (w.deadline && *w.deadline <= now_) {
@@ -362,7 +548,6 @@ class driver {
   void do_inspect() {
     const std::string key = keys[take() % keys_n];
     const auto r = table_->inspect(key, now_);
-    if (r.limit != 0 && r.holders.size() > r.limit) fail("inspect: more holders than limit", step_);
     if (r.limit == 0 && (!r.holders.empty() || r.waiters != 0)) {
       fail("inspect: holders or waiters on a key that is not live", step_);
     }
@@ -370,25 +555,25 @@ class driver {
 
   bool live(const std::string& key) const {
     for (const auto& l : leases_) {
-      if (l.key == key) return true;
+      if (l.has(key)) return true;
     }
     for (const auto& w : waiters_) {
-      if (w.key == key) return true;
+      if (w.has(key)) return true;
     }
     return false;
   }
 
   std::vector<model_lease>::iterator find_lease(const std::string& key, std::uint64_t token) {
     for (auto it = leases_.begin(); it != leases_.end(); ++it) {
-      if (it->key == key && it->token == token) return it;
+      if (it->has(key) && it->token == token) return it;
     }
     return leases_.end();
   }
 
   std::size_t owner_count(int owner) const {
     std::size_t n = 0;
-    for (const auto& l : leases_) n += l.owner == owner;
-    for (const auto& w : waiters_) n += w.owner == owner;
+    for (const auto& l : leases_) n += l.owner == owner ? l.keys.size() : 0;
+    for (const auto& w : waiters_) n += w.owner == owner ? w.keys.size() : 0;
     return n;
   }
 
@@ -406,15 +591,24 @@ class driver {
     last_token_ = token;
   }
 
-  void apply_events() {
-    for (const auto& e : events_) {
+  // Applies events_[from..] to the model in order, checking each against it.
+  void apply_events(std::size_t from) {
+    for (std::size_t i = from; i < events_.size(); ++i) {
+      const auto& e = events_[i];
       const int owner = owner_index(e.owner);
       if (owner < 0) fail("event for an owner that is not connected", step_);
       if (e.kind == keylock::event_kind::expired) {
-        auto it = find_lease(e.key, e.token);
+        auto it = leases_.begin();
+        while (it != leases_.end() && it->token != e.token) ++it;
         if (it == leases_.end() || it->owner != owner) {
           fail("expired event for no known lease", step_);
         }
+        if (it->deadline > now_) fail("a lease expired before its deadline", step_);
+        const bool set = it->keys.size() > 1;
+        if (e.key != it->keys[0] || (set ? e.keys != it->keys : !e.keys.empty())) {
+          fail("expired event does not name the lease's keys in order", step_);
+        }
+        lose(*it);
         leases_.erase(it);
         continue;
       }
@@ -425,18 +619,24 @@ class driver {
       }
       if (w == waiters_.end()) fail("event answers no queued acquire", step_);
       if (e.kind == keylock::event_kind::granted) {
-        for (const auto& other : waiters_) {
-          if (other.key == w->key && other.seq < w->seq) {
-            fail("FIFO broken: granted request " + std::to_string(w->request_id) +
-                     " while older request " + std::to_string(other.request_id) + " still waits",
+        for (const auto& key : w->keys) {
+          if (head_of(key) != &*w) {
+            fail("FIFO broken: request " + std::to_string(w->request_id) +
+                     " granted while an older request waits on " + key,
                  step_);
           }
+          if (!room(key, w->mode)) fail("granted on " + key + " without room for its mode", step_);
+          if (delayed(key)) fail("granted on " + key + " during its lock delay", step_);
         }
+        if (w->deadline && *w->deadline <= now_) fail("granted after its wait ran out", step_);
         see_token(e.token);
         if (e.ttl_ms != w->ttl_ms) fail("granted with another ttl than asked", step_);
-        leases_.push_back({w->key, e.token, owner, now_, now_ + std::chrono::milliseconds(e.ttl_ms)});
+        leases_.push_back({w->keys, e.token, owner, now_,
+                           now_ + std::chrono::milliseconds(e.ttl_ms), w->mode});
       } else if (e.kind == keylock::event_kind::wait_timeout) {
-        if (!w->deadline) fail("wait_timeout for an acquire that waits forever", step_);
+        if (!w->deadline || *w->deadline > now_) {
+          fail("wait_timeout before the acquire's wait_ms ran out", step_);
+        }
       }
       waiters_.erase(w);
     }
@@ -445,14 +645,17 @@ class driver {
   void check() {
     const std::string broken = table_->check_invariants();
     if (!broken.empty()) fail("check_invariants: " + broken, step_);
-    std::map<std::string, std::uint32_t> held;
-    for (const auto& l : leases_) ++held[l.key];
-    for (const auto& [key, n] : held) {
-      if (n > limit_of_[key]) fail("more holders than limit on " + key, step_);
+    for (const char* k : keys) {
+      std::uint32_t exclusive = 0, shared = 0;
+      for (const auto& l : leases_) {
+        if (l.has(k)) (l.mode == lock_mode::shared ? shared : exclusive) += 1;
+      }
+      if (exclusive > limit_of(k)) fail(std::string("more holders than limit on ") + k, step_);
+      if (shared > 0 && exclusive > 0) fail(std::string("shared beside exclusive on ") + k, step_);
     }
-    if (table_->held() != leases_.size()) {
+    if (table_->held() != lease_keys()) {
       fail("table holds " + std::to_string(table_->held()) + " leases, model " +
-               std::to_string(leases_.size()),
+               std::to_string(lease_keys()),
            step_);
     }
     if (table_->waiting() != waiters_.size()) {
@@ -461,21 +664,71 @@ class driver {
            step_);
     }
     if (tokens_.issued_while_off) fail("a token was issued while the source was not ready", step_);
-    if (leases_.size() > limits_.max_leases) fail("more leases than max_leases", step_);
+    if (lease_keys() > limits_.max_leases) fail("more leases than max_leases", step_);
     for (int o = 0; o < owners_n; ++o) {
       if (owner_count(o) > limits_.max_leases_per_owner) fail("owner beyond its bound", step_);
     }
+    // The fixpoint: with nothing left due (so every lock delay that is over has ended) and no
+    // key possibly stalled, the grant rule finds nothing more to grant.
+    if (settled_ && !stalls_possible_ && tokens_.on) {
+      for (const auto& w : waiters_) {
+        if (grantable(w)) {
+          fail("request " + std::to_string(w.request_id) + " is left queued although grantable",
+               step_);
+        }
+      }
+    }
+    check_inspect();
     check_top();
   }
 
-  // held(now) and top(n) against the model: live leases only, in the documented orders.
+  // inspect() of every key against the model: live holders in grant order with token, mode and
+  // a set's keys; the number of requests queued on the key; its limit.
+  void check_inspect() {
+    for (const char* k : keys) {
+      const auto r = table_->inspect(k, now_);
+      std::vector<const model_lease*> holders;
+      for (const auto& l : leases_) {
+        if (l.has(k) && l.deadline > now_) holders.push_back(&l);
+      }
+      std::sort(holders.begin(), holders.end(),
+                [](const model_lease* a, const model_lease* b) { return a->token < b->token; });
+      if (r.holders.size() != holders.size()) fail(std::string("inspect: holders of ") + k, step_);
+      for (std::size_t i = 0; i < holders.size(); ++i) {
+        const auto& h = r.holders[i];
+        const model_lease& m = *holders[i];
+        if (h.token != m.token || h.mode != m.mode || h.owner != owners_[m.owner]) {
+          fail(std::string("inspect: holder differs on ") + k, step_);
+        }
+        if (m.keys.size() == 1 ? !h.keys.empty()
+                               : !std::equal(h.keys.begin(), h.keys.end(), m.keys.begin(),
+                                             m.keys.end())) {
+          fail(std::string("inspect: a holder's keys differ on ") + k, step_);
+        }
+      }
+      std::uint64_t waiting = 0;
+      for (const auto& w : waiters_) waiting += w.has(k);
+      if (r.waiters != waiting) fail(std::string("inspect: waiters of ") + k, step_);
+      if (live(k) && r.limit != limit_of(k)) fail(std::string("inspect: limit of ") + k, step_);
+      if (r.limit == 0 && live(k)) fail(std::string("inspect: live key missing: ") + k, step_);
+    }
+  }
+
+  // held(now) and top(n) against the model: live leases only, in the documented orders; each
+  // key of a set is one lease (in the order requested).
   void check_top() {
-    std::vector<const model_lease*> live;
+    struct one {
+      const model_lease* lease;
+      std::string key;
+    };
+    std::vector<one> live;
     std::map<std::string, std::uint32_t> live_on;
     for (const auto& l : leases_) {
       if (l.deadline > now_) {
-        live.push_back(&l);
-        ++live_on[l.key];
+        for (const auto& key : l.keys) {
+          live.push_back({&l, key});
+          ++live_on[key];
+        }
       }
     }
     if (table_->held(now_) != live.size()) {
@@ -483,11 +736,14 @@ class driver {
                std::to_string(live.size()),
            step_);
     }
-    std::sort(live.begin(), live.end(), [&](const model_lease* a, const model_lease* b) {
-      return a->granted != b->granted ? a->granted < b->granted : a->token < b->token;
+    std::stable_sort(live.begin(), live.end(), [&](const one& a, const one& b) {
+      return a.lease->granted != b.lease->granted ? a.lease->granted < b.lease->granted
+                                                  : a.lease->token < b.lease->token;
     });
     std::map<std::string, std::uint32_t> waiting_on;
-    for (const auto& w : waiters_) ++waiting_on[w.key];
+    for (const auto& w : waiters_) {
+      for (const auto& key : w.keys) ++waiting_on[key];
+    }
     std::vector<std::pair<std::uint32_t, std::string>> queues;
     for (const auto& [key, n] : waiting_on) queues.emplace_back(n, key);
     std::sort(queues.begin(), queues.end(), [](const auto& a, const auto& b) {
@@ -499,15 +755,16 @@ class driver {
     for (std::size_t i = 0; i < top.queues.size(); ++i) {
       const auto& q = top.queues[i];
       if (q.key != queues[i].second || q.waiters != queues[i].first ||
-          q.held != live_on[queues[i].second] || q.limit != limit_of_[queues[i].second]) {
+          q.held != live_on[queues[i].second] || q.limit != limit_of(queues[i].second)) {
         fail("top: queue " + std::to_string(i) + " differs from the model", step_);
       }
     }
     if (top.oldest.size() != std::min(n, live.size())) fail("top: wrong number of leases", step_);
     for (std::size_t i = 0; i < top.oldest.size(); ++i) {
       const auto& l = top.oldest[i];
-      if (l.key != live[i]->key || l.token != live[i]->token ||
-          l.held_for != now_ - live[i]->granted || l.owner != owners_[live[i]->owner]) {
+      const model_lease& m = *live[i].lease;
+      if (l.key != live[i].key || l.token != m.token || l.held_for != now_ - m.granted ||
+          l.owner != owners_[m.owner] || l.mode != m.mode) {
         fail("top: lease " + std::to_string(i) + " differs from the model", step_);
       }
     }
@@ -518,7 +775,8 @@ class driver {
     tokens_.on = true;
     events_.clear();
     table_->resume_grants(now_, events_);
-    apply_events();
+    apply_events(0);
+    stalls_possible_ = false;
     check();
     // Every waiter is answered eventually: leases run out (ttl <= 1 s), so running the clock
     // far ahead grants or times out every queued acquire.
@@ -553,6 +811,12 @@ class driver {
   std::vector<model_lease> leases_;
   std::vector<model_waiter> waiters_;
   std::map<std::string, std::uint32_t> limit_of_;
+  std::map<std::string, tick> delay_until_;
+  // No deadline is due but unprocessed (expire_due last reported none left, and the clock has
+  // not moved since): every lock delay that is over has ended in the table too.
+  bool settled_ = true;
+  // Tokens were off since the last resume_grants with tokens on: keys may be stalled.
+  bool stalls_possible_ = false;
   std::uint64_t next_rid_ = 0;
   std::uint64_t seq_ = 0;
   std::uint64_t last_token_ = 0;
