@@ -135,6 +135,22 @@ TEST_CASE("hand-formatted requests decode through the real codec", "[bench][wire
     CHECK(out == R"({"op":"acquire","id":5,"keys":["mk:1"],"ttl_ms":5000,"limit":1,"mode":"shared"})"
                  "\n");
   }
+  SECTION("shared and several-key acquires decode with their mode and keys") {
+    append_acquire(out, 3, "rw:shared", 10000, std::nullopt, 1, keylock::lock_mode::shared);
+    auto req = decode(out);
+    CHECK(req.key == "rw:shared");
+    CHECK(req.mode == keylock::lock_mode::shared);
+    CHECK(req.limit == 1);
+    out.clear();
+    const std::vector<std::string> keys{"mk:1", "mk:20", "mk:300", "mk:999"};
+    append_acquire_set(out, 4, keys, 5000, std::nullopt, 1);
+    req = decode(out);
+    CHECK(req.kind == keylock::op::acquire);
+    CHECK(req.keys == keys);
+    CHECK(req.key.empty());
+    CHECK(req.mode == keylock::lock_mode::exclusive);
+    CHECK_FALSE(req.has(keylock::field::wait_ms));
+  }
   SECTION("keys that need escaping") {
     const std::string key = std::string("a\"b\\c\x01") + "d";
     append_acquire(out, 1, key, 5, std::nullopt, 1);
