@@ -260,7 +260,8 @@ int run(int argc, char** argv) {
     if (!note.empty()) std::fputs(note.c_str(), stderr);
     if (!json) {
       std::span<const run_result> rows(results.data() + first, results.size() - first);
-      std::string table = format_table(rows, style, compare) + note;
+      // The note is a paragraph of its own (in Markdown, not part of the placement list).
+      std::string table = format_table(rows, style, compare) + (note.empty() ? "" : "\n" + note);
       std::fwrite(table.data(), 1, table.size(), stdout);
       std::fputc('\n', stdout);
       std::fflush(stdout);
