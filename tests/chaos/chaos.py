@@ -596,7 +596,8 @@ def check(out):
 
     # 2c. A set is held on all its keys: `inspect` of every key of a set, right after its grant
     # (one batch), must find the lease (its one token) on each key. Only when the answers came
-    # well inside the ttl and the worker was not faulted meanwhile: else the lease may have run
+    # well inside the ttl and the worker was not faulted from its request on (the grant may
+    # have arrived while it was stopped, and be logged only after): else the lease may have run
     # out by then (on all its keys at once, but the daemon reads its clock per request, so even
     # a mix is possible at the very instant of expiry).
     set_anomalies = 0
@@ -604,8 +605,8 @@ def check(out):
         lease = leases.get((w, spec, token))
         if lease is None or set(flags) == {"1"}:
             continue
-        a, ttl = lease[0], lease[3]
-        if not faulted(w, a, t) and t - a + 250 * MS < ttl:
+        a, ttl, t_req = lease[0], lease[3], lease[6]
+        if not faulted(w, t_req, t) and t - a + 250 * MS < ttl:
             set_anomalies += 1
             anomalies.append("worker %d: set %s (token %d) seen held on %s at t=%d" % (
                 w, spec, token, ", ".join(k for k, f in zip(keys_of(spec), flags) if f == "1")
@@ -787,6 +788,9 @@ def selftest():
         ("a set that ran out before its inspect (worker stopped) held on none", 0,
          [lease(s, "m0+m1", 5, 2 * s, 4 * s, seen="00", end="lost")],
          ["STOP %d 0 100" % (2 * s), "CONT %d 0 100" % (3 * s)]),
+        ("a set granted while its worker was stopped, inspected after, held on none", 0,
+         [lease(s, "m0+m1", 5, 3 * s, 3 * s + 10 * MS, seen="00", end="lost")],
+         ["STOP %d 0 100" % (s + 1000), "CONT %d 0 100" % (3 * s - 1000)]),
         # Tokens per key: a lease requested after another was granted has the larger token.
         # Two readers would not fence each other off, so only this check sees it.
         ("tokens going backwards between readers", 1,
