@@ -62,7 +62,7 @@ std::string command_line(int argc, char** argv) {
 int run(int argc, char** argv) {
   CLI::App app{
       "keylock-bench: load-test keylockd and Redis as lock servers, side by side.\n"
-      "Workloads: rtt, uncontended, contended, zipf, overhead, hold-many, connections "
+      "Workloads: rtt, uncontended, contended, zipf, overhead, hold-many, connections, rw, multi "
       "(see bench/README.md)."};
   app.get_formatter()->column_width(34);
   // A flag given twice takes its last value, so that scripts can append overrides.
@@ -86,9 +86,11 @@ int run(int argc, char** argv) {
   app.add_option("-s,--seconds", o.seconds, "Measured seconds per workload and target")
       ->check(CLI::Range(0.05, 3600.0))
       ->capture_default_str();
-  app.add_option("-c,--clients", o.clients, "Client threads, one connection each")
-      ->check(CLI::Range(1u, 4096u))
-      ->capture_default_str();
+  auto* clients_opt =
+      app.add_option("-c,--clients", o.clients,
+                     "Client threads, one connection each (rw and multi: 32 unless given)")
+          ->check(CLI::Range(1u, 4096u))
+          ->capture_default_str();
   app.add_option("-p,--pipeline", o.pipeline,
                  "Requests in flight per connection (rtt, uncontended, hold-many)")
       ->check(CLI::Range(1u, 4096u))
@@ -113,7 +115,7 @@ int run(int argc, char** argv) {
                  "keylock: release with \"noreply\":true (no round trip), or wait for the reply")
       ->check(CLI::IsMember({"noreply", "reply"}))
       ->capture_default_str();
-  app.add_option("--keys", o.keys, "zipf: number of keys")
+  app.add_option("--keys", o.keys, "zipf, multi: number of keys")
       ->check(CLI::Range(std::uint64_t{1}, zipf_sampler::max_n))
       ->capture_default_str();
   app.add_option("--zipf-s", o.zipf_s, "zipf: skew exponent s (0 = uniform)")
@@ -124,6 +126,18 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--semaphore-pct", o.semaphore_pct, "zipf: percent of keys with limit N")
       ->check(CLI::Range(0u, 100u))
+      ->capture_default_str();
+  app.add_option("--shared-pct", o.shared_pct, "rw: percent of acquires in shared mode")
+      ->check(CLI::Range(0u, 100u))
+      ->capture_default_str();
+  app.add_option("--set-size", o.set_size, "multi: distinct keys locked per cycle")
+      ->check(CLI::Range(1u, 64u))
+      ->capture_default_str();
+  std::string multi_keylock = "both";
+  app.add_option("--multi-keylock", multi_keylock,
+                 "multi on keylock: one acquire with keys (keys), one acquire per key in sorted "
+                 "order (one-at-a-time), or both, as two rows")
+      ->check(CLI::IsMember({"keys", "one-at-a-time", "both"}))
       ->capture_default_str();
   app.add_option("--leases", o.leases, "hold-many: leases to hold at once")
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{100'000'000}))
@@ -185,7 +199,7 @@ int run(int argc, char** argv) {
     if (!w) {
       std::fprintf(stderr,
                    "keylock-bench: unknown workload '%s' (rtt, uncontended, contended, zipf, "
-                   "overhead, hold-many, connections)\n",
+                   "overhead, hold-many, connections, rw, multi)\n",
                    name.substr(0, 64).c_str());
       return 2;
     }
@@ -198,6 +212,7 @@ int run(int argc, char** argv) {
   o.io_timeout = std::chrono::milliseconds(io_timeout_ms);
   o.keylock_noreply = keylock_release == "noreply";
   o.progress = !quiet;
+  o.clients_given = clients_opt->count() > 0;
 
   if (o.cpu >= 0) {
     // Pinned before any thread starts, so every client thread inherits the mask.
@@ -223,12 +238,30 @@ int run(int argc, char** argv) {
   std::vector<run_result> results;
   for (workload w : workloads) {
     const std::size_t first = results.size();
+    std::string note;
     for (std::size_t i = 0; i < targets.size(); ++i) {
+      if (!supports(w, targets[i].kind)) {
+        note = "note: " + std::string(to_string(w)) + " skips " + targets[i].url +
+               ": redis-py's Lock has no shared mode, so Redis has no read-write lock to compare\n";
+        continue;
+      }
+      if (w == workload::multi && targets[i].kind == target_kind::keylock) {
+        // One row per way of taking the set, the (keys) first.
+        for (multi_variant v : {multi_variant::keys, multi_variant::one_at_a_time}) {
+          if (multi_keylock != "both" && multi_keylock != to_string(v)) continue;
+          bench_options ov = o;
+          ov.multi = v;
+          results.push_back(run_workload(w, ov, targets[i], pids[i]));
+        }
+        continue;
+      }
       results.push_back(run_workload(w, o, targets[i], pids[i]));
     }
+    if (!note.empty()) std::fputs(note.c_str(), stderr);
     if (!json) {
       std::span<const run_result> rows(results.data() + first, results.size() - first);
-      std::string table = format_table(rows, style, compare);
+      // The note is a paragraph of its own (in Markdown, not part of the placement list).
+      std::string table = format_table(rows, style, compare) + (note.empty() ? "" : "\n" + note);
       std::fwrite(table.data(), 1, table.size(), stdout);
       std::fputc('\n', stdout);
       std::fflush(stdout);

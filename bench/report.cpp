@@ -67,19 +67,20 @@ std::string render_grid(const std::vector<std::vector<std::string>>& grid, outpu
   return out;
 }
 
-// The index of the one keylock row and the one redis row, when the group has exactly those.
+// The index of the first keylock row and of the one redis row, when the group has one redis
+// row and at least one keylock row.
 bool ratio_pair(std::span<const run_result> rows, std::size_t& k, std::size_t& r) {
   std::size_t nk = 0, nr = 0;
   for (std::size_t i = 0; i < rows.size(); ++i) {
     if (rows[i].kind == target_kind::keylock) {
-      k = i;
+      if (nk == 0) k = i;
       ++nk;
     } else {
       r = i;
       ++nr;
     }
   }
-  return nk == 1 && nr == 1;
+  return nk >= 1 && nr == 1;
 }
 
 std::string json_number(double v) {
@@ -103,7 +104,18 @@ void append_latency_json(std::string& out, const run_result& r) {
          json_number(l.max_us) + "}";
 }
 
+std::string ratio_label(const run_result& keylock_row) {
+  return keylock_row.variant.empty() ? std::string("keylock/redis")
+                                     : "keylock " + keylock_row.variant + "/redis";
+}
+
 }  // namespace
+
+std::string row_kind(const run_result& r) {
+  std::string out(to_string(r.kind));
+  if (!r.variant.empty()) out += ":" + r.variant;
+  return out;
+}
 
 latency_summary summarize(const latency_histogram& h) {
   latency_summary s;
@@ -245,7 +257,8 @@ std::string format_table(std::span<const run_result> rows, output_style style, b
   grid.push_back({"target", "ops/s", "req/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs",
                   "errors", "violations"});
   for (const auto& row : rows) {
-    grid.push_back({row.target_url, format_count(row.ops_per_s), format_count(row.requests_per_s),
+    grid.push_back({row.variant.empty() ? row.target_url : row.target_url + " " + row.variant,
+                    format_count(row.ops_per_s), format_count(row.requests_per_s),
                     format_value(row.latency.p50_us), format_value(row.latency.p90_us),
                     format_value(row.latency.p99_us), format_value(row.latency.p999_us),
                     format_value(row.latency.max_us), format_count(static_cast<double>(row.errors)),
@@ -256,7 +269,7 @@ std::string format_table(std::span<const run_result> rows, output_style style, b
     const run_result& b = rows[r];
     auto rat = [](double x, double y) { return y == 0 ? std::string("n/a") : format_ratio(x / y); };
     grid.push_back(
-        {"keylock/redis", rat(a.ops_per_s, b.ops_per_s), rat(a.requests_per_s, b.requests_per_s),
+        {ratio_label(a), rat(a.ops_per_s, b.ops_per_s), rat(a.requests_per_s, b.requests_per_s),
          rat(a.latency.p50_us, b.latency.p50_us), rat(a.latency.p90_us, b.latency.p90_us),
          rat(a.latency.p99_us, b.latency.p99_us), rat(a.latency.p999_us, b.latency.p999_us),
          rat(a.latency.max_us, b.latency.max_us), "", ""});
@@ -276,8 +289,8 @@ std::string format_table(std::span<const run_result> rows, output_style style, b
   if (!keys.empty()) {
     std::vector<std::vector<std::string>> extras;
     std::vector<std::string> head{"metric"};
-    for (const auto& row : rows) head.emplace_back(to_string(row.kind));
-    if (ratio) head.emplace_back("keylock/redis");
+    for (const auto& row : rows) head.emplace_back(row_kind(row));
+    if (ratio) head.emplace_back(ratio_label(rows[k]));
     extras.push_back(std::move(head));
     for (const extra_metric* key : keys) {
       std::vector<std::string> line{key->label};
@@ -300,10 +313,10 @@ std::string format_table(std::span<const run_result> rows, output_style style, b
   out += '\n';
   for (const auto& row : rows) {
     out += md ? "- " : "";
-    out += "placement (" + std::string(to_string(row.kind)) + "): " + row.placement + "\n";
+    out += "placement (" + row_kind(row) + "): " + row.placement + "\n";
     if (!row.first_error.empty()) {
       out += md ? "- " : "";
-      out += "first error (" + std::string(to_string(row.kind)) + "): " + row.first_error + "\n";
+      out += "first error (" + row_kind(row) + "): " + row.first_error + "\n";
     }
   }
   return out;
@@ -318,7 +331,8 @@ std::string format_json(std::span<const run_result> results, const run_meta& met
     const run_result& r = results[i];
     out += R"({"workload":)" + json_quote(r.workload) + R"(,"params":)" + json_quote(r.params) +
            R"(,"target":)" + json_quote(r.target_url) + R"(,"kind":)" +
-           json_quote(to_string(r.kind)) + R"(,"clients":)" + json_uint(r.clients) +
+           json_quote(to_string(r.kind)) + R"(,"variant":)" + json_quote(r.variant) +
+           R"(,"clients":)" + json_uint(r.clients) +
            R"(,"pipeline":)" + json_uint(r.pipeline) + R"(,"seconds":)" + json_number(r.seconds) +
            R"(,"op":)" + json_quote(r.op_label) + R"(,"ops":)" + json_uint(r.ops) +
            R"(,"requests":)" + json_uint(r.requests) + R"(,"ops_per_s":)" +
@@ -360,7 +374,7 @@ std::string format_tsv(std::span<const run_result> results, std::string_view lab
       out += '\t';
       out += r.workload;
       out += '\t';
-      out += to_string(r.kind);
+      out += row_kind(r);
       out += '\t';
       out += metric;
       out += '\t';

@@ -42,6 +42,10 @@ struct run_result {
   std::string params;    // the settings that shape the run, for people: "32 clients, ..."
   target_kind kind = target_kind::keylock;
   std::string target_url;
+  // Which way of doing the workload's op this row measured, when a workload runs one target in
+  // several ways (multi: "keys" in one request, or "one-at-a-time"); empty otherwise. Shown
+  // after the target in tables, as "variant" in JSON, and after the kind in TSV ("keylock:keys").
+  std::string variant;
   std::uint32_t clients = 0;
   std::uint32_t pipeline = 1;
   double seconds = 0;    // the measured window
@@ -66,12 +70,13 @@ enum class output_style : std::uint8_t { text, markdown };
 // One table for the rows of one workload (same workload and params, one row per target):
 // a title line with the params, ops/s, req/s, latency p50/p90/p99/p99.9/max in µs, errors and
 // violations; then the extras of every row side by side; then the placement of each row. With
-// `with_ratio` and exactly one keylock and one redis row, a keylock/redis ratio row and column
-// are added ("n/a" where Redis's value is 0).
+// `with_ratio` and exactly one redis row (and at least one keylock row), a ratio row and column
+// of the first keylock row over the redis row are added ("n/a" where Redis's value is 0).
 std::string format_table(std::span<const run_result> rows, output_style style, bool with_ratio);
 
-// The keylock/redis ratios of a group of rows of one workload. Empty unless the group holds
-// exactly one keylock row and one redis row. Metrics: ops_per_s, requests_per_s, p50_us,
+// The keylock/redis ratios of a group of rows of one workload: of its first keylock row over
+// its redis row. Empty unless the group holds exactly one redis row and at least one keylock
+// row (several keylock rows are variants of one workload, the first the one the issue targets). Metrics: ops_per_s, requests_per_s, p50_us,
 // p99_us and every extra both rows have whose `ratio` flag is set; `ratio` is 0 (and
 // `defined` false) when Redis's value is 0.
 struct ratio_entry {
@@ -98,7 +103,10 @@ struct run_meta {
 std::string format_json(std::span<const run_result> results, const run_meta& meta,
                         bool with_ratios);
 
-// One line per metric: "LABEL\tWORKLOAD\tKIND\tMETRIC\tVALUE\n", for scripts (run-peers.sh
+// The name of a row for people and scripts: "keylock", or with a variant "keylock:keys".
+std::string row_kind(const run_result& r);
+
+// One line per metric: "LABEL\tWORKLOAD\tKIND\tMETRIC\tVALUE\n" (KIND as row_kind), for scripts (run-peers.sh
 // builds its summary from these). Metrics as in JSON: ops_per_s, requests_per_s, p50_us, p90_us,
 // p99_us, p99_9_us, max_us, errors, violations, then the extras.
 std::string format_tsv(std::span<const run_result> results, std::string_view label);

@@ -235,11 +235,18 @@ run overhead-reply "with_lock, 1 client, keylock release waiting for its reply" 
 run zipf "Zipf keys: 32 clients, 1,000 keys, s = 0.99, 25 % semaphores of limit 4, hold 100 µs, Redis polling every 1 ms" \
   -w zipf --clients 32 --keys 1000 --zipf-s 0.99 --limit 4 --semaphore-pct 25 --hold-us 100 \
   --poll-ms 1
+# Issue 12: read-write locks (keylock only: redis-py's Lock has no shared mode) and key sets.
+run rw "One key as a read-write lock: 32 clients, 90 % shared, held 1 ms; then the same clients all exclusive (keylock only)" \
+  -w rw --clients 32 --shared-pct 90 --hold-us 1000
+run multi "Four distinct keys of 1,000 per cycle, 32 clients, held 100 µs: keylock keys in one request vs one key at a time (keylock, Redis polling every 1 ms)" \
+  -w multi --clients 32 --keys 1000 --set-size 4 --hold-us 100 --poll-ms 1
 stop_servers
 
 start_servers
-run hold-many "One million held leases on distinct keys (fresh servers)" \
-  -w hold-many --leases 1000000 --clients 4 --pipeline 64
+# 16 connections: keylockd holds at most max_leases_per_connection (65,536) leases per
+# connection by default, so a million leases need at least 16.
+run hold-many "One million held leases on distinct keys, 16 connections (fresh servers)" \
+  -w hold-many --leases 1000000 --clients 16 --pipeline 64
 stop_servers
 
 start_servers
@@ -263,9 +270,9 @@ interference() {
   awk -F'\t' -v labels=" $* " '$4 == "other_cpu_pct" && index(labels, " " $1 " ") {
     if ($5 > m) m = $5 } END { printf "%.0f", m + 0 }' "$tsv"
 }
-row() {  # row GOAL MEASURED CONDITION LABELS
-  local met
-  met=$(yes_no "$3" 2>/dev/null || echo "?")
+row() {  # row GOAL MEASURED CONDITION LABELS (an empty CONDITION: a figure, not a target)
+  local met="—"
+  [ -z "$3" ] || met=$(yes_no "$3" 2>/dev/null || echo "?")
   echo "| $1 | $2 | $met | $(interference ${4:-}) |"
 }
 num() { local v; v=$(val "$@"); echo "${v:-0}"; }
@@ -280,6 +287,16 @@ ppk=$(num rtt-pipe keylock requests_per_s); upk=$(num uncontended-pipe keylock r
 ok_=$(num overhead keylock added_p50_us); or_=$(num overhead redis added_p50_us)
 mk=$(num hold-many keylock rss_mib); mr=$(num hold-many redis rss_mib)
 ck=$(num connections keylock rss_mib)
+rwk=$(num rw keylock ops_per_s); rwx=$(num rw keylock all_exclusive_grants_per_s)
+rws=$(num rw keylock shared_grants_per_s); rwe=$(num rw keylock exclusive_grants_per_s)
+rwsp=$(num rw keylock shared_wait_p99_us); rwep=$(num rw keylock exclusive_wait_p99_us)
+rwxp=$(num rw keylock all_exclusive_wait_p99_us); rwm=$(num rw keylock shared_holders_mean)
+mk_=$(num multi keylock:keys ops_per_s); mr_=$(num multi redis:one-at-a-time ops_per_s)
+ms_=$(num multi keylock:one-at-a-time ops_per_s)
+mrt=$(num multi keylock:keys round_trips_per_cycle)
+msrt=$(num multi keylock:one-at-a-time round_trips_per_cycle)
+mrrt=$(num multi redis:one-at-a-time round_trips_per_cycle)
+mk99=$(num multi keylock:keys p99_us); mr99=$(num multi redis:one-at-a-time p99_us)
 viol=$(awk -F'\t' '$4 == "violations" { s += $5 } END { print s + 0 }' "$tsv")
 errs=$(awk -F'\t' '$4 == "errors" { s += $5 } END { print s + 0 }' "$tsv")
 
@@ -339,6 +356,29 @@ errs=$(awk -F'\t' '$4 == "errors" { s += $5 } END { print s + 0 }' "$tsv")
   row "10,000 idle connections: RSS < 100 MiB" "$(calc "$ck") MiB" "$ck > 0 && $ck < 100" connections
   row "mutual-exclusion violations, every run: 0" "$viol" "$viol == 0"
   row "errors, every run: 0" "$errs" "$errs == 0"
+  echo
+  echo "## Targets of issue 12"
+  echo
+  echo "Read-write locks (\`rw\`, keylock only) and several keys at once (\`multi\`). With FIFO"
+  echo "queues and a share p of shared acquires, the readers between two writers go in together,"
+  echo "so with holds much longer than a round trip the ideal gain of the mixed run over the same"
+  echo "clients all exclusive is 1 / (2 (1 − p)): 5× at 90 % shared."
+  echo
+  echo "| target | measured | met | other CPU % |"
+  echo "|:--|:--|:--|--:|"
+  row "rw, 90 % shared, held 1 ms: grants/s above the same clients all exclusive (ideal 5×)" \
+    "$(calc "$rwk") vs $(calc "$rwx") = $(calc "$rwx > 0 ? $rwk / $rwx : 0")× ($(calc "$rws") shared + $(calc "$rwe") exclusive grants/s; $(calc "$rwm") readers at once on average)" \
+    "$rwk > $rwx" rw
+  row "rw: acquire wait p99, shared / exclusive / all exclusive" \
+    "$(calc "$rwsp") µs / $(calc "$rwep") µs / $(calc "$rwxp") µs" "" rw
+  row "multi, 4 keys of 1,000: keylock \`keys\` cycles/s ≥ 3× Redis's (one key at a time, 1 ms poll)" \
+    "$(calc "$mk_") vs $(calc "$mr_") = $(calc "$mr_ > 0 ? $mk_ / $mr_ : 0")× (keylock one key at a time: $(calc "$ms_"))" \
+    "$mk_ >= 3 * $mr_" multi
+  row "multi: keylock \`keys\` at most one round trip per cycle" \
+    "$(calc "$mrt") (one at a time: keylock $(calc "$msrt"), Redis $(calc "$mrrt"))" \
+    "$mrt > 0 && $mrt <= 1" multi
+  row "multi: cycle p99, keylock \`keys\` vs Redis" "$(calc "$mk99") µs vs $(calc "$mr99") µs" \
+    "$mk99 <= $mr99" multi
   echo
   echo "## Runs"
   echo

@@ -172,14 +172,32 @@ bool is_semaphore_rank(std::uint64_t rank, unsigned percent) noexcept {
   return splitmix64(x) % 100 < std::min(percent, 100u);
 }
 
+void draw_key_set(fast_rng& rng, std::uint64_t n, std::uint32_t count,
+                  std::vector<std::uint64_t>& out) {
+  out.clear();
+  const std::uint64_t k = std::min<std::uint64_t>(count, n);
+  // Floyd: for j = n-k .. n-1 take a uniform t in [0, j]; if t is taken already, take j (which
+  // cannot be). Every k-subset comes out with the same probability. Sets are small (a few keys),
+  // so a linear membership test beats a hash set.
+  for (std::uint64_t j = n - k; j < n; ++j) {
+    const std::uint64_t t = rng.below(j + 1);
+    out.push_back(std::find(out.begin(), out.end(), t) == out.end() ? t : j);
+  }
+  std::sort(out.begin(), out.end());
+}
+
+bool draw_shared(fast_rng& rng, unsigned percent) noexcept {
+  return rng.below(100) < std::min(percent, 100u);
+}
+
 // ---------------------------------------------------------------------------------------------
 // exclusion_checker
 
 exclusion_checker::exclusion_checker(std::size_t keys) : keys_(keys), holders_(keys) {}
 
 bool exclusion_checker::enter(std::size_t key, std::uint32_t limit) noexcept {
-  const std::int64_t now_held = holders_[key].fetch_add(1, std::memory_order_acq_rel) + 1;
-  if (now_held > static_cast<std::int64_t>(limit)) {
+  const std::uint64_t now = holders_[key].fetch_add(1, std::memory_order_acq_rel) + 1;
+  if ((now & exclusive_mask) > limit || (now >> 32) != 0) {
     violations_.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
@@ -188,6 +206,42 @@ bool exclusion_checker::enter(std::size_t key, std::uint32_t limit) noexcept {
 
 void exclusion_checker::leave(std::size_t key) noexcept {
   holders_[key].fetch_sub(1, std::memory_order_acq_rel);
+}
+
+bool exclusion_checker::enter_shared(std::size_t key) noexcept {
+  const std::uint64_t now = holders_[key].fetch_add(one_shared, std::memory_order_acq_rel);
+  if ((now & exclusive_mask) != 0) {
+    violations_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+void exclusion_checker::leave_shared(std::size_t key) noexcept {
+  holders_[key].fetch_sub(one_shared, std::memory_order_acq_rel);
+}
+
+std::size_t exclusion_checker::enter_all(std::span<const std::uint64_t> keys, keylock::lock_mode mode,
+                                         std::uint32_t limit) noexcept {
+  std::size_t violated = 0;
+  for (std::uint64_t k : keys) {
+    violated += mode == keylock::lock_mode::shared ? enter_shared(k) : enter(k, limit);
+  }
+  return violated;
+}
+
+void exclusion_checker::leave_all(std::span<const std::uint64_t> keys, keylock::lock_mode mode) noexcept {
+  for (std::uint64_t k : keys) {
+    if (mode == keylock::lock_mode::shared) {
+      leave_shared(k);
+    } else {
+      leave(k);
+    }
+  }
+}
+
+std::uint32_t exclusion_checker::shared_holders(std::size_t key) const noexcept {
+  return static_cast<std::uint32_t>(holders_[key].load(std::memory_order_relaxed) >> 32);
 }
 
 }  // namespace keylock::bench

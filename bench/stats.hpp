@@ -5,6 +5,8 @@
 // unit tests in tests/bench feed them known values.
 #pragma once
 
+#include "keylock/protocol.hpp"
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -102,23 +104,55 @@ class zipf_sampler {
 // `percent` in 0..100 is the share of semaphores.
 bool is_semaphore_rank(std::uint64_t rank, unsigned percent) noexcept;
 
+// Draws `count` distinct keys out of 0..n-1, uniformly (every set of `count` keys equally
+// likely), into `out` in ascending order: the order in which a client that locks them one at a
+// time takes them, so that two such clients never deadlock. `count` above n is clamped to n;
+// n = 0 gives an empty set. Floyd's algorithm: `count` draws, no rejection loop.
+void draw_key_set(fast_rng& rng, std::uint64_t n, std::uint32_t count,
+                  std::vector<std::uint64_t>& out);
+
+// Whether an acquire is shared: true with probability percent / 100 (percent in 0..100).
+bool draw_shared(fast_rng& rng, unsigned percent) noexcept;
+
 // The in-process mutual-exclusion check: every client calls enter() after a grant and leave()
-// before it sends the release. More holders than the key's limit at once is a violation of
-// the lock server's promise. Thread-safe; one atomic counter per key.
+// before it sends the release. The lock server promises, per key: at most `limit` exclusive
+// holders, or (limit 1 only) any number of shared holders and no exclusive one. Breaking that
+// is a violation. A lease over a set of keys enters every key of the set at once, after its one
+// grant: a key of the set still held against it is a violation, so a set that was not granted
+// whole shows up. Thread-safe; one atomic word per key (shared holders in the high half,
+// exclusive ones in the low half, so each enter sees both in one atomic step).
 class exclusion_checker {
  public:
   explicit exclusion_checker(std::size_t keys);
 
-  // Counts a holder of `key`; true (and a violation recorded) when that makes more than
-  // `limit` holders. `key` < keys.
+  // Counts an exclusive holder of `key`; true (and a violation recorded) when that makes more
+  // than `limit` exclusive holders, or any exclusive holder beside shared ones. `key` < keys.
   bool enter(std::size_t key, std::uint32_t limit) noexcept;
   void leave(std::size_t key) noexcept;
+
+  // Counts a shared holder of `key`; true (and a violation recorded) when an exclusive holder
+  // is there. Shared holders beside each other are fine.
+  bool enter_shared(std::size_t key) noexcept;
+  void leave_shared(std::size_t key) noexcept;
+
+  // One holder of `mode` on each of `keys` (a set granted as one lease, or one key); shared
+  // implies limit 1. Returns how many of the keys were violated (0: none).
+  std::size_t enter_all(std::span<const std::uint64_t> keys, keylock::lock_mode mode,
+                        std::uint32_t limit) noexcept;
+  void leave_all(std::span<const std::uint64_t> keys, keylock::lock_mode mode) noexcept;
+
+  // The shared holders of `key` right now (for the readers-at-once figure of rw).
+  std::uint32_t shared_holders(std::size_t key) const noexcept;
+
   std::uint64_t violations() const noexcept { return violations_.load(); }
   std::size_t keys() const noexcept { return keys_; }
 
  private:
+  static constexpr std::uint64_t one_shared = std::uint64_t{1} << 32;
+  static constexpr std::uint64_t exclusive_mask = one_shared - 1;
+
   std::size_t keys_;
-  std::vector<std::atomic<std::int64_t>> holders_;
+  std::vector<std::atomic<std::uint64_t>> holders_;
   std::atomic<std::uint64_t> violations_{0};
 };
 

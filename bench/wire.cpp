@@ -40,6 +40,22 @@ bool parse_uint_at(std::string_view s, std::size_t pos, std::uint64_t& v) noexce
   return ec == std::errc{} && ptr != s.data() + pos;
 }
 
+// The members after the key(s) of an acquire, and its end.
+void append_acquire_tail(std::string& out, std::uint32_t ttl_ms,
+                         std::optional<std::uint32_t> wait_ms, std::uint32_t limit,
+                         keylock::lock_mode mode) {
+  out += R"(,"ttl_ms":)";
+  append_uint(out, ttl_ms);
+  if (wait_ms) {
+    out += R"(,"wait_ms":)";
+    append_uint(out, *wait_ms);
+  }
+  out += R"(,"limit":)";
+  append_uint(out, limit);
+  if (mode == keylock::lock_mode::shared) out += R"(,"mode":"shared")";
+  out += "}\n";
+}
+
 }  // namespace
 
 std::string_view to_string(target_kind kind) noexcept {
@@ -98,20 +114,27 @@ void append_ping(std::string& out, std::uint64_t id) {
 }
 
 void append_acquire(std::string& out, std::uint64_t id, std::string_view key, std::uint32_t ttl_ms,
-                    std::optional<std::uint32_t> wait_ms, std::uint32_t limit) {
+                    std::optional<std::uint32_t> wait_ms, std::uint32_t limit,
+                    keylock::lock_mode mode) {
   out += R"({"op":"acquire","id":)";
   append_uint(out, id);
   out += R"(,"key":)";
   append_key(out, key);
-  out += R"(,"ttl_ms":)";
-  append_uint(out, ttl_ms);
-  if (wait_ms) {
-    out += R"(,"wait_ms":)";
-    append_uint(out, *wait_ms);
+  append_acquire_tail(out, ttl_ms, wait_ms, limit, mode);
+}
+
+void append_acquire_set(std::string& out, std::uint64_t id, std::span<const std::string> keys,
+                        std::uint32_t ttl_ms, std::optional<std::uint32_t> wait_ms,
+                        std::uint32_t limit, keylock::lock_mode mode) {
+  out += R"({"op":"acquire","id":)";
+  append_uint(out, id);
+  out += R"(,"keys":[)";
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (i > 0) out += ',';
+    append_key(out, keys[i]);
   }
-  out += R"(,"limit":)";
-  append_uint(out, limit);
-  out += "}\n";
+  out += ']';
+  append_acquire_tail(out, ttl_ms, wait_ms, limit, mode);
 }
 
 void append_release(std::string& out, std::uint64_t id, std::string_view key, std::uint64_t token,

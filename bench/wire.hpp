@@ -7,6 +7,8 @@
 // tests/bench checks both against the real codec (keylock_proto). Pure functions, no sockets.
 #pragma once
 
+#include "keylock/protocol.hpp"
+
 #include <array>
 #include <cstdint>
 #include <initializer_list>
@@ -41,8 +43,18 @@ std::optional<target> parse_target(std::string_view url, std::string& error);
 void append_ping(std::string& out, std::uint64_t id);
 // `wait_ms` nullopt: wait until granted (no wait_ms member); 0: try once. `limit` 1 is written
 // too (explicit is cheap and keeps the frame the same shape for every key).
+// `mode` shared adds "mode":"shared" (exclusive, the default, is not written: the frame keeps
+// its old shape); shared needs limit 1 (PROTOCOL.md, Modes).
 void append_acquire(std::string& out, std::uint64_t id, std::string_view key, std::uint32_t ttl_ms,
-                    std::optional<std::uint32_t> wait_ms, std::uint32_t limit);
+                    std::optional<std::uint32_t> wait_ms, std::uint32_t limit,
+                    keylock::lock_mode mode = keylock::lock_mode::exclusive);
+// An acquire of several keys at once, all or nothing: "keys":[...] in place of "key" (1 to 64
+// distinct keys; PROTOCOL.md, Several keys at once). Such a lease is released whole by naming
+// any one of its keys as `key` (append_release with keys.front()).
+void append_acquire_set(std::string& out, std::uint64_t id, std::span<const std::string> keys,
+                        std::uint32_t ttl_ms, std::optional<std::uint32_t> wait_ms,
+                        std::uint32_t limit,
+                        keylock::lock_mode mode = keylock::lock_mode::exclusive);
 // `noreply` adds "noreply":true: the server answers nothing unless the frame is invalid
 // (PROTOCOL.md, release).
 void append_release(std::string& out, std::uint64_t id, std::string_view key, std::uint64_t token,

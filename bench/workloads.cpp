@@ -51,6 +51,15 @@ struct client_stats {
   std::uint64_t busy = 0;           // try-once acquires that found the lock held
   std::uint64_t polls = 0;          // redis: SET NX tries that found the key held
   std::uint64_t repeat_grants = 0;  // contended: grants to the client that released last
+  // rw: acquire wait and grants in the window, per mode (index: 0 exclusive, 1 shared).
+  std::array<latency_histogram, 2> wait_by_mode;
+  std::array<std::uint64_t, 2> ops_by_mode{};
+  std::uint64_t shared_beside = 0;  // rw: sum over shared grants of the shared holders then
+  std::uint32_t peak_shared = 0;    // rw: most shared holders seen at once
+  // multi: requests that waited for their reply, and cycles completed (window or not), so that
+  // round trips per cycle count every cycle whose round trips were counted.
+  std::uint64_t round_trips = 0;
+  std::uint64_t cycles = 0;
   std::string first_error;
 
   void fail(std::string what) {
@@ -274,11 +283,59 @@ class keylock_locker final : public locker {
 
   bool acquire(std::string_view key, std::uint32_t limit, std::int64_t, grant_info& g,
                client_stats& s) override {
+    return acquire_in(key, limit, keylock::lock_mode::exclusive, g, s);
+  }
+
+  // acquire() in `mode` (rw).
+  bool acquire_in(std::string_view key, std::uint32_t limit, keylock::lock_mode mode,
+                  grant_info& g, client_stats& s) {
     const std::uint64_t id = next_id_++;
     out_.clear();
-    append_acquire(out_, id, key, options_.ttl_ms,
-                   options_.try_once ? std::optional<std::uint32_t>(0) : std::nullopt, limit);
+    append_acquire(out_, id, key, options_.ttl_ms, wait(), limit, mode);
+    return exchange_acquire(id, g, s);
+  }
+
+  // One acquire of every key of `keys` at once, one lease (multi).
+  bool acquire_set(std::span<const std::string> keys, grant_info& g, client_stats& s) {
+    const std::uint64_t id = next_id_++;
+    out_.clear();
+    append_acquire_set(out_, id, keys, options_.ttl_ms, wait(), 1);
+    return exchange_acquire(id, g, s);
+  }
+
+  bool release(std::string_view key, const grant_info& g, handoff_board* board, std::int64_t me,
+               client_stats& s) override {
+    const std::uint64_t id = next_id_++;
+    out_.clear();
+    append_release(out_, id, key, g.token, options_.keylock_noreply);
     ++s.requests;
+    stamp_release(board, me);
+    if (!conn_.send(out_)) {
+      s.fail(conn_.error());
+      return false;
+    }
+    // With noreply nothing comes back (a reply to an invalid release would arrive in place of
+    // the next acquire's, and fail its id check).
+    if (options_.keylock_noreply) return true;
+    ++s.round_trips;
+    reply_view r;
+    if (!conn_.next_reply(r)) {
+      s.fail(conn_.error());
+      return false;
+    }
+    if (!r.ok) s.fail("release: " + std::string(r.error));
+    return true;
+  }
+
+ private:
+  std::optional<std::uint32_t> wait() const {
+    return options_.try_once ? std::optional<std::uint32_t>(0) : std::nullopt;
+  }
+
+  // Sends the acquire in out_ and reads its answer into g.
+  bool exchange_acquire(std::uint64_t id, grant_info& g, client_stats& s) {
+    ++s.requests;
+    ++s.round_trips;
     reply_view r;
     if (!conn_.send(out_) || !conn_.next_reply(r)) {
       s.fail(conn_.error());
@@ -301,30 +358,6 @@ class keylock_locker final : public locker {
     return true;
   }
 
-  bool release(std::string_view key, const grant_info& g, handoff_board* board, std::int64_t me,
-               client_stats& s) override {
-    const std::uint64_t id = next_id_++;
-    out_.clear();
-    append_release(out_, id, key, g.token, options_.keylock_noreply);
-    ++s.requests;
-    stamp_release(board, me);
-    if (!conn_.send(out_)) {
-      s.fail(conn_.error());
-      return false;
-    }
-    // With noreply nothing comes back (a reply to an invalid release would arrive in place of
-    // the next acquire's, and fail its id check).
-    if (options_.keylock_noreply) return true;
-    reply_view r;
-    if (!conn_.next_reply(r)) {
-      s.fail(conn_.error());
-      return false;
-    }
-    if (!r.ok) s.fail("release: " + std::string(r.error));
-    return true;
-  }
-
- private:
   const bench_options& options_;
   keylock_conn conn_;
   std::string out_;
@@ -358,6 +391,7 @@ class redis_locker final : public locker {
             cmd_, {"EVALSHA", scripts_.semaphore_sha, "1", key, token, ttl_text_, limit_text});
       }
       ++s.requests;
+      ++s.round_trips;
       redis_reply_ptr r = conn_.call(cmd_);
       const std::int64_t now = mono_ns();
       if (!r) {
@@ -402,6 +436,7 @@ class redis_locker final : public locker {
     cmd_.clear();
     append_resp_command(cmd_, {"EVALSHA", scripts_.release_sha, "1", slot_key_, token});
     ++s.requests;
+    ++s.round_trips;
     stamp_release(board, me);
     redis_reply_ptr r = conn_.call(cmd_);
     if (!r) {
@@ -761,6 +796,124 @@ void overhead_client(const bench_options& o, const target& t, std::uint32_t me, 
   (void)sink;
 }
 
+
+// rw: every client takes the one key shared (with probability shared_pct %) or exclusive,
+// holds it, releases it, thinks. Keylock only.
+void rw_client(const bench_options& o, const target& t, std::uint32_t me, unsigned shared_pct,
+               run_gate& gate, client_stats& s, exclusion_checker& checker) {
+  static const std::string key = "rw:shared";
+  fast_rng rng(o.seed * 6151 + me);
+  keylock_locker lk(o);
+  const std::string err = lk.connect(t, o.io_timeout);
+  const std::int64_t deadline = gate.arrive_and_wait();
+  if (!err.empty()) return s.fail(err);
+  for (;;) {
+    const std::int64_t t0 = mono_ns();
+    if (t0 >= deadline) break;
+    const bool shared = draw_shared(rng, shared_pct);
+    const auto mode = shared ? keylock::lock_mode::shared : keylock::lock_mode::exclusive;
+    grant_info g;
+    if (!lk.acquire_in(key, 1, mode, g, s)) return;
+    if (!g.granted) {
+      if (g.busy) {
+        ++s.busy;
+        pause_us(o.think_us);
+      }
+      continue;
+    }
+    std::uint32_t beside = 0;
+    if (shared) {
+      checker.enter_shared(0);
+      beside = checker.shared_holders(0);  // this holder included
+    } else {
+      checker.enter(0, 1);
+    }
+    if (g.granted_ns <= deadline) {
+      ++s.ops;
+      gate.count(me);
+      const auto wait = static_cast<std::uint64_t>(g.granted_ns - t0);
+      s.latency.record(wait);
+      s.wait_by_mode[shared ? 1 : 0].record(wait);
+      ++s.ops_by_mode[shared ? 1 : 0];
+      if (shared) {
+        s.shared_beside += beside;
+        s.peak_shared = std::max(s.peak_shared, beside);
+      }
+    }
+    pause_us(o.hold_us);
+    if (shared) {
+      checker.leave_shared(0);
+    } else {
+      checker.leave(0);
+    }
+    if (!lk.release(key, g, nullptr, me, s)) return;
+    pause_us(o.think_us);
+  }
+}
+
+std::string multi_key(std::uint64_t index) { return "mk:" + number_text(index); }
+
+// multi: every cycle draws `set_size` distinct keys of `keys` (sorted), locks them all, holds,
+// releases them. With `one_lease` (keylock's "keys") the set is one acquire and one lease;
+// otherwise one acquire per key in sorted order (keylock or Redis), each key held from its grant,
+// released in the same order once all are held and the hold is over.
+void multi_client(const bench_options& o, const target& t, std::uint32_t me, bool one_lease,
+                  run_gate& gate, client_stats& s, exclusion_checker& checker, locker& lk) {
+  fast_rng rng(o.seed * 3571 + me);
+  std::vector<std::uint64_t> set;
+  std::vector<std::string> names;
+  std::vector<grant_info> grants;
+  const std::string err = lk.connect(t, o.io_timeout);
+  const std::int64_t deadline = gate.arrive_and_wait();
+  if (!err.empty()) return s.fail(err);
+  for (;;) {
+    const std::int64_t t0 = mono_ns();
+    if (t0 >= deadline) break;
+    draw_key_set(rng, o.keys, o.set_size, set);
+    names.clear();
+    for (std::uint64_t k : set) names.push_back(multi_key(k));
+    grants.assign(one_lease ? 1 : set.size(), grant_info{});
+    std::size_t held = 0;  // grants held, in order
+    bool connected = true;
+    if (one_lease) {
+      // Only a keylock target runs this variant.
+      connected = static_cast<keylock_locker&>(lk).acquire_set(names, grants[0], s);
+      if (connected && grants[0].granted) {
+        held = 1;
+        checker.enter_all(set, keylock::lock_mode::exclusive, 1);
+      }
+    } else {
+      for (; held < set.size(); ++held) {
+        connected = lk.acquire(names[held], 1, deadline, grants[held], s);
+        if (!connected || !grants[held].granted) break;
+        checker.enter(set[held], 1);
+      }
+    }
+    const bool complete = held == grants.size();
+    if (complete) pause_us(o.hold_us);
+    if (one_lease) {
+      if (held == 1) checker.leave_all(set, keylock::lock_mode::exclusive);
+    } else {
+      for (std::size_t i = 0; i < held; ++i) checker.leave(set[i]);
+    }
+    if (!connected) return;
+    // Let go of what is held (all of it after a full cycle; the first keys of a cycle that
+    // ran out of time waiting for the next one).
+    for (std::size_t i = 0; i < held; ++i) {
+      if (!lk.release(names[i], grants[i], nullptr, me, s)) return;
+    }
+    if (!complete) continue;
+    ++s.cycles;
+    const std::int64_t done = mono_ns();
+    if (done <= deadline) {
+      ++s.ops;
+      gate.count(me);
+      s.latency.record(static_cast<std::uint64_t>(done - t0));
+    }
+    pause_us(o.think_us);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Running clients and collecting their numbers.
 
@@ -994,6 +1147,126 @@ run_result run_blocking(workload w, const bench_options& o, const target& t, int
          r.ops == 0 ? 0.0 : static_cast<double>(polls) / static_cast<double>(r.ops)});
   }
   if (o.try_once) r.extras.push_back({"busy", "try-once found held", static_cast<double>(busy)});
+  finish_rates(r, win);
+  return r;
+}
+
+
+// rw: the mixed run (shared_pct % shared) and, for comparison, the same clients all exclusive
+// (skipped when the mixed run is all exclusive already). The row's main figures are the mixed
+// run's; the all-exclusive figures and the gain are extras beside them.
+run_result run_rw(const bench_options& o, const target& t, int pid) {
+  auto phase = [&](unsigned shared_pct, std::vector<client_stats>& stats,
+                   exclusion_checker& checker) {
+    return run_timed(o, o.clients, run_label(workload::rw, t), pid, stats,
+                     [&](std::uint32_t i, run_gate& gate, client_stats& s) {
+                       rw_client(o, t, i, shared_pct, gate, s, checker);
+                     });
+  };
+  exclusion_checker checker(1);
+  std::vector<client_stats> stats;
+  const window win = phase(o.shared_pct, stats, checker);
+  run_result r = base_result(workload::rw, o, t, pid);
+  r.op_label = "grant (acquire shared or exclusive, hold, release, think)";
+  r.latency_label = "acquire wait (acquire sent → grant received), both modes";
+  latency_histogram all;
+  merge_into(r, stats, all);
+  std::array<latency_histogram, 2> by_mode;
+  std::array<std::uint64_t, 2> ops{};
+  std::uint64_t beside = 0;
+  std::uint32_t peak = 0;
+  for (const auto& s : stats) {
+    for (int m = 0; m < 2; ++m) {
+      by_mode[m].merge(s.wait_by_mode[m]);
+      ops[m] += s.ops_by_mode[m];
+    }
+    beside += s.shared_beside;
+    peak = std::max(peak, s.peak_shared);
+  }
+  const double secs = win.seconds > 0 ? win.seconds : 1;
+  const latency_summary sh = summarize(by_mode[1]);
+  const latency_summary ex = summarize(by_mode[0]);
+  r.extras.push_back(
+      {"shared_grants_per_s", "shared grants/s", static_cast<double>(ops[1]) / secs});
+  r.extras.push_back(
+      {"exclusive_grants_per_s", "exclusive grants/s", static_cast<double>(ops[0]) / secs});
+  r.extras.push_back({"shared_wait_p50_us", "shared: acquire wait p50 µs", sh.p50_us});
+  r.extras.push_back({"shared_wait_p99_us", "shared: acquire wait p99 µs", sh.p99_us});
+  r.extras.push_back({"exclusive_wait_p50_us", "exclusive: acquire wait p50 µs", ex.p50_us});
+  r.extras.push_back({"exclusive_wait_p99_us", "exclusive: acquire wait p99 µs", ex.p99_us});
+  r.extras.push_back({"shared_holders_mean", "shared holders at once (mean, at a shared grant)",
+                      ops[1] == 0 ? 0.0 : static_cast<double>(beside) / static_cast<double>(ops[1]),
+                      false});
+  r.extras.push_back(
+      {"shared_holders_max", "shared holders at once (max)", static_cast<double>(peak), false});
+  std::uint64_t violations = checker.violations();
+  if (o.shared_pct > 0) {
+    exclusion_checker base_checker(1);
+    std::vector<client_stats> base;
+    const window bw = phase(0, base, base_checker);
+    run_result b = base_result(workload::rw, o, t, pid);
+    latency_histogram base_all;
+    merge_into(b, base, base_all);
+    const double bsecs = bw.seconds > 0 ? bw.seconds : 1;
+    const double base_rate = static_cast<double>(b.ops) / bsecs;
+    r.extras.push_back({"all_exclusive_grants_per_s",
+                        "same clients all exclusive: grants/s", base_rate});
+    r.extras.push_back({"all_exclusive_wait_p50_us", "all exclusive: acquire wait p50 µs",
+                        b.latency.p50_us});
+    r.extras.push_back({"all_exclusive_wait_p99_us", "all exclusive: acquire wait p99 µs",
+                        b.latency.p99_us});
+    r.extras.push_back({"gain_over_all_exclusive", "grants/s gain over all exclusive (×)",
+                        base_rate == 0 ? 0.0 : r.ops / secs / base_rate, false});
+    r.errors += b.errors;
+    if (r.first_error.empty()) r.first_error = b.first_error;
+    violations += base_checker.violations();
+  }
+  r.violations = violations;
+  finish_rates(r, win);
+  return r;
+}
+
+run_result run_multi(const bench_options& o, const target& t, int pid,
+                     const redis_scripts& scripts) {
+  const bool one_lease = t.kind == target_kind::keylock && o.multi == multi_variant::keys;
+  exclusion_checker checker(o.keys);
+  std::vector<std::unique_ptr<locker>> lockers;
+  for (std::uint32_t i = 0; i < o.clients; ++i) {
+    lockers.push_back(make_locker(t, o, scripts, o.seed * 37 + i));
+  }
+  std::vector<client_stats> stats;
+  window win = run_timed(o, o.clients, run_label(workload::multi, t), pid, stats,
+                         [&](std::uint32_t i, run_gate& gate, client_stats& s) {
+                           multi_client(o, t, i, one_lease, gate, s, checker, *lockers[i]);
+                         });
+  lockers.clear();
+  run_result r = base_result(workload::multi, o, t, pid);
+  r.variant = std::string(to_string(one_lease ? multi_variant::keys : multi_variant::one_at_a_time));
+  r.op_label = "cycle: lock " + std::to_string(std::min<std::uint64_t>(o.set_size, o.keys)) +
+               " keys, hold, release";
+  r.latency_label = t.kind == target_kind::keylock && o.keylock_noreply
+                        ? "cycle (first acquire sent → last noreply release sent)"
+                        : "cycle (first acquire sent → last release answered)";
+  latency_histogram all;
+  merge_into(r, stats, all);
+  r.violations = checker.violations();
+  std::uint64_t round_trips = 0, cycles = 0, polls = 0;
+  for (const auto& s : stats) {
+    round_trips += s.round_trips;
+    cycles += s.cycles;
+    polls += s.polls;
+  }
+  r.extras.push_back({"round_trips_per_cycle", "round trips per cycle",
+                      cycles == 0 ? 0.0
+                                  : static_cast<double>(round_trips) / static_cast<double>(cycles)});
+  r.extras.push_back({"requests_per_cycle", "requests per cycle",
+                      r.ops == 0 ? 0.0
+                                 : static_cast<double>(r.requests) / static_cast<double>(r.ops)});
+  if (t.kind == target_kind::redis) {
+    r.extras.push_back(
+        {"polls_per_cycle", "redis: SET NX retries per cycle",
+         cycles == 0 ? 0.0 : static_cast<double>(polls) / static_cast<double>(cycles)});
+  }
   finish_rates(r, win);
   return r;
 }
@@ -1316,13 +1589,26 @@ std::string_view to_string(workload w) noexcept {
       return "hold-many";
     case workload::connections:
       return "connections";
+    case workload::rw:
+      return "rw";
+    case workload::multi:
+      return "multi";
   }
   return "?";
 }
 
+std::string_view to_string(multi_variant v) noexcept {
+  return v == multi_variant::keys ? "keys" : "one-at-a-time";
+}
+
+bool supports(workload w, target_kind kind) noexcept {
+  return w != workload::rw || kind == target_kind::keylock;
+}
+
 std::optional<workload> workload_from_string(std::string_view name) noexcept {
   for (workload w : {workload::rtt, workload::uncontended, workload::contended, workload::zipf,
-                     workload::overhead, workload::hold_many, workload::connections}) {
+                     workload::overhead, workload::hold_many, workload::connections, workload::rw,
+                     workload::multi}) {
     if (name == to_string(w)) return w;
   }
   return std::nullopt;
@@ -1360,11 +1646,28 @@ std::string describe_params(workload w, const bench_options& o) {
              std::to_string(o.hold_many_ttl_ms) + " ms";
     case workload::connections:
       return std::to_string(o.connections) + " idle connections";
+    case workload::rw:
+      return clients + ", one key, " + std::to_string(o.shared_pct) + " % shared, " + hold_think +
+             mode + (o.shared_pct > 0 ? "; then the same clients all exclusive" : "");
+    case workload::multi:
+      return clients + ", " + std::to_string(o.set_size) + " distinct keys of " +
+             std::to_string(o.keys) + " per cycle (uniform), " + hold_think + ", " + poll + mode;
   }
   return {};
 }
 
-run_result run_workload(workload w, const bench_options& o, const target& t, int server_pid) {
+run_result run_workload(workload w, const bench_options& options, const target& t,
+                        int server_pid) {
+  bench_options o = options;
+  if ((w == workload::rw || w == workload::multi) && !o.clients_given) {
+    o.clients = default_set_clients;
+  }
+  if (!supports(w, t.kind)) {
+    run_result r = base_result(w, o, t, server_pid);
+    r.errors = 1;
+    r.first_error = "rw runs against keylock only: redis-py's Lock has no shared mode";
+    return r;
+  }
   redis_scripts scripts;
   if (t.kind == target_kind::redis && w != workload::connections) {
     if (std::string err = load_redis_scripts(t, o, scripts); !err.empty()) {
@@ -1386,6 +1689,10 @@ run_result run_workload(workload w, const bench_options& o, const target& t, int
       return run_hold_many(o, t, server_pid);
     case workload::connections:
       return run_connections(o, t, server_pid);
+    case workload::rw:
+      return run_rw(o, t, server_pid);
+    case workload::multi:
+      return run_multi(o, t, server_pid, scripts);
   }
   return base_result(w, o, t, server_pid);
 }

@@ -22,7 +22,17 @@ enum class workload : std::uint8_t {
   overhead,     // a trivial function called directly vs under the lock
   hold_many,    // N leases held at once on distinct keys; server RSS
   connections,  // N idle connections; server RSS
+  rw,           // one key as a read-write lock: a share of acquires shared (keylock only)
+  multi,        // each cycle locks a set of distinct keys: all in one request, or one at a time
 };
+
+// How the multi workload takes its set of keys on a keylock target.
+enum class multi_variant : std::uint8_t {
+  keys,           // one acquire with "keys": [...], all or nothing (one round trip)
+  one_at_a_time,  // one acquire per key, in sorted order (as with Redis)
+};
+
+std::string_view to_string(multi_variant v) noexcept;  // "keys", "one-at-a-time"
 
 std::string_view to_string(workload w) noexcept;  // "rtt", ..., "hold-many", "connections"
 std::optional<workload> workload_from_string(std::string_view name) noexcept;
@@ -50,7 +60,18 @@ struct bench_options {
   std::chrono::seconds fill_cap{300};  // hold-many, connections: give up filling after this
   bool progress = true;                // a progress line on stderr each second
   std::uint64_t seed = 42;             // tokens, zipf draws
+  bool clients_given = false;          // --clients was given; else rw and multi use 32 clients
+  unsigned shared_pct = 90;            // rw: share of acquires in shared mode
+  std::uint32_t set_size = 4;          // multi: keys per cycle (drawn from `keys`)
+  multi_variant multi = multi_variant::keys;  // multi on keylock: how the set is taken
 };
+
+// Clients of rw and multi when --clients is not given (the figure).
+inline constexpr std::uint32_t default_set_clients = 32;
+
+// Whether workload `w` can run against a target of `kind`: rw needs keylock (redis-py's Lock has
+// no shared mode, so there is nothing to compare).
+bool supports(workload w, target_kind kind) noexcept;
 
 // Runs workload `w` against `t`. `server_pid` (0: unknown) is the server's process, for its
 // RSS, CPU time and CPU placement. Never throws for server faults: they count as errors, and

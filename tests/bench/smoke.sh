@@ -92,16 +92,25 @@ fi
 
 common=(--quiet --io-timeout-ms 5000 --seconds 0.3)
 
-run() {
-  local name=$1
+# run_rows NAME ROWS RATIOS... -- ARGS: one run whose JSON must hold ROWS results.
+run_rows() {
+  local name=$1 rows=$2
+  shift 2
+  local flags=()
+  while [ "$1" != "--" ]; do flags+=("$1"); shift; done
   shift
   if ! "$bench" "${targets[@]}" "${compare[@]}" "${common[@]}" --json "$@" \
       >"$work/$name.json" 2>"$work/$name.err"; then
     cat "$work/$name.err" "$work/$name.json" >&2
     fail "$name: keylock-bench exited non-zero"
   fi
-  "$check" "$work/$name.json" "$expected" "${ratios[@]}" || fail "$name: bad output"
+  "$check" "$work/$name.json" "$rows" "${flags[@]}" || fail "$name: bad output"
   echo "smoke: ok $name"
+}
+run() {
+  local name=$1
+  shift
+  run_rows "$name" "$expected" "${ratios[@]}" -- "$@"
 }
 
 run rtt -w rtt --clients 2 --cpu 0
@@ -113,6 +122,12 @@ run zipf -w zipf --clients 4 --keys 50 --limit 3 --semaphore-pct 50 --hold-us 50
 run overhead -w overhead
 run hold-many -w hold-many --leases 2000 --clients 2 --pipeline 16
 run connections -w connections --connections 100
+# rw runs against keylock only (Redis has no read-write lock): one row, no ratio. multi has two
+# keylock rows (keys in one request, one key at a time) beside Redis's.
+run_rows rw 1 -- -w rw --clients 6 --shared-pct 80 --hold-us 200
+run_rows multi $((expected + 1)) "${ratios[@]}" -- -w multi --clients 4 --keys 20 --set-size 3 \
+  --hold-us 50 --poll-ms 1
+grep -q '"variant":"keys"' "$work/multi.json" || fail "multi: no keys row"
 
 # Tables for people, Markdown, and the TSV lines for scripts.
 "$bench" "${targets[@]}" "${compare[@]}" "${common[@]}" -w rtt,uncontended >"$work/text.out" \

@@ -206,3 +206,36 @@ TEST_CASE("TSV lines carry label, workload, kind, metric and value", "[bench][re
   CHECK(lines[0] == "c32\tcontended\tkeylock\tops_per_s\t30000");
   CHECK(lines[9] == "c32\tcontended\tkeylock\thandoff_p50_us\t50");
 }
+
+TEST_CASE("variants of one workload are rows of their own, the first keylock row against redis",
+          "[bench][report]") {
+  std::vector<run_result> rows{sample(target_kind::keylock, 30000, 100),
+                               sample(target_kind::keylock, 12000, 300),
+                               sample(target_kind::redis, 6000, 5000)};
+  rows[0].variant = "keys";
+  rows[1].variant = "one-at-a-time";
+  rows[2].variant = "one-at-a-time";
+  auto ratios = compute_ratios(rows);
+  REQUIRE_FALSE(ratios.empty());
+  CHECK(ratios[0].ratio == Approx(5.0));
+  const std::string t = format_table(rows, output_style::markdown, true);
+  INFO(t);
+  CHECK(t.find("keylock://127.0.0.1:7400 keys ") != std::string::npos);
+  CHECK(t.find("keylock://127.0.0.1:7400 one-at-a-time") != std::string::npos);
+  CHECK(t.find("redis://127.0.0.1:6379 one-at-a-time") != std::string::npos);
+  CHECK(t.find("| keylock keys/redis ") != std::string::npos);
+  CHECK(t.find("placement (keylock:one-at-a-time):") != std::string::npos);
+  const std::string tsv = format_tsv(rows, "multi");
+  CHECK(tsv.find("multi\tcontended\tkeylock:keys\tops_per_s\t30000\n") != std::string::npos);
+  CHECK(tsv.find("multi\tcontended\tredis:one-at-a-time\tops_per_s\t6000\n") !=
+        std::string::npos);
+  run_meta meta{"0.1.0", "keylock-bench -w multi", "pinned to CPU 0"};
+  const std::string json = format_json(rows, meta, true);
+  CHECK(json.find(R"("variant":"one-at-a-time")") != std::string::npos);
+  CHECK(test::check_bench_json(json, {3, true, true}).empty());
+
+  SECTION("two redis rows have no pair") {
+    rows[0].kind = target_kind::redis;
+    CHECK(compute_ratios(rows).empty());
+  }
+}

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <mutex>
+#include <shared_mutex>
 #include <thread>
 #include <vector>
 
@@ -232,6 +233,164 @@ TEST_CASE("the exclusion check sees no violation under a real mutex", "[bench][e
         std::lock_guard<std::mutex> lock(m);
         c.enter(0, 1);
         c.leave(0);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(c.violations() == 0);
+}
+
+TEST_CASE("key sets are distinct, sorted, in range and of the asked size", "[bench][sets]") {
+  fast_rng rng(7);
+  std::vector<std::uint64_t> set;
+  for (int i = 0; i < 5000; ++i) {
+    draw_key_set(rng, 1000, 4, set);
+    REQUIRE(set.size() == 4);
+    CHECK(std::is_sorted(set.begin(), set.end()));
+    CHECK(std::adjacent_find(set.begin(), set.end()) == set.end());
+    CHECK(set.back() < 1000);
+  }
+  SECTION("a set as large as the key space takes every key") {
+    draw_key_set(rng, 5, 5, set);
+    CHECK(set == std::vector<std::uint64_t>{0, 1, 2, 3, 4});
+  }
+  SECTION("a set larger than the key space is clamped to it") {
+    draw_key_set(rng, 3, 4, set);
+    CHECK(set == std::vector<std::uint64_t>{0, 1, 2});
+    draw_key_set(rng, 0, 4, set);
+    CHECK(set.empty());
+  }
+  SECTION("the same seed draws the same sets") {
+    fast_rng a(99), b(99);
+    std::vector<std::uint64_t> sa, sb;
+    for (int i = 0; i < 100; ++i) {
+      draw_key_set(a, 1000, 4, sa);
+      draw_key_set(b, 1000, 4, sb);
+      CHECK(sa == sb);
+    }
+  }
+}
+
+TEST_CASE("key sets draw every key about equally often", "[bench][sets]") {
+  fast_rng rng(11);
+  std::vector<std::uint64_t> set;
+  std::vector<int> seen(20, 0);
+  constexpr int draws = 50000;
+  for (int i = 0; i < draws; ++i) {
+    draw_key_set(rng, 20, 4, set);
+    for (auto k : set) ++seen[k];
+  }
+  // Each key is in a set with probability 4/20: 10,000 times, ± a few percent.
+  for (int n : seen) CHECK(std::abs(n - draws / 5) < draws / 5 / 20);
+  // Pairs too (Floyd's draw is uniform over sets, not just over keys): key 0 with key 19 as
+  // often as key 0 with key 1.
+  int pair_01 = 0, pair_0_19 = 0;
+  for (int i = 0; i < draws; ++i) {
+    draw_key_set(rng, 20, 4, set);
+    const bool has0 = set.front() == 0;
+    pair_01 += has0 && std::find(set.begin(), set.end(), 1) != set.end();
+    pair_0_19 += has0 && set.back() == 19;
+  }
+  CHECK(std::abs(pair_01 - pair_0_19) < (pair_01 + pair_0_19) / 8);
+}
+
+TEST_CASE("the shared share of acquires follows the percentage", "[bench][sets]") {
+  fast_rng rng(3);
+  int shared = 0;
+  for (int i = 0; i < 100000; ++i) shared += draw_shared(rng, 90);
+  CHECK(std::abs(shared - 90000) < 1000);
+  for (int i = 0; i < 1000; ++i) {
+    CHECK_FALSE(draw_shared(rng, 0));
+    CHECK(draw_shared(rng, 100));
+  }
+}
+
+TEST_CASE("shared holders may overlap; an exclusive holder overlaps nothing",
+          "[bench][exclusion]") {
+  exclusion_checker c(2);
+  SECTION("readers together") {
+    CHECK_FALSE(c.enter_shared(0));
+    CHECK_FALSE(c.enter_shared(0));
+    CHECK_FALSE(c.enter_shared(0));
+    CHECK(c.shared_holders(0) == 3);
+    CHECK(c.violations() == 0);
+  }
+  SECTION("a writer beside readers") {
+    CHECK_FALSE(c.enter_shared(0));
+    CHECK(c.enter(0, 1));
+    CHECK(c.violations() == 1);
+  }
+  SECTION("a reader beside a writer") {
+    CHECK_FALSE(c.enter(0, 1));
+    CHECK(c.enter_shared(0));
+    CHECK(c.violations() == 1);
+  }
+  SECTION("readers, then a writer once they left") {
+    CHECK_FALSE(c.enter_shared(0));
+    CHECK_FALSE(c.enter_shared(0));
+    c.leave_shared(0);
+    c.leave_shared(0);
+    CHECK(c.shared_holders(0) == 0);
+    CHECK_FALSE(c.enter(0, 1));
+    c.leave(0);
+    CHECK_FALSE(c.enter_shared(0));
+    CHECK(c.violations() == 0);
+  }
+  SECTION("readers of one key do not affect another") {
+    CHECK_FALSE(c.enter_shared(0));
+    CHECK_FALSE(c.enter(1, 1));
+    CHECK(c.violations() == 0);
+  }
+}
+
+TEST_CASE("a set enters all its keys at once and is violated by any key held against it",
+          "[bench][exclusion]") {
+  exclusion_checker c(10);
+  const std::vector<std::uint64_t> set{2, 5, 7};
+  SECTION("free keys") {
+    CHECK(c.enter_all(set, keylock::lock_mode::exclusive, 1) == 0);
+    // While the set is held, each of its keys is taken.
+    CHECK(c.enter(5, 1));
+    c.leave(5);
+    c.leave_all(set, keylock::lock_mode::exclusive);
+    CHECK(c.enter_all(set, keylock::lock_mode::exclusive, 1) == 0);
+    CHECK(c.violations() == 1);
+  }
+  SECTION("one key of the set held by another") {
+    CHECK_FALSE(c.enter(7, 1));
+    CHECK(c.enter_all(set, keylock::lock_mode::exclusive, 1) == 1);
+    CHECK(c.violations() == 1);
+  }
+  SECTION("overlapping sets") {
+    CHECK(c.enter_all(set, keylock::lock_mode::exclusive, 1) == 0);
+    const std::vector<std::uint64_t> other{1, 5, 7, 9};
+    CHECK(c.enter_all(other, keylock::lock_mode::exclusive, 1) == 2);
+  }
+  SECTION("shared sets overlap shared sets, not exclusive ones") {
+    CHECK(c.enter_all(set, keylock::lock_mode::shared, 1) == 0);
+    CHECK(c.enter_all(set, keylock::lock_mode::shared, 1) == 0);
+    const std::vector<std::uint64_t> other{0, 2};
+    CHECK(c.enter_all(other, keylock::lock_mode::exclusive, 1) == 1);
+  }
+}
+
+TEST_CASE("the exclusion check sees no violation under a real read-write lock",
+          "[bench][exclusion]") {
+  exclusion_checker c(1);
+  std::shared_mutex m;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 20000; ++i) {
+        if ((i + t) % 10 == 0) {
+          std::unique_lock<std::shared_mutex> lock(m);
+          c.enter(0, 1);
+          c.leave(0);
+        } else {
+          std::shared_lock<std::shared_mutex> lock(m);
+          c.enter_shared(0);
+          c.leave_shared(0);
+        }
       }
     });
   }

@@ -6,7 +6,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <span>
 #include <string>
+#include <vector>
 
 using namespace keylock::bench;
 
@@ -110,6 +112,44 @@ TEST_CASE("hand-formatted requests decode through the real codec", "[bench][wire
     out.clear();
     append_release(out, 11, "uc:0:0", 77, false);
     CHECK_FALSE(decode(out).noreply);
+  }
+  SECTION("a shared acquire names its mode; an exclusive one keeps the old shape") {
+    append_acquire(out, 3, "rw:shared", 10000, std::nullopt, 1, keylock::lock_mode::shared);
+    CHECK(out ==
+          R"({"op":"acquire","id":3,"key":"rw:shared","ttl_ms":10000,"limit":1,"mode":"shared"})"
+          "\n");
+    out.clear();
+    append_acquire(out, 3, "rw:shared", 10000, 0, 1, keylock::lock_mode::exclusive);
+    CHECK(out == R"({"op":"acquire","id":3,"key":"rw:shared","ttl_ms":10000,"wait_ms":0,"limit":1})"
+                 "\n");
+  }
+  SECTION("an acquire of several keys lists them in place of key") {
+    const std::vector<std::string> keys{"mk:1", "mk:20", "a\"b"};
+    append_acquire_set(out, 4, keys, 5000, 2000, 1);
+    CHECK(out ==
+          R"({"op":"acquire","id":4,"keys":["mk:1","mk:20","a\"b"],"ttl_ms":5000,"wait_ms":2000,"limit":1})"
+          "\n");
+    out.clear();
+    append_acquire_set(out, 5, std::span<const std::string>(keys.data(), 1), 5000, std::nullopt,
+                       1, keylock::lock_mode::shared);
+    CHECK(out == R"({"op":"acquire","id":5,"keys":["mk:1"],"ttl_ms":5000,"limit":1,"mode":"shared"})"
+                 "\n");
+  }
+  SECTION("shared and several-key acquires decode with their mode and keys") {
+    append_acquire(out, 3, "rw:shared", 10000, std::nullopt, 1, keylock::lock_mode::shared);
+    auto req = decode(out);
+    CHECK(req.key == "rw:shared");
+    CHECK(req.mode == keylock::lock_mode::shared);
+    CHECK(req.limit == 1);
+    out.clear();
+    const std::vector<std::string> keys{"mk:1", "mk:20", "mk:300", "mk:999"};
+    append_acquire_set(out, 4, keys, 5000, std::nullopt, 1);
+    req = decode(out);
+    CHECK(req.kind == keylock::op::acquire);
+    CHECK(req.keys == keys);
+    CHECK(req.key.empty());
+    CHECK(req.mode == keylock::lock_mode::exclusive);
+    CHECK_FALSE(req.has(keylock::field::wait_ms));
   }
   SECTION("keys that need escaping") {
     const std::string key = std::string("a\"b\\c\x01") + "d";

@@ -4,27 +4,53 @@
 //
 //   chaos_worker SERVER LOGFILE SEED DURATION_MS KEYS
 //
-// Key i is named "c<i>" and always used with limit 1 + i % 3 (a live key's limit is fixed).
-// Log lines (t = monotonic nanoseconds):
-//   REQ t key limit wait_ms ttl_ms auto      before acquire (wait_ms -1: wait until granted;
-//                                            auto 1: renewed at ttl/3, 0: not renewed)
-//   W t key token                            a write to the fenced resource: right after the
-//                                            grant and again at the end of the critical section
-//   REL t key token ok|lost                  with_lock returned (ok) or threw NotHeld (lost)
-//   TIMEOUT t key                            acquire not granted within wait_ms
-//   ERR t key what                           any other failure of the operation
+// Two families of keys, K of each:
+// - "c<i>", always with limit 1 + i % 3 (a live key's limit is fixed), taken exclusively through
+//   the C++ client's with_lock (auto-renewal, reconnects);
+// - "m<i>", limit 1, read-write locks: taken shared or exclusive, one key or a set of 2-3 keys
+//   in one request (PROTOCOL.md, Modes and Several keys at once). The C++ client of this tree
+//   has no `mode` or `keys` yet, so these go over a second connection of this process that
+//   speaks the wire protocol directly (blocking, one request at a time, no renewal).
+// About half of the operations are of each family.
+//
+// Log lines (t = monotonic nanoseconds; KEYS = a key, or the keys of a set joined with '+'):
+//   REQ t KEYS limit wait_ms ttl_ms auto mode  before acquire (wait_ms -1: wait until granted;
+//                                            auto 1: renewed at ttl/3, 0: not renewed;
+//                                            mode X exclusive, S shared)
+//   W t KEYS token                           a write to the fenced resource of every key: right
+//                                            after the grant and again at the end of the
+//                                            critical section
+//   SEEN t KEYS token FLAGS                  a set, right after its first W: `inspect` of each
+//                                            key (pipelined, one batch), FLAGS one digit per key
+//                                            in KEYS order: 1 = the key lists a holder with this
+//                                            token, 0 = it does not
+//   REL t KEYS token ok|lost                 released (ok), or the lease was found lost: NotHeld,
+//                                            or the daemon answered the release not_held
+//   TIMEOUT t KEYS                           acquire not granted within wait_ms
+//   ERR t KEYS what                          any other failure of the operation
 //   START t pid / STOP t                     process start, normal end
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "keylock/client.hpp"
 
@@ -47,6 +73,140 @@ void log_line(const std::string& rest, std::int64_t t = now_ns()) {
   line += '\n';
   // One write per line, O_APPEND: whole lines even when the process dies.
   [[maybe_unused]] ssize_t n = ::write(log_fd, line.data(), line.size());
+}
+
+// A blocking connection speaking the wire protocol directly (PROTOCOL.md), for the acquires the
+// C++ client cannot make yet. One request at a time; pushed events are skipped. Any failure
+// closes it, and the next call connects again.
+class raw_conn {
+ public:
+  explicit raw_conn(std::string server) : server_(std::move(server)) {}
+  ~raw_conn() { close(); }
+  raw_conn(const raw_conn&) = delete;
+  raw_conn& operator=(const raw_conn&) = delete;
+
+  void close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    buf_.clear();
+  }
+
+  // Sends `requests` (each gets a fresh id) in one write and returns their replies in order, or
+  // an empty vector after `error_` is set (connect/send failed, EOF, or no reply by `until`).
+  std::vector<nlohmann::json> call(std::vector<nlohmann::json> requests,
+                                   std::chrono::steady_clock::time_point until) {
+    error_.clear();
+    if (fd_ < 0 && !connect()) return {};
+    std::string out;
+    std::vector<std::uint64_t> ids;
+    for (auto& r : requests) {
+      r["id"] = next_id_;
+      ids.push_back(next_id_++);
+      out += r.dump();
+      out += '\n';
+    }
+    if (!send_all(out)) return {};
+    std::vector<nlohmann::json> replies;
+    while (replies.size() < ids.size()) {
+      const auto nl = buf_.find('\n');
+      if (nl == std::string::npos) {
+        if (!fill(until)) return {};
+        continue;
+      }
+      auto frame = nlohmann::json::parse(buf_.substr(0, nl), nullptr, false);
+      buf_.erase(0, nl + 1);
+      if (frame.is_discarded() || !frame.is_object()) return fail("undecodable frame");
+      if (frame.contains("event")) continue;
+      if (!frame.contains("id") || frame["id"] != ids[replies.size()]) {
+        return fail("reply id out of order");
+      }
+      replies.push_back(std::move(frame));
+    }
+    return replies;
+  }
+
+  const std::string& error() const { return error_; }
+
+ private:
+  std::vector<nlohmann::json> fail(std::string what) {
+    error_ = std::move(what);
+    close();
+    return {};
+  }
+
+  bool connect() {
+    const auto colon = server_.rfind(':');
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(std::atoi(server_.c_str() + colon + 1)));
+    if (colon == std::string::npos ||
+        ::inet_pton(AF_INET, server_.substr(0, colon).c_str(), &addr.sin_addr) != 1) {
+      fail("bad server address " + server_);
+      return false;
+    }
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0 || ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      fail(std::string("connect: ") + std::strerror(errno));
+      return false;
+    }
+    int one = 1;
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return true;
+  }
+
+  bool send_all(const std::string& data) {
+    std::size_t sent = 0;
+    while (sent < data.size()) {
+      const ssize_t n = ::send(fd_, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        fail(std::string("send: ") + std::strerror(errno));
+        return false;
+      }
+      sent += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  bool fill(std::chrono::steady_clock::time_point until) {
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          until - std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        fail("no reply in time");
+        return false;
+      }
+      pollfd p{fd_, POLLIN, 0};
+      const int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count(), 1000)));
+      if (r < 0 && errno != EINTR) {
+        fail(std::string("poll: ") + std::strerror(errno));
+        return false;
+      }
+      if (r <= 0) continue;
+      char chunk[16384];
+      const ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        fail(n == 0 ? "connection closed" : std::string("recv: ") + std::strerror(errno));
+        return false;
+      }
+      buf_.append(chunk, static_cast<std::size_t>(n));
+      return true;
+    }
+  }
+
+  std::string server_;
+  int fd_ = -1;
+  std::string buf_;
+  std::string error_;
+  std::uint64_t next_id_ = 1;
+};
+
+std::string one_line(std::string what) {
+  for (char& c : what) {
+    if (c == '\n') c = ' ';
+  }
+  return what;
 }
 
 }  // namespace
@@ -73,6 +233,7 @@ int main(int argc, char** argv) {
   opts.name = "chaos-" + std::to_string(::getpid());
   opts.request_timeout = std::chrono::milliseconds(3000);
   opts.backoff_max = std::chrono::milliseconds(200);
+  raw_conn raw(argv[1]);
   std::optional<keylock::Client> client;
   const auto end = std::chrono::steady_clock::now() + duration;
   while (!client && std::chrono::steady_clock::now() < end) {
@@ -85,6 +246,98 @@ int main(int argc, char** argv) {
   }
 
   while (client && std::chrono::steady_clock::now() < end) {
+    if (uniform(0, 1) == 0) {
+      // A read-write lock op on the m keys, over the raw connection: shared (1 in 2) or
+      // exclusive, of one key or (2 in 5) of a set of 2-3 distinct keys (sorted, as a client
+      // would; the daemon does not care), no renewal.
+      std::vector<std::string> set;
+      const int size = uniform(0, 4) < 2 ? std::min(keys, uniform(2, 3)) : 1;
+      while (static_cast<int>(set.size()) < size) {
+        std::string k = std::to_string(uniform(0, keys - 1));
+        k.insert(k.begin(), 'm');
+        if (std::find(set.begin(), set.end(), k) == set.end()) set.push_back(std::move(k));
+      }
+      std::sort(set.begin(), set.end());
+      std::string spec;
+      for (const auto& k : set) {
+        if (!spec.empty()) spec += '+';
+        spec += k;
+      }
+      const bool shared = uniform(0, 1) == 0;
+      const int ttl = uniform(300, 800);
+      long wait_ms = -1;
+      switch (uniform(0, 3)) {
+        case 0: wait_ms = 0; break;
+        case 1: wait_ms = uniform(10, 200); break;
+        case 2: wait_ms = uniform(200, 1500); break;
+        default: break;
+      }
+      const int work_ms = uniform(0, 9) == 0 ? uniform(0, 1000) : uniform(0, 30);
+      nlohmann::json acq{{"op", "acquire"}, {"ttl_ms", ttl}, {"limit", 1}};
+      if (set.size() == 1) {
+        acq["key"] = set[0];
+      } else {
+        acq["keys"] = set;
+      }
+      if (shared) acq["mode"] = "shared";
+      if (wait_ms >= 0) acq["wait_ms"] = wait_ms;
+      // A reply overdue by 5 s past its wait means the connection is stuck (a partition
+      // longer than that, which the driver never makes): give up on it. Unbounded waits are
+      // given up at the end of the run.
+      const auto until = wait_ms >= 0 ? std::chrono::steady_clock::now() +
+                                            std::chrono::milliseconds(wait_ms + 5000)
+                                      : end + std::chrono::seconds(3);
+      log_line("REQ " + spec + " 1 " + std::to_string(wait_ms) + " " + std::to_string(ttl) +
+               " 0 " + (shared ? "S" : "X"));
+      auto rep = raw.call({acq}, until);
+      if (rep.empty()) {
+        log_line("ERR " + spec + " " + one_line(raw.error()));
+      } else if (!rep[0].value("ok", false)) {
+        const std::string code = rep[0].value("error", std::string("?"));
+        log_line(code == "timeout" ? "TIMEOUT " + spec : "ERR " + spec + " " + code);
+      } else {
+        const std::uint64_t token = rep[0].value("token", std::uint64_t{0});
+        const std::string tok = std::to_string(token);
+        log_line("W " + spec + " " + tok);
+        if (set.size() > 1) {
+          // The daemon's own view: every key of the set lists this lease, or none does.
+          std::vector<nlohmann::json> inspects;
+          for (const auto& k : set) inspects.push_back({{"op", "inspect"}, {"key", k}});
+          auto seen = raw.call(inspects, std::chrono::steady_clock::now() +
+                                             std::chrono::seconds(5));
+          if (!seen.empty()) {
+            std::string flags;
+            for (const auto& r : seen) {
+              bool held = false;
+              for (const auto& h : r.value("holders", nlohmann::json::array())) {
+                held = held || h.value("token", std::uint64_t{0}) == token;
+              }
+              flags += held ? '1' : '0';
+            }
+            log_line("SEEN " + spec + " " + tok + " " + flags);
+          }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(work_ms));
+        log_line("W " + spec + " " + tok);
+        // A set is released by its keys in another order than acquired (any order is valid).
+        nlohmann::json rel{{"op", "release"}, {"token", token}};
+        if (set.size() == 1) {
+          rel["key"] = set[0];
+        } else {
+          rel["keys"] = std::vector<std::string>(set.rbegin(), set.rend());
+        }
+        auto done = raw.call({rel}, std::chrono::steady_clock::now() + std::chrono::seconds(5));
+        if (done.empty()) {
+          // The connection is gone: the daemon drops its leases; whether this one was still
+          // held is unknown, so it counts as lost.
+          log_line("REL " + spec + " " + tok + " lost");
+        } else {
+          log_line("REL " + spec + " " + tok + (done[0].value("ok", false) ? " ok" : " lost"));
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(uniform(0, 5)));
+      continue;
+    }
     const int k = uniform(0, keys - 1);
     const std::string key = "c" + std::to_string(k);
     keylock::AcquireOptions ao;
@@ -102,7 +355,7 @@ int main(int argc, char** argv) {
     // Work mostly well inside the ttl; sometimes past it without renewal (the lease runs out).
     const int work_ms = uniform(0, 9) == 0 ? uniform(0, 1000) : uniform(0, 30);
     log_line("REQ " + key + " " + std::to_string(ao.limit) + " " + std::to_string(wait_ms) + " " +
-             std::to_string(ao.ttl.count()) + (ao.auto_extend ? " 1" : " 0"));
+             std::to_string(ao.ttl.count()) + (ao.auto_extend ? " 1" : " 0") + " X");
     std::uint64_t token = 0;
     try {
       client->with_lock(
@@ -120,11 +373,7 @@ int main(int argc, char** argv) {
     } catch (const keylock::Timeout&) {
       log_line("TIMEOUT " + key);
     } catch (const std::exception& e) {
-      std::string what = e.what();
-      for (char& c : what) {
-        if (c == '\n') c = ' ';
-      }
-      log_line("ERR " + key + " " + what);
+      log_line("ERR " + key + " " + one_line(e.what()));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(uniform(0, 5)));
   }
