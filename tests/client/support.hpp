@@ -13,9 +13,12 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "keylock/client.hpp"
 
 namespace keylock::test {
 
@@ -73,5 +76,37 @@ std::vector<std::string> lines_of(const std::string& text);
 // A TCP port on 127.0.0.1 that was free a moment ago (for a daemon that must restart on the
 // same port).
 std::uint16_t free_port();
+
+// Client options for the daemon on `port` on loopback, with no secret from the environment.
+inline keylock::client_options options_for(std::uint16_t port, std::string name = "client-test") {
+  keylock::client_options options;
+  options.server = "127.0.0.1:" + std::to_string(port);
+  options.auth = "";  // not from the environment
+  options.name = std::move(name);
+  return options;
+}
+
+// Records on_lost calls from the client's I/O thread, for the test's thread to assert on.
+class lost_log {
+ public:
+  std::function<void(const keylock::lease_lost&)> callback() {
+    return [this](const keylock::lease_lost& lost) {
+      std::lock_guard lock(mutex_);
+      calls_.push_back(lost);
+    };
+  }
+  std::size_t count() const {
+    std::lock_guard lock(mutex_);
+    return calls_.size();
+  }
+  keylock::lease_lost first() const {
+    std::lock_guard lock(mutex_);
+    return calls_.at(0);
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::vector<keylock::lease_lost> calls_;
+};
 
 }  // namespace keylock::test

@@ -16,6 +16,7 @@ using namespace std::chrono_literals;
 using keylock::test::child_process;
 using keylock_daemon = keylock::test::daemon;
 using keylock::test::lines_of;
+using keylock::test::options_for;
 using keylock::test::read_file;
 using keylock::test::temp_dir;
 using keylock::test::wait_until;
@@ -30,13 +31,6 @@ std::vector<std::string> server_env(std::uint16_t port) {
 std::vector<std::string> cli(std::vector<std::string> args) {
   args.insert(args.begin(), KEYLOCK_CLI_PATH);
   return args;
-}
-
-keylock::client_options options_for(std::uint16_t port) {
-  keylock::client_options options;
-  options.server = "127.0.0.1:" + std::to_string(port);
-  options.auth = "";
-  return options;
 }
 
 bool contains(const std::string& text, const std::string& needle) {

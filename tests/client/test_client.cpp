@@ -22,40 +22,11 @@ using namespace std::chrono_literals;
 using keylock::test::child_process;
 using keylock_daemon = keylock::test::daemon;
 using keylock::test::temp_dir;
+using keylock::test::lost_log;
+using keylock::test::options_for;
 using keylock::test::wait_until;
 
 namespace {
-
-keylock::client_options options_for(std::uint16_t port, std::string name = "client-test") {
-  keylock::client_options options;
-  options.server = "127.0.0.1:" + std::to_string(port);
-  options.auth = "";  // not from the environment
-  options.name = std::move(name);
-  return options;
-}
-
-// Records on_lost calls from the I/O thread.
-class lost_log {
- public:
-  std::function<void(const keylock::lease_lost&)> callback() {
-    return [this](const keylock::lease_lost& lost) {
-      std::lock_guard lock(mutex_);
-      calls_.push_back(lost);
-    };
-  }
-  std::size_t count() const {
-    std::lock_guard lock(mutex_);
-    return calls_.size();
-  }
-  keylock::lease_lost first() const {
-    std::lock_guard lock(mutex_);
-    return calls_.at(0);
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::vector<keylock::lease_lost> calls_;
-};
 
 void raise_max(std::atomic<int>& max, int value) {
   int seen = max.load();

@@ -19,17 +19,11 @@
 
 using namespace std::chrono_literals;
 using keylock_daemon = keylock::test::daemon;
+using keylock::test::lost_log;
+using keylock::test::options_for;
 using keylock::test::wait_until;
 
 namespace {
-
-keylock::client_options options_for(std::uint16_t port, std::string name = "modes-test") {
-  keylock::client_options options;
-  options.server = "127.0.0.1:" + std::to_string(port);
-  options.auth = "";  // not from the environment
-  options.name = std::move(name);
-  return options;
-}
 
 keylock::AcquireOptions try_once(keylock::lock_mode mode = keylock::lock_mode::exclusive) {
   keylock::AcquireOptions options;
@@ -52,29 +46,6 @@ std::vector<std::string> sorted(std::vector<std::string> keys) {
   std::sort(keys.begin(), keys.end());
   return keys;
 }
-
-// Records on_lost calls from the I/O thread.
-class lost_log {
- public:
-  std::function<void(const keylock::lease_lost&)> callback() {
-    return [this](const keylock::lease_lost& lost) {
-      std::lock_guard lock(mutex_);
-      calls_.push_back(lost);
-    };
-  }
-  std::size_t count() const {
-    std::lock_guard lock(mutex_);
-    return calls_.size();
-  }
-  keylock::lease_lost first() const {
-    std::lock_guard lock(mutex_);
-    return calls_.at(0);
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::vector<keylock::lease_lost> calls_;
-};
 
 }  // namespace
 
