@@ -1,0 +1,90 @@
+// A small, blocking client of etcd's v3 gRPC API: what keylock's cluster mode needs to build
+// etcd's own lock recipe (client/v3/concurrency: one lease per process kept alive, a key per
+// waiter bound to that lease, ordered by create revision, each waiter watching the deletion
+// of its predecessor).
+//
+// No gRPC type appears here (pimpl), so only etcd_client.cpp and the generated code include
+// gRPC headers. Calls block for at most options.rpc_timeout and report failures as values
+// (etcd_status), never by exception. One etcd_client may be used from several threads; the
+// cluster mode's etcd thread owns it and posts results into the daemon's io_context.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace keylock {
+
+struct etcd_options {
+  // Members to connect to: "http://HOST:PORT" or "HOST:PORT", IPv4 or a name. gRPC keeps one
+  // channel over all of them and moves to another member when one is unreachable.
+  std::vector<std::string> endpoints;
+  // Bound of each unary call, and of the wait for a connection.
+  std::chrono::milliseconds rpc_timeout{2000};
+};
+
+// The outcome of a call: ok, or why not. `unavailable` when etcd could not be reached (or
+// did not answer in time): the caller cannot tell whether a write took effect.
+struct etcd_status {
+  enum class code : std::uint8_t { ok, unavailable, failed };
+  code what = code::ok;
+  std::string message;
+
+  bool ok() const { return what == code::ok; }
+  static etcd_status success() { return {}; }
+};
+
+struct etcd_kv {
+  std::string key;
+  std::string value;
+  std::int64_t create_revision = 0;
+  std::int64_t mod_revision = 0;
+  std::int64_t lease = 0;
+};
+
+class etcd_client {
+ public:
+  // Parses the endpoints and creates the channel; connects lazily. Never fails: an endpoint
+  // list that cannot be used makes every call answer `failed` with the reason.
+  explicit etcd_client(etcd_options options);
+  ~etcd_client();
+  etcd_client(etcd_client&&) noexcept;
+  etcd_client& operator=(etcd_client&&) noexcept;
+  etcd_client(const etcd_client&) = delete;
+  etcd_client& operator=(const etcd_client&) = delete;
+
+  // LeaseGrant: a new lease of `ttl` (etcd rounds it up to its minimum). Sets *id.
+  etcd_status lease_grant(std::chrono::seconds ttl, std::int64_t* id);
+  // One LeaseKeepAlive round trip on a stream. Sets *ttl_left to the seconds etcd granted
+  // (0 when the lease no longer exists: it expired or was revoked).
+  etcd_status lease_keep_alive(std::int64_t id, std::int64_t* ttl_left);
+  // LeaseRevoke: the lease ends now and every key bound to it is deleted.
+  etcd_status lease_revoke(std::int64_t id);
+
+  // Txn: if `key` does not exist, put it with `value` bound to `lease`. *created tells whether
+  // this call created it; *create_revision is the key's create revision either way (so a
+  // caller whose earlier attempt timed out can recognise its own key by value).
+  etcd_status create(const std::string& key, const std::string& value, std::int64_t lease,
+                     bool* created, std::int64_t* create_revision, std::string* value_now);
+  // Range over every key starting with `prefix`, oldest create revision first. Sets *revision
+  // to the store's revision at the time of the read.
+  etcd_status list_prefix(const std::string& prefix, std::vector<etcd_kv>* out,
+                          std::int64_t* revision);
+  // DeleteRange of one key. *deleted tells whether it existed.
+  etcd_status remove(const std::string& key, bool* deleted);
+
+  // Watches `key` from `start_revision` and returns once it is deleted (*deleted = true) or
+  // `timeout` passes (*deleted = false). A key already deleted at or after start_revision
+  // counts. This is etcd's waitDelete: a waiter watches its predecessor, never polls.
+  etcd_status wait_deleted(const std::string& key, std::int64_t start_revision,
+                           std::chrono::milliseconds timeout, bool* deleted);
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace keylock

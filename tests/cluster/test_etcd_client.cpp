@@ -1,0 +1,275 @@
+// keylock's etcd client against a real etcd (Debian's etcd-server 3.4), started by each test on
+// free loopback ports with its data under /dev/shm, and stopped by PID when the test ends.
+#include <catch2/catch.hpp>
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cluster/etcd_client.hpp"
+
+using namespace std::chrono_literals;
+using keylock::etcd_client;
+using keylock::etcd_kv;
+using keylock::etcd_options;
+using keylock::etcd_status;
+
+namespace {
+
+// Generous bound for "this must happen" (a shared machine): tests wait for events, never sleep.
+constexpr auto event_bound = 20s;
+
+// "http://127.0.0.1:PORT". Appended piecewise: GCC 12 warns falsely (-Wrestrict) on
+// "literal" + std::to_string(n).
+std::string url(std::uint16_t port) {
+  std::string u = "http://127.0.0.1:";
+  u += std::to_string(port);
+  return u;
+}
+
+std::uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    throw std::runtime_error("bind failed");
+  }
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// A cluster of `members` etcd processes on loopback. Data dirs under /dev/shm (fsync on disk
+// costs milliseconds here). Every process is stopped by PID in the destructor.
+class etcd_cluster {
+ public:
+  explicit etcd_cluster(int members) {
+    char templ[] = "/dev/shm/keylock-etcd-XXXXXX";
+    if (::mkdtemp(templ) == nullptr) throw std::runtime_error("mkdtemp failed");
+    dir_ = templ;
+    std::string initial;
+    for (int i = 0; i < members; ++i) {
+      member m;
+      m.name = "m";
+      m.name += std::to_string(i);
+      m.client_port = free_port();
+      m.peer_port = free_port();
+      if (!initial.empty()) initial += ',';
+      initial += m.name;
+      initial += '=';
+      initial += url(m.peer_port);
+      members_.push_back(m);
+    }
+    for (member& m : members_) start(m, initial);
+  }
+  ~etcd_cluster() {
+    for (member& m : members_) kill(m, SIGKILL);
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+  etcd_cluster(const etcd_cluster&) = delete;
+  etcd_cluster& operator=(const etcd_cluster&) = delete;
+
+  std::vector<std::string> endpoints() const {
+    std::vector<std::string> out;
+    for (const member& m : members_) {
+      out.push_back(url(m.client_port));
+    }
+    return out;
+  }
+  void kill_member(std::size_t i) { kill(members_.at(i), SIGKILL); }
+
+ private:
+  struct member {
+    std::string name;
+    std::uint16_t client_port = 0;
+    std::uint16_t peer_port = 0;
+    pid_t pid = -1;
+  };
+
+  void start(member& m, const std::string& initial) {
+    const std::string client = url(m.client_port);
+    const std::string peer = url(m.peer_port);
+    std::vector<std::string> args = {"etcd",
+                                     "--name", m.name,
+                                     "--data-dir", (dir_ / m.name).string(),
+                                     "--listen-client-urls", client,
+                                     "--advertise-client-urls", client,
+                                     "--listen-peer-urls", peer,
+                                     "--initial-advertise-peer-urls", peer,
+                                     "--initial-cluster", initial,
+                                     "--initial-cluster-state", "new",
+                                     "--initial-cluster-token", dir_.filename().string(),
+                                     "--log-level", "error"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const std::string log = (dir_ / (m.name + ".log")).string();
+    m.pid = ::fork();
+    if (m.pid < 0) throw std::runtime_error("fork failed");
+    if (m.pid == 0) {
+      std::FILE* f = std::fopen(log.c_str(), "w");
+      if (f != nullptr) {
+        ::dup2(::fileno(f), 1);
+        ::dup2(::fileno(f), 2);
+      }
+      ::execvp("etcd", argv.data());
+      ::_exit(127);
+    }
+  }
+
+  static void kill(member& m, int sig) {
+    if (m.pid <= 0) return;
+    ::kill(m.pid, sig);
+    ::waitpid(m.pid, nullptr, 0);
+    m.pid = -1;
+  }
+
+  std::filesystem::path dir_;
+  std::vector<member> members_;
+};
+
+// A client whose cluster answers: lease grants are retried (bounded) until the members have
+// elected a leader.
+etcd_client ready_client(const etcd_cluster& cluster) {
+  etcd_options options;
+  options.endpoints = cluster.endpoints();
+  options.rpc_timeout = 2s;
+  etcd_client client(options);
+  const auto deadline = std::chrono::steady_clock::now() + event_bound;
+  std::int64_t id = 0;
+  etcd_status st;
+  do {
+    st = client.lease_grant(10s, &id);
+  } while (!st.ok() && std::chrono::steady_clock::now() < deadline);
+  INFO(st.message);
+  REQUIRE(st.ok());
+  REQUIRE(client.lease_revoke(id).ok());
+  return client;
+}
+
+}  // namespace
+
+TEST_CASE("a key bound to a lease is created once, listed by create revision, and goes with "
+          "its lease",
+          "[cluster]") {
+  etcd_cluster cluster(1);
+  etcd_client client = ready_client(cluster);
+  std::int64_t lease = 0;
+  REQUIRE(client.lease_grant(30s, &lease).ok());
+
+  bool created = false;
+  std::int64_t rev_a = 0;
+  std::string value;
+  REQUIRE(client.create("/t/a", "node-a", lease, &created, &rev_a, &value).ok());
+  REQUIRE(created);
+  REQUIRE(value == "node-a");
+  std::int64_t again = 0;
+  REQUIRE(client.create("/t/a", "node-b", lease, &created, &again, &value).ok());
+  REQUIRE_FALSE(created);  // it exists: nothing was written
+  REQUIRE(again == rev_a);
+  REQUIRE(value == "node-a");
+  std::int64_t rev_b = 0;
+  REQUIRE(client.create("/t/b", "node-b", lease, &created, &rev_b, nullptr).ok());
+  REQUIRE(rev_b > rev_a);
+
+  std::vector<etcd_kv> keys;
+  std::int64_t revision = 0;
+  REQUIRE(client.list_prefix("/t/", &keys, &revision).ok());
+  REQUIRE(keys.size() == 2);
+  REQUIRE(keys[0].key == "/t/a");
+  REQUIRE(keys[1].key == "/t/b");
+  REQUIRE(keys[0].lease == lease);
+  REQUIRE(revision >= rev_b);
+
+  std::int64_t ttl_left = 0;
+  REQUIRE(client.lease_keep_alive(lease, &ttl_left).ok());
+  REQUIRE(ttl_left > 0);
+  REQUIRE(client.lease_revoke(lease).ok());
+  REQUIRE(client.list_prefix("/t/", &keys, nullptr).ok());
+  REQUIRE(keys.empty());
+  REQUIRE(client.lease_keep_alive(lease, &ttl_left).ok());
+  REQUIRE(ttl_left == 0);  // the lease is gone
+}
+
+TEST_CASE("wait_deleted wakes when the watched key is deleted, and times out when it is not",
+          "[cluster]") {
+  etcd_cluster cluster(1);
+  etcd_client client = ready_client(cluster);
+  bool created = false;
+  std::int64_t rev = 0;
+  REQUIRE(client.create("/q/1", "first", 0, &created, &rev, nullptr).ok());
+
+  bool deleted = true;
+  REQUIRE(client.wait_deleted("/q/1", rev + 1, 200ms, &deleted).ok());
+  REQUIRE_FALSE(deleted);
+
+  auto waiter = std::async(std::launch::async, [&] {
+    bool d = false;
+    etcd_status st = client.wait_deleted("/q/1", rev + 1, event_bound, &d);
+    return std::make_pair(st.ok(), d);
+  });
+  bool removed = false;
+  REQUIRE(client.remove("/q/1", &removed).ok());
+  REQUIRE(removed);
+  auto [ok, seen] = waiter.get();
+  REQUIRE(ok);
+  REQUIRE(seen);
+  // A deletion that happened before the watch started is still seen from its revision on.
+  REQUIRE(client.wait_deleted("/q/1", rev + 1, event_bound, &deleted).ok());
+  REQUIRE(deleted);
+}
+
+TEST_CASE("an unreachable etcd answers unavailable within the call's bound", "[cluster]") {
+  etcd_options options;
+  options.endpoints = {url(free_port())};
+  options.rpc_timeout = 300ms;
+  etcd_client client(options);
+  std::int64_t id = 0;
+  etcd_status st = client.lease_grant(5s, &id);
+  REQUIRE(st.what == etcd_status::code::unavailable);
+  bool deleted = false;
+  st = client.wait_deleted("/x", 1, 300ms, &deleted);
+  REQUIRE(st.what == etcd_status::code::unavailable);
+  REQUIRE_FALSE(deleted);
+}
+
+TEST_CASE("with three members, killing one changes nothing the client can see", "[cluster]") {
+  etcd_cluster cluster(3);
+  etcd_client client = ready_client(cluster);
+  std::int64_t lease = 0;
+  REQUIRE(client.lease_grant(30s, &lease).ok());
+  bool created = false;
+  std::int64_t rev = 0;
+  REQUIRE(client.create("/k/before", "v", lease, &created, &rev, nullptr).ok());
+  cluster.kill_member(0);
+  // Quorum (2 of 3) remains: every call still succeeds, through the members left.
+  const auto deadline = std::chrono::steady_clock::now() + event_bound;
+  etcd_status st;
+  std::int64_t rev2 = 0;
+  do {
+    st = client.create("/k/after", "v", lease, &created, &rev2, nullptr);
+  } while (!st.ok() && std::chrono::steady_clock::now() < deadline);
+  INFO(st.message);
+  REQUIRE(st.ok());
+  std::vector<etcd_kv> keys;
+  REQUIRE(client.list_prefix("/k/", &keys, nullptr).ok());
+  REQUIRE(keys.size() == 2);
+  std::int64_t ttl_left = 0;
+  REQUIRE(client.lease_keep_alive(lease, &ttl_left).ok());
+  REQUIRE(ttl_left > 0);
+}
