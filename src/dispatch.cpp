@@ -198,10 +198,17 @@ bool dispatcher::validate_or_reply(connection_info& conn, const request& req, st
                 std::string(spec.name) + " needs exactly one of " + names, out);
     return false;
   }
-  if (!check(field::key, "key length in bytes", req.key.size(), 1, settings_.max_key_bytes)) {
+  // Only the fields this op takes are checked: a known member that the op does not use is
+  // ignored, like an unknown one.
+  const std::uint16_t takes = spec.required | spec.optional;
+  if ((takes & key_field) != 0 &&
+      !check(field::key, "key length in bytes", req.key.size(), 1, settings_.max_key_bytes)) {
     return false;
   }
-  if (req.has(field::keys) && !validate_keys_or_reply(conn, req, out)) return false;
+  if ((takes & static_cast<std::uint16_t>(field::keys)) != 0 && req.has(field::keys) &&
+      !validate_keys_or_reply(conn, req, out)) {
+    return false;
+  }
   switch (req.kind) {
     case op::acquire:
       if (req.mode == lock_mode::shared && req.has(field::limit) && req.limit > 1) {

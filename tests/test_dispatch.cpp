@@ -302,3 +302,14 @@ TEST_CASE("a half-close answers the connection's waiting acquires cancelled", "[
   // Its lease stays until the connection is gone.
   REQUIRE(f.table.owner_leases(b.owner) == 1);
 }
+
+TEST_CASE("a known member the op does not take is ignored, as an unknown one is", "[dispatch]") {
+  fixture f;
+  connection_info& a = f.connect("a");
+  REQUIRE(f.send(a, R"({"op":"ping","id":1,"key":"","keys":[]})") == "{\"id\":1,\"ok\":true}\n");
+  // The same members are checked where they mean something.
+  REQUIRE(f.send(a, R"({"op":"acquire","id":2,"keys":[]})").find("bad_request") !=
+          std::string::npos);
+  REQUIRE(f.send(a, R"({"op":"inspect","id":3,"key":""})").find("bad_request") !=
+          std::string::npos);
+}
