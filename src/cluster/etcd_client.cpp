@@ -104,7 +104,8 @@ etcd_client::~etcd_client() = default;
 etcd_client::etcd_client(etcd_client&&) noexcept = default;
 etcd_client& etcd_client::operator=(etcd_client&&) noexcept = default;
 
-etcd_status etcd_client::lease_grant(std::chrono::seconds ttl, std::int64_t* id) {
+etcd_status etcd_client::lease_grant(std::chrono::seconds ttl, std::int64_t* id,
+                                     std::int64_t* granted_ttl) {
   if (!impl_->lease) return failed("no etcd endpoints");
   pb::LeaseGrantRequest req;
   req.set_ttl(ttl.count());
@@ -115,13 +116,15 @@ etcd_status etcd_client::lease_grant(std::chrono::seconds ttl, std::int64_t* id)
   if (!st.ok()) return st;
   if (!resp.error().empty()) return failed("etcd: " + resp.error());
   *id = resp.id();
+  if (granted_ttl != nullptr) *granted_ttl = resp.ttl();
   return st;
 }
 
-etcd_status etcd_client::lease_keep_alive(std::int64_t id, std::int64_t* ttl_left) {
+etcd_status etcd_client::lease_keep_alive(std::int64_t id, std::int64_t* ttl_left,
+                                          std::chrono::milliseconds timeout) {
   if (!impl_->lease) return failed("no etcd endpoints");
   grpc::ClientContext ctx;
-  impl_->deadline(ctx);
+  impl_->deadline(ctx, timeout.count() > 0 ? timeout : impl_->options.rpc_timeout);
   auto stream = impl_->lease->LeaseKeepAlive(&ctx);
   pb::LeaseKeepAliveRequest req;
   req.set_id(id);

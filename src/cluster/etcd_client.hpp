@@ -56,11 +56,15 @@ class etcd_client {
   etcd_client(const etcd_client&) = delete;
   etcd_client& operator=(const etcd_client&) = delete;
 
-  // LeaseGrant: a new lease of `ttl` (etcd rounds it up to its minimum). Sets *id.
-  etcd_status lease_grant(std::chrono::seconds ttl, std::int64_t* id);
-  // One LeaseKeepAlive round trip on a stream. Sets *ttl_left to the seconds etcd granted
-  // (0 when the lease no longer exists: it expired or was revoked).
-  etcd_status lease_keep_alive(std::int64_t id, std::int64_t* ttl_left);
+  // LeaseGrant: a new lease of `ttl` (etcd rounds it up to its minimum). Sets *id, and
+  // *granted_ttl (seconds) when given.
+  etcd_status lease_grant(std::chrono::seconds ttl, std::int64_t* id,
+                          std::int64_t* granted_ttl = nullptr);
+  // One LeaseKeepAlive round trip on a stream, bounded by `timeout` (the client's rpc timeout
+  // when zero). Sets *ttl_left to the seconds etcd granted (0 when the lease no longer exists:
+  // it expired or was revoked).
+  etcd_status lease_keep_alive(std::int64_t id, std::int64_t* ttl_left,
+                               std::chrono::milliseconds timeout = std::chrono::milliseconds{0});
   // LeaseRevoke: the lease ends now and every key bound to it is deleted.
   etcd_status lease_revoke(std::int64_t id);
 

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <atomic>
 #include <future>
 #include <stdexcept>
 #include <string>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "cluster/etcd_client.hpp"
+#include "cluster/etcd_session.hpp"
 
 using namespace std::chrono_literals;
 using keylock::etcd_client;
@@ -92,6 +94,7 @@ class etcd_cluster {
     return out;
   }
   void kill_member(std::size_t i) { kill(members_.at(i), SIGKILL); }
+  void stop_member(std::size_t i, int sig) { ::kill(members_.at(i).pid, sig); }
 
  private:
   struct member {
@@ -251,6 +254,20 @@ TEST_CASE("an unreachable etcd answers unavailable within the call's bound", "[c
 TEST_CASE("with three members, killing one changes nothing the client can see", "[cluster]") {
   etcd_cluster cluster(3);
   etcd_client client = ready_client(cluster);
+  // Every member must have joined before one goes: else the two left may not be a quorum.
+  for (const std::string& endpoint : cluster.endpoints()) {
+    etcd_options one;
+    one.endpoints = {endpoint};
+    etcd_client member(one);
+    std::vector<etcd_kv> none;
+    const auto joined_by = std::chrono::steady_clock::now() + event_bound;
+    etcd_status st;
+    do {
+      st = member.list_prefix("/k/", &none, nullptr);
+    } while (!st.ok() && std::chrono::steady_clock::now() < joined_by);
+    INFO(endpoint << ": " << st.message);
+    REQUIRE(st.ok());
+  }
   std::int64_t lease = 0;
   REQUIRE(client.lease_grant(30s, &lease).ok());
   bool created = false;
@@ -272,4 +289,81 @@ TEST_CASE("with three members, killing one changes nothing the client can see", 
   std::int64_t ttl_left = 0;
   REQUIRE(client.lease_keep_alive(lease, &ttl_left).ok());
   REQUIRE(ttl_left > 0);
+}
+
+namespace {
+
+// Waits (bounded) for `condition`, checking every few milliseconds.
+template <class F>
+bool eventually(F condition, std::chrono::milliseconds bound = event_bound) {
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(5ms);  // pacing of a poll for an observable, not a blind wait
+  }
+  return condition();
+}
+
+}  // namespace
+
+TEST_CASE("the proof of a lease ends before etcd could expire it", "[cluster]") {
+  const keylock::steady_time sent{std::chrono::seconds(100)};
+  // 10 s granted, 1 % drift, 250 ms margin: 10 s - 100 ms - 250 ms after the send.
+  REQUIRE(keylock::proven_until(sent, 10s, 250ms, 10'000) == sent + 9650ms);
+  REQUIRE(keylock::proven_until(sent, 10s, 0ms, 0) == sent + 10s);
+  REQUIRE(keylock::proven_until(sent, 2s, 250ms, 10'000) < sent + 2s);
+}
+
+TEST_CASE("a session keeps its lease alive past its ttl and revokes it when stopped",
+          "[cluster]") {
+  etcd_cluster cluster(1);
+  etcd_client client = ready_client(cluster);
+  keylock::etcd_session_options options;
+  options.lease_ttl = 2s;
+  keylock::etcd_session session(client, options);
+  std::atomic<bool> lost{false};
+  REQUIRE(session.start([&] { lost = true; }).ok());
+  bool created = false;
+  std::int64_t rev = 0;
+  REQUIRE(client.create("/s/held", "me", session.lease_id(), &created, &rev, nullptr).ok());
+  REQUIRE(created);
+  // Renewals move the proof forward, past two ttls from now: the lease outlived its ttl.
+  const auto start = std::chrono::steady_clock::now();
+  REQUIRE(eventually([&] { return session.proven_until() > start + 4s; }));
+  REQUIRE_FALSE(lost);
+  std::vector<etcd_kv> keys;
+  REQUIRE(client.list_prefix("/s/", &keys, nullptr).ok());
+  REQUIRE(keys.size() == 1);
+  session.stop();
+  REQUIRE(client.list_prefix("/s/", &keys, nullptr).ok());
+  REQUIRE(keys.empty());  // revoked: its keys went at once
+  REQUIRE_FALSE(session.alive(std::chrono::steady_clock::now()));
+}
+
+TEST_CASE("a session whose etcd is gone reports its lease lost, and stops claiming it",
+          "[cluster]") {
+  etcd_cluster cluster(1);
+  etcd_client client = ready_client(cluster);
+  keylock::etcd_session_options options;
+  options.lease_ttl = 2s;
+  keylock::etcd_session session(client, options);
+  std::atomic<bool> lost{false};
+  REQUIRE(session.start([&] { lost = true; }).ok());
+  REQUIRE(session.alive(std::chrono::steady_clock::now()));
+  cluster.stop_member(0, SIGSTOP);  // unreachable: no answer, no error
+  REQUIRE(eventually([&] { return lost.load(); }));
+  REQUIRE_FALSE(session.alive(std::chrono::steady_clock::now()));
+  cluster.stop_member(0, SIGCONT);
+}
+
+TEST_CASE("a session learns at its next keep-alive that etcd dropped its lease", "[cluster]") {
+  etcd_cluster cluster(1);
+  etcd_client client = ready_client(cluster);
+  keylock::etcd_session_options options;
+  options.lease_ttl = 2s;
+  keylock::etcd_session session(client, options);
+  std::atomic<bool> lost{false};
+  REQUIRE(session.start([&] { lost = true; }).ok());
+  REQUIRE(client.lease_revoke(session.lease_id()).ok());  // an operator, or a lease expiry
+  REQUIRE(eventually([&] { return lost.load(); }));
 }
