@@ -54,13 +54,7 @@ struct fixture {
                          std::uint32_t limit = 1) {
     acquire_args a;
     a.key = key;
-    a.ttl_ms = ttl_ms;
-    a.wait_ms = wait_ms;
-    a.limit = limit;
-    a.request_id = id;
-    auto r = table.acquire(o, a, now, events);
-    check();
-    return r;
+    return run(o, a, wait_ms, id, lock_mode::exclusive, ttl_ms, limit);
   }
   // An acquire in `mode` over `keys` (one key goes through `keys` too).
   acquire_result acquire_set(owner_id o, std::vector<std::string_view> keys,
@@ -69,6 +63,12 @@ struct fixture {
                              std::uint32_t limit = 1) {
     acquire_args a;
     a.keys = keys;
+    return run(o, a, wait_ms, id, mode, ttl_ms, limit);
+  }
+  // The rest of an acquire's arguments, the call, and the invariant check after it.
+  acquire_result run(owner_id o, acquire_args& a, std::optional<std::uint32_t> wait_ms,
+                     std::uint64_t id, lock_mode mode, std::uint32_t ttl_ms,
+                     std::uint32_t limit) {
     a.ttl_ms = ttl_ms;
     a.wait_ms = wait_ms;
     a.limit = limit;

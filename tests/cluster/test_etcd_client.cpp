@@ -304,6 +304,20 @@ bool eventually(F condition, std::chrono::milliseconds bound = event_bound) {
   return condition();
 }
 
+// One etcd member and a started session on it (lease ttl 2 s); `lost` records on_lost.
+struct session_on_one_member {
+  etcd_cluster cluster{1};
+  etcd_client client = ready_client(cluster);
+  keylock::etcd_session session{client, [] {
+    keylock::etcd_session_options options;
+    options.lease_ttl = 2s;
+    return options;
+  }()};
+  std::atomic<bool> lost{false};
+
+  session_on_one_member() { REQUIRE(session.start([this] { lost = true; }).ok()); }
+};
+
 }  // namespace
 
 TEST_CASE("the proof of a lease ends before etcd could expire it", "[cluster]") {
@@ -316,13 +330,8 @@ TEST_CASE("the proof of a lease ends before etcd could expire it", "[cluster]") 
 
 TEST_CASE("a session keeps its lease alive past its ttl and revokes it when stopped",
           "[cluster]") {
-  etcd_cluster cluster(1);
-  etcd_client client = ready_client(cluster);
-  keylock::etcd_session_options options;
-  options.lease_ttl = 2s;
-  keylock::etcd_session session(client, options);
-  std::atomic<bool> lost{false};
-  REQUIRE(session.start([&] { lost = true; }).ok());
+  session_on_one_member t;
+  auto& [cluster, client, session, lost] = t;
   bool created = false;
   std::int64_t rev = 0;
   REQUIRE(client.create("/s/held", "me", session.lease_id(), &created, &rev, nullptr).ok());
@@ -342,13 +351,8 @@ TEST_CASE("a session keeps its lease alive past its ttl and revokes it when stop
 
 TEST_CASE("a session whose etcd is gone reports its lease lost, and stops claiming it",
           "[cluster]") {
-  etcd_cluster cluster(1);
-  etcd_client client = ready_client(cluster);
-  keylock::etcd_session_options options;
-  options.lease_ttl = 2s;
-  keylock::etcd_session session(client, options);
-  std::atomic<bool> lost{false};
-  REQUIRE(session.start([&] { lost = true; }).ok());
+  session_on_one_member t;
+  auto& [cluster, client, session, lost] = t;
   REQUIRE(session.alive(std::chrono::steady_clock::now()));
   cluster.stop_member(0, SIGSTOP);  // unreachable: no answer, no error
   REQUIRE(eventually([&] { return lost.load(); }));
@@ -357,13 +361,8 @@ TEST_CASE("a session whose etcd is gone reports its lease lost, and stops claimi
 }
 
 TEST_CASE("a session learns at its next keep-alive that etcd dropped its lease", "[cluster]") {
-  etcd_cluster cluster(1);
-  etcd_client client = ready_client(cluster);
-  keylock::etcd_session_options options;
-  options.lease_ttl = 2s;
-  keylock::etcd_session session(client, options);
-  std::atomic<bool> lost{false};
-  REQUIRE(session.start([&] { lost = true; }).ok());
+  session_on_one_member t;
+  auto& [cluster, client, session, lost] = t;
   REQUIRE(client.lease_revoke(session.lease_id()).ok());  // an operator, or a lease expiry
   REQUIRE(eventually([&] { return lost.load(); }));
 }
