@@ -484,6 +484,12 @@ constexpr std::array<stats_member, 11> stats_members = {{
 // decode_reply helpers (DOM)
 
 // Reads the members of one reply object into a reply, recording the first mistyped member.
+// Cluster mode's members of inspect and of each `top` queue, flat.
+void append_cluster(std::string& out, const cluster_view& c) {
+  append_string_member(out, "global_holder", c.holder);
+  append_uint_member(out, "daemons_waiting", c.daemons_waiting);
+}
+
 void append_queues(std::string& out, const std::vector<queue_info>& queues) {
   append_name(out, "queues");
   out += '[';
@@ -494,6 +500,7 @@ void append_queues(std::string& out, const std::vector<queue_info>& queues) {
     append_uint_member(out, "waiters", queues[i].waiters);
     append_uint_member(out, "held", queues[i].held);
     append_uint_member(out, "limit", queues[i].limit);
+    if (queues[i].cluster) append_cluster(out, *queues[i].cluster);
     out += '}';
   }
   out += ']';
@@ -643,10 +650,19 @@ bool read_list(reply_reader& reader, std::string_view name, std::optional<std::v
   return true;
 }
 
+bool read_cluster(reply_reader& r, std::optional<cluster_view>& out) {
+  if (r.find("global_holder") == nullptr && r.find("daemons_waiting") == nullptr) return true;
+  std::string holder;
+  std::optional<std::uint64_t> waiting;
+  if (!r.read("global_holder", holder) || !r.read("daemons_waiting", waiting)) return false;
+  out = cluster_view{std::move(holder), waiting.value_or(0)};
+  return true;
+}
+
 bool read_queue(reply_reader& r, queue_info& q) {
   std::optional<std::uint64_t> waiters, held, limit;
   if (!r.read("key", q.key) || !r.read("waiters", waiters) || !r.read("held", held) ||
-      !r.read("limit", limit)) {
+      !r.read("limit", limit) || !read_cluster(r, q.cluster)) {
     return false;
   }
   q.waiters = waiters.value_or(0);
@@ -689,7 +705,8 @@ bool read_reply(reply_reader& reader, reply& out) {
       !reader.read("key", out.key) || !reader.read("token", out.token) ||
       !reader.read("ttl_ms", out.ttl_ms) || !reader.read("server", out.server) ||
       !reader.read("version", out.version) || !reader.read("protocol", out.protocol) ||
-      !reader.read("waiters", out.waiters) || !reader.read("limit", out.limit)) {
+      !reader.read("waiters", out.waiters) || !reader.read("limit", out.limit) ||
+      !read_cluster(reader, out.cluster)) {
     return false;
   }
 
@@ -963,6 +980,7 @@ void append_reply(std::string& out, const reply& rep) {
   }
   if (rep.waiters) append_uint_member(out, "waiters", *rep.waiters);
   if (rep.limit) append_uint_member(out, "limit", *rep.limit);
+  if (rep.cluster) append_cluster(out, *rep.cluster);
   if (rep.stats) {
     for (const stats_member& member : stats_members) {
       append_uint_member(out, member.name, (*rep.stats).*(member.value));

@@ -50,6 +50,7 @@ reply& fresh(reply& r, const request* req) {
   r.stats.reset();
   r.queues.reset();
   r.oldest.reset();
+  r.cluster.reset();
   return r;
 }
 
@@ -303,6 +304,7 @@ void dispatcher::do_acquire(connection_info& conn, const request& req, tick now,
   args.mode = req.mode;
   args.ttl_ms = req.has(field::ttl_ms) ? static_cast<std::uint32_t>(req.ttl_ms)
                                        : settings_.default_ttl_ms;
+  if (cluster.ttl_cap_ms != 0) args.ttl_ms = std::min(args.ttl_ms, cluster.ttl_cap_ms);
   if (req.has(field::wait_ms)) args.wait_ms = static_cast<std::uint32_t>(req.wait_ms);
   args.limit = req.has(field::limit) ? static_cast<std::uint32_t>(req.limit) : 1;
   if (req.has(field::id)) args.request_id = req.id;
@@ -363,8 +365,13 @@ void dispatcher::do_release(connection_info& conn, const request& req, tick now,
 
 void dispatcher::do_extend(connection_info& conn, const request& req, tick now,
                            std::string& out) {
+  if (cluster.proven && !cluster.proven()) {
+    return reply_error(conn, &req, errc::unavailable,
+                       "cluster: this daemon cannot prove its etcd lease alive", out);
+  }
   std::optional<std::uint32_t> ttl;
   if (req.has(field::ttl_ms)) ttl = static_cast<std::uint32_t>(req.ttl_ms);
+  if (ttl && cluster.ttl_cap_ms != 0) ttl = std::min(*ttl, cluster.ttl_cap_ms);
   std::uint32_t applied = 0;
   events_.clear();
   lease_status st =
@@ -413,6 +420,7 @@ void dispatcher::do_inspect(connection_info& conn, const request& req, tick now,
     }
     r.holders.push_back(std::move(hi));
   }
+  if (cluster.view) r.cluster = cluster.view(req.key);
   append_reply(out, r);
 }
 
@@ -449,7 +457,8 @@ void dispatcher::do_top(connection_info& conn, const request& req, tick now, std
   r.stats = current_stats(now);
   r.queues.emplace();
   for (const top_queue& q : top.queues) {
-    r.queues->push_back({std::string(q.key), q.waiters, q.held, q.limit});
+    r.queues->push_back({std::string(q.key), q.waiters, q.held, q.limit, std::nullopt});
+    if (cluster.view) r.queues->back().cluster = cluster.view(q.key);
   }
   r.oldest.emplace();
   for (const top_lease& l : top.oldest) {
@@ -490,6 +499,11 @@ void dispatcher::deliver_events(const connection_info* current, std::string* cur
         r.type = reply::kind::error;
         r.code = errc::cancelled;
         r.message = "cancelled";
+        break;
+      case event_kind::busy:
+        r.type = reply::kind::error;
+        r.code = errc::timeout;
+        r.message = "lock is not free";
         break;
       case event_kind::aborted:
         r.type = reply::kind::error;

@@ -121,6 +121,18 @@ class dispatcher {
   // can log a bad client once. Not called for timeout, not_held and the like: those are normal.
   std::function<void(connection_info&, errc, std::string_view)> on_client_error;
 
+  // Cluster mode (etcd_endpoints set); left empty in standalone mode.
+  struct cluster_hooks {
+    // Leases' ttl is at most this (an acquire's or extend's larger ttl_ms is lowered, and the
+    // reply says the ttl applied); 0: no cap.
+    std::uint32_t ttl_cap_ms = 0;
+    // Whether the daemon's etcd lease is known alive now: extend is confirmed only then.
+    std::function<bool()> proven;
+    // Where the key's global right is, for inspect and top.
+    std::function<cluster_view(std::string_view key)> view;
+  };
+  cluster_hooks cluster;
+
  private:
   friend std::span<const op_spec> op_table();
 

@@ -134,6 +134,7 @@ std::uint32_t lock_table::new_entry(std::uint32_t hash, std::string_view key,
   rec.key.assign(key);
   rec.hash = hash;
   rec.limit = limit;
+  rec.closed = gate_ != nullptr && !gate_->holds(key);
   index_insert(e);
   return e;
 }
@@ -143,6 +144,7 @@ bool lock_table::erase_if_idle(std::uint32_t e) {
   if (rec.held != 0 || rec.waiting != 0 || in_delay(e)) return false;
   if (rec.stall_pos != nil) unstall(e);
   if (rec.in_queues) queues_.erase(rec.queue_it);
+  if (gate_ != nullptr) gate_->quiet(rec.key);
   index_erase(e);
   entries_.release(e);
   return true;
@@ -228,9 +230,10 @@ void lock_table::heap_update(std::uint32_t pos, tick when) {
 // --- leases and waiters -------------------------------------------------------------------
 
 lock_table::lock_table(table_limits limits, token_source& tokens, table_histograms histograms,
-                       hash_seed seed)
+                       hash_seed seed, key_gate* gate)
     : limits_(limits),
       tokens_(tokens),
+      gate_(gate),
       seed_(seed),
       histograms_(histograms),
       queues_(queue_order{this}) {
@@ -308,6 +311,13 @@ void lock_table::set_holders(std::uint32_t e, int delta, lock_mode mode) {
   // Only one mode holds at a time (has_room), so a flag tells which.
   ent.shared_held = ent.held != 0 && mode == lock_mode::shared;
   reserved_ += reserved_of(ent);
+  if (gate_ != nullptr) {
+    if (delta > 0) {
+      gate_->granted(ent.key);
+    } else if (ent.held == 0) {
+      gate_->quiet(ent.key);
+    }
+  }
 }
 
 // A lease record on `e`, linked into the key's holders, the owner's leases and the grant
@@ -606,7 +616,8 @@ void lock_table::request_event(std::uint32_t w, event_kind kind,
                                std::vector<table_event>& events) const {
   const waiter_rec& rec = waiters_[w];
   table_event ev;
-  ev.kind = kind;
+  // A try-lock that waited on a closed key for the daemon to find out: the key is busy.
+  ev.kind = kind == event_kind::wait_timeout && rec.is_try ? event_kind::busy : kind;
   ev.owner = rec.owner;
   if (rec.has_request_id) ev.request_id = rec.request_id;
   events.push_back(std::move(ev));
@@ -669,7 +680,7 @@ bool lock_table::blocked_elsewhere(std::uint32_t w, tick now) {
     if (m == w) continue;
     const std::uint32_t e = waiters_[m].entry;
     const entry_rec& ent = entries_[e];
-    if (ent.first_waiter != m || !has_room(ent, mode)) return true;
+    if (ent.first_waiter != m || !has_room(ent, mode) || ent.closed) return true;
     if (in_delay(e)) {
       if (deadline_of(ent.delay_pos) > now) return true;
       end_delay(e);
@@ -691,6 +702,7 @@ void lock_table::promote(std::uint32_t e, tick now, std::vector<table_event>& ev
     if (deadline_of(ent.delay_pos) > now) return;
     end_delay(e);
   }
+  if (ent.closed) return;  // the gate's owner opens it (open_key) when the right is here
   for (;;) {
     const std::uint32_t w = ent.first_waiter;
     if (w == nil || !has_room(ent, waiters_[w].mode) || blocked_elsewhere(w, now)) break;
@@ -782,17 +794,26 @@ acquire_result lock_table::acquire_one(owner_id owner, const acquire_args& args,
       return {acquire_status::too_many_keys, 0};
     }
     if (over_lease_bound(1)) return {acquire_status::too_many_leases, 0};
+    if (gate_ == nullptr || gate_->holds(key)) {
+      e = new_entry(hash, key, args.limit);
+      if (histograms_.wait) histograms_.wait->observe(tick{0});
+      return {acquire_status::granted, grant(e, owner, args.ttl_ms, args.mode, now)};
+    }
+    // Cluster mode, the key's right is elsewhere: the fresh (closed) key gets a waiter.
+    if (own.waiters >= limits_.max_pending_per_owner) {
+      return {acquire_status::too_many_pending, 0};
+    }
+    if (waiters_.high_water() >= max_slot) return {acquire_status::too_many_waiters, 0};
     e = new_entry(hash, key, args.limit);
-    if (histograms_.wait) histograms_.wait->observe(tick{0});
-    return {acquire_status::granted, grant(e, owner, args.ttl_ms, args.mode, now)};
+    return queue_one(e, owner, args, now);
   }
   const entry_rec& ent = entries_[e];
-  if (has_room(ent, args.mode) && ent.first_waiter == nil && !in_delay(e)) {
+  if (has_room(ent, args.mode) && ent.first_waiter == nil && !blocked(e)) {
     if (over_lease_bound(1)) return {acquire_status::too_many_leases, 0};
     if (histograms_.wait) histograms_.wait->observe(tick{0});
     return {acquire_status::granted, grant(e, owner, args.ttl_ms, args.mode, now)};
   }
-  if (args.wait_ms && *args.wait_ms == 0) {
+  if (args.wait_ms && *args.wait_ms == 0 && !ent.closed) {
     ++counters_.timeouts;
     return {acquire_status::busy, 0};
   }
@@ -806,9 +827,19 @@ acquire_result lock_table::acquire_one(owner_id owner, const acquire_args& args,
   if (over_lease_bound(reserve_delta(ent, args.mode))) {
     return {acquire_status::too_many_leases, 0};
   }
+  return queue_one(e, owner, args, now);
+}
+
+// Queues the (accepted) request for the one key `e`. A try-lock gets here only on a closed key:
+// it waits at most try_wait_ms_ for the key to open.
+acquire_result lock_table::queue_one(std::uint32_t e, owner_id owner, const acquire_args& args,
+                                     tick now) {
+  const bool is_try = args.wait_ms && *args.wait_ms == 0;
   std::uint32_t w = new_waiter(e, owner, args, next_seq_++, now);
+  waiters_[w].is_try = is_try;
   link_waiter(w, true);
-  if (args.wait_ms) heap_push(now + ms(*args.wait_ms), ref_kind::waiter, w);
+  if (args.wait_ms) heap_push(now + ms(is_try ? try_wait_ms_ : *args.wait_ms), ref_kind::waiter, w);
+  if (entries_[e].closed) gate_->wanted(entries_[e].key);
   return {acquire_status::queued, 0};
 }
 
@@ -840,6 +871,7 @@ acquire_result lock_table::acquire_set(owner_id owner, const acquire_args& args,
   }
   std::size_t fresh = 0;
   bool free_now = true;
+  bool any_closed = false;  // cluster mode: a key whose right is elsewhere
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint32_t e = ents[i];
     if (e == nil) {
@@ -848,7 +880,16 @@ acquire_result lock_table::acquire_set(owner_id owner, const acquire_args& args,
     }
     const entry_rec& ent = entries_[e];
     if (ent.limit != args.limit) return {acquire_status::conflict, 0};
-    free_now = free_now && has_room(ent, args.mode) && ent.first_waiter == nil && !in_delay(e);
+    free_now = free_now && has_room(ent, args.mode) && ent.first_waiter == nil && !blocked(e);
+    any_closed = any_closed || ent.closed;
+  }
+  if (gate_ != nullptr) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (ents[i] == nil && !gate_->holds(keys[i])) {
+        free_now = false;
+        any_closed = true;
+      }
+    }
   }
   const owner_rec& own = owners_[owner];
   if (own.leases + own.waiter_keys + n > limits_.max_leases_per_owner) {
@@ -858,8 +899,9 @@ acquire_result lock_table::acquire_set(owner_id owner, const acquire_args& args,
                     entries_.high_water() + fresh > max_slot)) {
     return {acquire_status::too_many_keys, 0};
   }
+  const bool is_try = args.wait_ms && *args.wait_ms == 0;
   if (!free_now) {
-    if (args.wait_ms && *args.wait_ms == 0) {
+    if (is_try && !any_closed) {
       ++counters_.timeouts;
       return {acquire_status::busy, 0};
     }
@@ -911,11 +953,15 @@ acquire_result lock_table::acquire_set(owner_id owner, const acquire_args& args,
   for (std::size_t i = 0; i < n; ++i) {
     std::uint32_t w = new_waiter(ents[i], owner, args, seq, now);
     waiters_[w].heap_pos = in_set | g;
+    waiters_[w].is_try = is_try;
     (prev == nil ? groups_[g].first : waiters_[prev].set_next) = w;
     prev = w;
     link_waiter(w, i == 0);
   }
-  if (args.wait_ms) heap_push(now + ms(*args.wait_ms), ref_kind::group, g);
+  if (args.wait_ms) heap_push(now + ms(is_try ? try_wait_ms_ : *args.wait_ms), ref_kind::group, g);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (entries_[ents[i]].closed) gate_->wanted(keys[i]);
+  }
   return {acquire_status::queued, 0};
 }
 
@@ -1072,6 +1118,58 @@ bool lock_table::expire_due(tick now, std::vector<table_event>& events,
   return any_due(now);
 }
 
+// --- cluster mode ---------------------------------------------------------------------------
+
+void lock_table::open_key(std::string_view key, tick now, std::vector<table_event>& events) {
+  const std::uint32_t e = find_entry(key);
+  if (e == nil || !entries_[e].closed) return;
+  entries_[e].closed = false;
+  work_.push_back(e);
+  settle(now, events);
+}
+
+void lock_table::close_key(std::string_view key) {
+  const std::uint32_t e = find_entry(key);
+  if (e != nil) entries_[e].closed = true;
+}
+
+void lock_table::drop_tries(std::string_view key, tick now, std::vector<table_event>& events) {
+  const std::uint32_t e = find_entry(key);
+  if (e == nil) return;
+  // Collected first: removing a request unlinks records of this queue.
+  std::vector<std::uint32_t> tries;
+  for (std::uint32_t w = entries_[e].first_waiter; w != nil; w = waiters_[w].key_next) {
+    if (waiters_[w].is_try) tries.push_back(first_waiter_of(w));
+  }
+  for (std::uint32_t f : tries) {
+    request_event(f, event_kind::busy, events);
+    ++counters_.timeouts;
+    remove_request(f);
+  }
+  settle(now, events);
+}
+
+void lock_table::lose_all(tick now, std::vector<table_event>& events) {
+  // Close first, so that what the ending leases free is not granted.
+  for (std::uint32_t e : index_) {
+    if (e != nil) entries_[e].closed = true;
+  }
+  while (first_granted_ != nil) expire_lease(first_granted_, now, events);
+  settle(now, events);
+}
+
+key_activity lock_table::activity(std::string_view key) const {
+  key_activity out;
+  const std::uint32_t e = find_entry(key);
+  if (e == nil) return out;
+  const entry_rec& ent = entries_[e];
+  out.held = ent.held;
+  out.waiting = ent.waiting;
+  out.in_delay = in_delay(e);
+  out.open = !ent.closed;
+  return out;
+}
+
 inspect_result lock_table::inspect(std::string_view key, tick now) const {
   inspect_result out;
   std::uint32_t e = find_entry(key);
@@ -1127,7 +1225,7 @@ bool lock_table::grantable(std::uint32_t w) const {
        m = is_member(waiters_[w].heap_pos) ? waiters_[m].set_next : nil) {
     const std::uint32_t e = waiters_[m].entry;
     const entry_rec& ent = entries_[e];
-    if (ent.first_waiter != m || !has_room(ent, mode) || in_delay(e) || ent.stall_pos != nil) {
+    if (ent.first_waiter != m || !has_room(ent, mode) || blocked(e) || ent.stall_pos != nil) {
       return false;
     }
   }

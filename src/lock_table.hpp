@@ -79,6 +79,33 @@ class token_source {
   virtual std::uint64_t next() = 0;
 };
 
+// Cluster mode: which keys this daemon may grant on. A key's right to grant is global (one
+// daemon at a time holds it, through etcd); the table asks the gate when a key enters the table
+// and tells it what happens on gated keys, and the gate's owner opens and closes keys with
+// open_key() / close_key() between table calls. The table never waits for the gate: a key
+// without its right simply does not grant (its waiters queue), like a key in its lock delay.
+// Callbacks must not call back into the table.
+class key_gate {
+ public:
+  virtual ~key_gate() = default;
+  // May a key entering the table grant at once (this daemon holds its right)?
+  virtual bool holds(std::string_view key) const = 0;
+  // A request queued on a key that is closed: the key's right is wanted here.
+  virtual void wanted(std::string_view key) = 0;
+  // A lease was granted on the key (each key of a set counts one).
+  virtual void granted(std::string_view key) = 0;
+  // The key's last holder left, or the key left the table (no holder, no waiter).
+  virtual void quiet(std::string_view key) = 0;
+};
+
+// What the gate's owner reads of one key (key_activity()).
+struct key_activity {
+  std::uint32_t held = 0;     // leases on the key, live or due
+  std::uint32_t waiting = 0;  // queued requests on the key
+  bool in_delay = false;      // its lock delay runs
+  bool open = false;          // the key may grant (in the table and not closed)
+};
+
 // The 128-bit SipHash key of the key index. The server draws it from getrandom() at start-up;
 // tests may leave it zero.
 struct hash_seed {
@@ -138,6 +165,7 @@ enum class event_kind : std::uint8_t {
   cancelled,     // a queued acquire was cancelled
   aborted,       // a queued acquire was dropped by abort_waiters() (shutdown)
   expired,       // a lease ran out: key, token, keys for a set (the lease is gone)
+  busy,          // a try-lock (wait_ms 0) queued on a closed key: another daemon has the key
 };
 
 // Something the server must tell `owner`. `request_id` is the id of the acquire it answers.
@@ -210,7 +238,7 @@ class lock_table {
   // `histograms` may name where wait and hold times go; `seed` keys the hash of the key index.
   // limits.max_leases is clamped below the table's slot range (2^30 - 1).
   lock_table(table_limits limits, token_source& tokens, table_histograms histograms = {},
-             hash_seed seed = {});
+             hash_seed seed = {}, key_gate* gate = nullptr);
   lock_table(const lock_table&) = delete;
   lock_table& operator=(const lock_table&) = delete;
 
@@ -290,6 +318,25 @@ class lock_table {
   // freed, in each key's FIFO order. The server calls it when its token source becomes ready
   // again. Cheap when nothing is stalled; while tokens are still not ready, keys stay stalled.
   void resume_grants(tick now, std::vector<table_event>& events);
+
+  // --- cluster mode (a key_gate was given) ---
+  // A try-lock (wait_ms 0) on a closed key is not answered `busy` at once: this daemon cannot
+  // know whether the key is free elsewhere. It queues (as a try, bounded by `try_wait_ms`) and
+  // the gate is told the key is wanted; it is granted when the key opens, or answered with a
+  // `busy` event by drop_tries() or when try_wait_ms runs out.
+  void set_try_wait(std::uint32_t try_wait_ms) { try_wait_ms_ = try_wait_ms; }
+  // The key may grant again: its waiters are granted in FIFO order. A key not in the table
+  // needs nothing (the gate's holds() answers for it when it enters).
+  void open_key(std::string_view key, tick now, std::vector<table_event>& events);
+  // The key stops granting; its holders keep their leases, its waiters stay queued.
+  void close_key(std::string_view key);
+  // Answers every queued try-lock of the key `busy` (another daemon holds or waits for the
+  // key), then grants what their leaving unblocks.
+  void drop_tries(std::string_view key, tick now, std::vector<table_event>& events);
+  // Every lease ends now, lost (its `expired` event), and every key closes: the daemon can no
+  // longer prove it holds the keys' rights. Waiters stay queued.
+  void lose_all(tick now, std::vector<table_event>& events);
+  key_activity activity(std::string_view key) const;
 
   // The earliest pending deadline, if any. The server arms its one timer for it.
   std::optional<tick> next_deadline();
@@ -375,6 +422,7 @@ class lock_table {
     std::uint32_t stall_pos = nil;  // its place in stalled_, or nil when not stalled
     bool in_queues = false;         // queue_it is valid
     bool shared_held = false;       // the holders are in shared mode (never both modes at once)
+    bool closed = false;            // cluster mode: the daemon lacks the key's right
     queue_index::iterator queue_it{};
     std::uint32_t held_shared() const { return shared_held ? held : 0; }
   };
@@ -415,6 +463,7 @@ class lock_table {
     std::uint32_t heap_pos = nil;  // nil when waiting without bound; in_set | group in a set
     std::uint32_t set_next = nil;  // the next record of its set, in the order requested
     bool has_request_id = false;
+    bool is_try = false;  // a try-lock queued on a closed key (cluster mode)
     lock_mode mode = lock_mode::exclusive;
   };
   // A request or lease over several keys (never one key: those need no group). Its members are
@@ -445,6 +494,8 @@ class lock_table {
   void index_resize(std::size_t capacity);
   std::uint32_t new_entry(std::uint32_t hash, std::string_view key, std::uint32_t limit);
   bool in_delay(std::uint32_t e) const { return entries_[e].delay_pos != nil; }
+  // No grant may happen on the key now: its lock delay runs or (cluster mode) it is closed.
+  bool blocked(std::uint32_t e) const { return in_delay(e) || entries_[e].closed; }
   bool erase_if_idle(std::uint32_t e);
   std::uint32_t find_lease(std::uint32_t e, std::uint64_t token) const;
   // Takes the count by value: packed members must be loaded, never bound to a reference
@@ -498,6 +549,7 @@ class lock_table {
   }
   acquire_result acquire_one(owner_id owner, const acquire_args& args, std::string_view key,
                              tick now, std::vector<table_event>& events);
+  acquire_result queue_one(std::uint32_t e, owner_id owner, const acquire_args& args, tick now);
   acquire_result acquire_set(owner_id owner, const acquire_args& args, tick now,
                              std::vector<table_event>& events);
   std::uint32_t add_lease(std::uint32_t e, std::uint32_t owner, std::uint32_t ttl_ms,
@@ -544,6 +596,8 @@ class lock_table {
 
   table_limits limits_;
   token_source& tokens_;
+  key_gate* gate_ = nullptr;
+  std::uint32_t try_wait_ms_ = 5000;
   hash_seed seed_;
   table_histograms histograms_;
   std::vector<std::uint32_t> index_;  // open addressing, linear probing: entry slot or nil

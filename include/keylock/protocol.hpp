@@ -153,11 +153,18 @@ struct stats_info {
 };
 
 // One key of the `top` reply's `queues` list.
+// Cluster mode: where a key's global right is (PROTOCOL.md "Cluster mode").
+struct cluster_view {
+  std::string holder;                // node_name of the daemon holding the right; empty: none
+  std::uint64_t daemons_waiting = 0; // other daemons queued in etcd for the right
+};
+
 struct queue_info {
   std::string key;
   std::uint64_t waiters = 0;
   std::uint64_t held = 0;
   std::uint64_t limit = 0;
+  std::optional<cluster_view> cluster;  // cluster mode only
 };
 
 // One lease of the `top` reply's `oldest` list.
@@ -201,6 +208,7 @@ struct reply {
   std::vector<holder_info> holders;     // inspect (written whenever `held` is set)
   std::optional<std::uint64_t> waiters; // inspect
   std::optional<std::uint64_t> limit;   // inspect
+  std::optional<cluster_view> cluster;  // inspect, in cluster mode
   std::optional<stats_info> stats;      // stats, top (its members are written flat)
   std::optional<std::vector<queue_info>> queues;  // top
   std::optional<std::vector<lease_info>> oldest;  // top
