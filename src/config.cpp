@@ -84,6 +84,32 @@ const std::vector<setting>& settings() {
        3'600'000},
       {"shutdown_grace_ms", &config::shutdown_grace_ms,
        "On SIGINT/SIGTERM, time allowed to flush replies before exit", 0, 10'000},
+      {"etcd_endpoints", &config::etcd_endpoints,
+       "Cluster mode: etcd members, comma-separated URLs (http://HOST:PORT or https://); empty: "
+       "standalone"},
+      {"etcd_prefix", &config::etcd_prefix, "Cluster mode: etcd key prefix shared by the cluster"},
+      {"node_name", &config::node_name,
+       "Cluster mode: this daemon's name in inspect and top; empty: the listen address"},
+      {"etcd_ca_file", &config::etcd_ca_file, "Cluster mode: CA bundle for TLS to etcd"},
+      {"etcd_cert_file", &config::etcd_cert_file,
+       "Cluster mode: client certificate for TLS to etcd (with etcd_key_file)"},
+      {"etcd_key_file", &config::etcd_key_file, "Cluster mode: client key for TLS to etcd"},
+      {"etcd_user", &config::etcd_user, "Cluster mode: etcd user (with etcd_password_file)"},
+      {"etcd_password_file", &config::etcd_password_file,
+       "Cluster mode: file whose first line is etcd_user's password"},
+      {"etcd_lease_ttl_ms", &config::etcd_lease_ttl_ms,
+       "Cluster mode: ttl of the daemon's etcd lease (rounded up to seconds); a dead daemon's "
+       "keys free up after it, and leases' ttl stays below it",
+       2'000, 600'000},
+      {"etcd_timeout_ms", &config::etcd_timeout_ms, "Cluster mode: bound of one etcd request",
+       100, 60'000},
+      {"handoff_limit", &config::handoff_limit,
+       "Cluster mode: local grants of a key in a row while another daemon waits for it", 1,
+       1'000'000},
+      {"idle_keep_ms", &config::idle_keep_ms,
+       "Cluster mode: keep the right of a key nobody uses for this long, unless another daemon "
+       "asks",
+       0, 600'000},
   };
   return rows;
 }
@@ -194,6 +220,33 @@ std::optional<std::string> validate(const config& c) {
     return "metrics_listen must be HOST:PORT or empty, not " + c.metrics_listen;
   }
   if (!split_host_port(c.listen, host, port)) return "listen must be HOST:PORT, not " + c.listen;
+  if (!c.etcd_endpoints.empty()) {
+    std::string rest = c.etcd_endpoints;
+    for (std::size_t start = 0; start <= rest.size();) {
+      std::size_t comma = rest.find(',', start);
+      if (comma == std::string::npos) comma = rest.size();
+      std::string ep = rest.substr(start, comma - start);
+      for (const char* scheme : {"http://", "https://"}) {
+        if (ep.rfind(scheme, 0) == 0) ep.erase(0, std::string(scheme).size());
+      }
+      std::string h;
+      std::uint16_t p = 0;
+      if (!split_host_port(ep, h, p) || p == 0) {
+        return "etcd_endpoints must be comma-separated http://HOST:PORT URLs, not " +
+               c.etcd_endpoints;
+      }
+      start = comma + 1;
+    }
+    if (c.etcd_prefix.empty() || c.etcd_prefix.back() != '/') {
+      return "etcd_prefix must end with '/', not '" + c.etcd_prefix + "'";
+    }
+    if (c.etcd_cert_file.empty() != c.etcd_key_file.empty()) {
+      return "etcd_cert_file and etcd_key_file go together";
+    }
+    if (c.etcd_user.empty() != c.etcd_password_file.empty()) {
+      return "etcd_user and etcd_password_file go together";
+    }
+  }
   if (!is_loopback_host(host) && c.auth.empty()) {
     return "refusing to listen on " + c.listen +
            " without auth: anyone who can reach it could take or break any lock. "

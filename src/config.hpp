@@ -51,6 +51,21 @@ struct config {
   std::uint32_t tcp_keepalive_s = 60;          // TCP keepalive idle time (0 = off)
   std::uint32_t lock_delay_ms = 0;             // see PROTOCOL.md "Lock delay"
   std::uint32_t shutdown_grace_ms = 500;       // time to flush replies on SIGTERM before exit
+
+  // Cluster mode (PROTOCOL.md "Cluster mode", README "Cluster mode"). Empty etcd_endpoints:
+  // standalone, exactly as without these settings.
+  std::string etcd_endpoints;                  // "http://h1:2379,http://h2:2379"
+  std::string etcd_prefix = "/keylock/";       // every daemon of one cluster uses the same
+  std::string node_name;                       // shown by inspect and top; empty: the listen address
+  std::string etcd_ca_file;                    // TLS to etcd: CA bundle (https:// endpoints)
+  std::string etcd_cert_file;                  // TLS client certificate, with etcd_key_file
+  std::string etcd_key_file;
+  std::string etcd_user;                       // etcd authentication (with etcd_password_file)
+  std::string etcd_password_file;              // first line: etcd_user's password
+  std::uint32_t etcd_lease_ttl_ms = 10'000;    // the daemon's etcd lease (whole seconds)
+  std::uint32_t etcd_timeout_ms = 2'000;       // bound of one etcd request
+  std::uint32_t handoff_limit = 32;            // local grants in a row while another daemon waits
+  std::uint32_t idle_keep_ms = 500;            // keep an unused key's right this long
 };
 
 // What parse_command_line decided.

@@ -304,7 +304,7 @@ void dispatcher::do_acquire(connection_info& conn, const request& req, tick now,
   args.mode = req.mode;
   args.ttl_ms = req.has(field::ttl_ms) ? static_cast<std::uint32_t>(req.ttl_ms)
                                        : settings_.default_ttl_ms;
-  if (cluster.ttl_cap_ms != 0) args.ttl_ms = std::min(args.ttl_ms, cluster.ttl_cap_ms);
+  if (cluster.ttl_cap) args.ttl_ms = std::max(1u, std::min(args.ttl_ms, cluster.ttl_cap(now)));
   if (req.has(field::wait_ms)) args.wait_ms = static_cast<std::uint32_t>(req.wait_ms);
   args.limit = req.has(field::limit) ? static_cast<std::uint32_t>(req.limit) : 1;
   if (req.has(field::id)) args.request_id = req.id;
@@ -371,7 +371,7 @@ void dispatcher::do_extend(connection_info& conn, const request& req, tick now,
   }
   std::optional<std::uint32_t> ttl;
   if (req.has(field::ttl_ms)) ttl = static_cast<std::uint32_t>(req.ttl_ms);
-  if (ttl && cluster.ttl_cap_ms != 0) ttl = std::min(*ttl, cluster.ttl_cap_ms);
+
   std::uint32_t applied = 0;
   events_.clear();
   lease_status st =
@@ -522,6 +522,12 @@ void dispatcher::deliver_events(const connection_info* current, std::string* cur
     append_reply(*out, r);
   }
   events_.clear();
+}
+
+void dispatcher::run_and_deliver(const std::function<void(std::vector<table_event>&)>& fn) {
+  events_.clear();
+  fn(events_);
+  deliver_events(nullptr, nullptr);
 }
 
 bool dispatcher::expire_due(tick now, std::size_t max_deadlines) {

@@ -111,6 +111,10 @@ class dispatcher {
   // keep their session; later hellos are checked against the new secret.
   void set_auth_secret(std::string_view secret);
 
+  // Runs `fn` (cluster mode: the coordinator acting on the table) and delivers the events it
+  // appends to their connections.
+  void run_and_deliver(const std::function<void(std::vector<table_event>&)>& fn);
+
   // Shutdown: every waiting acquire is answered shutting_down.
   void abort_waiters();
 
@@ -123,9 +127,9 @@ class dispatcher {
 
   // Cluster mode (etcd_endpoints set); left empty in standalone mode.
   struct cluster_hooks {
-    // Leases' ttl is at most this (an acquire's or extend's larger ttl_ms is lowered, and the
-    // reply says the ttl applied); 0: no cap.
-    std::uint32_t ttl_cap_ms = 0;
+    // Leases' ttl at `now` is at most this (an acquire's or extend's larger ttl_ms is lowered,
+    // and the reply says the ttl applied).
+    std::function<std::uint32_t(tick now)> ttl_cap;
     // Whether the daemon's etcd lease is known alive now: extend is confirmed only then.
     std::function<bool()> proven;
     // Where the key's global right is, for inspect and top.

@@ -372,7 +372,8 @@ std::uint64_t lock_table::grant(std::uint32_t e, std::uint32_t owner, std::uint3
 std::uint64_t lock_table::grant_request(std::uint32_t w, tick now) {
   const waiter_rec& first = waiters_[w];
   const std::uint32_t owner = first.owner;
-  const std::uint32_t ttl_ms = first.ttl_ms;
+  const std::uint32_t ttl_ms =
+      gate_ != nullptr ? std::min(first.ttl_ms, gate_->ttl_cap(now)) : first.ttl_ms;
   const lock_mode mode = first.mode;
   if (histograms_.wait) histograms_.wait->observe(now - first.arrived);
   if (!is_member(first.heap_pos)) {
@@ -722,8 +723,8 @@ void lock_table::promote(std::uint32_t e, tick now, std::vector<table_event>& ev
     ev.kind = event_kind::granted;
     ev.owner = waiters_[f].owner;
     if (waiters_[f].has_request_id) ev.request_id = waiters_[f].request_id;
-    ev.ttl_ms = waiters_[f].ttl_ms;
     ev.token = grant_request(f, now);
+    ev.ttl_ms = leases_[last_granted_].ttl_ms;  // as granted (a cluster cap may lower it)
     events.push_back(std::move(ev));
   }
   if (ent.stall_pos != nil) unstall(e);
@@ -1034,8 +1035,12 @@ lease_status lock_table::extend_lease(std::uint32_t l, std::optional<std::uint32
     leases_[f].ttl_ms = ttl;
   }
   ++counters_.extends;
-  if (ttl_out) *ttl_out = ttl;
-  heap_update(lease_node(f), now + ms(ttl));
+  // Cluster mode: the lease must end before the daemon's proof of holding its keys does; the
+  // ttl asked for is kept for the next extend.
+  const std::uint32_t applied =
+      gate_ != nullptr ? std::max(1u, std::min(ttl, gate_->ttl_cap(now))) : ttl;
+  if (ttl_out) *ttl_out = applied;
+  heap_update(lease_node(f), now + ms(applied));
   return lease_status::ok;
 }
 

@@ -96,6 +96,9 @@ class key_gate {
   virtual void granted(std::string_view key) = 0;
   // The key's last holder left, or the key left the table (no holder, no waiter).
   virtual void quiet(std::string_view key) = 0;
+  // The longest ttl a lease granted at `now` may have (its daemon's proof of holding the
+  // keys' rights must outlast it). A queued request granted later gets at most this.
+  virtual std::uint32_t ttl_cap(tick now) const = 0;
 };
 
 // What the gate's owner reads of one key (key_activity()).

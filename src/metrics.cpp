@@ -202,6 +202,25 @@ std::string render_prometheus(const metrics_snapshot& m) {
   w.histogram("hold_seconds",
               "Time from grant to the end of the lease (release, expiry or disconnect).", m.hold);
 
+  if (m.cluster) {
+    w.gauge("cluster_up", "1 while this daemon's etcd lease is proven alive (cluster mode).",
+            m.cluster_up ? 1 : 0);
+    w.gauge("cluster_rights_held", "Keys whose global right this daemon holds.", m.rights_held);
+    w.counter("cluster_global_acquisitions_total", "Global rights won in etcd.",
+              m.global_acquisitions);
+    w.counter("cluster_local_handoffs_total",
+              "Grants made under a right already held (no etcd round trip).", m.local_handoffs);
+    w.counter("cluster_remote_handoffs_total", "Rights passed on to another waiting daemon.",
+              m.remote_handoffs);
+    w.counter("cluster_idle_releases_total", "Rights given up after idle_keep_ms unused.",
+              m.idle_releases);
+    w.counter("cluster_sessions_lost_total",
+              "etcd leases this daemon could not prove alive (every lease ended).",
+              m.sessions_lost);
+    w.histogram("etcd_round_trip_seconds", "Round trip of one create or delete request to etcd.",
+                m.etcd_round_trip);
+  }
+
   w.family("process_start_time_seconds", "gauge",
            "Start time of the process since the Unix epoch, in seconds.");
   out += prefix;

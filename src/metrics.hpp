@@ -61,6 +61,16 @@ struct metrics_snapshot {
   std::uint64_t bytes_out = 0;
   duration_histogram wait;  // acquire -> grant (immediate grants observe 0)
   duration_histogram hold;  // grant -> end of the lease (release, expiry or disconnect)
+  // cluster mode (rendered only when `cluster`)
+  bool cluster = false;
+  bool cluster_up = false;                  // the etcd lease is proven alive
+  std::uint64_t rights_held = 0;            // keys whose global right this daemon holds
+  std::uint64_t global_acquisitions = 0;    // rights won in etcd
+  std::uint64_t local_handoffs = 0;         // grants after the first of a tenure of a right
+  std::uint64_t remote_handoffs = 0;        // rights passed on to a waiting daemon
+  std::uint64_t idle_releases = 0;          // rights given up after idle_keep_ms
+  std::uint64_t sessions_lost = 0;          // etcd leases that could not be kept proven
+  duration_histogram etcd_round_trip;       // one create/delete request to etcd
   // process
   double start_time_seconds = 0;  // Unix time of start
   std::string version;

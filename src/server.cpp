@@ -9,6 +9,8 @@
 #include <chrono>
 #include <csignal>
 #include <deque>
+#include <fstream>
+#include <sstream>
 #include <vector>
 
 #include "asio_common.hpp"  // first: <utility> before any Asio header
@@ -16,6 +18,10 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include "cluster/coordinator.hpp"
+#ifdef KEYLOCK_CLUSTER
+#include "cluster/cluster_runtime.hpp"
+#endif
 #include "dispatch.hpp"
 #include "fencing.hpp"
 #include "keylock_version.hpp"
@@ -78,12 +84,29 @@ asio::steady_timer::time_point to_time_point(tick t) {
 
 }  // namespace
 
+// Cluster mode: the coordinator's etcd requests, passed on to the runtime once it exists.
+struct forward_port final : etcd_port {
+  etcd_port* to = nullptr;
+  void create(const std::string& key, const std::string& etcd_key, std::int64_t lease) override {
+    if (to != nullptr) to->create(key, etcd_key, lease);
+  }
+  void remove(const std::string& key, const std::string& etcd_key) override {
+    if (to != nullptr) to->remove(key, etcd_key);
+  }
+  void bump_revision() override {
+    if (to != nullptr) to->bump_revision();
+  }
+};
+
 struct server::impl final : session_host, delivery {
   explicit impl(config c)
       : settings_(std::move(c)),
         tokens_(settings_.state_dir, wall_clock_us(), settings_.fencing_block),
-        table_(limits_of(settings_), tokens_, table_histograms{&wait_hist_, &hold_hist_},
-               random_hash_seed()),
+        coordinator_(make_coordinator()),
+        table_(limits_of(settings_),
+               coordinator_ ? static_cast<token_source&>(*coordinator_) : tokens_,
+               table_histograms{&wait_hist_, &hold_hist_}, random_hash_seed(),
+               coordinator_.get()),
         started_(now()),
         dispatcher_(settings_, table_, *this, started_),
         acceptor_(io_),
@@ -93,7 +116,15 @@ struct server::impl final : session_host, delivery {
         housekeeping_timer_(io_),
         accept_timer_(io_),
         reservation_timer_(io_),
+        cluster_timer_(io_),
         scratch_(scratch_bytes) {
+    if (coordinator_) {
+      coordinator_->attach(table_);
+      table_.set_try_wait(settings_.etcd_timeout_ms);
+      dispatcher_.cluster.ttl_cap = [this](tick t) { return coordinator_->ttl_cap(t); };
+      dispatcher_.cluster.proven = [this] { return now() < cluster_proven_until(); };
+      dispatcher_.cluster.view = [this](std::string_view key) { return coordinator_->view(key); };
+    }
     dispatcher_.on_client_error = [](connection_info& conn, errc code, std::string_view msg) {
       if (conn.warned) return;
       conn.warned = true;  // once per connection: a misbehaving client must not flood the log
@@ -115,6 +146,129 @@ struct server::impl final : session_host, delivery {
 
   bool auth_required() const { return !settings_.auth.empty(); }
 
+  // --- cluster mode
+  std::unique_ptr<coordinator> make_coordinator() {
+    if (settings_.etcd_endpoints.empty()) return nullptr;
+    coordinator_options o;
+    o.prefix = settings_.etcd_prefix;
+    o.node = settings_.node_name.empty() ? settings_.listen : settings_.node_name;
+    o.handoff_limit = settings_.handoff_limit;
+    o.idle_keep = std::chrono::milliseconds(settings_.idle_keep_ms);
+    o.max_ttl_ms = settings_.max_ttl_ms;
+    return std::make_unique<coordinator>(o, port_, [this] { return cluster_proven_until(); });
+  }
+
+  tick cluster_proven_until() const {
+#ifdef KEYLOCK_CLUSTER
+    if (runtime_) return runtime_->proven_until().time_since_epoch();
+#endif
+    return tick{0};
+  }
+
+  // Runs a coordinator step on the loop and delivers what it changed.
+  void cluster_step(const std::function<void(tick, std::vector<table_event>&)>& fn) {
+    const tick t = now();
+    dispatcher_.run_and_deliver([&](std::vector<table_event>& ev) { fn(t, ev); });
+    after_batch();
+  }
+
+  std::optional<std::string> start_cluster(const std::string& bound) {
+    if (!coordinator_) return std::nullopt;
+#ifndef KEYLOCK_CLUSTER
+    (void)bound;
+    return std::string("etcd_endpoints is set but this keylockd was built without cluster mode "
+                       "(KEYLOCK_BUILD_CLUSTER=OFF)");
+#else
+    cluster_runtime_options o;
+    for (std::size_t start = 0; start <= settings_.etcd_endpoints.size();) {
+      std::size_t comma = settings_.etcd_endpoints.find(',', start);
+      if (comma == std::string::npos) comma = settings_.etcd_endpoints.size();
+      o.etcd.endpoints.push_back(settings_.etcd_endpoints.substr(start, comma - start));
+      start = comma + 1;
+    }
+    o.etcd.rpc_timeout = std::chrono::milliseconds(settings_.etcd_timeout_ms);
+    auto slurp = [](const std::string& path, std::string* out) -> std::optional<std::string> {
+      if (path.empty()) return std::nullopt;
+      std::ifstream in(path, std::ios::binary);
+      if (!in) return "cannot read " + path;
+      std::ostringstream text;
+      text << in.rdbuf();
+      *out = text.str();
+      return std::nullopt;
+    };
+    for (auto [path, out] : {std::pair{&settings_.etcd_ca_file, &o.etcd.ca_pem},
+                             std::pair{&settings_.etcd_cert_file, &o.etcd.cert_pem},
+                             std::pair{&settings_.etcd_key_file, &o.etcd.key_pem}}) {
+      if (auto err = slurp(*path, out)) return *err;
+    }
+    if (!settings_.etcd_user.empty()) {
+      o.etcd.user = settings_.etcd_user;
+      if (auto err = read_auth_file(settings_.etcd_password_file, o.etcd.password)) return *err;
+    }
+    o.session.lease_ttl = std::chrono::seconds((settings_.etcd_lease_ttl_ms + 999) / 1000);
+    o.prefix = settings_.etcd_prefix;
+    o.node = settings_.node_name.empty() ? bound : settings_.node_name;
+    node_name_ = o.node;
+    cluster_events ev;
+    ev.session_up = [this](std::int64_t lease) {
+      spdlog::info("cluster: etcd lease {:x} granted; node {}", lease, node_name_);
+      cluster_step([&](tick t, auto& out) { coordinator_->session_up(lease, t, out); });
+    };
+    ev.session_lost = [this] {
+      spdlog::error("cluster: etcd lease could not be kept alive; every lease is lost and "
+                    "acquires answer unavailable until a new one is granted");
+      cluster_step([&](tick t, auto& out) { coordinator_->session_lost(t, out); });
+    };
+    ev.created = [this](const std::string& key, const std::string& etcd_key, bool ok,
+                        std::int64_t rev) {
+      cluster_step([&](tick t, auto& out) { coordinator_->on_created(key, etcd_key, ok, rev, t, out); });
+    };
+    ev.removed = [this](const std::string& key, const std::string& etcd_key, bool ok) {
+      cluster_step([&](tick t, auto& out) { coordinator_->on_removed(key, etcd_key, ok, t, out); });
+    };
+    ev.revision = [this](std::int64_t rev) {
+      cluster_step([&](tick t, auto& out) { coordinator_->on_revision(rev, t, out); });
+    };
+    ev.snapshot = [this](std::int64_t rev, const std::vector<etcd_kv>& kvs) {
+      cluster_step([&](tick t, auto& out) { coordinator_->on_snapshot(rev, kvs, t, out); });
+    };
+    ev.watch = [this](const etcd_watch_batch& batch) {
+      cluster_step([&](tick t, auto& out) { coordinator_->on_watch(batch, t, out); });
+    };
+    ev.health = [this](bool reachable, const std::string& reason) {
+      if (!reachable && etcd_problem_ != reason) {
+        spdlog::warn("cluster: etcd: {}", reason);
+      } else if (reachable && !etcd_problem_.empty()) {
+        spdlog::info("cluster: etcd reachable again");
+      }
+      etcd_problem_ = reachable ? std::string() : reason;
+    };
+    ev.round_trip = [this](std::chrono::nanoseconds d) { etcd_rtt_.observe(d); };
+    runtime_ = std::make_unique<cluster_runtime>(
+        o, [this](std::function<void()> fn) { asio::post(io_, std::move(fn)); }, ev);
+    port_.to = runtime_.get();
+    runtime_->start();
+    spdlog::info("cluster: node {} on etcd {} (prefix {}, lease ttl {} s, handoff_limit {}, "
+                 "idle_keep_ms {})",
+                 node_name_, settings_.etcd_endpoints, settings_.etcd_prefix,
+                 o.session.lease_ttl.count(), settings_.handoff_limit, settings_.idle_keep_ms);
+    return std::nullopt;
+#endif
+  }
+
+  void arm_cluster_timer() {
+    if (!coordinator_) return;
+    auto next = coordinator_->next_deadline();
+    if (!next || (cluster_armed_ && *cluster_armed_ <= *next)) return;
+    cluster_armed_ = next;
+    cluster_timer_.expires_at(to_time_point(*next));
+    cluster_timer_.async_wait([this](const error_code& ec) {
+      if (ec) return;
+      cluster_armed_.reset();
+      cluster_step([&](tick t, auto& out) { coordinator_->process(t, out); });
+    });
+  }
+
   // --- session_host
   const config& settings() const override { return settings_; }
   dispatcher& dispatch() override { return dispatcher_; }
@@ -130,6 +284,12 @@ struct server::impl final : session_host, delivery {
   }
 
   void after_batch() override {
+    if (coordinator_ && coordinator_->has_work()) {
+      // What the table told the gate during this batch (demand, quiet keys): act on it.
+      const tick t = now();
+      dispatcher_.run_and_deliver(
+          [&](std::vector<table_event>& ev) { coordinator_->process(t, ev); });
+    }
     // Index loop: flushing may close a session, whose released leases mark others dirty.
     for (std::size_t i = 0; i < dirty_.size(); ++i) {
       owner_id o = dirty_[i];
@@ -138,7 +298,8 @@ struct server::impl final : session_host, delivery {
     }
     dirty_.clear();
     arm_deadline();
-    maybe_reserve_tokens();
+    arm_cluster_timer();
+    if (!coordinator_) maybe_reserve_tokens();
     if (stopping_ && sessions_live_ == 0 && draining_.empty()) io_.stop();
   }
 
@@ -220,13 +381,25 @@ struct server::impl final : session_host, delivery {
 
   // Why the daemon cannot grant, for /healthz and /readyz; empty when it can.
   std::string degraded_reason() const {
+    if (coordinator_) {
+      if (!coordinator_->up() || now() >= cluster_proven_until()) {
+        return "cluster: no etcd lease proven alive" +
+               (etcd_problem_.empty() ? std::string() : " (" + etcd_problem_ + ")") +
+               "; acquires answer unavailable";
+      }
+      if (!coordinator_->mirrored()) return "cluster: etcd watch not synced yet";
+      if (!etcd_problem_.empty()) return "cluster: etcd: " + etcd_problem_;
+      return {};
+    }
     if (tokens_.ready()) return {};
     return "fencing state not durable (" + tokens_.error() + "); acquires answer unavailable";
   }
 
   // --- listening and accepting
   std::optional<std::string> open() {
-    if (auto err = tokens_.open()) return *err;
+    if (!coordinator_) {
+      if (auto err = tokens_.open()) return *err;
+    }
     std::string host;
     std::uint16_t port = 0;
     if (!split_host_port(settings_.listen, host, port)) return "bad listen address";
@@ -241,6 +414,7 @@ struct server::impl final : session_host, delivery {
     if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) return "cannot listen on " + settings_.listen + ": " + ec.message();
     auto bound = acceptor_.local_endpoint(ec);
+    if (auto err = start_cluster(endpoint_text(bound))) return *err;
     if (!settings_.metrics_listen.empty()) {
       metrics_ = std::make_unique<metrics_http>(
           io_, metrics_http::hooks{[this] { return render_prometheus(snapshot()); },
@@ -446,6 +620,18 @@ struct server::impl final : session_host, delivery {
     m.bytes_out = bytes_out_;
     m.wait = wait_hist_;
     m.hold = hold_hist_;
+    if (coordinator_) {
+      const coordinator_counters& cc = coordinator_->counters();
+      m.cluster = true;
+      m.cluster_up = coordinator_->up() && now() < cluster_proven_until();
+      m.rights_held = coordinator_->rights_held();
+      m.global_acquisitions = cc.global_acquisitions;
+      m.local_handoffs = cc.local_handoffs;
+      m.remote_handoffs = cc.remote_handoffs;
+      m.idle_releases = cc.idle_releases;
+      m.sessions_lost = cc.sessions_lost;
+      m.etcd_round_trip = etcd_rtt_;
+    }
     m.start_time_seconds = start_unix_seconds_;
     m.version = KEYLOCK_VERSION;
     return m;
@@ -566,6 +752,9 @@ struct server::impl final : session_host, delivery {
     do_accept();
     do_housekeeping();
     io_.run();
+#ifdef KEYLOCK_CLUSTER
+    if (runtime_) runtime_->stop();  // revokes the etcd lease: our rights go at once
+#endif
     spdlog::info("keylockd stopped");
     return 0;
   }
@@ -575,6 +764,8 @@ struct server::impl final : session_host, delivery {
   duration_histogram wait_hist_;  // acquire -> grant, recorded by the table
   duration_histogram hold_hist_;  // grant -> end of the lease
   fencing_tokens tokens_;
+  forward_port port_;
+  std::unique_ptr<coordinator> coordinator_;  // cluster mode only
   lock_table table_;
   tick started_;
   dispatcher dispatcher_;
@@ -586,6 +777,11 @@ struct server::impl final : session_host, delivery {
   asio::steady_timer accept_timer_;
   asio::steady_timer reservation_timer_;
   bool reservation_waiting_ = false;  // a failed reservation waits for its retry timer
+  asio::steady_timer cluster_timer_;   // the coordinator's idle timers
+  std::optional<tick> cluster_armed_;
+  std::string node_name_;
+  std::string etcd_problem_;           // why etcd could not be reached; empty when it could
+  duration_histogram etcd_rtt_;
   std::optional<tick> armed_;
   std::uint64_t timer_generation_ = 0;
   std::vector<std::shared_ptr<session>> sessions_;  // by owner id
@@ -609,6 +805,10 @@ struct server::impl final : session_host, delivery {
   double start_unix_seconds_ =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   std::unique_ptr<metrics_http> metrics_;  // closed before the io_context
+#ifdef KEYLOCK_CLUSTER
+  // Its threads post into io_: destroyed (stopped) before it.
+  std::unique_ptr<cluster_runtime> runtime_;
+#endif
   // The fencing writer's thread (fsync off the event loop). Last: joined first, while
   // everything its handlers touch still exists.
   asio::thread_pool disk_{1};

@@ -28,6 +28,8 @@ struct fake_gate final : key_gate {
   void wanted(std::string_view key) override { wanted_keys.emplace_back(key); }
   void granted(std::string_view key) override { granted_keys.emplace_back(key); }
   void quiet(std::string_view key) override { quiet_keys.emplace_back(key); }
+  std::uint32_t cap = 1'000'000;
+  std::uint32_t ttl_cap(tick) const override { return cap; }
 };
 
 struct gated {
@@ -81,6 +83,21 @@ TEST_CASE("gate: a key whose right is elsewhere queues, and opens in FIFO order"
   g.events.clear();
   REQUIRE(g.table.release("k", first, g.now, g.events) == lease_status::ok);
   CHECK(g.ids_of(event_kind::granted) == std::vector<std::uint64_t>{2});
+}
+
+TEST_CASE("gate: a queued request granted later gets at most the gate's ttl cap") {
+  gated g;
+  owner_id a = g.table.connect();
+  REQUIRE(g.acquire(a, {"k"}, std::nullopt, 1).status == acquire_status::queued);
+  g.gate.cap = 400;  // the request asked for 1000
+  g.open("k");
+  REQUIRE(g.events.size() == 1);
+  CHECK(g.events[0].ttl_ms == 400);
+  g.events.clear();
+  g.now += 401ms;
+  g.table.expire_due(g.now, g.events);
+  REQUIRE(g.events.size() == 1);
+  CHECK(g.events[0].kind == event_kind::expired);
 }
 
 TEST_CASE("gate: a held right grants at once, and close_key stops grants but keeps holders") {

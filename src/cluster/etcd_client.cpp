@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <mutex>
 #include <utility>
 
 #include "etcd/etcdserver/etcdserverpb/rpc.grpc.pb.h"
@@ -76,16 +77,51 @@ std::string prefix_end(const std::string& prefix) {
 
 struct etcd_client::impl {
   etcd_options options;
+  std::mutex watch_mutex;
+  grpc::ClientContext* watch_ctx = nullptr;  // the running watch_prefix's, under watch_mutex
+  bool watch_cancelled = false;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<pb::KV::Stub> kv;
   std::unique_ptr<pb::Lease::Stub> lease;
   std::unique_ptr<pb::Watch::Stub> watch;
+  std::unique_ptr<pb::Auth::Stub> auth;
+  std::mutex token_mutex;
+  std::string token;  // etcd auth token, when options.user is set
 
-  void deadline(grpc::ClientContext& ctx, std::chrono::milliseconds timeout) const {
+  void deadline(grpc::ClientContext& ctx, std::chrono::milliseconds timeout) {
     ctx.set_deadline(std::chrono::system_clock::now() + timeout);
     ctx.set_wait_for_ready(true);  // ride out a member's restart within the deadline
+    if (options.user.empty()) return;
+    std::string t = current_token();
+    if (!t.empty()) ctx.AddMetadata("token", t);
   }
-  void deadline(grpc::ClientContext& ctx) const { deadline(ctx, options.rpc_timeout); }
+
+  // The auth token, authenticating first when there is none (empty when that failed: the call
+  // then fails with etcd's own error).
+  std::string current_token() {
+    std::lock_guard<std::mutex> lock(token_mutex);
+    if (!token.empty()) return token;
+    pb::AuthenticateRequest req;
+    req.set_name(options.user);
+    req.set_password(options.password);
+    pb::AuthenticateResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + options.rpc_timeout);
+    if (auth->Authenticate(&ctx, req, &resp).ok()) token = resp.token();
+    return token;
+  }
+
+  // After a failed call: a token etcd no longer accepts is dropped, so the next call
+  // authenticates again.
+  void check_auth(const grpc::Status& s) {
+    if (options.user.empty() || s.ok()) return;
+    if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+        s.error_message().find("token") != std::string::npos) {
+      std::lock_guard<std::mutex> lock(token_mutex);
+      token.clear();
+    }
+  }
+  void deadline(grpc::ClientContext& ctx) { deadline(ctx, options.rpc_timeout); }
 };
 
 etcd_client::etcd_client(etcd_options options) : impl_(std::make_unique<impl>()) {
@@ -93,8 +129,19 @@ etcd_client::etcd_client(etcd_options options) : impl_(std::make_unique<impl>())
   if (impl_->options.endpoints.empty()) return;
   grpc::ChannelArguments args;
   args.SetLoadBalancingPolicyName("round_robin");
-  impl_->channel = grpc::CreateCustomChannel(target_of(impl_->options.endpoints),
-                                             grpc::InsecureChannelCredentials(), args);
+  bool tls = !impl_->options.ca_pem.empty() || !impl_->options.cert_pem.empty();
+  for (const std::string& ep : impl_->options.endpoints) tls = tls || ep.rfind("https://", 0) == 0;
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (tls) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = impl_->options.ca_pem;
+    ssl.pem_cert_chain = impl_->options.cert_pem;
+    ssl.pem_private_key = impl_->options.key_pem;
+    creds = grpc::SslCredentials(ssl);
+  }
+  impl_->channel =
+      grpc::CreateCustomChannel(target_of(impl_->options.endpoints), creds, args);
+  impl_->auth = pb::Auth::NewStub(impl_->channel);
   impl_->kv = pb::KV::NewStub(impl_->channel);
   impl_->lease = pb::Lease::NewStub(impl_->channel);
   impl_->watch = pb::Watch::NewStub(impl_->channel);
@@ -112,7 +159,9 @@ etcd_status etcd_client::lease_grant(std::chrono::seconds ttl, std::int64_t* id,
   pb::LeaseGrantResponse resp;
   grpc::ClientContext ctx;
   impl_->deadline(ctx);
-  etcd_status st = from_grpc(impl_->lease->LeaseGrant(&ctx, req, &resp));
+  grpc::Status gs = impl_->lease->LeaseGrant(&ctx, req, &resp);
+  impl_->check_auth(gs);
+  etcd_status st = from_grpc(gs);
   if (!st.ok()) return st;
   if (!resp.error().empty()) return failed("etcd: " + resp.error());
   *id = resp.id();
@@ -172,7 +221,9 @@ etcd_status etcd_client::create(const std::string& key, const std::string& value
   pb::TxnResponse resp;
   grpc::ClientContext ctx;
   impl_->deadline(ctx);
-  etcd_status st = from_grpc(impl_->kv->Txn(&ctx, txn, &resp));
+  grpc::Status gs = impl_->kv->Txn(&ctx, txn, &resp);
+  impl_->check_auth(gs);
+  etcd_status st = from_grpc(gs);
   if (!st.ok()) return st;
   *created = resp.succeeded();
   const pb::ResponseOp& last = resp.responses(resp.responses_size() - 1);
@@ -196,7 +247,9 @@ etcd_status etcd_client::list_prefix(const std::string& prefix, std::vector<etcd
   pb::RangeResponse resp;
   grpc::ClientContext ctx;
   impl_->deadline(ctx);
-  etcd_status st = from_grpc(impl_->kv->Range(&ctx, req, &resp));
+  grpc::Status gs = impl_->kv->Range(&ctx, req, &resp);
+  impl_->check_auth(gs);
+  etcd_status st = from_grpc(gs);
   if (!st.ok()) return st;
   out->clear();
   out->reserve(static_cast<std::size_t>(resp.kvs_size()));
@@ -214,8 +267,99 @@ etcd_status etcd_client::remove(const std::string& key, bool* deleted) {
   pb::DeleteRangeResponse resp;
   grpc::ClientContext ctx;
   impl_->deadline(ctx);
-  etcd_status st = from_grpc(impl_->kv->DeleteRange(&ctx, req, &resp));
+  grpc::Status gs = impl_->kv->DeleteRange(&ctx, req, &resp);
+  impl_->check_auth(gs);
+  etcd_status st = from_grpc(gs);
   if (st.ok() && deleted != nullptr) *deleted = resp.deleted() > 0;
+  return st;
+}
+
+etcd_status etcd_client::put(const std::string& key, const std::string& value,
+                             std::int64_t lease, std::int64_t* revision) {
+  if (!impl_->kv) return failed("no etcd endpoints");
+  pb::PutRequest req;
+  req.set_key(key);
+  req.set_value(value);
+  req.set_lease(lease);
+  pb::PutResponse resp;
+  grpc::ClientContext ctx;
+  impl_->deadline(ctx);
+  grpc::Status gs = impl_->kv->Put(&ctx, req, &resp);
+  impl_->check_auth(gs);
+  etcd_status st = from_grpc(gs);
+  if (st.ok() && revision != nullptr) *revision = resp.header().revision();
+  return st;
+}
+
+void etcd_client::cancel_watch() {
+  std::lock_guard<std::mutex> lock(impl_->watch_mutex);
+  impl_->watch_cancelled = true;
+  if (impl_->watch_ctx != nullptr) impl_->watch_ctx->TryCancel();
+}
+
+etcd_status etcd_client::watch_prefix(
+    const std::string& prefix, std::int64_t start_revision,
+    const std::function<bool(const etcd_watch_batch&)>& on_batch) {
+  if (!impl_->watch) return failed("no etcd endpoints");
+  grpc::ClientContext ctx;
+  ctx.set_wait_for_ready(false);  // a member down: fail now, the caller lists and watches again
+  if (!impl_->options.user.empty()) {
+    std::string token = impl_->current_token();
+    if (!token.empty()) ctx.AddMetadata("token", token);
+  }
+  {
+    std::lock_guard<std::mutex> lock(impl_->watch_mutex);
+    if (impl_->watch_cancelled) return etcd_status::success();
+    impl_->watch_ctx = &ctx;
+  }
+  struct unregister {
+    impl* self;
+    ~unregister() {
+      std::lock_guard<std::mutex> lock(self->watch_mutex);
+      self->watch_ctx = nullptr;
+    }
+  } guard{impl_.get()};
+  auto stream = impl_->watch->Watch(&ctx);
+  pb::WatchRequest req;
+  pb::WatchCreateRequest* create = req.mutable_create_request();
+  create->set_key(prefix);
+  create->set_range_end(prefix_end(prefix));
+  create->set_start_revision(start_revision);
+  create->set_progress_notify(true);
+  if (!stream->Write(req)) return from_grpc(stream->Finish());
+  pb::WatchResponse resp;
+  etcd_watch_batch batch;
+  while (stream->Read(&resp)) {
+    if (resp.canceled() || resp.compact_revision() != 0) {
+      ctx.TryCancel();
+      stream->Finish();
+      return failed("etcd: watch cancelled: " +
+                    (resp.compact_revision() != 0 ? std::string("compacted")
+                                                  : resp.cancel_reason()));
+    }
+    batch.revision = resp.header().revision();
+    batch.events.clear();
+    for (const mvccpb::Event& ev : resp.events()) {
+      etcd_event out;
+      out.what = ev.type() == mvccpb::Event::DELETE ? etcd_event::kind::remove
+                                                    : etcd_event::kind::put;
+      const mvccpb::KeyValue& kv = ev.kv();
+      out.kv = {kv.key(), kv.value(), kv.create_revision(), kv.mod_revision(), kv.lease()};
+      batch.events.push_back(std::move(out));
+    }
+    if (!on_batch(batch)) {
+      ctx.TryCancel();
+      stream->Finish();
+      return etcd_status::success();
+    }
+  }
+  grpc::Status end = stream->Finish();
+  {
+    std::lock_guard<std::mutex> lock(impl_->watch_mutex);
+    if (impl_->watch_cancelled) return etcd_status::success();
+  }
+  etcd_status st = from_grpc(end);
+  if (st.ok()) st = failed("etcd: watch ended");
   return st;
 }
 

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -24,6 +25,11 @@ struct etcd_options {
   std::vector<std::string> endpoints;
   // Bound of each unary call, and of the wait for a connection.
   std::chrono::milliseconds rpc_timeout{2000};
+  // TLS (https:// endpoints, or any endpoint when ca_pem is set): PEM texts, not paths.
+  std::string ca_pem, cert_pem, key_pem;
+  // etcd authentication: the client authenticates (Auth.Authenticate) before its first call
+  // and again when etcd says its token is no longer valid.
+  std::string user, password;
 };
 
 // The outcome of a call: ok, or why not. `unavailable` when etcd could not be reached (or
@@ -43,6 +49,19 @@ struct etcd_kv {
   std::int64_t create_revision = 0;
   std::int64_t mod_revision = 0;
   std::int64_t lease = 0;
+};
+
+// One change seen by a watch.
+struct etcd_event {
+  enum class kind : std::uint8_t { put, remove } what = kind::put;
+  etcd_kv kv;  // for remove: key and mod_revision (the deletion's revision) only
+};
+
+// One watch response: its events, in revision order, and the store's revision when etcd sent
+// it (every revision up to it has been delivered).
+struct etcd_watch_batch {
+  std::int64_t revision = 0;
+  std::vector<etcd_event> events;
 };
 
 class etcd_client {
@@ -79,6 +98,21 @@ class etcd_client {
                           std::int64_t* revision);
   // DeleteRange of one key. *deleted tells whether it existed.
   etcd_status remove(const std::string& key, bool* deleted);
+
+  // Put: `key` = `value`, bound to `lease` (0: none). Sets *revision to the store's revision
+  // after the put.
+  etcd_status put(const std::string& key, const std::string& value, std::int64_t lease,
+                  std::int64_t* revision);
+
+  // Watches every key starting with `prefix` from `start_revision`, calling on_batch for each
+  // response (with progress notifications, so `revision` advances even when nothing changes)
+  // until on_batch returns false, cancel_watch() is called, or the stream fails (the status
+  // says why; a compacted start revision is `failed`). Blocks; one watch_prefix per client at
+  // a time.
+  etcd_status watch_prefix(const std::string& prefix, std::int64_t start_revision,
+                           const std::function<bool(const etcd_watch_batch&)>& on_batch);
+  // Ends a running watch_prefix from another thread (and any later one). Thread-safe.
+  void cancel_watch();
 
   // Watches `key` from `start_revision` and returns once it is deleted (*deleted = true) or
   // `timeout` passes (*deleted = false). A key already deleted at or after start_revision
