@@ -2,7 +2,7 @@
 JOBS ?= $(shell nproc)
 CONFIG ?= config/keylockd.json
 
-.PHONY: deps build run test test-asan test-tsan clean
+.PHONY: deps build run run-cluster test test-asan test-tsan clean
 
 deps:
 	./scripts/install-deps.sh
@@ -13,6 +13,10 @@ build: deps
 
 run: build
 	./build/release/src/keylockd --config $(CONFIG)
+
+# Cluster mode on one machine: three etcd members and three keylockd (7400, 7410, 7420).
+run-cluster: build
+	./scripts/run-cluster.sh
 
 test: build
 	ctest --preset release -j $(JOBS)
