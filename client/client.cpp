@@ -182,8 +182,9 @@ std::vector<server_address> split_servers(const std::string& list) {
     const std::size_t comma = std::min(list.find(',', start), list.size());
     std::string text = list.substr(start, comma - start);
     const auto first = text.find_first_not_of(" \t");
-    text = first == std::string::npos ? std::string()
-                                      : text.substr(first, text.find_last_not_of(" \t") - first + 1);
+    text = first == std::string::npos
+               ? std::string()
+               : text.substr(first, text.find_last_not_of(" \t") - first + 1);
     if (text.empty()) {
       throw std::invalid_argument("keylock: invalid server list '" + list +
                                   "' (an empty address; expected host:port,host:port)");
@@ -1018,9 +1019,9 @@ class client_impl {
         [this, gen](boost::system::error_code ec, const tcp::resolver::results_type& results) {
           if (gen != gen_) return;
           if (ec) {
-            connect_failed(failure_kind::connection, "keylock: cannot resolve " +
-                                                         servers_[attempt_].host + ": " +
-                                                         ec.message());
+            connect_failed(
+                failure_kind::connection,
+                "keylock: cannot resolve " + servers_[attempt_].host + ": " + ec.message());
             return;
           }
           asio::async_connect(socket_, results,
@@ -1033,8 +1034,8 @@ class client_impl {
   void on_connect(boost::system::error_code ec, std::uint64_t gen) {
     if (gen != gen_) return;
     if (ec) {
-      connect_failed(failure_kind::connection, "keylock: cannot connect to keylockd at " +
-                                                   address() + ": " + ec.message());
+      connect_failed(failure_kind::connection,
+                     "keylock: cannot connect to keylockd at " + address() + ": " + ec.message());
       return;
     }
     // Asio 1.74 opens sockets without SOCK_CLOEXEC: keep ours out of processes the user
@@ -1116,8 +1117,8 @@ class client_impl {
   // An established connection ended.
   void on_drop(const std::string& why, failure_kind kind = failure_kind::connection) {
     if (state_ == conn_state::handshaking) {
-      connect_failed(kind, "keylock: connection to keylockd at " + address() +
-                               " ended during hello: " + why);
+      connect_failed(
+          kind, "keylock: connection to keylockd at " + address() + " ended during hello: " + why);
       return;
     }
     last_error_ = "keylock: connection to keylockd at " + address() + " lost: " + why;

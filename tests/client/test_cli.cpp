@@ -427,7 +427,8 @@ TEST_CASE("keylock run --help shows several keys and --shared", "[cli]") {
   CHECK(contains(help.out(), "KEY1 KEY2"));
 }
 
-TEST_CASE("keylock --server with a list skips a dead daemon, in every subcommand", "[cli][failover]") {
+TEST_CASE("keylock --server with a list skips a dead daemon, in every subcommand",
+          "[cli][failover]") {
   keylock_daemon d;
   temp_dir dir;
   const std::string dead = "127.0.0.1:" + std::to_string(keylock::test::free_port());

@@ -159,8 +159,8 @@ TEST_CASE("a malformed server list is refused at construction", "[client][failov
   keylock::client_options options = options_for(0);
   const std::string good = "127.0.0.1:" + std::to_string(free_port());
   for (const std::string& list : {good + ",," + good, good + ",", "," + good, std::string(" , "),
-                                 good + ",127.0.0.1:notaport", good + ",127.0.0.1:0",
-                                 good + ",127.0.0.1:65536", good + ",[::1"}) {
+                                  good + ",127.0.0.1:notaport", good + ",127.0.0.1:0",
+                                  good + ",127.0.0.1:65536", good + ",[::1"}) {
     INFO("server list: " << list);
     options.server = list;
     CHECK_THROWS_AS(keylock::Client(options), std::invalid_argument);
