@@ -33,6 +33,8 @@ Invariants (the same as the C++ client's, include/keylock/client.hpp):
 - After a connection loss the client reconnects with exponential backoff and jitter and sends
   ``hello`` (with the secret) first on every connection. Waiting acquires are sent again with
   the wait they have left; other requests in flight fail with ConnectionError.
+- Failover (cluster mode): with several servers the client moves to the next one when its own
+  is unreachable; leases held through the lost daemon are lost as on any drop (see Client).
 - Fork safety: a forked child (uWSGI/gunicorn workers) never uses its parent's connection. The
   child drops the inherited socket and state, and connects on its first call. Leases the parent
   held are not the child's: in the child they are invalid, ``release()`` of them does nothing
