@@ -165,6 +165,38 @@ std::pair<std::string, std::string> split_server(const std::string& server) {
   return {host, port};
 }
 
+// One daemon address of the configured list.
+struct server_address {
+  std::string text;  // as configured (trimmed): names the daemon in messages
+  std::string host;
+  std::string port;
+};
+
+// Splits a comma-separated list of addresses, each as split_server takes it; blanks around an
+// element are ignored. Throws std::invalid_argument for an empty list or element, or a malformed
+// address.
+std::vector<server_address> split_servers(const std::string& list) {
+  std::vector<server_address> out;
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t comma = std::min(list.find(',', start), list.size());
+    std::string text = list.substr(start, comma - start);
+    const auto first = text.find_first_not_of(" \t");
+    text = first == std::string::npos
+               ? std::string()
+               : text.substr(first, text.find_last_not_of(" \t") - first + 1);
+    if (text.empty()) {
+      throw std::invalid_argument("keylock: invalid server list '" + list +
+                                  "' (an empty address; expected host:port,host:port)");
+    }
+    auto [host, port] = split_server(text);
+    out.push_back(server_address{std::move(text), std::move(host), std::move(port)});
+    if (comma == list.size()) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
 // How messages name the keys of a request or lease: 'k' for one key, {'a', 'b'} for a set.
 std::string quote_keys(const std::vector<std::string>& keys) {
   if (keys.size() == 1) return "'" + keys.front() + "'";
@@ -287,7 +319,9 @@ class client_impl {
         rng_(std::random_device{}()) {
     if (options_.server.empty()) options_.server = env_or("KEYLOCK_SERVER", "127.0.0.1:7400");
     if (!options_.auth) options_.auth = env_or("KEYLOCK_AUTH", "");
-    std::tie(host_, port_) = split_server(options_.server);
+    servers_ = split_servers(options_.server);
+    for (const auto& address : servers_) server_list_.push_back(address.text);
+    round_left_ = servers_.size();
     backoff_ = options_.backoff_initial;
   }
 
@@ -322,7 +356,9 @@ class client_impl {
     if (thread_.joinable()) thread_.join();
   }
 
-  const std::string& server() const noexcept { return options_.server; }
+  // The daemon of the last successful hello (the first of the list before any).
+  const std::string& server() const noexcept { return servers_[current_.load()].text; }
+  const std::vector<std::string>& servers() const noexcept { return server_list_; }
 
   std::string server_version() {
     std::lock_guard lock(mtx_);
@@ -793,7 +829,7 @@ class client_impl {
       connect_failed(auth ? failure_kind::auth : failure_kind::protocol,
                      std::string(auth ? "keylock: authentication refused by keylockd at "
                                       : "keylock: hello refused by keylockd at ") +
-                         options_.server + ": " + rep.message);
+                         address() + ": " + rep.message);
       return;
     }
     {
@@ -801,6 +837,7 @@ class client_impl {
       server_version_ = rep.version;
     }
     state_ = conn_state::ready;
+    current_.store(attempt_);
     backoff_ = options_.backoff_initial;
     cancel_deadline(connect_timeout_);
     if (connect_waiter_ != nullptr) {
@@ -967,18 +1004,24 @@ class client_impl {
 
   // ---- connection lifecycle -------------------------------------------------------------
 
+  // The daemon being tried, or connected to (I/O thread).
+  const std::string& address() const { return servers_[attempt_].text; }
+
+  // One attempt (resolve, connect, hello) at servers_[attempt_].
   void start_connect() {
     state_ = conn_state::connecting;
     const std::uint64_t gen = ++gen_;
     connect_timeout_ =
         add_deadline(steady::now() + options_.connect_timeout, deadline_kind::connect, gen);
+    const server_address& target = servers_[attempt_];
     resolver_.async_resolve(
-        host_, port_,
+        target.host, target.port,
         [this, gen](boost::system::error_code ec, const tcp::resolver::results_type& results) {
           if (gen != gen_) return;
           if (ec) {
-            connect_failed(failure_kind::connection,
-                           "keylock: cannot resolve " + host_ + ": " + ec.message());
+            connect_failed(
+                failure_kind::connection,
+                "keylock: cannot resolve " + servers_[attempt_].host + ": " + ec.message());
             return;
           }
           asio::async_connect(socket_, results,
@@ -991,8 +1034,8 @@ class client_impl {
   void on_connect(boost::system::error_code ec, std::uint64_t gen) {
     if (gen != gen_) return;
     if (ec) {
-      connect_failed(failure_kind::connection, "keylock: cannot connect to keylockd at " +
-                                                   options_.server + ": " + ec.message());
+      connect_failed(failure_kind::connection,
+                     "keylock: cannot connect to keylockd at " + address() + ": " + ec.message());
       return;
     }
     // Asio 1.74 opens sockets without SOCK_CLOEXEC: keep ours out of processes the user
@@ -1026,7 +1069,8 @@ class client_impl {
     rbuf_.clear();
   }
 
-  // A connection attempt (resolve, connect or hello) failed.
+  // A connection attempt (resolve, connect or hello) failed: try the next daemon of this
+  // round at once; after a whole round, report (the constructor's round) or back off.
   void connect_failed(failure_kind kind, const std::string& message) {
     last_error_ = message;
     last_failure_ = kind;
@@ -1034,8 +1078,36 @@ class client_impl {
     state_ = conn_state::disconnected;
     cancel_deadline(connect_timeout_);
     drop_calls();
-    if (connect_waiter_ != nullptr) {  // the constructor's attempt: report, do not retry
-      complete(*connect_waiter_, make_failure(kind, message));
+    if (connect_waiter_ != nullptr) {
+      // The constructor's round: remember every failure; the gravest kind names the exception
+      // (a refused secret is a configuration error to show, not an outage).
+      if (!round_errors_.empty()) round_errors_ += "; ";
+      round_errors_ += message;
+      if (kind == failure_kind::auth ||
+          (kind == failure_kind::protocol && round_failure_ == failure_kind::connection)) {
+        round_failure_ = kind;
+      }
+    }
+    attempt_ = (attempt_ + 1) % servers_.size();
+    if (round_left_ > 1) {
+      --round_left_;
+      // Posted: the failed connection's handlers (already aborted) run first, and this may be
+      // called from deep inside them.
+      asio::post(ioc_, [this] {
+        if (!closing_ && state_ == conn_state::disconnected && !reconnect_) start_connect();
+      });
+      return;
+    }
+    round_left_ = servers_.size();
+    if (connect_waiter_ != nullptr) {  // the constructor's round: report, do not retry
+      std::string all = message;
+      if (servers_.size() > 1) {
+        all = "keylock: no keylockd of ";
+        all += options_.server;
+        all += " answered: ";
+        all += round_errors_;
+      }
+      complete(*connect_waiter_, make_failure(round_failure_, all));
       connect_waiter_ = nullptr;
       return;
     }
@@ -1045,11 +1117,11 @@ class client_impl {
   // An established connection ended.
   void on_drop(const std::string& why, failure_kind kind = failure_kind::connection) {
     if (state_ == conn_state::handshaking) {
-      connect_failed(kind, "keylock: connection to keylockd at " + options_.server +
-                               " ended during hello: " + why);
+      connect_failed(
+          kind, "keylock: connection to keylockd at " + address() + " ended during hello: " + why);
       return;
     }
-    last_error_ = "keylock: connection to keylockd at " + options_.server + " lost: " + why;
+    last_error_ = "keylock: connection to keylockd at " + address() + " lost: " + why;
     last_failure_ = kind;
     close_socket();
     state_ = conn_state::disconnected;
@@ -1059,6 +1131,9 @@ class client_impl {
     for (const auto& entry : leases_) held.push_back(entry.second);
     for (const auto& lease : held) lose(lease, lost_reason::connection_lost, last_error_);
     drop_calls();
+    // Failover: the next round starts with the next daemon of the list; this one comes last.
+    attempt_ = (attempt_ + 1) % servers_.size();
+    round_left_ = servers_.size();
     schedule_reconnect();
   }
 
@@ -1225,7 +1300,7 @@ class client_impl {
         if (due.ref == gen_ &&
             (state_ == conn_state::connecting || state_ == conn_state::handshaking)) {
           connect_failed(failure_kind::connection,
-                         "keylock: cannot connect to keylockd at " + options_.server +
+                         "keylock: cannot connect to keylockd at " + address() +
                              ": timed out after " +
                              std::to_string(options_.connect_timeout.count()) + " ms");
         }
@@ -1251,7 +1326,7 @@ class client_impl {
       p.w = nullptr;  // abandoned: a late grant is released at once
       complete(
           w, std::make_exception_ptr(ConnectionError("keylock: no reply to acquire of " + p.label +
-                                                     " from keylockd at " + options_.server)));
+                                                     " from keylockd at " + address())));
       const std::uint64_t cancel_id = new_internal_call(op::cancel);  // may rehash calls_
       pending& cancel = calls_.at(cancel_id);
       cancel.req.target = id;
@@ -1279,7 +1354,7 @@ class client_impl {
                                                         : last_error_));
     } else {
       complete(*done.w, std::make_exception_ptr(ConnectionError(
-                            "keylock: no reply from keylockd at " + options_.server + " within " +
+                            "keylock: no reply from keylockd at " + address() + " within " +
                             std::to_string(options_.request_timeout.count()) + " ms")));
     }
     if (done.req.kind == op::extend && done.lease) {
@@ -1288,8 +1363,12 @@ class client_impl {
   }
 
   client_options options_;
-  std::string host_;
-  std::string port_;
+  // The configured daemons, in order; never empty, never changed after construction (server()
+  // hands out references to their text).
+  std::vector<server_address> servers_;
+  std::vector<std::string> server_list_;  // their text, for servers()
+  // The daemon of the connection in use (of its last successful hello); read by any thread.
+  std::atomic<std::size_t> current_{0};
 
   asio::io_context ioc_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
@@ -1325,6 +1404,13 @@ class client_impl {
   deadline_handle connect_timeout_;
   deadline_handle reconnect_;
   milliseconds backoff_{0};
+  // Failover: attempt_ indexes the daemon being tried (or connected to). A round tries each
+  // daemon once, in list order from attempt_ and wrapping round; round_left_ counts the tries
+  // left in it, this one included. Backoff comes only between rounds.
+  std::size_t attempt_ = 0;
+  std::size_t round_left_ = 0;
+  std::string round_errors_;  // the constructor's round: every failure, for its exception
+  failure_kind round_failure_ = failure_kind::connection;  // ... and the gravest kind
   std::minstd_rand rng_;
   waiter* connect_waiter_ = nullptr;
   std::string last_error_;
@@ -1465,6 +1551,8 @@ top_info Client::top(std::size_t n) {
 }
 
 const std::string& Client::server() const noexcept { return impl_->server(); }
+
+const std::vector<std::string>& Client::servers() const noexcept { return impl_->servers(); }
 
 std::string Client::server_version() const { return impl_->server_version(); }
 

@@ -7,8 +7,10 @@
 //   keylock stats [--json]
 //   keylock top [-n N] [--interval S] [--once]
 //
-// Global: --server HOST:PORT ($KEYLOCK_SERVER, else 127.0.0.1:7400), --auth SECRET
-// ($KEYLOCK_AUTH). Exit codes follow sysexits.h; `run` passes its command's status through.
+// Global: --server HOST:PORT[,HOST:PORT...] ($KEYLOCK_SERVER, else 127.0.0.1:7400), --auth
+// SECRET ($KEYLOCK_AUTH). With several servers (a cluster) every subcommand uses the first that
+// answers and fails over to the others as the library does (include/keylock/client.hpp).
+// Exit codes follow sysexits.h; `run` passes its command's status through.
 //
 // `run` is flock(1) across hosts: it holds the lock while COMMAND runs (renewing it at ttl/3),
 // forwards SIGINT/SIGTERM/SIGHUP, and never lets the command go on once the lock is lost.
@@ -588,12 +590,23 @@ int top(keylock::Client& client, const top_args& args) {
   std::optional<keylock::top_info> prev;
   auto prev_at = std::chrono::steady_clock::now();
   for (int i = 0; top_stop == 0 && (args.iterations == 0 || i < args.iterations); ++i) {
-    keylock::top_info t = client.top(args.n);
+    std::optional<keylock::top_info> fetched;
+    try {
+      fetched = client.top(args.n);
+    } catch (const keylock::ConnectionError& e) {
+      // With a cluster's list the client is failing over: show why and try again next
+      // refresh; the rates restart on the daemon that answers. With one daemon, give up.
+      if (client.servers().size() == 1) throw;
+      std::printf("\x1b[H\x1b[2J%s\n", e.what());
+      std::fflush(stdout);
+    }
     auto at = std::chrono::steady_clock::now();
-    std::printf("\x1b[H\x1b[2J");
-    print_top(t, prev ? &*prev : nullptr, std::chrono::duration<double>(at - prev_at).count(),
-              client.server());
-    prev = std::move(t);
+    if (fetched) {
+      std::printf("\x1b[H\x1b[2J");
+      print_top(*fetched, prev ? &*prev : nullptr,
+                std::chrono::duration<double>(at - prev_at).count(), client.server());
+    }
+    prev = std::move(fetched);
     prev_at = at;
     auto until = at + std::chrono::duration<double>(args.interval_s);
     while (top_stop == 0 && std::chrono::steady_clock::now() < until) {
@@ -640,7 +653,9 @@ int run_main(int argc, char** argv) {
   keylock::client_options options;
   std::string auth;
   app.add_option("--server", options.server,
-                 "keylockd address HOST:PORT (default: $KEYLOCK_SERVER, else 127.0.0.1:7400)");
+                 "keylockd address HOST:PORT, or a cluster's daemons HOST:PORT,HOST:PORT,... "
+                 "tried in order: the first that answers is used, the next ones when it "
+                 "becomes unreachable (default: $KEYLOCK_SERVER, else 127.0.0.1:7400)");
   CLI::Option* auth_option =
       app.add_option("--auth", auth, "shared secret of the daemon (default: $KEYLOCK_AUTH)");
   app.add_option("--name", options.name, "client name shown by inspect");

@@ -24,6 +24,12 @@
 // - After a connection loss the client reconnects with exponential backoff and jitter, and
 //   sends `hello` (with the auth secret) first on every connection. Waiting acquires are sent
 //   again with the wait they have left; other requests in flight fail with ConnectionError.
+// - Failover (cluster mode): with several servers configured ("a:7400,b:7400") the client uses
+//   one at a time. When its connection cannot be made or drops, it tries the others, in list
+//   order starting after the one that failed and wrapping round, each once per round; a failed
+//   try moves to the next at once, and the backoff applies between whole rounds. Leases held
+//   through the lost daemon are lost as on any connection loss (connection_lost); waiting
+//   acquires and later calls go to the daemon that answers next.
 // - A lease over several keys (acquire_all) is one lease: one token, one ttl, one renewal,
 //   released and lost whole.
 // - Reentrancy is opt-in per acquire (AcquireOptions::reentrant) and local to this Client and
@@ -132,7 +138,9 @@ class Conflict : public Error {
 // How a Client connects. Every field has a documented default; an empty `server` and an unset
 // `auth` are taken from the environment.
 struct client_options {
-  // "host:port", "host" (port 7400) or "[v6addr]:port". Empty: $KEYLOCK_SERVER, else
+  // "host:port", "host" (port 7400) or "[v6addr]:port", or several of them separated by commas
+  // ("10.0.0.1:7400,10.0.0.2:7400", blanks around each ignored): daemons of one cluster, tried
+  // in this order (see "Failover" above). Empty: $KEYLOCK_SERVER (which takes a list too), else
   // "127.0.0.1:7400".
   std::string server;
   // The daemon's shared secret, sent in `hello` on every connection. nullopt: $KEYLOCK_AUTH when
@@ -140,15 +148,17 @@ struct client_options {
   std::optional<std::string> auth;
   // A name for people, shown by `inspect` (≤ 256 bytes). Empty: none.
   std::string name;
-  // Bound on each connection attempt (resolve + connect + hello). The constructor fails after
-  // one attempt; later reconnects retry forever with backoff.
+  // Bound on each connection attempt (resolve + connect + hello) to one server. The
+  // constructor fails after one attempt at each server of the list (so it may take this times
+  // the number of servers); later reconnects retry forever with backoff.
   std::chrono::milliseconds connect_timeout{5000};
   // Bound on the reply to any request other than acquire (ping, inspect, stats, release,
   // extend), and on how long such a request waits for a connection while reconnecting.
   std::chrono::milliseconds request_timeout{10000};
   // Reconnect backoff: the first retry after `backoff_initial`, doubling up to `backoff_max`;
   // each delay is drawn uniformly from [d/2, d] (jitter) so that many clients of a restarted
-  // daemon do not reconnect in lockstep.
+  // daemon do not reconnect in lockstep. With several servers, the delay comes before each
+  // round of tries (one per server), not between the servers of a round.
   std::chrono::milliseconds backoff_initial{50};
   std::chrono::milliseconds backoff_max{2000};
 };
@@ -305,10 +315,12 @@ class Lease {
 // NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
 class Client {
  public:
-  // Connects (resolve, TCP connect, `hello` with the secret and name) and returns once the
-  // daemon has answered. Throws ConnectionError if the daemon cannot be reached within
-  // connect_timeout, AuthError if it refuses the secret, ProtocolError if the peer does not
-  // speak the protocol, std::invalid_argument for a malformed server address.
+  // Connects (resolve, TCP connect, `hello` with the secret and name) and returns once a
+  // daemon has answered: the first of options.server's list that does, tried in order, each
+  // once. Throws std::invalid_argument for a malformed server address or list (an empty
+  // element, a bad port). When no server answers it throws, with every server's failure in the
+  // message: AuthError if one refused the secret, else ProtocolError if one did not speak the
+  // protocol, else ConnectionError (none reachable within connect_timeout).
   explicit Client(client_options options = {});
   // Closes the connection (the daemon releases every lease and drops every waiting acquire of
   // it) and stops the I/O thread. Calls still blocked in other threads fail with
@@ -374,8 +386,12 @@ class Client {
   // ConnectionError, ProtocolError (n out of range).
   top_info top(std::size_t n = 10);
 
-  // The address this client connects to, as configured ("host:port").
+  // The address of the daemon this client uses, as configured ("host:port"): the one whose
+  // connection is up, or was last up while the client reconnects. With one server, that one.
+  // The reference stays valid for the Client's life; may be called from any thread.
   const std::string& server() const noexcept;
+  // Every configured server address, in the order they are tried (one element without a list).
+  const std::vector<std::string>& servers() const noexcept;
   // The daemon version announced in the last successful `hello` ("0.1.0").
   std::string server_version() const;
 

@@ -426,3 +426,35 @@ TEST_CASE("keylock run --help shows several keys and --shared", "[cli]") {
   CHECK(contains(help.out(), "--shared"));
   CHECK(contains(help.out(), "KEY1 KEY2"));
 }
+
+TEST_CASE("keylock --server with a list skips a dead daemon, in every subcommand",
+          "[cli][failover]") {
+  keylock_daemon d;
+  temp_dir dir;
+  const std::string dead = "127.0.0.1:" + std::to_string(keylock::test::free_port());
+  const std::string live = "127.0.0.1:" + std::to_string(d.port());
+  const std::string list = dead + "," + live;
+
+  SECTION("--server") {
+    child_process ping(dir, cli({"--server", list, "ping"}));
+    CHECK(ping.wait() == 0);
+    INFO(ping.err());
+    CHECK(contains(ping.out(), "pong from " + live));
+    child_process run(dir, cli({"--server", list, "run", "failover", "--", "sh", "-c",
+                                "echo \"$KEYLOCK_TOKEN\""}));
+    CHECK(run.wait() == 0);
+    INFO(run.err());
+    CHECK_FALSE(run.out().empty());
+  }
+  SECTION("KEYLOCK_SERVER") {
+    child_process stats(dir, cli({"stats"}), {"KEYLOCK_SERVER=" + list});
+    CHECK(stats.wait() == 0);
+    INFO(stats.err());
+    CHECK(contains(stats.out(), "grants"));
+  }
+  SECTION("a malformed list: 64") {
+    child_process bad(dir, cli({"--server", live + ",", "ping"}));
+    CHECK(bad.wait() == 64);
+    CHECK(contains(bad.err(), "invalid server"));
+  }
+}

@@ -33,6 +33,8 @@ Invariants (the same as the C++ client's, include/keylock/client.hpp):
 - After a connection loss the client reconnects with exponential backoff and jitter and sends
   ``hello`` (with the secret) first on every connection. Waiting acquires are sent again with
   the wait they have left; other requests in flight fail with ConnectionError.
+- Failover (cluster mode): with several servers the client moves to the next one when its own
+  is unreachable; leases held through the lost daemon are lost as on any drop (see Client).
 - Fork safety: a forked child (uWSGI/gunicorn workers) never uses its parent's connection. The
   child drops the inherited socket and state, and connects on its first call. Leases the parent
   held are not the child's: in the child they are invalid, ``release()`` of them does nothing
@@ -156,6 +158,28 @@ def _split_server(server: str) -> Tuple[str, int]:
     if not host or not port.isdigit() or len(port) > 5 or not 0 < int(port) <= 65535:
         raise bad
     return host, int(port)
+
+
+def _split_servers(servers) -> List[Tuple[str, str, int]]:
+    """A comma-separated list of addresses (or a list/tuple of them), each as _split_server takes
+    it; blanks around an element are ignored. (text, host, port) per address, in order. Raises
+    ValueError for an empty list or element, or a malformed address."""
+    if isinstance(servers, str):
+        texts = servers.split(",")
+    elif isinstance(servers, (list, tuple)) and all(isinstance(t, str) for t in servers):
+        texts = [t for text in servers for t in text.split(",")] or [""]
+    else:
+        raise ValueError(f"keylock: server must be a str or a list of str, not {servers!r}")
+    out = []
+    for text in texts:
+        text = text.strip(" \t")
+        if not text:
+            raise ValueError(
+                f"keylock: invalid server list {servers!r} "
+                f"(an empty address; expected host:port,host:port)"
+            )
+        out.append((text,) + _split_server(text))
+    return out
 
 
 def _ms(seconds: float, what: str, minimum: int) -> int:
@@ -403,7 +427,9 @@ class Client:
     """A connection to keylockd shared by any number of threads (and safe across fork).
 
     ``server``: "host:port", "host" or "[v6]:port"; None: $KEYLOCK_SERVER, else
-    "127.0.0.1:7400". ``auth``: the daemon's shared secret, sent in ``hello`` on every
+    "127.0.0.1:7400". Several servers (the daemons of a cluster) may be given as one
+    comma-separated string ("a:7400,b:7400", also in $KEYLOCK_SERVER) or as a list of addresses:
+    see "Failover" below. ``auth``: the daemon's shared secret, sent in ``hello`` on every
     connection; None: $KEYLOCK_AUTH when set and non-empty; "" forces none. ``name``: a name for
     people, shown by ``inspect``.
 
@@ -412,7 +438,17 @@ class Client:
     a connection while reconnecting. Reconnect delays start at ``backoff_initial`` and double up
     to ``backoff_max``, each drawn uniformly from [d/2, d] (jitter). All in seconds.
 
-    Raises ValueError for a malformed server address.
+    Failover: with several servers the client uses one at a time. A connection attempt tries
+    them in list order, each once (a round), until one answers ``hello``; the first connection
+    starts with the first server, a reconnect after a drop with the server after the lost one
+    (wrapping round), so the lost one is tried last. A failed try moves on to the next server at
+    once; the backoff delay comes between rounds. Leases held through the lost daemon are lost
+    (``connection_lost``) as on any drop; waiting acquires and later calls go to the daemon that
+    answers next. When the first round fails, the error names every server's failure: AuthError
+    if one refused the secret, else ProtocolError if one did not speak the protocol, else
+    ConnectionError.
+
+    Raises ValueError for a malformed server address or list (an empty element, a bad port).
     """
 
     def __init__(
@@ -430,8 +466,8 @@ class Client:
             server = os.environ.get("KEYLOCK_SERVER") or "127.0.0.1:%d" % DEFAULT_PORT
         if auth is None:
             auth = os.environ.get("KEYLOCK_AUTH") or None
-        self._server = server
-        self._host, self._port = _split_server(server)
+        self._servers = _split_servers(server)  # (text, host, port) per daemon; never changes
+        self._server = ",".join(t for t, _, _ in self._servers)  # the list, for names
         self._auth = auth or None
         self._name = name
         self._connect_timeout = float(connect_timeout)
@@ -447,8 +483,14 @@ class Client:
 
     @property
     def server(self) -> str:
-        """The address this client connects to, as configured."""
-        return self._server
+        """The address of the daemon this client uses, as configured ("host:port"): the one
+        whose connection is up, or was last up (the first of the list before any)."""
+        return self._servers[self._current][0]
+
+    @property
+    def servers(self) -> Tuple[str, ...]:
+        """Every configured server address, in the order they are tried."""
+        return tuple(t for t, _, _ in self._servers)
 
     @property
     def server_version(self) -> str:
@@ -765,7 +807,7 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<keylock.Client server={self._server!r} state={self._state}>"
+        return f"<keylock.Client server={self.server!r} state={self._state}>"
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -791,6 +833,8 @@ class Client:
         self._draining = False  # the daemon said shutting_down: no acquire goes out
         self._reconnect_at: Optional[float] = None
         self._backoff = self._backoff_initial
+        self._current = 0  # index in _servers of the daemon of the last successful hello
+        self._next = 0  # index in _servers of the daemon the next round starts with
         self._last_error = ""
         self._last_error_cls: Type[Error] = ConnectionError
         self._last_error_code: Optional[str] = None
@@ -887,7 +931,7 @@ class Client:
                         self._lose_locked(lease, "expired", "extend got no reply from the daemon")
                         self._wake_locked()  # on_lost runs on the I/O thread
                     raise ConnectionError(
-                        f"keylock: no reply from keylockd at {self._server} within "
+                        f"keylock: no reply from keylockd at {self.server} within "
                         f"{self._request_timeout:g} s"
                     )
         if call.error is not None:
@@ -902,7 +946,7 @@ class Client:
             # The first connection is part of the set-up, not of the wait for the key: an
             # acquire queued behind it is sent once it is up, with what is left of its wait
             # (at least "try once").
-            deadline = time.monotonic() + self._connect_timeout + 1
+            deadline = time.monotonic() + self._connect_timeout * len(self._servers) + 1
             while not call.done and call.state == _QUEUED and self._state == _CONNECTING:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -931,7 +975,7 @@ class Client:
                 self._write_locked(_Call("cancel", {"target": call.id}, user=False))
         self._flush()
         raise ConnectionError(
-            f"keylock: no reply to acquire of {label} from keylockd at {self._server}"
+            f"keylock: no reply to acquire of {label} from keylockd at {self.server}"
         )
 
     # ---- writing ---------------------------------------------------------------------------
@@ -1378,11 +1422,45 @@ class Client:
     # ---- connecting ------------------------------------------------------------------------
 
     def _connect_once(self) -> None:
-        """One attempt: TCP connect, hello, its answer. Runs on the I/O thread, without the
-        lock; nothing else needs the thread meanwhile (no lease lives while disconnected)."""
+        """One round: tries each server once, in list order from ``_next``, until one answers
+        hello. Runs on the I/O thread, without the lock; nothing else needs the thread meanwhile
+        (no lease lives while disconnected)."""
+        failures: List[Error] = []
+        count = len(self._servers)
+        for _ in range(count):
+            if self._closed:
+                return
+            index = self._next
+            self._next = (index + 1) % count
+            try:
+                sock, rep, rest = self._attempt(*self._servers[index])
+            except Error as e:
+                failures.append(e)
+                continue
+            self._connected(index, sock, rep, rest)
+            return
+        if count == 1:
+            failure = failures[0]
+            cls, msg = type(failure), str(failure)
+        else:
+            # The gravest failure names the class: a refused secret is a configuration error
+            # to show, not an outage.
+            failure = next(
+                (f for kind in (AuthError, ProtocolError) for f in failures if isinstance(f, kind)),
+                failures[-1],
+            )
+            cls = type(failure)
+            msg = f"keylock: no keylockd of {self._server} answered: " + "; ".join(
+                str(f) for f in failures
+            )
+        self._connect_failed(cls, msg, failure.code)
+
+    def _attempt(self, server: str, host: str, port: int):
+        """One attempt at one daemon: TCP connect, hello, its answer. Returns (socket, hello
+        answer, bytes read past it); raises an Error."""
         sock = None
         try:
-            sock = socket.create_connection((self._host, self._port), self._connect_timeout)
+            sock = socket.create_connection((host, port), self._connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             hello: Dict[str, Any] = {"op": "hello", "id": 0}
@@ -1401,7 +1479,7 @@ class Client:
                 chunk = sock.recv(65536)
                 if not chunk:
                     raise ConnectionError(
-                        f"keylock: keylockd at {self._server} closed the connection during "
+                        f"keylock: keylockd at {server} closed the connection during "
                         f"hello{': ' + self._last_error if self._last_error else ''}"
                     )
                 buf += chunk
@@ -1410,7 +1488,7 @@ class Client:
                 rep = json.loads(line)
             except ValueError:
                 raise ProtocolError(
-                    f"keylock: {self._server} does not speak the keylock protocol"
+                    f"keylock: {server} does not speak the keylock protocol"
                 ) from None
             if not isinstance(rep, dict) or rep.get("ok") is not True:
                 rep = rep if isinstance(rep, dict) else {}
@@ -1418,25 +1496,23 @@ class Client:
                 msg = str(rep.get("message", code))
                 if code == "unauthenticated":
                     raise AuthError(
-                        f"keylock: authentication refused by keylockd at {self._server}: {msg}",
+                        f"keylock: authentication refused by keylockd at {server}: {msg}",
                         code,
                     )
                 if code == "limit_exceeded" or rep.get("id") is None:
-                    raise ConnectionError(f"keylock: keylockd at {self._server}: {msg}", code)
-                raise ProtocolError(f"keylock: hello refused by keylockd at {self._server}: {msg}")
+                    raise ConnectionError(f"keylock: keylockd at {server}: {msg}", code)
+                raise ProtocolError(f"keylock: hello refused by keylockd at {server}: {msg}")
             sock.settimeout(self._request_timeout)  # bounds a sendall the daemon never drains
-        except (OSError, ValueError, Error) as e:
+        except Error:
             self._close_socket(sock)
-            if isinstance(e, Error):
-                cls, msg, code = type(e), str(e), e.code
-            else:
-                cls, msg, code = (
-                    ConnectionError,
-                    f"keylock: cannot connect to keylockd at {self._server}: {e}",
-                    None,
-                )
-            self._connect_failed(cls, msg, code)
-            return
+            raise
+        except (OSError, ValueError) as e:
+            self._close_socket(sock)
+            raise ConnectionError(f"keylock: cannot connect to keylockd at {server}: {e}") from None
+        return sock, rep, rest
+
+    def _connected(self, index: int, sock: socket.socket, rep: dict, rest: bytes) -> None:
+        """An attempt at _servers[index] succeeded: the connection is the client's."""
         with self._mu:
             if self._closed:
                 self._sock = None
@@ -1447,6 +1523,7 @@ class Client:
                 self._draining = False
                 self._backoff = self._backoff_initial
                 self._reconnect_at = None
+                self._current = index
                 self._server_version = str(rep.get("version", ""))
                 queue, self._queue = self._queue, []
                 for call in queue:
@@ -1490,7 +1567,7 @@ class Client:
             self._rbuf = b""
             self._out.clear()
             self._draining = False
-            self._last_error = f"keylock: connection to keylockd at {self._server} lost: {why}"
+            self._last_error = f"keylock: connection to keylockd at {self.server} lost: {why}"
             self._last_error_cls = cls
             self._last_error_code = None
             # The daemon released every lease of this connection.
@@ -1525,6 +1602,8 @@ class Client:
                     self._complete_locked(call, error=cls(self._last_error))
             self._calls.clear()
             self._queue = requeue + self._queue
+            # Failover: the next round starts with the next daemon; the lost one comes last.
+            self._next = (self._current + 1) % len(self._servers)
             if not self._closed:
                 self._schedule_reconnect_locked()
         self._close_socket(sock)

@@ -3,6 +3,7 @@
     # settings.py
     KEYLOCK = {
         "SERVER": "127.0.0.1:7400",  # default: $KEYLOCK_SERVER, else 127.0.0.1:7400
+                                     # a cluster: "a:7400,b:7400" or ["a:7400", "b:7400"]
         "AUTH": None,                # the daemon's secret; default: $KEYLOCK_AUTH
         "TTL": 30,                   # seconds; the lease is renewed while the function runs
         "WAIT": None,                # seconds to wait for the lock; None: until granted
@@ -15,7 +16,8 @@
     def fetch_remote_thing(name): ...
 
 One Client per process, made on first use (so in each uWSGI/gunicorn worker, after the fork)
-and shared by its threads. Optional settings: "NAME" (shown by ``inspect``; default
+and shared by its threads. With several servers (a cluster's daemons) the client fails over
+from one to the next as keylock.Client does. Optional settings: "NAME" (shown by ``inspect``; default
 "django:HOSTNAME"), "CONNECT_TIMEOUT" and "REQUEST_TIMEOUT" (seconds). Changing the KEYLOCK
 setting (``override_settings`` in tests) closes the client; the next call makes a new one.
 """
@@ -68,12 +70,15 @@ def get_client() -> Client:
                     kwargs["connect_timeout"] = cfg["CONNECT_TIMEOUT"]
                 if cfg.get("REQUEST_TIMEOUT") is not None:
                     kwargs["request_timeout"] = cfg["REQUEST_TIMEOUT"]
-                _client = Client(
-                    server=cfg.get("SERVER"),
-                    auth=cfg.get("AUTH"),
-                    name=cfg.get("NAME") or f"django:{socket.gethostname()}",
-                    **kwargs,
-                )
+                try:
+                    _client = Client(
+                        server=cfg.get("SERVER"),
+                        auth=cfg.get("AUTH"),
+                        name=cfg.get("NAME") or f"django:{socket.gethostname()}",
+                        **kwargs,
+                    )
+                except ValueError as e:  # a malformed SERVER (address or list)
+                    raise ImproperlyConfigured(f"settings.KEYLOCK: {e}") from e
             client = _client
     return client
 

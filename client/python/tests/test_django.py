@@ -82,3 +82,22 @@ def test_the_bound_decorator_takes_shared_reentrant_and_several_keys(daemon, mak
         assert len(tokens) == 3 and len(set(tokens)) == 1  # nested calls share one lease
         with kd.lock_all(["django:a", "django:b"]) as lease:
             assert lease.keys == ("django:a", "django:b")
+
+
+def test_the_server_setting_takes_a_cluster_list_and_fails_over_past_a_dead_daemon(daemon):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from harness import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    for server in (f"{dead},{daemon.address}", [dead, daemon.address]):
+        with override_settings(KEYLOCK={"SERVER": server}):
+            c = kd.get_client()
+            assert c.servers == (dead, daemon.address)
+            with kd.lock("django:cluster"):
+                assert c.server == daemon.address
+                assert c.inspect("django:cluster").held
+    with override_settings(KEYLOCK={"SERVER": f"{daemon.address},"}):
+        with pytest.raises(ImproperlyConfigured):
+            kd.get_client()
+    kd.reset()
