@@ -1531,6 +1531,7 @@ key_info Client::inspect(std::string_view key) {
   info.holders = std::move(rep.holders);
   info.waiters = rep.waiters.value_or(0);
   info.limit = rep.limit.value_or(0);
+  info.cluster = rep.cluster;
   return info;
 }
 

@@ -474,10 +474,16 @@ int inspect(keylock::Client& client, const std::string& key, bool json) {
     rep.holders = info.holders;
     rep.waiters = info.waiters;
     rep.limit = info.limit;
+    rep.cluster = info.cluster;
     std::cout << raw_json(rep);
     return 0;
   }
   std::printf("key      %s\n", key.c_str());
+  if (info.cluster) {
+    std::printf("right    %s (%llu other daemons waiting)\n",
+                info.cluster->holder.empty() ? "no daemon" : info.cluster->holder.c_str(),
+                static_cast<unsigned long long>(info.cluster->daemons_waiting));
+  }
   if (info.held) {
     std::printf("held     yes, %zu of limit %llu\n", info.holders.size(),
                 static_cast<unsigned long long>(info.limit));
@@ -563,9 +569,15 @@ void print_top(const keylock::top_info& t, const keylock::top_info* prev, double
   std::printf("\nLONGEST QUEUES\n%-40s %8s %6s %6s\n", "KEY", "WAITERS", "HELD", "LIMIT");
   if (t.queues.empty()) std::printf("(none)\n");
   for (const auto& q : t.queues) {
-    std::printf("%-40.40s %8llu %6llu %6llu\n", q.key.c_str(),
+    std::printf("%-40.40s %8llu %6llu %6llu", q.key.c_str(),
                 static_cast<unsigned long long>(q.waiters), static_cast<unsigned long long>(q.held),
                 static_cast<unsigned long long>(q.limit));
+    if (q.cluster) {  // cluster mode: where the key's global right is
+      std::printf("  right: %s, %llu daemons waiting",
+                  q.cluster->holder.empty() ? "-" : q.cluster->holder.c_str(),
+                  static_cast<unsigned long long>(q.cluster->daemons_waiting));
+    }
+    std::printf("\n");
   }
   std::printf("\nOLDEST HOLDERS\n%-32s %-10s %-10s %-24s %s\n", "KEY", "HELD", "TTL LEFT",
               "CLIENT", "PEER");

@@ -221,6 +221,8 @@ struct key_info {
   std::vector<holder_info> holders;  // in grant order
   std::uint64_t waiters = 0;
   std::uint64_t limit = 0;  // 0 when the key is not live
+  // Cluster mode only: the node holding the key's global right, and the daemons waiting for it.
+  std::optional<cluster_view> cluster;
 };
 
 // What `top` reports: the stats, the longest queues and the oldest leases (PROTOCOL.md).
