@@ -62,19 +62,19 @@ bool coordinator::parse_key(const std::string& etcd_key, std::string* hash) cons
 // --- key_gate ----------------------------------------------------------------------------------
 
 bool coordinator::holds(std::string_view key) const {
-  auto it = rights_.find(std::string(key));
+  auto it = rights_.find(key);
   return it != rights_.end() && it->second.at == phase::held && !it->second.closing;
 }
 
 void coordinator::mark(std::string_view key) {
-  auto [it, fresh] = dirty_set_.emplace(key);
-  if (fresh) dirty_.push_back(*it);
+  if (dirty_set_.find(key) != dirty_set_.end()) return;
+  dirty_.push_back(*dirty_set_.emplace(key).first);
 }
 
 void coordinator::wanted(std::string_view key) { mark(key); }
 
 void coordinator::granted(std::string_view key) {
-  auto it = rights_.find(std::string(key));
+  auto it = rights_.find(key);
   if (it == rights_.end()) return;
   right& r = it->second;
   ++counters_.local_grants;
@@ -99,7 +99,8 @@ std::uint32_t coordinator::ttl_cap(tick now) const {
 
 bool coordinator::ready() const {
   if (high_revision_ == 0 || high_revision_ >= revision_limit || seq_ >= seq_limit) return false;
-  const tick now = std::chrono::steady_clock::now().time_since_epoch();
+  const tick now = options_.clock ? options_.clock()
+                                  : tick(std::chrono::steady_clock::now().time_since_epoch());
   return lease_ != 0 && now < proven_until_();
 }
 

@@ -56,6 +56,8 @@ struct coordinator_options {
   std::uint32_t handoff_limit = 32;      // local grants per tenure while another daemon waits
   tick idle_keep{std::chrono::milliseconds(500)};
   std::uint32_t max_ttl_ms = 0;          // static cap of leases' ttl (0: none)
+  // The clock of ready() (the table's token_source check has no `now`); empty: steady_clock.
+  std::function<tick()> clock;
 };
 
 struct coordinator_counters {
@@ -172,8 +174,13 @@ class coordinator final : public key_gate, public token_source {
   std::uint64_t high_revision_ = 0;  // H
   std::uint64_t seq_ = 0;            // s
   bool bump_pending_ = false;
+  // Lookups by string_view without building a std::string (a grant on the hot path).
+  struct text_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
   // Rights this daemon holds or wants, by user key; and user key by hash.
-  std::unordered_map<std::string, right> rights_;
+  std::unordered_map<std::string, right, text_hash, std::equal_to<>> rights_;
   std::unordered_map<std::string, std::string> key_of_hash_;
   // The mirror of <prefix>k/: per key hash, every daemon's queue entry.
   std::unordered_map<std::string, queue> mirror_;
@@ -183,7 +190,7 @@ class coordinator final : public key_gate, public token_source {
   std::deque<std::pair<tick, std::string>> idle_timers_;
   // Keys to look at in process().
   std::vector<std::string> dirty_;
-  std::unordered_set<std::string> dirty_set_;
+  std::unordered_set<std::string, text_hash, std::equal_to<>> dirty_set_;
   coordinator_counters counters_;
 };
 
