@@ -387,7 +387,10 @@ struct server::impl final : session_host, delivery {
                (etcd_problem_.empty() ? std::string() : " (" + etcd_problem_ + ")") +
                "; acquires answer unavailable";
       }
-      if (!coordinator_->mirrored()) return "cluster: etcd watch not synced yet";
+      if (!coordinator_->mirrored()) {
+        return "cluster: etcd watch not synced yet" +
+               (etcd_problem_.empty() ? std::string() : " (" + etcd_problem_ + ")");
+      }
       if (!etcd_problem_.empty()) return "cluster: etcd: " + etcd_problem_;
       return {};
     }

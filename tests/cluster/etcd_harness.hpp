@@ -46,7 +46,10 @@ inline std::uint16_t free_port() {
 // costs milliseconds here). Every process is stopped by PID in the destructor.
 class etcd_cluster {
  public:
-  explicit etcd_cluster(int members) {
+  // `client_tls`: flags that make etcd serve clients over TLS (--cert-file ... ), whose client
+  // URLs are then https://.
+  explicit etcd_cluster(int members, std::vector<std::string> client_tls = {})
+      : client_tls_(std::move(client_tls)) {
     char templ[] = "/dev/shm/keylock-etcd-XXXXXX";
     if (::mkdtemp(templ) == nullptr) throw std::runtime_error("mkdtemp failed");
     dir_ = templ;
@@ -86,7 +89,7 @@ class etcd_cluster {
   std::vector<std::string> endpoints() const {
     std::vector<std::string> out;
     for (const member& m : members_) {
-      out.push_back(url(m.client_port));
+      out.push_back(client_url(m.client_port));
     }
     return out;
   }
@@ -102,7 +105,7 @@ class etcd_cluster {
   };
 
   void start(member& m, const std::string& initial) {
-    const std::string client = url(m.client_port);
+    const std::string client = client_url(m.client_port);
     const std::string peer = url(m.peer_port);
     std::vector<std::string> args = {"etcd",
                                      "--name", m.name,
@@ -115,6 +118,7 @@ class etcd_cluster {
                                      "--initial-cluster-state", "new",
                                      "--initial-cluster-token", dir_.filename().string(),
                                      "--log-level", "error"};
+    args.insert(args.end(), client_tls_.begin(), client_tls_.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -139,6 +143,13 @@ class etcd_cluster {
     m.pid = -1;
   }
 
+  std::string client_url(std::uint16_t port) const {
+    std::string u = client_tls_.empty() ? "http://127.0.0.1:" : "https://127.0.0.1:";
+    u += std::to_string(port);
+    return u;
+  }
+
+  std::vector<std::string> client_tls_;
   std::filesystem::path dir_;
   std::vector<member> members_;
 };

@@ -7,6 +7,8 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -384,4 +386,69 @@ TEST_CASE("cluster: killing one of three etcd members changes nothing visible", 
   }
   CHECK(metric(a, "keylock_cluster_sessions_lost_total") == 0);
   CHECK(metric(b, "keylock_cluster_sessions_lost_total") == 0);
+}
+
+TEST_CASE("cluster: a daemon authenticates to etcd with etcd_user and etcd_password_file",
+          "[cluster]") {
+  etcd_cluster etcd(1);
+  const std::string eps = etcd.endpoint_list();
+  // Enable etcd's authentication: a root user with a password (etcdctl, from etcd-client).
+  const std::string ctl = "ETCDCTL_API=3 etcdctl --endpoints " + eps + " --command-timeout=5s ";
+  REQUIRE(eventually([&] { return std::system((ctl + "put /probe ok >/dev/null 2>&1").c_str()) == 0; }));
+  REQUIRE(std::system((ctl + "role add root >/dev/null").c_str()) == 0);
+  REQUIRE(std::system((ctl + "user add root --new-user-password=s3cret --interactive=false "
+                             ">/dev/null")
+                          .c_str()) == 0);
+  REQUIRE(std::system((ctl + "user grant-role root root >/dev/null").c_str()) == 0);
+  REQUIRE(std::system((ctl + "auth enable >/dev/null").c_str()) == 0);
+  test::temp_dir dir;
+  const std::string password_file = (dir.path / "etcd-password").string();
+  {
+    std::FILE* f = std::fopen(password_file.c_str(), "w");
+    REQUIRE(f != nullptr);
+    std::fputs("s3cret\n", f);
+    std::fclose(f);
+  }
+  test::daemon good(node_args(eps, "node-a", {"--etcd-user", "root", "--etcd-password-file",
+                                              password_file}));
+  wait_ready(good);
+  conn c(good.port());
+  reply r = call_reply(c, acquire_frame("auth", 1, std::nullopt));
+  REQUIRE(r.type == reply::kind::ok);
+  // Without credentials etcd refuses the daemon's reads: never ready, and /readyz says why.
+  test::daemon anonymous(node_args(eps, "node-b"));
+  REQUIRE(eventually([&] {
+    auto resp = test::http_get(anonymous.metrics_port(), "/readyz");
+    return resp.status == 503 && resp.body.find("user name is empty") != std::string::npos;
+  }));
+}
+
+TEST_CASE("cluster: a daemon reaches etcd over TLS with a client certificate", "[cluster]") {
+  test::temp_dir dir;
+  const std::string d = dir.path.string();
+  // A server certificate for 127.0.0.1 and a client certificate, each self-signed (each is
+  // its own CA), made with openssl(1).
+  const std::string make =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
+      "-addext subjectAltName=IP:127.0.0.1 -keyout " + d + "/server.key -out " + d +
+      "/server.pem >/dev/null 2>&1 && "
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=keylockd -keyout " + d +
+      "/client.key -out " + d + "/client.pem >/dev/null 2>&1";
+  REQUIRE(std::system(make.c_str()) == 0);
+  etcd_cluster etcd(1, {"--cert-file", d + "/server.pem", "--key-file", d + "/server.key",
+                        "--client-cert-auth", "--trusted-ca-file", d + "/client.pem"});
+  const std::string eps = etcd.endpoint_list();
+  REQUIRE(eps.rfind("https://", 0) == 0);
+  test::daemon a(node_args(eps, "node-a", {"--etcd-ca-file", d + "/server.pem",
+                                           "--etcd-cert-file", d + "/client.pem",
+                                           "--etcd-key-file", d + "/client.key"}));
+  wait_ready(a);
+  conn c(a.port());
+  REQUIRE(call_reply(c, acquire_frame("tls", 1, std::nullopt)).type == reply::kind::ok);
+  // Without the client certificate etcd refuses the handshake: never ready.
+  test::daemon b(node_args(eps, "node-b", {"--etcd-ca-file", d + "/server.pem"}));
+  REQUIRE(b.wait_log("cluster: etcd: ", bound));  // a failed request to etcd, logged
+  auto resp = test::http_get(b.metrics_port(), "/readyz");
+  CHECK(resp.status == 503);
+  CHECK(resp.body.find("cluster") != std::string::npos);
 }
