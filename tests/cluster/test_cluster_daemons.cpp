@@ -367,14 +367,22 @@ TEST_CASE("cluster: killing one of three etcd members changes nothing visible", 
   wait_ready(a);
   wait_ready(b);
   conn ca(a.port()), cb(b.port());
-  reply held = call_reply(ca, acquire_frame("m", 1, std::nullopt, 2000));
+  // A ttl that outlasts an election (when the killed member led, requests wait for the next
+  // leader for a second or two); the daemon caps it below its etcd lease's proof.
+  reply held = call_reply(ca, acquire_frame("m", 1, std::nullopt, 8000));
   REQUIRE(held.type == reply::kind::ok);
+  const auto acquired = std::chrono::steady_clock::now();
+  INFO("acquired with ttl_ms " << held.ttl_ms.value_or(0));
   etcd.kill_member(0);
   // The holder keeps its lease through extends; other keys keep working across daemons.
   for (int i = 0; i < 10; ++i) {
     reply e = call_reply(ca, R"({"op":"extend","key":"m","token":)" +
                                  std::to_string(*held.token) + "}");
-    INFO("extend " << i << ": " << e.message);
+    INFO("extend " << i << ": " << e.message << " ttl_ms " << e.ttl_ms.value_or(0) << " at "
+                   << std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::steady_clock::now() - acquired)
+                          .count()
+                   << " ms after the acquire");
     REQUIRE(e.type == reply::kind::ok);
     conn& c = i % 2 == 0 ? ca : cb;
     reply r = call_reply(c, acquire_frame("n", 2, std::nullopt));
