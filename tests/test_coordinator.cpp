@@ -144,6 +144,18 @@ std::map<std::uint64_t, std::uint64_t> take_grants(node& n) {
   return out;
 }
 
+// Two daemons over one etcd; a client of `a` has been granted `k` (its token returned).
+std::uint64_t a_holds_k(sim_etcd& etcd, node& a, node& b) {
+  etcd.start(a);
+  etcd.start(b);
+  owner_id o = a.table.connect();
+  acquire(a, o, "k", 1);
+  etcd.pump();
+  auto g = take_grants(a);
+  REQUIRE(g.count(1));
+  return g[1];
+}
+
 void release(node& n, std::string_view key, std::uint64_t token) {
   REQUIRE(n.table.release(key, token, n.etcd.now, n.events) == lease_status::ok);
   n.coord.process(n.etcd.now, n.events);
@@ -215,12 +227,7 @@ TEST_CASE("coordinator: the right goes to a waiting daemon after handoff_limit l
 TEST_CASE("coordinator: an idle right is given up after idle_keep, or at once when asked") {
   sim_etcd etcd;
   node a(etcd, "a", 0xa, 32, 500ms), b(etcd, "b", 0xb, 32, 500ms);
-  etcd.start(a);
-  etcd.start(b);
-  owner_id o = a.table.connect();
-  acquire(a, o, "k", 1);
-  etcd.pump();
-  release(a, "k", take_grants(a).at(1));
+  release(a, "k", a_holds_k(etcd, a, b));
   REQUIRE(a.coord.next_deadline());
   CHECK(*a.coord.next_deadline() == etcd.now + 500ms);
   SECTION("after idle_keep") {
@@ -245,12 +252,7 @@ TEST_CASE("coordinator: an idle right is given up after idle_keep, or at once wh
 TEST_CASE("coordinator: a try-lock is busy when another daemon has the key") {
   sim_etcd etcd;
   node a(etcd, "a", 0xa, 32, 500ms), b(etcd, "b", 0xb, 32, 500ms);
-  etcd.start(a);
-  etcd.start(b);
-  owner_id o = a.table.connect();
-  acquire(a, o, "k", 1);
-  etcd.pump();
-  REQUIRE(take_grants(a).count(1));
+  a_holds_k(etcd, a, b);
   owner_id p = b.table.connect();
   REQUIRE(acquire(b, p, "k", 2, 0).status == acquire_status::queued);
   etcd.pump();

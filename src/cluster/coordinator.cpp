@@ -149,14 +149,7 @@ void coordinator::session_lost(tick now, std::vector<table_event>& events) {
   ++counters_.sessions_lost;
   lease_ = 0;
   // Our etcd keys die with the lease: every right is forgotten (kept as demand to re-request).
-  for (auto& [key, r] : rights_) {
-    r.at = phase::none;
-    r.etcd_key.clear();
-    r.create_revision = 0;
-    r.grants = 0;
-    r.closing = false;
-    r.idle = false;
-  }
+  for (auto& [key, r] : rights_) r.forget();
   if (table_ != nullptr) table_->lose_all(now, events);
 }
 
@@ -190,13 +183,7 @@ void coordinator::on_removed(const std::string& key, const std::string& etcd_key
     port_.remove(key, etcd_key);
     return;
   }
-  right& r = it->second;
-  r.at = phase::none;
-  r.etcd_key.clear();
-  r.create_revision = 0;
-  r.grants = 0;
-  r.closing = false;
-  r.idle = false;
+  it->second.forget();
   mark(key);  // demand left here queues again, behind the daemons that waited
   process(now, events);
 }

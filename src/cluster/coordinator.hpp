@@ -148,6 +148,15 @@ class coordinator final : public key_gate, public token_source {
     bool closing = false;       // handing off: closed, waiting for local holders to leave
     bool idle = false;          // idle_until is armed
     tick idle_until{0};
+    // No etcd key any more (given up, or gone with the lease): back to wanting or not.
+    void forget() {
+      at = phase::none;
+      etcd_key.clear();
+      create_revision = 0;
+      grants = 0;
+      closing = false;
+      idle = false;
+    }
   };
   struct mirror_entry {
     std::string etcd_key;

@@ -111,15 +111,16 @@ struct etcd_client::impl {
     return token;
   }
 
-  // After a failed call: a token etcd no longer accepts is dropped, so the next call
-  // authenticates again.
-  void check_auth(const grpc::Status& s) {
-    if (options.user.empty() || s.ok()) return;
-    if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
-        s.error_message().find("token") != std::string::npos) {
+  // A unary call's outcome. After a failure, a token etcd no longer accepts is dropped, so the
+  // next call authenticates again.
+  etcd_status finish(const grpc::Status& s) {
+    if (!options.user.empty() && !s.ok() &&
+        (s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+         s.error_message().find("token") != std::string::npos)) {
       std::lock_guard<std::mutex> lock(token_mutex);
       token.clear();
     }
+    return from_grpc(s);
   }
   void deadline(grpc::ClientContext& ctx) { deadline(ctx, options.rpc_timeout); }
 };
@@ -160,8 +161,7 @@ etcd_status etcd_client::lease_grant(std::chrono::seconds ttl, std::int64_t* id,
   grpc::ClientContext ctx;
   impl_->deadline(ctx);
   grpc::Status gs = impl_->lease->LeaseGrant(&ctx, req, &resp);
-  impl_->check_auth(gs);
-  etcd_status st = from_grpc(gs);
+  etcd_status st = impl_->finish(gs);
   if (!st.ok()) return st;
   if (!resp.error().empty()) return failed("etcd: " + resp.error());
   *id = resp.id();
@@ -222,8 +222,7 @@ etcd_status etcd_client::create(const std::string& key, const std::string& value
   grpc::ClientContext ctx;
   impl_->deadline(ctx);
   grpc::Status gs = impl_->kv->Txn(&ctx, txn, &resp);
-  impl_->check_auth(gs);
-  etcd_status st = from_grpc(gs);
+  etcd_status st = impl_->finish(gs);
   if (!st.ok()) return st;
   *created = resp.succeeded();
   const pb::ResponseOp& last = resp.responses(resp.responses_size() - 1);
@@ -248,8 +247,7 @@ etcd_status etcd_client::list_prefix(const std::string& prefix, std::vector<etcd
   grpc::ClientContext ctx;
   impl_->deadline(ctx);
   grpc::Status gs = impl_->kv->Range(&ctx, req, &resp);
-  impl_->check_auth(gs);
-  etcd_status st = from_grpc(gs);
+  etcd_status st = impl_->finish(gs);
   if (!st.ok()) return st;
   out->clear();
   out->reserve(static_cast<std::size_t>(resp.kvs_size()));
@@ -268,8 +266,7 @@ etcd_status etcd_client::remove(const std::string& key, bool* deleted) {
   grpc::ClientContext ctx;
   impl_->deadline(ctx);
   grpc::Status gs = impl_->kv->DeleteRange(&ctx, req, &resp);
-  impl_->check_auth(gs);
-  etcd_status st = from_grpc(gs);
+  etcd_status st = impl_->finish(gs);
   if (st.ok() && deleted != nullptr) *deleted = resp.deleted() > 0;
   return st;
 }
@@ -285,8 +282,7 @@ etcd_status etcd_client::put(const std::string& key, const std::string& value,
   grpc::ClientContext ctx;
   impl_->deadline(ctx);
   grpc::Status gs = impl_->kv->Put(&ctx, req, &resp);
-  impl_->check_auth(gs);
-  etcd_status st = from_grpc(gs);
+  etcd_status st = impl_->finish(gs);
   if (st.ok() && revision != nullptr) *revision = resp.header().revision();
   return st;
 }
