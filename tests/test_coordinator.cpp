@@ -1,6 +1,9 @@
 // Cluster mode's coordinator, deterministically: two daemons (each a coordinator and its lock
 // table) over a simulated etcd that applies their requests in order and feeds both the watch
 // events, with a fake clock. No threads, no sockets, no real etcd.
+#include "cluster/coordinator.hpp"
+#include "lock_table.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <deque>
@@ -9,9 +12,6 @@
 #include <memory>
 #include <string>
 #include <vector>
-
-#include "cluster/coordinator.hpp"
-#include "lock_table.hpp"
 
 using namespace keylock;
 using namespace std::chrono_literals;
@@ -185,8 +185,9 @@ TEST_CASE("coordinator: a key's right is won in etcd, then local grants need no 
   CHECK(a.coord.counters().global_acquisitions == 1);
 }
 
-TEST_CASE("coordinator: the right goes to a waiting daemon after handoff_limit local grants, "
-          "and tokens keep increasing across daemons") {
+TEST_CASE(
+    "coordinator: the right goes to a waiting daemon after handoff_limit local grants, "
+    "and tokens keep increasing across daemons") {
   sim_etcd etcd;
   node a(etcd, "a", 0xa, 2, 500ms), b(etcd, "b", 0xb, 2, 500ms);
   etcd.start(a);
@@ -257,7 +258,8 @@ TEST_CASE("coordinator: a try-lock is busy when another daemon has the key") {
   REQUIRE(acquire(b, p, "k", 2, 0).status == acquire_status::queued);
   etcd.pump();
   bool busy = false;
-  for (const auto& ev : b.events) busy = busy || (ev.kind == event_kind::busy && ev.request_id == 2u);
+  for (const auto& ev : b.events)
+    busy = busy || (ev.kind == event_kind::busy && ev.request_id == 2u);
   CHECK(busy);
   // b withdrew from etcd's queue: a's right is not contended.
   CHECK(a.coord.view("k").daemons_waiting == 0);

@@ -1,13 +1,13 @@
 // Cluster mode's hooks in the lock table (key_gate, open_key, close_key, drop_tries, lose_all),
 // with a fake gate and clock: a key whose right is elsewhere never grants.
+#include "lock_table.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <set>
 #include <string>
 #include <vector>
-
-#include "lock_table.hpp"
 
 using namespace keylock;
 using namespace std::chrono_literals;

@@ -9,6 +9,10 @@
 // lock table stay single-threaded. No gRPC or Asio type appears here.
 #pragma once
 
+#include "cluster/coordinator.hpp"
+#include "cluster/etcd_client.hpp"
+#include "cluster/etcd_session.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -20,10 +24,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include "cluster/coordinator.hpp"
-#include "cluster/etcd_client.hpp"
-#include "cluster/etcd_session.hpp"
 
 namespace keylock {
 
@@ -39,7 +39,8 @@ struct cluster_events {
   std::function<void(std::int64_t lease)> session_up;
   std::function<void()> session_lost;
   std::function<void(const std::string& key, const std::string& etcd_key, bool ok,
-                     std::int64_t create_revision)> created;
+                     std::int64_t create_revision)>
+      created;
   std::function<void(const std::string& key, const std::string& etcd_key, bool ok)> removed;
   std::function<void(std::int64_t revision)> revision;
   std::function<void(std::int64_t revision, const std::vector<etcd_kv>& kvs)> snapshot;

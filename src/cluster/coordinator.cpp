@@ -99,8 +99,8 @@ std::uint32_t coordinator::ttl_cap(tick now) const {
 
 bool coordinator::ready() const {
   if (high_revision_ == 0 || high_revision_ >= revision_limit || seq_ >= seq_limit) return false;
-  const tick now = options_.clock ? options_.clock()
-                                  : tick(std::chrono::steady_clock::now().time_since_epoch());
+  const tick now =
+      options_.clock ? options_.clock() : tick(std::chrono::steady_clock::now().time_since_epoch());
   return lease_ != 0 && now < proven_until_();
 }
 
@@ -173,8 +173,8 @@ void coordinator::on_created(const std::string& key, const std::string& etcd_key
   process(now, events);
 }
 
-void coordinator::on_removed(const std::string& key, const std::string& etcd_key, bool ok,
-                             tick now, std::vector<table_event>& events) {
+void coordinator::on_removed(const std::string& key, const std::string& etcd_key, bool ok, tick now,
+                             std::vector<table_event>& events) {
   auto it = rights_.find(key);
   if (it == rights_.end() || it->second.at != phase::removing || it->second.etcd_key != etcd_key) {
     return;
@@ -213,7 +213,8 @@ void coordinator::on_snapshot(std::int64_t revision, const std::vector<etcd_kv>&
   mirror_.clear();
   std::string hash;
   for (const etcd_kv& kv : kvs) {
-    if (parse_key(kv.key, &hash)) mirror_[hash][kv.create_revision] = mirror_entry{kv.key, kv.value};
+    if (parse_key(kv.key, &hash))
+      mirror_[hash][kv.create_revision] = mirror_entry{kv.key, kv.value};
   }
   mirror_revision_ = revision;
   for (auto& [key, r] : rights_) mark(key);

@@ -32,6 +32,10 @@
 // its etcd_port requests on its own threads and calls the on_* functions on the loop thread.
 #pragma once
 
+#include "cluster/etcd_client.hpp"  // etcd_kv, etcd_watch_batch (plain types)
+#include "keylock/protocol.hpp"     // cluster_view
+#include "lock_table.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -44,18 +48,14 @@
 #include <unordered_set>
 #include <vector>
 
-#include "cluster/etcd_client.hpp"  // etcd_kv, etcd_watch_batch (plain types)
-#include "keylock/protocol.hpp"      // cluster_view
-#include "lock_table.hpp"
-
 namespace keylock {
 
 struct coordinator_options {
   std::string prefix = "/keylock/";
-  std::string node;                      // this daemon's node_name (the etcd keys' value)
-  std::uint32_t handoff_limit = 32;      // local grants per tenure while another daemon waits
+  std::string node;                  // this daemon's node_name (the etcd keys' value)
+  std::uint32_t handoff_limit = 32;  // local grants per tenure while another daemon waits
   tick idle_keep{std::chrono::milliseconds(500)};
-  std::uint32_t max_ttl_ms = 0;          // static cap of leases' ttl (0: none)
+  std::uint32_t max_ttl_ms = 0;  // static cap of leases' ttl (0: none)
   // The clock of ready() (the table's token_source check has no `now`); empty: steady_clock.
   std::function<tick()> clock;
 };
@@ -85,8 +85,7 @@ class etcd_port {
 class coordinator final : public key_gate, public token_source {
  public:
   // `proven_until` reads the daemon's etcd session: until when its lease is proven alive.
-  coordinator(coordinator_options options, etcd_port& port,
-              std::function<tick()> proven_until);
+  coordinator(coordinator_options options, etcd_port& port, std::function<tick()> proven_until);
   coordinator(const coordinator&) = delete;
   coordinator& operator=(const coordinator&) = delete;
 
@@ -144,9 +143,9 @@ class coordinator final : public key_gate, public token_source {
     std::string hash;
     std::string etcd_key;
     std::int64_t create_revision = 0;
-    std::uint32_t grants = 0;   // local grants in this tenure
-    bool closing = false;       // handing off: closed, waiting for local holders to leave
-    bool idle = false;          // idle_until is armed
+    std::uint32_t grants = 0;  // local grants in this tenure
+    bool closing = false;      // handing off: closed, waiting for local holders to leave
+    bool idle = false;         // idle_until is armed
     tick idle_until{0};
     // No etcd key any more (given up, or gone with the lease): back to wanting or not.
     void forget() {

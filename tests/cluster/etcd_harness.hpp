@@ -108,16 +108,26 @@ class etcd_cluster {
     const std::string client = client_url(m.client_port);
     const std::string peer = url(m.peer_port);
     std::vector<std::string> args = {"etcd",
-                                     "--name", m.name,
-                                     "--data-dir", (dir_ / m.name).string(),
-                                     "--listen-client-urls", client,
-                                     "--advertise-client-urls", client,
-                                     "--listen-peer-urls", peer,
-                                     "--initial-advertise-peer-urls", peer,
-                                     "--initial-cluster", initial,
-                                     "--initial-cluster-state", "new",
-                                     "--initial-cluster-token", dir_.filename().string(),
-                                     "--log-level", "error"};
+                                     "--name",
+                                     m.name,
+                                     "--data-dir",
+                                     (dir_ / m.name).string(),
+                                     "--listen-client-urls",
+                                     client,
+                                     "--advertise-client-urls",
+                                     client,
+                                     "--listen-peer-urls",
+                                     peer,
+                                     "--initial-advertise-peer-urls",
+                                     peer,
+                                     "--initial-cluster",
+                                     initial,
+                                     "--initial-cluster-state",
+                                     "new",
+                                     "--initial-cluster-token",
+                                     dir_.filename().string(),
+                                     "--log-level",
+                                     "error"};
     args.insert(args.end(), client_tls_.begin(), client_tls_.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());

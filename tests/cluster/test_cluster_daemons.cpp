@@ -2,25 +2,25 @@
 // etcd-server 3.4) started by each test on free loopback ports, everything stopped by PID.
 // Tests wait for observable events (a reply, a log line, a probe) with generous bounds; none
 // asserts a duration.
+#include "etcd_harness.hpp"
+#include "harness.hpp"
+#include "replies.hpp"
+#include "tcp_relay.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <signal.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include "etcd_harness.hpp"
-#include "harness.hpp"
-#include "replies.hpp"
-#include "tcp_relay.hpp"
 
 using namespace std::chrono_literals;
 using keylock::errc;
@@ -41,7 +41,7 @@ constexpr auto bound = 30s;  // generous: a shared machine, sanitizer builds
 std::vector<std::string> node_args(const std::string& endpoints, const std::string& name,
                                    std::vector<std::string> extra = {},
                                    const std::string& lease_ttl_ms = "3000") {
-  std::vector<std::string> args = {"--etcd-endpoints", endpoints, "--node-name", name,
+  std::vector<std::string> args = {"--etcd-endpoints",    endpoints,    "--node-name", name,
                                    "--etcd-lease-ttl-ms", lease_ttl_ms, "--log-level", "debug"};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
@@ -181,8 +181,10 @@ TEST_CASE("cluster: one lock across three daemons", "[cluster]") {
   }
 }
 
-TEST_CASE("cluster: FIFO within a daemon, and at most handoff_limit local grants while another "
-          "daemon waits", "[cluster]") {
+TEST_CASE(
+    "cluster: FIFO within a daemon, and at most handoff_limit local grants while another "
+    "daemon waits",
+    "[cluster]") {
   etcd_cluster etcd(1);
   const std::string eps = etcd.endpoint_list();
   test::daemon a(node_args(eps, "node-a", {"--handoff-limit", "3"})),
@@ -297,9 +299,10 @@ TEST_CASE("cluster: fencing tokens increase per key across daemons and restarts"
   cycle(a.port());
 }
 
-TEST_CASE("cluster: cut off from etcd, a daemon expires its leases and answers unavailable, "
-          "then recovers",
-          "[cluster]") {
+TEST_CASE(
+    "cluster: cut off from etcd, a daemon expires its leases and answers unavailable, "
+    "then recovers",
+    "[cluster]") {
   etcd_cluster etcd(1);
   test::tcp_relay relay(etcd.client_port(0));
   const std::string via = test::url(relay.port());
@@ -310,8 +313,7 @@ TEST_CASE("cluster: cut off from etcd, a daemon expires its leases and answers u
   REQUIRE(r.type == reply::kind::ok);
   CHECK(*r.ttl_ms < 3000u);  // capped below the etcd lease ttl
   // Keep extending while connected: the lease outlives its first ttl only through extends.
-  REQUIRE(call_reply(c, R"({"op":"extend","key":"cut","token":)" + std::to_string(*r.token) +
-                            "}")
+  REQUIRE(call_reply(c, R"({"op":"extend","key":"cut","token":)" + std::to_string(*r.token) + "}")
               .type == reply::kind::ok);
   relay.cut(true);
   // The holder is told its lease is gone, before etcd could have dropped the daemon's lease.
@@ -321,9 +323,9 @@ TEST_CASE("cluster: cut off from etcd, a daemon expires its leases and answers u
   CHECK(event.token == r.token);
   REQUIRE(eventually([&] { return test::http_get(a.metrics_port(), "/readyz").status == 503; }));
   require_error(call_reply(c, acquire_frame("other", 2, 0)), errc::unavailable);
-  require_error(call_reply(c, R"({"op":"extend","key":"cut","token":)" +
-                                  std::to_string(*r.token) + "}"),
-                errc::unavailable);
+  require_error(
+      call_reply(c, R"({"op":"extend","key":"cut","token":)" + std::to_string(*r.token) + "}"),
+      errc::unavailable);
   relay.cut(false);
   wait_ready(a);
   reply again = call_reply(c, acquire_frame("cut", 3, std::nullopt));
@@ -376,8 +378,8 @@ TEST_CASE("cluster: killing one of three etcd members changes nothing visible", 
   etcd.kill_member(0);
   // The holder keeps its lease through extends; other keys keep working across daemons.
   for (int i = 0; i < 10; ++i) {
-    reply e = call_reply(ca, R"({"op":"extend","key":"m","token":)" +
-                                 std::to_string(*held.token) + "}");
+    reply e =
+        call_reply(ca, R"({"op":"extend","key":"m","token":)" + std::to_string(*held.token) + "}");
     INFO("extend " << i << ": " << e.message << " ttl_ms " << e.ttl_ms.value_or(0) << " at "
                    << std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::steady_clock::now() - acquired)
@@ -402,7 +404,8 @@ TEST_CASE("cluster: a daemon authenticates to etcd with etcd_user and etcd_passw
   const std::string eps = etcd.endpoint_list();
   // Enable etcd's authentication: a root user with a password (etcdctl, from etcd-client).
   const std::string ctl = "ETCDCTL_API=3 etcdctl --endpoints " + eps + " --command-timeout=5s ";
-  REQUIRE(eventually([&] { return std::system((ctl + "put /probe ok >/dev/null 2>&1").c_str()) == 0; }));
+  REQUIRE(eventually(
+      [&] { return std::system((ctl + "put /probe ok >/dev/null 2>&1").c_str()) == 0; }));
   REQUIRE(std::system((ctl + "role add root >/dev/null").c_str()) == 0);
   REQUIRE(std::system((ctl + "user add root --new-user-password=s3cret --interactive=false "
                              ">/dev/null")
@@ -417,8 +420,8 @@ TEST_CASE("cluster: a daemon authenticates to etcd with etcd_user and etcd_passw
     std::fputs("s3cret\n", f);
     std::fclose(f);
   }
-  test::daemon good(node_args(eps, "node-a", {"--etcd-user", "root", "--etcd-password-file",
-                                              password_file}));
+  test::daemon good(
+      node_args(eps, "node-a", {"--etcd-user", "root", "--etcd-password-file", password_file}));
   wait_ready(good);
   conn c(good.port());
   reply r = call_reply(c, acquire_frame("auth", 1, std::nullopt));
@@ -438,18 +441,19 @@ TEST_CASE("cluster: a daemon reaches etcd over TLS with a client certificate", "
   // its own CA), made with openssl(1).
   const std::string make =
       "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
-      "-addext subjectAltName=IP:127.0.0.1 -keyout " + d + "/server.key -out " + d +
+      "-addext subjectAltName=IP:127.0.0.1 -keyout " +
+      d + "/server.key -out " + d +
       "/server.pem >/dev/null 2>&1 && "
-      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=keylockd -keyout " + d +
-      "/client.key -out " + d + "/client.pem >/dev/null 2>&1";
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=keylockd -keyout " +
+      d + "/client.key -out " + d + "/client.pem >/dev/null 2>&1";
   REQUIRE(std::system(make.c_str()) == 0);
   etcd_cluster etcd(1, {"--cert-file", d + "/server.pem", "--key-file", d + "/server.key",
                         "--client-cert-auth", "--trusted-ca-file", d + "/client.pem"});
   const std::string eps = etcd.endpoint_list();
   REQUIRE(eps.rfind("https://", 0) == 0);
-  test::daemon a(node_args(eps, "node-a", {"--etcd-ca-file", d + "/server.pem",
-                                           "--etcd-cert-file", d + "/client.pem",
-                                           "--etcd-key-file", d + "/client.key"}));
+  test::daemon a(node_args(eps, "node-a",
+                           {"--etcd-ca-file", d + "/server.pem", "--etcd-cert-file",
+                            d + "/client.pem", "--etcd-key-file", d + "/client.key"}));
   wait_ready(a);
   conn c(a.port());
   REQUIRE(call_reply(c, acquire_frame("tls", 1, std::nullopt)).type == reply::kind::ok);
