@@ -131,6 +131,31 @@ TEST_CASE("the exposition passes the format checker with no problems", "[metrics
   }
 }
 
+TEST_CASE("cluster mode's families appear only in cluster mode, with their values", "[metrics]") {
+  metrics_snapshot m = known_snapshot();
+  CHECK(keylock::render_prometheus(m).find("cluster") == std::string::npos);
+  m.cluster = true;
+  m.cluster_up = true;
+  m.rights_held = 2;
+  m.global_acquisitions = 7;
+  m.local_handoffs = 40;
+  m.remote_handoffs = 3;
+  m.idle_releases = 4;
+  m.sessions_lost = 1;
+  m.etcd_round_trip.observe(800us);
+  const std::string text = keylock::render_prometheus(m);
+  auto problems = keylock::prom::check(text);
+  INFO(text << joined(problems));
+  CHECK(problems.empty());
+  for (const char* line :
+       {"keylock_cluster_up 1\n", "keylock_cluster_rights_held 2\n",
+        "keylock_cluster_global_acquisitions_total 7\n", "keylock_cluster_local_handoffs_total 40\n",
+        "keylock_cluster_remote_handoffs_total 3\n", "keylock_cluster_idle_releases_total 4\n",
+        "keylock_cluster_sessions_lost_total 1\n", "keylock_etcd_round_trip_seconds_count 1\n"}) {
+    CHECK(text.find(line) != std::string::npos);
+  }
+}
+
 TEST_CASE("the exposition has every family with its type", "[metrics]") {
   auto e = keylock::prom::parse(keylock::render_prometheus(known_snapshot()));
   using keylock::prom::metric_type;
