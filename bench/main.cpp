@@ -77,7 +77,9 @@ int run(int argc, char** argv) {
   std::string tsv_path, label;
 
   app.add_option("-t,--target", target_urls,
-                 "keylock://HOST:PORT or redis://HOST:PORT; give it twice for both")
+                 "keylock://HOST:PORT[,HOST:PORT...] (a cluster: clients spread over its daemons), "
+                 "redis://HOST:PORT or etcd://HOST:PORT[,...] (etcd's own Lock); give several "
+                 "to compare")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("-w,--workload", workload_names,
                  "Workloads to run, in order (repeat or comma-separate); default rtt")
@@ -184,7 +186,10 @@ int run(int argc, char** argv) {
   }
   if (compare) {
     int keylock_count = 0, redis_count = 0;
-    for (const auto& t : targets) (t.kind == target_kind::keylock ? keylock_count : redis_count)++;
+    for (const auto& t : targets) {
+      if (t.kind == target_kind::keylock) ++keylock_count;
+      if (t.kind == target_kind::redis) ++redis_count;
+    }
     if (keylock_count != 1 || redis_count != 1) {
       std::fprintf(stderr,
                    "keylock-bench: --compare needs exactly one keylock:// and one "

@@ -59,8 +59,24 @@ void append_acquire_tail(std::string& out, std::uint32_t ttl_ms,
 }  // namespace
 
 std::string_view to_string(target_kind kind) noexcept {
-  return kind == target_kind::keylock ? "keylock" : "redis";
+  switch (kind) {
+    case target_kind::keylock:
+      return "keylock";
+    case target_kind::redis:
+      return "redis";
+    case target_kind::etcd:
+      return "etcd";
+  }
+  return "?";
 }
+
+namespace {
+
+// One HOST:PORT of a target URL into `out`; false with `error` set when malformed.
+bool parse_endpoint(std::string_view rest, const std::string& url, endpoint& out,
+                    std::string& error);
+
+}  // namespace
 
 std::optional<target> parse_target(std::string_view url, std::string& error) {
   target t;
@@ -72,40 +88,105 @@ std::optional<target> parse_target(std::string_view url, std::string& error) {
   } else if (url.starts_with("redis://")) {
     t.kind = target_kind::redis;
     rest = url.substr(8);
+  } else if (url.starts_with("etcd://")) {
+    t.kind = target_kind::etcd;
+    rest = url.substr(7);
   } else {
-    error =
-        "target must start with keylock:// or redis://: '" + std::string(url.substr(0, 64)) + "'";
+    error = "target must start with keylock://, redis:// or etcd://: '" +
+            std::string(url.substr(0, 64)) + "'";
     return std::nullopt;
   }
   if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  for (std::size_t start = 0;;) {
+    const std::size_t comma = rest.find(',', start);
+    endpoint ep;
+    if (!parse_endpoint(rest.substr(start, comma == std::string_view::npos ? rest.npos
+                                                                           : comma - start),
+                        t.url, ep, error)) {
+      return std::nullopt;
+    }
+    t.endpoints.push_back(std::move(ep));
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  if (t.kind == target_kind::redis && t.endpoints.size() > 1) {
+    error = "a redis target names one server: '" + t.url + "'";
+    return std::nullopt;
+  }
+  t.host = t.endpoints.front().host;
+  t.port = t.endpoints.front().port;
+  return t;
+}
+
+target client_target(const target& t, std::uint32_t client) {
+  target out = t;
+  if (!t.endpoints.empty()) {
+    const endpoint& ep = t.endpoints[server_of(t, client)];
+    out.host = ep.host;
+    out.port = ep.port;
+  }
+  return out;
+}
+
+std::string endpoint_list(const target& t) {
+  std::string out;
+  for (const endpoint& ep : t.endpoints) {
+    if (!out.empty()) out += ',';
+    const bool v6 = ep.host.find(':') != std::string::npos;
+    if (v6) out += '[';
+    out += ep.host;
+    if (v6) out += ']';
+    out += ':';
+    out += std::to_string(ep.port);
+  }
+  return out;
+}
+
+double jain_index(std::span<const std::uint64_t> counts) noexcept {
+  double sum = 0, squares = 0;
+  for (std::uint64_t c : counts) {
+    const double x = static_cast<double>(c);
+    sum += x;
+    squares += x * x;
+  }
+  if (counts.empty() || squares == 0) return 1.0;
+  return sum * sum / (static_cast<double>(counts.size()) * squares);
+}
+
+namespace {
+
+bool parse_endpoint(std::string_view rest, const std::string& url, endpoint& out,
+                    std::string& error) {
   const std::size_t colon = rest.rfind(':');
   if (colon == std::string_view::npos || colon == 0 || colon + 1 == rest.size()) {
-    error = "target needs HOST:PORT: '" + t.url + "'";
-    return std::nullopt;
+    error = "target needs HOST:PORT: '" + url + "'";
+    return false;
   }
   std::string_view host = rest.substr(0, colon);
   if (host.front() == '[') {
     if (host.size() < 3 || host.back() != ']') {
-      error = "malformed IPv6 host in '" + t.url + "'";
-      return std::nullopt;
+      error = "malformed IPv6 host in '" + url + "'";
+      return false;
     }
     host = host.substr(1, host.size() - 2);
   } else if (host.find(':') != std::string_view::npos) {
-    error = "an IPv6 host must be in brackets: '" + t.url + "'";
-    return std::nullopt;
+    error = "an IPv6 host must be in brackets: '" + url + "'";
+    return false;
   }
   std::string_view port_text = rest.substr(colon + 1);
   unsigned port = 0;
   auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
   if (ec != std::errc{} || ptr != port_text.data() + port_text.size() || port == 0 ||
       port > 65535) {
-    error = "bad port in '" + t.url + "' (1..65535, nothing after it)";
-    return std::nullopt;
+    error = "bad port in '" + url + "' (1..65535, nothing after it)";
+    return false;
   }
-  t.host = std::string(host);
-  t.port = static_cast<std::uint16_t>(port);
-  return t;
+  out.host = std::string(host);
+  out.port = static_cast<std::uint16_t>(port);
+  return true;
 }
+
+}  // namespace
 
 void append_ping(std::string& out, std::uint64_t id) {
   out += R"({"op":"ping","id":)";

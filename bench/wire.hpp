@@ -16,25 +16,48 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace keylock::bench {
 
-enum class target_kind : std::uint8_t { keylock, redis };
+enum class target_kind : std::uint8_t { keylock, redis, etcd };
 
-std::string_view to_string(target_kind kind) noexcept;  // "keylock", "redis"
+std::string_view to_string(target_kind kind) noexcept;  // "keylock", "redis", "etcd"
 
-// A server to load: `keylock://HOST:PORT` or `redis://HOST:PORT` (HOST may be a bracketed
-// IPv6 address).
-struct target {
-  target_kind kind = target_kind::keylock;
+struct endpoint {
   std::string host;
   std::uint16_t port = 0;
+};
+
+// A server to load: `keylock://HOST:PORT`, `redis://HOST:PORT` or `etcd://HOST:PORT` (HOST may
+// be a bracketed IPv6 address). keylock and etcd targets may list several servers,
+// `keylock://H1:P1,H2:P2,...`: the daemons of one cluster (clients are spread over them,
+// client i on server i mod n), or the members of one etcd cluster (each client's channel
+// balances over all of them).
+struct target {
+  target_kind kind = target_kind::keylock;
+  std::string host;        // of the first server
+  std::uint16_t port = 0;  // of the first server
+  std::vector<endpoint> endpoints;  // every server, in order (one for redis)
   std::string url;  // as given
 };
 
 // Parses a target URL. On failure returns nullopt and sets `error`: unknown scheme, missing or
-// malformed HOST:PORT, port 0 or above 65535, anything after the port.
+// malformed HOST:PORT, port 0 or above 65535, anything after the port, a list for redis.
 std::optional<target> parse_target(std::string_view url, std::string& error);
+
+// The target client `client` talks to: its server is endpoints[client % n].
+target client_target(const target& t, std::uint32_t client);
+// Which server (index into endpoints) client `client` talks to.
+inline std::size_t server_of(const target& t, std::uint32_t client) {
+  return t.endpoints.empty() ? 0 : client % t.endpoints.size();
+}
+// "H1:P1,H2:P2" (IPv6 hosts in brackets), as gRPC's ipv4: targets take it.
+std::string endpoint_list(const target& t);
+
+// Jain's fairness index of `counts`: (sum x)^2 / (n * sum x^2), 1 when all are equal, 1/n when
+// one has everything; 1 for no counts or all zero.
+double jain_index(std::span<const std::uint64_t> counts) noexcept;
 
 // ---------------------------------------------------------------------------------------------
 // keylock frames (PROTOCOL.md), each appended with its '\n'. Keys are written as JSON strings

@@ -1,5 +1,7 @@
 #include "workloads.hpp"
 
+#include "etcd_driver.hpp"
+
 #include "drivers.hpp"
 #include "procinfo.hpp"
 #include "stats.hpp"
@@ -44,6 +46,8 @@ constexpr std::chrono::milliseconds settle_time{300};
 struct client_stats {
   latency_histogram latency;  // the workload's main latency (see run_result::latency_label)
   latency_histogram handoff;  // contended: release sent -> a waiting client's grant received
+  latency_histogram handoff_local;  // of those, releaser and waiter on the same server
+  latency_histogram handoff_cross;  // of those, on different servers (cluster mode)
   latency_histogram direct;   // overhead: the trivial function called directly
   std::uint64_t ops = 0;
   std::uint64_t requests = 0;
@@ -464,9 +468,52 @@ class redis_locker final : public locker {
   std::string slot_key_;
 };
 
+// etcd's own lock (etcd_driver.hpp): Lock blocks until held, so there is no try-once and no
+// poll; the grant's token is the revision etcd answered with. No ttl per acquire: the lock key
+// lives as long as the client's lease.
+class etcd_locker final : public locker {
+ public:
+  std::string connect(const target& t, std::chrono::milliseconds io_timeout) override {
+    return conn_.connect(endpoint_list(t), io_timeout);
+  }
+
+  bool acquire(std::string_view key, std::uint32_t, std::int64_t, grant_info& g,
+               client_stats& s) override {
+    g = grant_info{};
+    ++s.requests;
+    ++s.round_trips;
+    std::int64_t revision = 0;
+    if (std::string err = conn_.lock(key, &lock_key_, &revision); !err.empty()) {
+      s.fail(err);
+      return false;
+    }
+    g.granted = true;
+    g.granted_ns = mono_ns();
+    g.token = static_cast<std::uint64_t>(revision);
+    return true;
+  }
+
+  bool release(std::string_view, const grant_info&, handoff_board* board, std::int64_t me,
+               client_stats& s) override {
+    ++s.requests;
+    ++s.round_trips;
+    stamp_release(board, me);
+    if (std::string err = conn_.unlock(lock_key_); !err.empty()) {
+      s.fail(err);
+      return false;
+    }
+    return true;
+  }
+
+ private:
+  etcd_lock_conn conn_;
+  std::string lock_key_;
+};
+
 std::unique_ptr<locker> make_locker(const target& t, const bench_options& o,
                                     const redis_scripts& scripts, std::uint64_t seed) {
   if (t.kind == target_kind::keylock) return std::make_unique<keylock_locker>(o);
+  if (t.kind == target_kind::etcd) return std::make_unique<etcd_locker>();
   return std::make_unique<redis_locker>(o, scripts, seed);
 }
 
@@ -501,7 +548,7 @@ void keylock_pipeline_client(const bench_options& o, const target& t, bool cycle
                              exclusion_checker& checker) {
   const std::uint32_t depth = std::max<std::uint32_t>(1, o.pipeline);
   keylock_conn conn;
-  const std::string err = conn.connect(t, o.io_timeout);
+  const std::string err = conn.connect(client_target(t, client), o.io_timeout);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
 
@@ -689,7 +736,7 @@ void contended_client(const bench_options& o, const target& t, std::uint32_t me,
                       client_stats& s, exclusion_checker& checker, handoff_board& board,
                       locker& lk) {
   static const std::string key = "ct:shared";
-  const std::string err = lk.connect(t, o.io_timeout);
+  const std::string err = lk.connect(client_target(t, me), o.io_timeout);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
   for (;;) {
@@ -711,9 +758,14 @@ void contended_client(const bench_options& o, const target& t, std::uint32_t me,
       ++s.ops;
       gate.count(me);
       s.latency.record(static_cast<std::uint64_t>(g.granted_ns - t0));
-      // A handoff: this client was already waiting when the lock was released.
+      // A handoff: this client was already waiting when the lock was released. Local when the
+      // releaser talks to the same server (daemon) as this client, cross-host otherwise.
       if (released != 0 && t0 <= released) {
-        s.handoff.record(static_cast<std::uint64_t>(g.granted_ns - released));
+        const auto d = static_cast<std::uint64_t>(g.granted_ns - released);
+        s.handoff.record(d);
+        const bool local =
+            releaser >= 0 && server_of(t, static_cast<std::uint32_t>(releaser)) == server_of(t, me);
+        (local ? s.handoff_local : s.handoff_cross).record(d);
       }
       if (released != 0 && releaser == static_cast<std::int64_t>(me)) ++s.repeat_grants;
     }
@@ -729,7 +781,7 @@ void zipf_client(const bench_options& o, const target& t, std::uint32_t me, run_
                  locker& lk) {
   fast_rng rng(o.seed * 104729 + me);
   std::string key;
-  const std::string err = lk.connect(t, o.io_timeout);
+  const std::string err = lk.connect(client_target(t, me), o.io_timeout);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
   for (;;) {
@@ -765,7 +817,7 @@ void overhead_client(const bench_options& o, const target& t, std::uint32_t me, 
   const std::string key = "ov:" + number_text(me);
   volatile std::uint64_t sink = 0;
   std::uint64_t x = me + 1;
-  const std::string err = lk.connect(t, o.io_timeout);
+  const std::string err = lk.connect(client_target(t, me), o.io_timeout);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
   for (;;) {
@@ -804,7 +856,7 @@ void rw_client(const bench_options& o, const target& t, std::uint32_t me, unsign
   static const std::string key = "rw:shared";
   fast_rng rng(o.seed * 6151 + me);
   keylock_locker lk(o);
-  const std::string err = lk.connect(t, o.io_timeout);
+  const std::string err = lk.connect(client_target(t, me), o.io_timeout);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
   for (;;) {
@@ -863,7 +915,7 @@ void multi_client(const bench_options& o, const target& t, std::uint32_t me, boo
   std::vector<std::uint64_t> set;
   std::vector<std::string> names;
   std::vector<grant_info> grants;
-  const std::string err = lk.connect(t, o.io_timeout);
+  const std::string err = lk.connect(client_target(t, me), o.io_timeout);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
   for (;;) {
@@ -1120,13 +1172,19 @@ run_result run_blocking(workload w, const bench_options& o, const target& t, int
     r.latency_label = "acquire wait (acquire sent → grant received)";
   }
   if (w == workload::contended) {
-    latency_histogram handoff;
+    latency_histogram handoff, local, cross;
     std::uint64_t repeats = 0, lo = ~std::uint64_t{0}, hi = 0;
-    for (const auto& s : stats) {
+    std::vector<std::uint64_t> per_client, per_server(std::max<std::size_t>(1, t.endpoints.size()));
+    for (std::uint32_t i = 0; i < stats.size(); ++i) {
+      const client_stats& s = stats[i];
       handoff.merge(s.handoff);
+      local.merge(s.handoff_local);
+      cross.merge(s.handoff_cross);
       repeats += s.repeat_grants;
       lo = std::min(lo, s.ops);
       hi = std::max(hi, s.ops);
+      per_client.push_back(s.ops);
+      per_server[server_of(t, i)] += s.ops;
     }
     const latency_summary h = summarize(handoff);
     r.extras.push_back(
@@ -1140,6 +1198,19 @@ run_result run_blocking(workload w, const bench_options& o, const target& t, int
     r.extras.push_back(
         {"repeat_grant_pct", "% grants to the last releaser",
          r.ops == 0 ? 0.0 : 100.0 * static_cast<double>(repeats) / static_cast<double>(r.ops)});
+    r.extras.push_back({"fairness_clients_jain", "fairness across clients (Jain)",
+                        jain_index(per_client)});
+    if (per_server.size() > 1) {
+      const latency_summary l = summarize(local), x = summarize(cross);
+      r.extras.push_back({"fairness_servers_jain", "fairness across daemons (Jain)",
+                          jain_index(per_server)});
+      r.extras.push_back({"handoff_local_p50_us", "local handoff p50 µs", l.p50_us});
+      r.extras.push_back({"handoff_local_p99_us", "local handoff p99 µs", l.p99_us});
+      r.extras.push_back({"handoff_cross_p50_us", "cross-host handoff p50 µs", x.p50_us});
+      r.extras.push_back({"handoff_cross_p99_us", "cross-host handoff p99 µs", x.p99_us});
+      r.extras.push_back(
+          {"handoffs_cross", "cross-host handoffs measured", static_cast<double>(x.count), false});
+    }
   }
   if (t.kind == target_kind::redis) {
     r.extras.push_back(
@@ -1602,6 +1673,7 @@ std::string_view to_string(multi_variant v) noexcept {
 }
 
 bool supports(workload w, target_kind kind) noexcept {
+  if (kind == target_kind::etcd) return w == workload::contended || w == workload::overhead;
   return w != workload::rw || kind == target_kind::keylock;
 }
 
@@ -1665,7 +1737,16 @@ run_result run_workload(workload w, const bench_options& options, const target& 
   if (!supports(w, t.kind)) {
     run_result r = base_result(w, o, t, server_pid);
     r.errors = 1;
-    r.first_error = "rw runs against keylock only: redis-py's Lock has no shared mode";
+    r.first_error = t.kind == target_kind::etcd
+                        ? "etcd's Lock runs contended and overhead only (overhead gives each "
+                          "client its own key; Lock blocks, so nothing pipelines or tries once)"
+                        : "rw runs against keylock only: redis-py's Lock has no shared mode";
+    return r;
+  }
+  if (t.kind == target_kind::etcd && !etcd_supported()) {
+    run_result r = base_result(w, o, t, server_pid);
+    r.errors = 1;
+    r.first_error = "keylock-bench was built without cluster mode: no etcd target";
     return r;
   }
   redis_scripts scripts;

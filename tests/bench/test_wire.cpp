@@ -70,6 +70,42 @@ TEST_CASE("target URLs name a scheme, a host and a port", "[bench][wire]") {
   }
 }
 
+TEST_CASE("keylock and etcd targets may list several servers; clients are spread over them",
+          "[bench][wire]") {
+  std::string err;
+  auto t = parse_target("keylock://127.0.0.1:7400,127.0.0.1:7410,[::1]:7420", err);
+  REQUIRE(t);
+  REQUIRE(t->endpoints.size() == 3);
+  CHECK(t->host == "127.0.0.1");
+  CHECK(t->port == 7400);
+  CHECK(t->endpoints[2].host == "::1");
+  CHECK(server_of(*t, 0) == 0);
+  CHECK(server_of(*t, 4) == 1);
+  CHECK(client_target(*t, 5).port == 7420);
+  CHECK(client_target(*t, 5).host == "::1");
+  CHECK(endpoint_list(*t) == "127.0.0.1:7400,127.0.0.1:7410,[::1]:7420");
+  auto e = parse_target("etcd://127.0.0.1:2379,127.0.0.1:2479", err);
+  REQUIRE(e);
+  CHECK(e->kind == target_kind::etcd);
+  CHECK(endpoint_list(*e) == "127.0.0.1:2379,127.0.0.1:2479");
+  for (const char* bad : {"redis://127.0.0.1:6379,127.0.0.1:6380", "keylock://127.0.0.1:7400,",
+                          "keylock://127.0.0.1:7400,,127.0.0.1:7410", "etcd://127.0.0.1:0"}) {
+    INFO(bad);
+    err.clear();
+    CHECK_FALSE(parse_target(bad, err));
+    CHECK_FALSE(err.empty());
+  }
+}
+
+TEST_CASE("Jain's fairness index", "[bench][wire]") {
+  const std::vector<std::uint64_t> equal = {5, 5, 5, 5}, one = {8, 0, 0, 0}, half = {4, 4, 0, 0},
+                                   none = {};
+  CHECK(jain_index(equal) == Approx(1.0));
+  CHECK(jain_index(one) == Approx(0.25));
+  CHECK(jain_index(half) == Approx(0.5));
+  CHECK(jain_index(none) == Approx(1.0));
+}
+
 TEST_CASE("hand-formatted requests decode through the real codec", "[bench][wire]") {
   std::string out;
   SECTION("ping") {
