@@ -1303,10 +1303,14 @@ def selftest():
     """The checker must flag broken histories, and pass a correct one."""
     s = 1_000_000_000  # 1 s in ns
 
-    def history(workers, faults=()):
+    def history(workers, faults=(), daemons=None):
+        """Logs of a made-up run; with `daemons` (the daemon of each worker), of cluster mode."""
         d = tempfile.mkdtemp(prefix="keylock-chaos-selftest-")
+        head = ["DAEMON_START 1 1"]
+        if daemons is not None:
+            head = ["CLUSTER 1 3000 3"] + ["WORKER 1 %d %d" % (i, n) for i, n in enumerate(daemons)]
         with open(os.path.join(d, "faults.log"), "w") as f:
-            f.write("".join(l + "\n" for l in ["DAEMON_START 1 1"] + list(faults)))
+            f.write("".join(l + "\n" for l in head + list(faults)))
         for i, lines in enumerate(workers):
             with open(os.path.join(d, "worker.%d.log" % i), "w") as f:
                 f.write("".join(l + "\n" for l in lines))
@@ -1394,6 +1398,53 @@ def selftest():
         ("a set jumped by a later request for one of its keys", 1,
          [lease(s, "m0+m1", 9, 8 * s, 9 * s, wait=20000, seen="11"),
           lease(2 * s, "m1", 8, 3 * s, 4 * s)]),
+    ]
+    # Cluster mode: workers on daemons 0, 1, 2 (the list after the workers' histories). Tokens
+    # increase per key only, FIFO holds per daemon only; everything else as in standalone.
+    q0, q1 = 20 * s, 40 * s  # a quiet phase; served from q0 + ttl + 3 s = 26 s on
+    cases += [
+        ("cluster: the same token on two keys, from two daemons", 0,
+         [lease(s, "c0", 5, 2 * s, 3 * s), lease(s, "c1", 5, 2 * s, 3 * s)], (), [0, 1]),
+        ("cluster: the same token twice on one key, from two daemons", 1,
+         [lease(s, "c0", 5, 2 * s, 3 * s), lease(4 * s, "c0", 5, 5 * s, 6 * s)], (), [0, 1]),
+        ("cluster: a token going backwards on one key across daemons", 1,
+         [lease(s, "c0", 9, 2 * s, 3 * s), lease(4 * s, "c0", 8, 5 * s, 6 * s)], (), [0, 1]),
+        ("cluster: tokens going backwards between readers on two daemons", 1,
+         [shared(s, "m0", 9, 2 * s, 3 * s), shared(4 * s, "m0", 8, 5 * s, 6 * s)], (), [0, 2]),
+        ("cluster: an overlap of workers on two daemons, unexcused", 1,
+         [lease(s, "c0", 5, 2 * s, 5 * s), lease(s, "c0", 6, 3 * s, 4 * s)], (), [0, 1]),
+        ("cluster: that overlap while the first one's daemon was stopped", 0,
+         [lease(s, "c0", 5, 2 * s, 5 * s), lease(s, "c0", 6, 3 * s, 4 * s)],
+         ["NODE_STOP %d 0 100" % (2 * s + 1000), "NODE_CONT %d 0 100" % (6 * s)], [0, 1]),
+        ("cluster: that overlap while the first one's daemon was down (SIGKILL)", 0,
+         [lease(s, "c0", 5, 2 * s, 5 * s), lease(s, "c0", 6, 3 * s, 4 * s)],
+         ["NODE_DOWN %d 0 SIGKILL" % (2 * s + 1000), "NODE_UP %d 0 100" % (2 * s + 2000)],
+         [0, 1]),
+        ("cluster: that overlap while a third daemon was stopped", 1,
+         [lease(s, "c0", 5, 2 * s, 5 * s), lease(s, "c0", 6, 3 * s, 4 * s)],
+         ["NODE_STOP %d 2 100" % (2 * s + 1000), "NODE_CONT %d 2 100" % (6 * s)], [0, 1]),
+        # A daemon cut off from etcd must end its leases before etcd could give its keys away:
+        # a cut excuses no overlap of leases still held (released ok).
+        ("cluster: that overlap while the first one's daemon was cut off from etcd", 1,
+         [lease(s, "c0", 5, 2 * s, 5 * s), lease(s, "c0", 6, 3 * s, 4 * s)],
+         ["ETCD_CUT %d 0 hold" % (2 * s + 1000), "ETCD_HEAL %d 0" % (6 * s)], [0, 1]),
+        ("cluster: a later waiter on another daemon granted first", 0,
+         [lease(s, "c0", 9, 8 * s, 9 * s, wait=20000), lease(2 * s, "c0", 8, 3 * s, 4 * s)],
+         (), [0, 1]),
+        ("cluster: a later waiter on the same daemon granted first", 1,
+         [lease(s, "c0", 9, 8 * s, 9 * s, wait=20000), lease(2 * s, "c0", 8, 3 * s, 4 * s)],
+         (), [1, 1]),
+        ("cluster: waiters served in a quiet phase", 0,
+         [lease(q0 + 2 * s, "c0", 5, q0 + 7 * s, q0 + 8 * s),
+          ["REQ %d c1 2 -1 800 0 X" % (q0 + s), "ERR %d c1 unavailable" % (q0 + 2 * s)]],
+         ["QUIET %d" % q0, "END %d" % q1], [0, 1]),
+        ("cluster: an unbounded waiter never served in a quiet phase", 1,
+         [lease(q0 + 2 * s, "c0", 5, q0 + 7 * s, q0 + 8 * s), ["REQ %d c0 1 -1 800 0 X" % q0]],
+         ["QUIET %d" % q0, "END %d" % q1], [0, 1]),
+        ("cluster: an acquire answered unavailable well into a quiet phase", 1,
+         [lease(q0 + 2 * s, "c0", 5, q0 + 7 * s, q0 + 8 * s),
+          ["REQ %d c1 2 -1 800 0 X" % (q0 + 9 * s), "ERR %d c1 unavailable" % (q0 + 9 * s)]],
+         ["QUIET %d" % q0, "END %d" % q1], [0, 1]),
     ]
     failed = 0
     for name, want_anomalies, workers, *faults in cases:
