@@ -1448,9 +1448,11 @@ def selftest():
          (), [1, 1]),
         # A try-once acquire waits for the daemon's question to etcd (etcd_timeout_ms, 2 s).
         ("cluster: a try-once acquire answered within etcd_timeout_ms", 0,
-         [["REQ %d c0 1 0 800 1" % s, "TIMEOUT %d c0" % (s + 2 * s)]], (), [0]),
+         [["REQ %d c0 1 0 800 1" % s, "TIMEOUT %d c0" % (s + 2 * s)],
+          lease(s, "c0", 5, s, 2 * s)], (), [0, 1]),
         ("cluster: a try-once acquire answered long after etcd_timeout_ms", 1,
-         [["REQ %d c0 1 0 800 1" % s, "TIMEOUT %d c0" % (s + 4 * s)]], (), [0]),
+         [["REQ %d c0 1 0 800 1" % s, "TIMEOUT %d c0" % (s + 4 * s)],
+          lease(s, "c0", 5, s, 2 * s)], (), [0, 1]),
         ("cluster: waiters served in a quiet phase", 0,
          [lease(q0 + 2 * s, "c0", 5, q0 + 7 * s, q0 + 8 * s),
           ["REQ %d c1 2 -1 800 0 X" % (q0 + s), "ERR %d c1 unavailable" % (q0 + 2 * s)]],
