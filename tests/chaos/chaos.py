@@ -1166,13 +1166,15 @@ def recovery(out):
     Printed, not checked:
     - takeover: from a daemon's SIGKILL (or SIGSTOP longer than the etcd lease ttl) to the
       first grant, to a worker of another daemon, of a key a worker of the faulted daemon held
-      then while a worker of another daemon wanted it (asked before, or within 1 s after);
+      then while an unbounded waiter of another daemon wanted it (asked before, or within 1 s
+      after);
     - lost: from the start of a cut from etcd longer than the ttl to the daemon's log line
       "etcd lease could not be kept alive", and to the first acquire of one of its workers
       answered `unavailable`;
     - back: from the end of a daemon fault (SIGCONT, restart, etcd reachable) to the first
       grant to one of its workers, after a restart or when the daemon had answered
-      `unavailable` during the fault (or within 1 s after it), so it had to recover."""
+      `unavailable` during the fault (or within 1 s after it), so it had to recover; not
+      counted when another fault of that daemon or of etcd began before that grant."""
     events = []
     with open(os.path.join(out, "faults.log")) as f:
         for line in f:
@@ -1202,7 +1204,7 @@ def recovery(out):
                     continue
                 kind, t, spec = parts[0], int(parts[1]), parts[2]
                 if kind == "REQ":
-                    req = [spec, t, float("inf")]
+                    req = [spec, t, float("inf"), int(parts[4])]
                     asks.append((d, req))
                 elif kind in ("TIMEOUT", "ERR") and req is not None:
                     req[2] = min(req[2], t)
@@ -1258,6 +1260,8 @@ def recovery(out):
         elif kind in ("NODE_CONT", "NODE_UP", "ETCD_HEAL") and int(a[0]) in open_:
             k, t0, how = open_.pop(int(a[0]))
             faults.append((k + ("_" + how if k == "NODE_DOWN" else ""), int(a[0]), t0, t))
+    fault_starts = [(int(a[0]) if kind != "MEMBER_KILL" else None, t) for kind, t, a in events
+                    if kind in ("NODE_STOP", "NODE_DOWN", "ETCD_CUT", "MEMBER_KILL")]
     takeover = collections.defaultdict(list)
     lost_log, lost_client, back = [], [], collections.defaultdict(list)
     for kind, d, t0, t1 in faults:
@@ -1266,8 +1270,9 @@ def recovery(out):
             for hd, key, a, b in held:
                 if hd != d or not a <= t0 <= b:
                     continue
-                wanted = any(ad != d and key in keys_of(r[0]) and r[1] <= t0 + 1000 * MS
-                             and r[2] > t0 for ad, r in asks)
+                # Wanted by an unbounded waiter of another daemon (it waits until served).
+                wanted = any(ad != d and r[3] < 0 and key in keys_of(r[0])
+                             and r[1] <= t0 + 1000 * MS and r[2] > t0 for ad, r in asks)
                 if not wanted:
                     continue
                 t = min((g for od in grants if od != d
@@ -1276,6 +1281,9 @@ def recovery(out):
                          if g is not None), default=None)
                 if t is not None:
                     takeover[kind].append(t - t0)
+                    # Also apart: no other daemon or etcd fault began meanwhile.
+                    if not any(t0 < s0 <= t for _, s0 in fault_starts):
+                        takeover[kind + "_alone"].append(t - t0)
         if kind == "ETCD_CUT" and long_fault:
             t = first_after(daemon_lost[d], t0, t1)
             if t is not None:
@@ -1286,7 +1294,9 @@ def recovery(out):
         if first_after(trouble[d], t0, t1 + 1000 * MS) is not None or kind.startswith("NODE_DOWN"):
             ts = [g for g, _ in grants[d]]
             t = first_after(ts, t1)
-            if t is not None:
+            # Not when another fault of this daemon, or of etcd, began before that grant.
+            if t is not None and not any(t1 <= s0 <= t for od, s0 in fault_starts
+                                         if od in (d, None)):
                 back[kind.split("_SIG")[0]].append(t - t1)
 
     def stats(v):
@@ -1298,10 +1308,10 @@ def recovery(out):
             v[-1] / 1e9)
 
     print("recovery (etcd lease ttl %.1f s):" % (ttl / 1e9))
-    print("  takeover of a held, wanted key after a daemon's SIGKILL: %s"
-          % stats(takeover["NODE_DOWN_SIGKILL"]))
-    print("  takeover of a held, wanted key after a daemon's SIGSTOP > ttl: %s"
-          % stats(takeover["NODE_STOP"]))
+    for kind, what in (("NODE_DOWN_SIGKILL", "SIGKILL"), ("NODE_STOP", "SIGSTOP > ttl")):
+        print("  takeover of a held, wanted key after a daemon's %s: %s; with no other daemon "
+              "or etcd fault meanwhile: %s" % (what, stats(takeover[kind]),
+                                              stats(takeover[kind + "_alone"])))
     print("  cut from etcd (> ttl) to the daemon's 'etcd lease could not be kept alive': %s"
           % stats(lost_log))
     print("  cut from etcd (> ttl) to the first acquire of its clients answered unavailable: %s"
