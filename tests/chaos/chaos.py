@@ -1187,7 +1187,7 @@ def recovery(out):
     wall_minus_mono = int(head[0][2][2]) - head[0][1] if len(head[0][2]) > 2 else None
     daemon_of = {int(a[0]): int(a[1]) for k, _, a in events if k == "WORKER"}
     grants = collections.defaultdict(list)  # daemon -> [(t, key)]
-    held = []  # (daemon, key, from, to)
+    held = []  # (daemon, key, first write, last write)
     asks = []  # (daemon, key, t_req, t_answer or inf)
     trouble = collections.defaultdict(list)  # daemon -> [t]: an acquire answered unavailable
     for name in os.listdir(out):
@@ -1195,8 +1195,8 @@ def recovery(out):
             continue
         w = int(name.split(".")[1])
         d = daemon_of.get(w, 0)
-        first = {}
-        req = None
+        first, last, ttl_of = {}, {}, {}
+        req, ttl_asked = None, 0
         with open(os.path.join(out, name)) as f:
             for line in f:
                 parts = line.split()
@@ -1206,14 +1206,17 @@ def recovery(out):
                 if kind == "REQ":
                     req = [spec, t, float("inf"), int(parts[4])]
                     asks.append((d, req))
+                    ttl_asked = int(parts[5]) * MS
                 elif kind in ("TIMEOUT", "ERR") and req is not None:
                     req[2] = min(req[2], t)
                     if kind == "ERR" and len(parts) > 3 and parts[3] == "unavailable":
                         trouble[d].append(t)
                 elif kind == "W":
                     lk = (spec, parts[3])
+                    last[lk] = t
                     if lk not in first:
                         first[lk] = t
+                        ttl_of[lk] = ttl_asked
                         if req is not None:
                             req[2] = min(req[2], t)
                         for key in keys_of(spec):
@@ -1221,12 +1224,14 @@ def recovery(out):
                 elif kind == "REL":
                     lk = (spec, parts[3])
                     if lk in first:
+                        # Held at least until its last write: the release is sent after it.
+                        # ... and, as the daemon sees it, at most until its ttl ran out.
                         a = first.pop(lk)
                         for key in keys_of(spec):
-                            held.append((d, key, a, t))
-        for (spec, _), a in first.items():  # never released (killed): held until the end
-            for key in keys_of(spec):
-                held.append((d, key, a, float("inf")))
+                            held.append((d, key, a, min(last[lk], a + ttl_of[lk])))
+        for lk, a in first.items():  # never released (killed): held until its ttl ran out
+            for key in keys_of(lk[0]):
+                held.append((d, key, a, min(last[lk], a + ttl_of[lk])))
     for g in grants.values():
         g.sort()
     for tr in trouble.values():
@@ -1268,7 +1273,7 @@ def recovery(out):
         long_fault = t1 - t0 > ttl
         if kind == "NODE_DOWN_SIGKILL" or (kind == "NODE_STOP" and long_fault):
             for hd, key, a, b in held:
-                if hd != d or not a <= t0 <= b:
+                if hd != d or not a <= t0 < b:
                     continue
                 # Wanted by an unbounded waiter of another daemon (it waits until served).
                 wanted = any(ad != d and r[3] < 0 and key in keys_of(r[0])
