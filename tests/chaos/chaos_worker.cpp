@@ -17,9 +17,11 @@
 //   REQ t KEYS limit wait_ms ttl_ms auto mode  before acquire (wait_ms -1: wait until granted;
 //                                            auto 1: renewed at ttl/3, 0: not renewed;
 //                                            mode X exclusive, S shared)
-//   W t KEYS token                           a write to the fenced resource of every key: right
+//   W t KEYS token [ttl_ms]                  a write to the fenced resource of every key: right
 //                                            after the grant and again at the end of the
-//                                            critical section
+//                                            critical section (the first W of an m-key lease
+//                                            also gives the ttl granted, which cluster mode
+//                                            may cap below the one asked)
 //   SEEN t KEYS token FLAGS                  a set, right after its first W: `inspect` of each
 //                                            key (pipelined, one batch), FLAGS one digit per key
 //                                            in KEYS order: 1 = the key lists a holder with this
@@ -283,10 +285,11 @@ int main(int argc, char** argv) {
       if (wait_ms >= 0) acq["wait_ms"] = wait_ms;
       // A reply overdue by 5 s past its wait means the connection is stuck (a partition
       // longer than that, which the driver never makes): give up on it. Unbounded waits are
-      // given up at the end of the run.
+      // given up 15 s after the end of the run (nobody starts new work then: the waiters left
+      // must be served well before; a cluster's daemons may need a few handoffs for a set).
       const auto until = wait_ms >= 0 ? std::chrono::steady_clock::now() +
                                             std::chrono::milliseconds(wait_ms + 5000)
-                                      : end + std::chrono::seconds(3);
+                                      : end + std::chrono::seconds(15);
       log_line("REQ " + spec + " 1 " + std::to_string(wait_ms) + " " + std::to_string(ttl) +
                " 0 " + (shared ? "S" : "X"));
       auto rep = raw.call({acq}, until);
@@ -298,7 +301,9 @@ int main(int argc, char** argv) {
       } else {
         const std::uint64_t token = rep[0].value("token", std::uint64_t{0});
         const std::string tok = std::to_string(token);
-        log_line("W " + spec + " " + tok);
+        // The ttl granted: in cluster mode the daemon may cap it below the one asked.
+        log_line("W " + spec + " " + tok + " " +
+                 std::to_string(rep[0].value("ttl_ms", static_cast<std::int64_t>(ttl))));
         if (set.size() > 1) {
           // The daemon's own view: every key of the set lists this lease, or none does.
           std::vector<nlohmann::json> inspects;
@@ -372,6 +377,12 @@ int main(int argc, char** argv) {
       log_line("REL " + key + " " + std::to_string(token) + " lost");
     } catch (const keylock::Timeout&) {
       log_line("TIMEOUT " + key);
+    } catch (const keylock::Error& e) {
+      // The wire code first when there is one (e.g. `unavailable` from a daemon that cannot
+      // prove its etcd lease alive), as the raw path logs it.
+      log_line("ERR " + key + " " +
+               (e.code() ? std::string(keylock::to_string(*e.code())) + " " : std::string()) +
+               one_line(e.what()));
     } catch (const std::exception& e) {
       log_line("ERR " + key + " " + one_line(e.what()));
     }
