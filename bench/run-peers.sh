@@ -395,6 +395,11 @@ errs=$(awk -F'\t' '$4 == "errors" { s += $5 } END { print s + 0 }' "$tsv")
     echo
     cat "$here/DJANGO.md"
   fi
+  # Cluster mode against etcd's own lock comes from bench/run-cluster-bench.sh (its own run).
+  if [ -f "$here/CLUSTER.md" ]; then
+    echo
+    cat "$here/CLUSTER.md"
+  fi
 } >"$results"
 
 echo "run-peers: wrote $results in ${elapsed} s" >&2

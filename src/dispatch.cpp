@@ -345,7 +345,11 @@ void dispatcher::do_acquire(connection_info& conn, const request& req, tick now,
                          out);
     case acquire_status::unavailable:
       return reply_error(conn, &req, errc::unavailable,
-                         "cannot grant now: the fencing state cannot be made durable", out);
+                         cluster.proven ? "cannot grant now: this daemon cannot prove its etcd "
+                                          "lease alive (cluster mode)"
+                                        : "cannot grant now: the fencing state cannot be made "
+                                          "durable",
+                         out);
   }
 }
 

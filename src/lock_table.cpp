@@ -1175,6 +1175,24 @@ key_activity lock_table::activity(std::string_view key) const {
   return out;
 }
 
+bool lock_table::set_needs_in_order(
+    std::string_view key, const std::function<bool(std::string_view)>& has_right) const {
+  const std::uint32_t e = find_entry(key);
+  if (e == nil) return false;
+  for (std::uint32_t w = entries_[e].first_waiter; w != nil; w = waiters_[w].key_next) {
+    const std::uint32_t pos = waiters_[w].heap_pos;
+    if (!is_member(pos)) continue;
+    bool in_order = true;
+    for (std::uint32_t m = groups_[pos & ~in_set].first; m != nil && in_order;
+         m = waiters_[m].set_next) {
+      const std::string& other = entries_[waiters_[m].entry].key;
+      if (std::string_view(other) < key && !has_right(other)) in_order = false;
+    }
+    if (in_order) return true;
+  }
+  return false;
+}
+
 inspect_result lock_table::inspect(std::string_view key, tick now) const {
   inspect_result out;
   std::uint32_t e = find_entry(key);

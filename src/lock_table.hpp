@@ -45,6 +45,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -340,6 +341,12 @@ class lock_table {
   // longer prove it holds the keys' rights. Waiters stay queued.
   void lose_all(tick now, std::vector<table_event>& events);
   key_activity activity(std::string_view key) const;
+  // Whether a request queued on `key` is a set whose other keys that sort before `key`
+  // (bytewise) all satisfy `has_right`: this daemon is taking that set's rights in key order
+  // and has reached `key`. Rights taken in one global order never wait in a cycle, so such a
+  // right is kept while the set waits for its later keys (cluster mode's sets).
+  bool set_needs_in_order(std::string_view key,
+                          const std::function<bool(std::string_view)>& has_right) const;
 
   // The earliest pending deadline, if any. The server arms its one timer for it.
   std::optional<tick> next_deadline();

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 using namespace keylock;
@@ -60,14 +61,17 @@ struct sim_etcd {
     batch.events.push_back(std::move(ev));
     for (node* n : nodes) n->coord.on_watch(batch, now, n->events);
   }
-  // Runs queued requests (and what they cause) until none is left.
-  void pump() {
-    while (!pending.empty()) {
+  // Runs queued requests (and what they cause) until none is left, or `limit` ran (a livelock:
+  // rights going round without a grant). Returns how many ran.
+  std::size_t pump(std::size_t limit = 10'000) {
+    std::size_t ran = 0;
+    while (!pending.empty() && ran++ < limit) {
       auto job = std::move(pending.front());
       pending.pop_front();
       job();
       for (node* n : nodes) n->coord.process(now, n->events);
     }
+    return ran;
   }
   void start(node& n) {
     nodes.push_back(&n);
@@ -313,4 +317,45 @@ TEST_CASE("coordinator: ttl is capped by what the proof of the etcd lease has le
   a.proof = etcd.now + 1500ms;
   CHECK(a.coord.ttl_cap(etcd.now) == 1500);
   CHECK(a.coord.ttl_cap(etcd.now + 2s) == 0);
+}
+
+TEST_CASE("coordinator: sets over the same keys from two daemons are granted, not chased round") {
+  sim_etcd etcd;
+  node a(etcd, "a", 0xa, 32, 500ms), b(etcd, "b", 0xb, 32, 500ms);
+  etcd.start(a);
+  etcd.start(b);
+  // Crossed rights: a holds m0 and b holds m1, each for a single-key lease.
+  owner_id a1 = a.table.connect(), b1 = b.table.connect();
+  acquire(a, a1, "m0", 10);
+  acquire(b, b1, "m1", 20);
+  etcd.pump();
+  const std::uint64_t ta = take_grants(a).at(10), tb = take_grants(b).at(20);
+  // Each daemon then queues a set of both keys, and the single leases end.
+  owner_id a2 = a.table.connect(), b2 = b.table.connect();
+  const std::vector<std::string_view> keys = {"m1", "m0"};
+  for (auto [n, o, id] : {std::tuple{&a, a2, 1u}, std::tuple{&b, b2, 2u}}) {
+    acquire_args args;
+    args.keys = keys;
+    args.ttl_ms = 60'000;
+    args.request_id = id;
+    REQUIRE(n->table.acquire(o, args, etcd.now, n->events).status == acquire_status::queued);
+    n->coord.process(etcd.now, n->events);
+  }
+  etcd.pump();
+  release(a, "m0", ta);
+  release(b, "m1", tb);
+  // Without an order, each daemon gives away the key its set cannot use yet, takes the other's,
+  // and so on for ever. Taking rights in key order, the daemon holding m0 keeps it.
+  REQUIRE(etcd.pump() < 10'000);
+  auto ga = take_grants(a), gb = take_grants(b);
+  REQUIRE(ga.size() + gb.size() == 1);  // one set holds both keys
+  node& first = ga.empty() ? b : a;
+  node& second = ga.empty() ? a : b;
+  const std::uint64_t token = ga.empty() ? gb.begin()->second : ga.begin()->second;
+  REQUIRE(first.table.release(keys, token, etcd.now, first.events) == lease_status::ok);
+  first.coord.process(etcd.now, first.events);
+  REQUIRE(etcd.pump() < 10'000);
+  auto g2 = take_grants(second);
+  REQUIRE(g2.size() == 1);
+  CHECK(g2.begin()->second > token);
 }

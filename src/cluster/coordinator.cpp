@@ -317,8 +317,18 @@ void coordinator::evaluate(const std::string& key, tick now, std::vector<table_e
           table_->close_key(key);
         }
         // Nothing here can use the right now (no holder; a waiter still queued with the key
-        // open is held back elsewhere): pass it on, unless a lost lease's lock delay runs.
-        if (act.held == 0 && !act.in_delay) give_up(key, r, true);
+        // open is held back elsewhere): pass it on, unless a lost lease's lock delay runs, or
+        // a set waiting here has taken its rights in key order up to this one (it keeps them
+        // while it waits for its later keys: sets taking rights in one order never wait in a
+        // cycle, whereas giving every key away lets sets from several daemons chase each
+        // other's rights forever).
+        if (act.held == 0 && !act.in_delay) {
+          if (!r.closing && act.waiting > 0 &&
+              table_->set_needs_in_order(key, [this](std::string_view k) { return holds(k); })) {
+            return;
+          }
+          give_up(key, r, true);
+        }
         return;
       }
       if (act.held == 0 && act.waiting == 0) {
