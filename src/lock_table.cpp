@@ -1179,18 +1179,19 @@ bool lock_table::set_needs_in_order(
     std::string_view key, const std::function<bool(std::string_view)>& has_right) const {
   const std::uint32_t e = find_entry(key);
   if (e == nil) return false;
-  for (std::uint32_t w = entries_[e].first_waiter; w != nil; w = waiters_[w].key_next) {
-    const std::uint32_t pos = waiters_[w].heap_pos;
-    if (!is_member(pos)) continue;
-    bool in_order = true;
-    for (std::uint32_t m = groups_[pos & ~in_set].first; m != nil && in_order;
-         m = waiters_[m].set_next) {
-      const std::string& other = entries_[waiters_[m].entry].key;
-      if (std::string_view(other) < key && !has_right(other)) in_order = false;
+  const std::uint32_t w = entries_[e].first_waiter;
+  if (w == nil || !is_member(waiters_[w].heap_pos)) return false;
+  for (std::uint32_t m = groups_[waiters_[w].heap_pos & ~in_set].first; m != nil;
+       m = waiters_[m].set_next) {
+    const entry_rec& ent = entries_[waiters_[m].entry];
+    // The set must head the queue of every one of its keys (a set queued behind another
+    // request waits for whatever that one waits for, maybe a smaller key), and hold the right
+    // of every key before this one: then all it waits for are rights of later keys.
+    if (ent.first_waiter != m || (std::string_view(ent.key) < key && !has_right(ent.key))) {
+      return false;
     }
-    if (in_order) return true;
   }
-  return false;
+  return true;
 }
 
 inspect_result lock_table::inspect(std::string_view key, tick now) const {

@@ -341,10 +341,11 @@ class lock_table {
   // longer prove it holds the keys' rights. Waiters stay queued.
   void lose_all(tick now, std::vector<table_event>& events);
   key_activity activity(std::string_view key) const;
-  // Whether a request queued on `key` is a set whose other keys that sort before `key`
-  // (bytewise) all satisfy `has_right`: this daemon is taking that set's rights in key order
-  // and has reached `key`. Rights taken in one global order never wait in a cycle, so such a
-  // right is kept while the set waits for its later keys (cluster mode's sets).
+  // Whether the first request queued on `key` is a set that heads the queue of every one of
+  // its keys, and whose keys sorting before `key` (bytewise) all satisfy `has_right`: this
+  // daemon is taking that set's rights in key order, has reached `key`, and the set waits for
+  // nothing but rights of later keys. Rights kept only for such sets never wait in a cycle
+  // (cluster mode's sets).
   bool set_needs_in_order(std::string_view key,
                           const std::function<bool(std::string_view)>& has_right) const;
 

@@ -150,6 +150,7 @@ void coordinator::session_lost(tick now, std::vector<table_event>& events) {
   lease_ = 0;
   // Our etcd keys die with the lease: every right is forgotten (kept as demand to re-request).
   for (auto& [key, r] : rights_) r.forget();
+  kept_.clear();
   if (table_ != nullptr) table_->lose_all(now, events);
 }
 
@@ -325,6 +326,7 @@ void coordinator::evaluate(const std::string& key, tick now, std::vector<table_e
         if (act.held == 0 && !act.in_delay) {
           if (!r.closing && act.waiting > 0 &&
               table_->set_needs_in_order(key, [this](std::string_view k) { return holds(k); })) {
+            if (std::find(kept_.begin(), kept_.end(), key) == kept_.end()) kept_.push_back(key);
             return;
           }
           give_up(key, r, true);
@@ -354,6 +356,10 @@ void coordinator::evaluate(const std::string& key, tick now, std::vector<table_e
 }
 
 void coordinator::process(tick now, std::vector<table_event>& events) {
+  // Rights kept for a set in key order are looked at again after every batch: a right given
+  // up, or the set granted, cancelled or timed out, may have ended the reason to keep them.
+  for (const std::string& k : kept_) mark(k);
+  kept_.clear();
   // Idle timers that are due.
   while (!idle_timers_.empty() && idle_timers_.front().first <= now) {
     mark(idle_timers_.front().second);

@@ -124,7 +124,7 @@ class coordinator final : public key_gate, public token_source {
   // Acts on every key the table or etcd changed since the last call, and on idle timers due.
   // The server calls it after each batch of work.
   void process(tick now, std::vector<table_event>& events);
-  bool has_work() const { return !dirty_.empty(); }
+  bool has_work() const { return !dirty_.empty() || !kept_.empty(); }
   std::optional<tick> next_deadline() const;
 
   cluster_view view(std::string_view key) const;
@@ -196,6 +196,9 @@ class coordinator final : public key_gate, public token_source {
   // Idle timers in the order armed (idle_keep is one constant, so also in deadline order);
   // an entry whose right is no longer idle at that time is skipped.
   std::deque<std::pair<tick, std::string>> idle_timers_;
+  // Rights kept (others waiting, nothing to grant here) for a set taking rights in key order:
+  // looked at again after every batch, which may have ended the reason to keep them.
+  std::vector<std::string> kept_;
   // Keys to look at in process().
   std::vector<std::string> dirty_;
   std::unordered_set<std::string, text_hash, std::equal_to<>> dirty_set_;
