@@ -64,7 +64,7 @@ struct config {
   std::string etcd_password_file;              // first line: etcd_user's password
   std::uint32_t etcd_lease_ttl_ms = 10'000;    // the daemon's etcd lease (whole seconds)
   std::uint32_t etcd_timeout_ms = 2'000;       // bound of one etcd request
-  std::uint32_t handoff_limit = 32;            // local grants in a row while another daemon waits
+  std::uint32_t handoff_limit = 64;            // local grants in a row while another daemon waits
   std::uint32_t idle_keep_ms = 500;            // keep an unused key's right this long
 };
 

@@ -53,7 +53,7 @@ namespace keylock {
 struct coordinator_options {
   std::string prefix = "/keylock/";
   std::string node;                  // this daemon's node_name (the etcd keys' value)
-  std::uint32_t handoff_limit = 32;  // local grants per tenure while another daemon waits
+  std::uint32_t handoff_limit = 64;  // local grants per tenure while another daemon waits
   tick idle_keep{std::chrono::milliseconds(500)};
   std::uint32_t max_ttl_ms = 0;  // static cap of leases' ttl (0: none)
   // The clock of ready() (the table's token_source check has no `now`); empty: steady_clock.

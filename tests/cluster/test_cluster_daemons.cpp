@@ -321,7 +321,11 @@ TEST_CASE(
   REQUIRE(event.type == reply::kind::event);
   CHECK(event.event == "expired");
   CHECK(event.token == r.token);
-  REQUIRE(eventually([&] { return test::http_get(a.metrics_port(), "/readyz").status == 503; }));
+  // Then the proof runs out: /readyz says so (a 503 may come earlier, from the watch failing).
+  REQUIRE(eventually([&] {
+    auto resp = test::http_get(a.metrics_port(), "/readyz");
+    return resp.status == 503 && resp.body.find("no etcd lease proven alive") != std::string::npos;
+  }));
   require_error(call_reply(c, acquire_frame("other", 2, 0)), errc::unavailable);
   require_error(
       call_reply(c, R"({"op":"extend","key":"cut","token":)" + std::to_string(*r.token) + "}"),
