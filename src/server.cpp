@@ -151,7 +151,6 @@ struct server::impl final : session_host, delivery {
     if (settings_.etcd_endpoints.empty()) return nullptr;
     coordinator_options o;
     o.prefix = settings_.etcd_prefix;
-    o.node = settings_.node_name.empty() ? settings_.listen : settings_.node_name;
     o.handoff_limit = settings_.handoff_limit;
     o.idle_keep = std::chrono::milliseconds(settings_.idle_keep_ms);
     o.max_ttl_ms = settings_.max_ttl_ms;

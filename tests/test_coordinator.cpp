@@ -35,12 +35,11 @@ struct node final : etcd_port {
       : etcd(e),
         name(std::move(n)),
         lease(l),
-        coord(options(name, handoff_limit, idle_keep, e), *this, [this] { return proof; }),
+        coord(options(handoff_limit, idle_keep, e), *this, [this] { return proof; }),
         table(table_limits{}, coord, table_histograms{}, hash_seed{}, &coord) {
     coord.attach(table);
   }
-  static coordinator_options options(const std::string& n, std::uint32_t limit, tick idle,
-                                     sim_etcd& e);
+  static coordinator_options options(std::uint32_t limit, tick idle, sim_etcd& e);
   void create(const std::string& key, const std::string& etcd_key, std::int64_t l) override;
   void remove(const std::string& key, const std::string& etcd_key) override;
   void bump_revision() override;
@@ -81,10 +80,8 @@ struct sim_etcd {
   }
 };
 
-coordinator_options node::options(const std::string& n, std::uint32_t limit, tick idle,
-                                  sim_etcd& e) {
+coordinator_options node::options(std::uint32_t limit, tick idle, sim_etcd& e) {
   coordinator_options o;
-  o.node = n;
   o.handoff_limit = limit;
   o.idle_keep = idle;
   o.clock = [&e] { return e.now; };

@@ -52,7 +52,6 @@ namespace keylock {
 
 struct coordinator_options {
   std::string prefix = "/keylock/";
-  std::string node;                  // this daemon's node_name (the etcd keys' value)
   std::uint32_t handoff_limit = 64;  // local grants per tenure while another daemon waits
   tick idle_keep{std::chrono::milliseconds(500)};
   std::uint32_t max_ttl_ms = 0;  // static cap of leases' ttl (0: none)
