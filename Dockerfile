@@ -9,9 +9,10 @@ RUN ./scripts/install-deps.sh \
  && ctest --preset release -L "unit|smoke" \
  && cmake --install build/release --prefix /opt/keylock
 
+# Runtime libraries of keylockd: OpenSSL, spdlog and fmt, and gRPC + protobuf (cluster mode).
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libssl3 libspdlog1.10 libfmt9 \
+ && apt-get install -y --no-install-recommends libssl3 libspdlog1.10 libfmt9 libgrpc++1.51 libprotobuf32 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home /var/lib/keylock --create-home keylock
 COPY --from=build /opt/keylock/ /usr/local/
