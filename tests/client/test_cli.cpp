@@ -9,6 +9,7 @@
 
 #include <csignal>
 #include <thread>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -340,6 +341,11 @@ TEST_CASE("keylock run --shared: two shared runs hold the key at the same time",
   keylock::AcquireOptions once;
   once.wait = 0ms;
   CHECK_FALSE(writer.try_acquire("prices", once));
+  // Both leases are held; wait until both commands have started (left their mark) too, else a
+  // slow start of one (under a sanitizer) would make the other's check fail.
+  CHECK(wait_until([&] {
+    return std::filesystem::exists(dir.file("a")) && std::filesystem::exists(dir.file("b"));
+  }));
   child_process touch(dir, {"/bin/sh", "-c", "touch '" + go + "'"});
   CHECK(touch.wait() == 0);
   CHECK(a.wait() == 0);
