@@ -198,6 +198,17 @@ std::optional<std::string> load_config_file(const std::string& path, config& c) 
   return std::nullopt;
 }
 
+std::vector<std::string> etcd_endpoint_list(const std::string& endpoints) {
+  std::vector<std::string> out;
+  for (std::size_t start = 0; start <= endpoints.size();) {
+    std::size_t comma = endpoints.find(',', start);
+    if (comma == std::string::npos) comma = endpoints.size();
+    out.push_back(endpoints.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
 std::optional<std::string> validate(const config& c) {
   for (const setting& s : settings()) {
     if (const auto* m = std::get_if<u32_member>(&s.member)) {
@@ -221,11 +232,7 @@ std::optional<std::string> validate(const config& c) {
   }
   if (!split_host_port(c.listen, host, port)) return "listen must be HOST:PORT, not " + c.listen;
   if (!c.etcd_endpoints.empty()) {
-    std::string rest = c.etcd_endpoints;
-    for (std::size_t start = 0; start <= rest.size();) {
-      std::size_t comma = rest.find(',', start);
-      if (comma == std::string::npos) comma = rest.size();
-      std::string ep = rest.substr(start, comma - start);
+    for (std::string ep : etcd_endpoint_list(c.etcd_endpoints)) {
       for (const char* scheme : {"http://", "https://"}) {
         if (ep.rfind(scheme, 0) == 0) ep.erase(0, std::string(scheme).size());
       }
@@ -235,7 +242,6 @@ std::optional<std::string> validate(const config& c) {
         return "etcd_endpoints must be comma-separated http://HOST:PORT URLs, not " +
                c.etcd_endpoints;
       }
-      start = comma + 1;
     }
     if (c.etcd_prefix.empty() || c.etcd_prefix.back() != '/') {
       return "etcd_prefix must end with '/', not '" + c.etcd_prefix + "'";

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace keylock {
 
@@ -97,6 +98,9 @@ std::optional<std::string> read_auth_file(const std::string& path, std::string& 
 
 // Loads `path` (a JSON object of setting names) over `c`. Returns an error message or nullopt.
 std::optional<std::string> load_config_file(const std::string& path, config& c);
+
+// The members of etcd_endpoints, split at commas, as given (URLs or HOST:PORT).
+std::vector<std::string> etcd_endpoint_list(const std::string& endpoints);
 
 // Splits "host:port" ("[v6]:port" allowed). False when malformed.
 bool split_host_port(const std::string& s, std::string& host, std::uint16_t& port);

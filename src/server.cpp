@@ -179,12 +179,7 @@ struct server::impl final : session_host, delivery {
                        "(KEYLOCK_BUILD_CLUSTER=OFF)");
 #else
     cluster_runtime_options o;
-    for (std::size_t start = 0; start <= settings_.etcd_endpoints.size();) {
-      std::size_t comma = settings_.etcd_endpoints.find(',', start);
-      if (comma == std::string::npos) comma = settings_.etcd_endpoints.size();
-      o.etcd.endpoints.push_back(settings_.etcd_endpoints.substr(start, comma - start));
-      start = comma + 1;
-    }
+    o.etcd.endpoints = etcd_endpoint_list(settings_.etcd_endpoints);
     o.etcd.rpc_timeout = std::chrono::milliseconds(settings_.etcd_timeout_ms);
     auto slurp = [](const std::string& path, std::string* out) -> std::optional<std::string> {
       if (path.empty()) return std::nullopt;
