@@ -87,8 +87,9 @@ asio::steady_timer::time_point to_time_point(tick t) {
 // Cluster mode: the coordinator's etcd requests, passed on to the runtime once it exists.
 struct forward_port final : etcd_port {
   etcd_port* to = nullptr;
-  void create(const std::string& key, const std::string& etcd_key, std::int64_t lease) override {
-    if (to != nullptr) to->create(key, etcd_key, lease);
+  void create(const std::string& key, const std::string& etcd_key, std::int64_t lease,
+              const std::string& leaving) override {
+    if (to != nullptr) to->create(key, etcd_key, lease, leaving);
   }
   void remove(const std::string& key, const std::string& etcd_key) override {
     if (to != nullptr) to->remove(key, etcd_key);

@@ -40,7 +40,8 @@ struct node final : etcd_port {
     coord.attach(table);
   }
   static coordinator_options options(std::uint32_t limit, tick idle, sim_etcd& e);
-  void create(const std::string& key, const std::string& etcd_key, std::int64_t l) override;
+  void create(const std::string& key, const std::string& etcd_key, std::int64_t l,
+              const std::string& leaving) override;
   void remove(const std::string& key, const std::string& etcd_key) override;
   void bump_revision() override;
 };
@@ -49,17 +50,20 @@ struct node final : etcd_port {
 // that delivers every change to every node. Requests wait in `pending` until pump() runs them.
 struct sim_etcd {
   std::int64_t revision = 1;
+  std::size_t writes = 0;  // transactions that changed the store
   std::map<std::string, std::pair<std::int64_t, std::string>> keys;  // key -> (create rev, value)
   std::deque<std::function<void()>> pending;
   std::vector<node*> nodes;
   tick now{1'000'000'000};
 
-  void broadcast(etcd_event ev) {
+  void broadcast(std::vector<etcd_event> evs) {
+    ++writes;
     etcd_watch_batch batch;
     batch.revision = revision;
-    batch.events.push_back(std::move(ev));
+    batch.events = std::move(evs);
     for (node* n : nodes) n->coord.on_watch(batch, now, n->events);
   }
+  void broadcast(etcd_event ev) { broadcast(std::vector<etcd_event>{std::move(ev)}); }
   // Runs queued requests (and what they cause) until none is left, or `limit` ran (a livelock:
   // rights going round without a grant). Returns how many ran.
   std::size_t pump(std::size_t limit = 10'000) {
@@ -88,15 +92,29 @@ coordinator_options node::options(std::uint32_t limit, tick idle, sim_etcd& e) {
   return o;
 }
 
-void node::create(const std::string& key, const std::string& etcd_key, std::int64_t l) {
-  etcd.pending.push_back([this, key, etcd_key, l] {
+// One transaction: delete `leaving` (if given), create `etcd_key` if absent; one revision.
+void node::create(const std::string& key, const std::string& etcd_key, std::int64_t l,
+                  const std::string& leaving) {
+  etcd.pending.push_back([this, key, etcd_key, l, leaving] {
+    std::vector<etcd_event> evs;
+    const std::int64_t rev = etcd.revision + 1;
+    if (!leaving.empty() && etcd.keys.erase(leaving) != 0) {
+      etcd_event ev;
+      ev.what = etcd_event::kind::remove;
+      ev.kv.key = leaving;
+      ev.kv.mod_revision = rev;
+      evs.push_back(ev);
+    }
     auto it = etcd.keys.find(etcd_key);
     if (it == etcd.keys.end()) {
-      ++etcd.revision;
-      it = etcd.keys.emplace(etcd_key, std::pair{etcd.revision, name}).first;
+      it = etcd.keys.emplace(etcd_key, std::pair{rev, name}).first;
       etcd_event ev;
-      ev.kv = {etcd_key, name, etcd.revision, etcd.revision, l};
-      etcd.broadcast(ev);
+      ev.kv = {etcd_key, name, rev, rev, l};
+      evs.push_back(ev);
+    }
+    if (!evs.empty()) {
+      etcd.revision = rev;
+      etcd.broadcast(std::move(evs));
     }
     coord.on_created(key, etcd_key, true, it->second.first, etcd.now, events);
   });
@@ -212,12 +230,16 @@ TEST_CASE(
   last = g[2];
   release(a, "k", last);  // limit reached, b waits: a3 is not granted, the right moves
   CHECK(take_grants(a).empty());
+  const std::size_t writes = etcd.writes;
   etcd.pump();
   g = take_grants(b);
   REQUIRE(g.count(9));
   CHECK(g[9] > last);
   last = g[9];
   CHECK(a.coord.counters().remote_handoffs == 1);
+  // One etcd write passed the right on and queued a again (for a3) behind b.
+  CHECK(etcd.writes == writes + 1);
+  CHECK(b.coord.view("k").daemons_waiting == 1);
   // a queued again behind b: b's release hands the right back, and a3 is granted.
   release(b, "k", last);
   etcd.pump();

@@ -153,13 +153,13 @@ void cluster_runtime::op_loop() {
 }
 
 void cluster_runtime::create(const std::string& key, const std::string& etcd_key,
-                             std::int64_t lease) {
-  enqueue([this, key, etcd_key, lease] {
+                             std::int64_t lease, const std::string& leaving) {
+  enqueue([this, key, etcd_key, lease, leaving] {
     bool created = false;
     std::int64_t rev = 0;
     std::string value;
     const auto t0 = steady_clock::now();
-    etcd_status st = client_.create(etcd_key, options_.node, lease, &created, &rev, &value);
+    etcd_status st = client_.create(etcd_key, options_.node, lease, &created, &rev, &value, leaving);
     const auto rtt = steady_clock::now() - t0;
     // Not created: the key existed. Ours (an earlier try that timed out) counts; another
     // lease's cannot happen (the lease id is in the key).

@@ -68,7 +68,8 @@ class cluster_runtime final : public etcd_port {
   steady_time proven_until() const;
 
   // etcd_port
-  void create(const std::string& key, const std::string& etcd_key, std::int64_t lease) override;
+  void create(const std::string& key, const std::string& etcd_key, std::int64_t lease,
+              const std::string& leaving) override;
   void remove(const std::string& key, const std::string& etcd_key) override;
   void bump_revision() override;
 

@@ -165,9 +165,10 @@ void coordinator::on_created(const std::string& key, const std::string& etcd_key
   }
   right& r = it->second;
   if (!ok) {
-    port_.create(key, etcd_key, lease_);  // the Txn is idempotent: try again
+    port_.create(key, etcd_key, lease_, r.leaving);  // the Txn is idempotent: try again
     return;
   }
+  r.leaving.clear();
   r.at = phase::queued;
   r.create_revision = create_revision;
   mark(key);
@@ -252,6 +253,15 @@ bool coordinator::head_known(const right& r, bool* head) const {
   return true;
 }
 
+void coordinator::request(const std::string& key, right& r) {
+  r.etcd_key = queue_prefix(key);
+  r.etcd_key += lease_hex_;
+  r.etcd_key += '.';
+  r.etcd_key += std::to_string(++requests_);
+  r.at = phase::creating;
+  port_.create(key, r.etcd_key, lease_, r.leaving);
+}
+
 void coordinator::give_up(const std::string& key, right& r, bool to_other) {
   if (table_ != nullptr) table_->close_key(key);
   if (to_other) {
@@ -259,8 +269,18 @@ void coordinator::give_up(const std::string& key, right& r, bool to_other) {
   } else {
     ++counters_.idle_releases;
   }
-  r.at = phase::removing;
   r.idle = false;
+  r.grants = 0;
+  r.closing = false;
+  if (table_ != nullptr && table_->activity(key).waiting > 0) {
+    // Demand remains here: queue again behind the daemons that waited, in the transaction that
+    // passes the right on (one etcd write per handoff, and no gap with no request of ours).
+    r.leaving = std::move(r.etcd_key);
+    r.create_revision = 0;
+    request(key, r);
+    return;
+  }
+  r.at = phase::removing;
   port_.remove(key, r.etcd_key);
 }
 
@@ -284,9 +304,7 @@ void coordinator::evaluate(const std::string& key, tick now, std::vector<table_e
         return;
       }
       if (lease_ == 0) return;  // re-requested by session_up
-      r.etcd_key = queue_prefix(key) + lease_hex_;
-      r.at = phase::creating;
-      port_.create(key, r.etcd_key, lease_);
+      request(key, r);
       return;
     case phase::creating:
     case phase::removing:

@@ -17,7 +17,8 @@
 //    deadlock against a daemon holding that key and waiting for this one);
 //  - after `idle_keep` without any holder or waiter here, when nobody else wants it, so a key
 //    used from one host costs no etcd round trip per acquire.
-// Then, if local demand remains, it queues again behind the daemons that waited.
+// If local demand remains, the transaction that deletes its etcd key also creates a new one,
+// so it queues again behind the daemons that waited at the cost of one etcd write.
 //
 // Fencing tokens (token_source): token = H * 2^20 + s, where H is the highest etcd revision
 // this daemon has observed and s counts grants since H last grew. A tenure of the right on
@@ -73,8 +74,10 @@ struct coordinator_counters {
 class etcd_port {
  public:
   virtual ~etcd_port() = default;
-  // Create `etcd_key` (if absent) bound to `lease`, value node_name -> on_created.
-  virtual void create(const std::string& key, const std::string& etcd_key, std::int64_t lease) = 0;
+  // Create `etcd_key` (if absent) bound to `lease`, value node_name, and delete `leaving` (when
+  // not empty) in the same transaction -> on_created.
+  virtual void create(const std::string& key, const std::string& etcd_key, std::int64_t lease,
+                      const std::string& leaving) = 0;
   // Delete `etcd_key` -> on_removed.
   virtual void remove(const std::string& key, const std::string& etcd_key) = 0;
   // Make the store's revision grow (a put) -> on_revision.
@@ -141,6 +144,7 @@ class coordinator final : public key_gate, public token_source {
     phase at = phase::none;
     std::string hash;
     std::string etcd_key;
+    std::string leaving;  // our previous key, deleted by the same transaction as etcd_key's put
     std::int64_t create_revision = 0;
     std::uint32_t grants = 0;  // local grants in this tenure
     bool closing = false;      // handing off: closed, waiting for local holders to leave
@@ -150,6 +154,7 @@ class coordinator final : public key_gate, public token_source {
     void forget() {
       at = phase::none;
       etcd_key.clear();
+      leaving.clear();
       create_revision = 0;
       grants = 0;
       closing = false;
@@ -164,6 +169,7 @@ class coordinator final : public key_gate, public token_source {
 
   void mark(std::string_view key);
   void evaluate(const std::string& key, tick now, std::vector<table_event>& events);
+  void request(const std::string& key, right& r);
   void give_up(const std::string& key, right& r, bool to_other);
   std::size_t others_behind(const right& r) const;
   bool head_known(const right& r, bool* head) const;
@@ -177,6 +183,7 @@ class coordinator final : public key_gate, public token_source {
   lock_table* table_ = nullptr;
   std::int64_t lease_ = 0;
   std::string lease_hex_;
+  std::uint64_t requests_ = 0;  // names our etcd keys: <prefix>k/<hash>/<lease hex>.<n>
   // Tokens.
   std::uint64_t high_revision_ = 0;  // H
   std::uint64_t seq_ = 0;            // s

@@ -204,9 +204,13 @@ etcd_status etcd_client::lease_revoke(std::int64_t id) {
 
 etcd_status etcd_client::create(const std::string& key, const std::string& value,
                                 std::int64_t lease, bool* created, std::int64_t* create_revision,
-                                std::string* value_now) {
+                                std::string* value_now, const std::string& leaving) {
   if (!impl_->kv) return failed("no etcd endpoints");
   pb::TxnRequest txn;
+  if (!leaving.empty()) {
+    txn.add_success()->mutable_request_delete_range()->set_key(leaving);
+    txn.add_failure()->mutable_request_delete_range()->set_key(leaving);
+  }
   pb::Compare* cmp = txn.add_compare();
   cmp->set_result(pb::Compare::EQUAL);
   cmp->set_target(pb::Compare::CREATE);

@@ -89,9 +89,11 @@ class etcd_client {
 
   // Txn: if `key` does not exist, put it with `value` bound to `lease`. *created tells whether
   // this call created it; *create_revision is the key's create revision either way (so a
-  // caller whose earlier attempt timed out can recognise its own key by value).
+  // caller whose earlier attempt timed out can recognise its own key by value). When `leaving`
+  // is not empty, that key is deleted in the same transaction (one revision, one write).
   etcd_status create(const std::string& key, const std::string& value, std::int64_t lease,
-                     bool* created, std::int64_t* create_revision, std::string* value_now);
+                     bool* created, std::int64_t* create_revision, std::string* value_now,
+                     const std::string& leaving = {});
   // Range over every key starting with `prefix`, oldest create revision first. Sets *revision
   // to the store's revision at the time of the read.
   etcd_status list_prefix(const std::string& prefix, std::vector<etcd_kv>* out,
