@@ -40,11 +40,13 @@
 
 #include "keylock/protocol.hpp"
 
+#include <charconv>
 #include <chrono>
 #include <concepts>
 #include <cstdint>
 #include <functional>
 #include <iterator>
+#include <locale>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -469,19 +471,46 @@ template <class T>
 concept not_a_name = !std::convertible_to<T, std::string_view>;
 }  // namespace detail
 
-// The key the named lock_decorator uses: `name`, then ":" and each argument formatted with
-// operator<< (with std::boolalpha), in order. default_key("fetch", "alpha", 3) is
-// "fetch:alpha:3". Arguments that contain ':' can make two calls share a key; pass a key_maker
-// when that matters.
+namespace detail {
+// One argument of default_key, the same in every process and under every locale: numbers
+// through std::to_chars (integers exactly, floating point as the shortest text that reads back
+// to the same value), bool as true/false, strings as they are, anything else through
+// operator<< on a stream with the classic locale.
+template <class T>
+void append_key_part(std::string& out, const T& value) {
+  if constexpr (std::is_same_v<T, bool>) {
+    out += value ? "true" : "false";
+  } else if constexpr (std::is_same_v<T, char>) {
+    out += value;
+  } else if constexpr (std::is_arithmetic_v<T>) {
+    char buf[64];
+    const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, value);
+    out.append(buf, ec == std::errc{} ? end : buf);
+  } else if constexpr (std::is_convertible_v<const T&, std::string_view>) {
+    out += std::string_view(value);
+  } else {
+    std::ostringstream text;
+    text.imbue(std::locale::classic());
+    text << std::boolalpha << value;
+    out += std::move(text).str();
+  }
+}
+}  // namespace detail
+
+// The key the named lock_decorator uses: `name`, then ":" and each argument, in order.
+// default_key("fetch", "alpha", 3) is "fetch:alpha:3". Equal arguments give the same key in
+// every process, whatever the locale: numbers are written exactly (std::to_chars: 3000 is
+// "3000", 0.1 + 0.2 is "0.30000000000000004"), bool as true/false, other types through
+// operator<< with the classic locale. Arguments that contain ':' can make two calls share a
+// key; pass a key_maker when that matters.
 template <class... Args>
 std::string default_key(std::string_view name, const Args&... args) {
   static_assert((detail::streamable<Args> && ...),
                 "keylock::default_key: every argument must support operator<<; "
                 "pass a key_maker to lock_decorator instead");
-  std::ostringstream out;
-  out << std::boolalpha << name;
-  ((out << ':' << args), ...);
-  return std::move(out).str();
+  std::string out(name);
+  ((out += ':', detail::append_key_part(out, args)), ...);
+  return out;
 }
 
 // A callable that runs Fn under client.with_lock(key_maker(args...), ...), or under

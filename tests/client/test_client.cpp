@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <locale>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -314,6 +315,28 @@ TEST_CASE("default_key formats the name and the arguments in order", "[client]")
         "fetch_remote_thing:alpha");
   CHECK(keylock::default_key("render", "alpha", 42, true) == "render:alpha:42:true");
   CHECK(keylock::default_key("nightly") == "nightly");
+}
+
+namespace {
+// A locale that groups thousands, as de_DE or en_US.UTF-8 do (which may not be installed).
+struct grouping_punct : std::numpunct<char> {
+  char do_thousands_sep() const override { return ','; }
+  std::string do_grouping() const override { return "\3"; }
+};
+}  // namespace
+
+TEST_CASE("default_key is exact and does not follow the global locale", "[client]") {
+  const std::locale before = std::locale::global(std::locale(std::locale(), new grouping_punct));
+  struct restore {
+    std::locale locale;
+    ~restore() { std::locale::global(locale); }
+  } restore_locale{before};
+  CHECK(keylock::default_key("f", 3000, 1234567890123LL) == "f:3000:1234567890123");
+  // Floating point round-trips: two different doubles never share a key.
+  CHECK(keylock::default_key("f", 0.1 + 0.2) == "f:0.30000000000000004");
+  CHECK(keylock::default_key("f", 0.1 + 0.2) != keylock::default_key("f", 0.3));
+  CHECK(keylock::default_key("f", 1.0 / 3) == "f:0.3333333333333333");
+  CHECK(keylock::default_key("f", 'x', false, -7) == "f:x:false:-7");
 }
 
 TEST_CASE("a named lock_decorator runs fn under the lock name:args and returns its result",
