@@ -554,6 +554,18 @@ class client_impl {
     return std::move(w.rep);
   }
 
+  void release_token(std::string_view key, std::uint64_t token) {
+    waiter w;
+    submit(w, [&] {
+      pending& p = new_user_call(w, op::release);
+      p.req.key = std::string(key);
+      p.req.token = token;
+      p.req.set(field::key);
+      p.req.set(field::token);
+      send_or_queue(p.req.id);
+    });
+  }
+
   reply stats() {
     waiter w;
     submit(w, [&] { send_or_queue(new_user_call(w, op::stats).req.id); });
@@ -798,6 +810,8 @@ class client_impl {
         if (p.w == nullptr) return;
         if (rep.type == reply::kind::ok) {
           complete(*p.w);
+        } else if (p.lease == nullptr) {  // Client::release: no lease of ours
+          complete(*p.w, error_from_reply(rep));
         } else if (code_of(rep) == "not_held") {
           complete(*p.w, std::make_exception_ptr(NotHeld(
                              "keylock: lease on " + p.lease->label +
@@ -1467,6 +1481,13 @@ bool Lease::valid() const noexcept {
   return state_ && state_->status.load() == detail::lease_status::held;
 }
 
+bool Lease::owned() const {
+  if (!state_) return false;
+  const reply rep = client_->inspect(state_->key);
+  return std::any_of(rep.holders.begin(), rep.holders.end(),
+                     [&](const holder_info& h) { return h.token == state_->token; });
+}
+
 void Lease::extend(std::chrono::milliseconds ttl) {
   if (!state_) throw std::logic_error("keylock: extend() of an empty Lease");
   client_->extend(state_, ttl);
@@ -1533,6 +1554,12 @@ key_info Client::inspect(std::string_view key) {
   info.limit = rep.limit.value_or(0);
   info.cluster = rep.cluster;
   return info;
+}
+
+bool Client::locked(std::string_view key) { return impl_->inspect(key).held.value_or(false); }
+
+void Client::release(std::string_view key, std::uint64_t token) {
+  impl_->release_token(key, token);
 }
 
 stats_info Client::stats() {

@@ -466,6 +466,20 @@ std::string raw_json(keylock::reply rep) {
   return out;
 }
 
+// `keylock release KEY TOKEN`: 0 when the lease ended, 1 (with why) when KEY had no live lease
+// with that token.
+int force_release(keylock::Client& client, const std::string& key, std::uint64_t token) {
+  try {
+    client.release(key, token);
+  } catch (const keylock::NotHeld&) {
+    complain("release: " + key + " has no live lease with token " + std::to_string(token) +
+             " (released, expired, or another key's)");
+    return exit_failure;
+  }
+  std::printf("released %s token %llu\n", key.c_str(), static_cast<unsigned long long>(token));
+  return 0;
+}
+
 int inspect(keylock::Client& client, const std::string& key, bool json) {
   const keylock::key_info info = client.inspect(key);
   if (json) {
@@ -720,6 +734,15 @@ int run_main(int argc, char** argv) {
   inspect_cmd->add_option("key", inspect_key, "the lock")->required();
   inspect_cmd->add_flag("--json", json, "print the daemon's reply as JSON");
 
+  std::string release_key;
+  std::uint64_t release_token = 0;
+  CLI::App* release_cmd = app.add_subcommand(
+      "release",
+      "end the lease TOKEN on KEY, whoever holds it (an operator's force release; the token is "
+      "in `keylock inspect KEY`)");
+  release_cmd->add_option("key", release_key, "the lock")->required();
+  release_cmd->add_option("token", release_token, "the lease's fencing token")->required();
+
   CLI::App* stats_cmd = app.add_subcommand("stats", "show the daemon's gauges and counters");
   stats_cmd->add_flag("--json", json, "print the daemon's reply as JSON");
 
@@ -764,6 +787,7 @@ int run_main(int argc, char** argv) {
     keylock::Client client(options);
     if (ping_cmd->parsed()) return ping(client, ping_count);
     if (inspect_cmd->parsed()) return inspect(client, inspect_key, json);
+    if (release_cmd->parsed()) return force_release(client, release_key, release_token);
     if (stats_cmd->parsed()) return stats(client, json);
     if (top_cmd->parsed()) return top(client, top_opts);
   } catch (const std::invalid_argument& e) {

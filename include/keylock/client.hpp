@@ -285,6 +285,11 @@ class Lease {
   // True while the lease is held: granted, not released, not lost. A lost lease never becomes
   // valid again.
   bool valid() const noexcept;
+  // Asks the daemon (one round trip) whether it still holds this lease: its key has a holder
+  // with this token. valid() is this process's view; owned() catches a lease ended elsewhere
+  // (for example by an operator's `keylock release`) before its next renewal notices. False for
+  // an empty Lease. Throws ConnectionError if the daemon did not answer.
+  bool owned() const;
 
   // Sets the lease to run out `ttl` from now (and makes `ttl` the ttl of later auto renewals).
   // Throws NotHeld if the lease is not held (then it is invalid and on_lost has run),
@@ -384,6 +389,13 @@ class Client {
   std::chrono::nanoseconds ping();
   // The holders, waiters and limit of `key`. Throws ConnectionError, ProtocolError.
   key_info inspect(std::string_view key);
+  // Whether anyone holds `key` now (one round trip; inspect(key).held).
+  bool locked(std::string_view key);
+  // Ends the lease `token` on `key`, whoever holds it: an operator's force release (the CLI's
+  // `keylock release KEY TOKEN`). Any connection that knows key and token may release. The
+  // holder's process learns at its next renewal, which the daemon answers not_held. Throws
+  // NotHeld when `key` has no live lease with that token.
+  void release(std::string_view key, std::uint64_t token);
   // The daemon's gauges and counters. Throws ConnectionError.
   stats_info stats();
   // The stats plus up to `n` (1..100) longest queues and oldest leases. Throws

@@ -284,6 +284,36 @@ TEST_CASE("keylock ping, inspect and stats print the daemon's view", "[cli]") {
   CHECK(contains(stats_json.out(), R"("grants":)"));
 }
 
+TEST_CASE("keylock release KEY TOKEN ends another process's lease, and says when none is held",
+          "[cli]") {
+  keylock_daemon d;
+  temp_dir dir;
+  keylock::Client holder(options_for(d.port()));
+  keylock::Lease lease = holder.acquire("report:monthly");
+  const auto env = server_env(d.port());
+  CHECK(lease.owned());
+
+  child_process wrong(dir, cli({"release", "report:monthly", std::to_string(lease.token() + 1)}),
+                      env);
+  CHECK(wrong.wait() == 1);
+  CHECK(contains(wrong.err(), "has no live lease with token"));
+  CHECK(holder.locked("report:monthly"));
+
+  child_process release(dir, cli({"release", "report:monthly", std::to_string(lease.token())}),
+                        env);
+  CHECK(release.wait() == 0);
+  CHECK(contains(release.out(), "released report:monthly"));
+  CHECK_FALSE(holder.locked("report:monthly"));
+  // The holder's process still believes it holds the lease until it asks the daemon.
+  CHECK(lease.valid());
+  CHECK_FALSE(lease.owned());
+  CHECK_THROWS_AS(lease.extend(std::chrono::seconds(30)), keylock::NotHeld);
+  CHECK_FALSE(lease.valid());
+
+  child_process usage(dir, cli({"release", "report:monthly"}), env);
+  CHECK(usage.wait() == 64);
+}
+
 TEST_CASE("keylock top --once shows the longest queue and the oldest holder", "[cli]") {
   keylock_daemon d;
   temp_dir dir;
