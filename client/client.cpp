@@ -928,8 +928,17 @@ class client_impl {
       return;
     }
     const bool not_held = code_of(rep) == "not_held";
+    if (!not_held && p.w != nullptr) {
+      // An extend the daemon refused for another reason (a ttl above its max_ttl_ms, say) left
+      // the lease as it was: it stays held, and renewals go on with the ttl that worked.
+      complete(*p.w, error_from_reply(rep));
+      return;
+    }
     const std::string why = std::string(p.w ? "extend" : "renewal") + " refused by the daemon: " +
                             (rep.message.empty() ? std::string(code_of(rep)) : rep.message);
+    // A renewal refused while the daemon still holds the lease: this process stops renewing it,
+    // so end it there too rather than leave it held for the rest of its ttl.
+    if (!not_held) send_release(lease->key, lease->token);
     lose(lease, not_held ? lost_reason::not_held : lost_reason::expired, why);
     if (p.w != nullptr) {
       complete(*p.w, not_held

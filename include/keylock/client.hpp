@@ -294,6 +294,10 @@ class Lease {
   // Sets the lease to run out `ttl` from now (and makes `ttl` the ttl of later auto renewals).
   // Throws NotHeld if the lease is not held (then it is invalid and on_lost has run),
   // ConnectionError if no reply came, std::logic_error on an empty Lease or from the I/O thread.
+  // Any other refusal (ProtocolError for a ttl above the daemon's max_ttl_ms, Error for
+  // `unavailable`) leaves the lease held and valid, renewed with its earlier ttl. A renewal the
+  // daemon refuses with such an error ends the lease on the daemon too (it is released, then
+  // lost here with lost_reason::expired): no lease stays held that this process stopped renewing.
   void extend(std::chrono::milliseconds ttl);
 
   // For a reentrant lease with other holders open (depth() > 1): ends this hold only and

@@ -310,6 +310,22 @@ TEST_CASE("an acquire waiting across a daemon restart is sent again and granted"
   CHECK(lost.first().reason == keylock::lost_reason::connection_lost);
 }
 
+TEST_CASE("an extend the daemon refuses for its ttl leaves the lease held, here and there",
+          "[client]") {
+  keylock::test::daemon d({"--max-ttl-ms", "10000", "--default-ttl-ms", "5000"});
+  keylock::Client client(options_for(d.port()));
+  keylock::AcquireOptions options;
+  options.ttl = std::chrono::milliseconds(5000);
+  keylock::Lease lease = client.acquire("report", options);
+  CHECK_THROWS_AS(lease.extend(std::chrono::milliseconds(60000)), keylock::ProtocolError);
+  // Not forgotten while held: still valid here, still the daemon's holder, and released by us.
+  CHECK(lease.valid());
+  CHECK(lease.owned());
+  lease.extend(std::chrono::milliseconds(8000));  // a ttl within bounds still works
+  lease.release();
+  CHECK_FALSE(client.locked("report"));
+}
+
 TEST_CASE("default_key formats the name and the arguments in order", "[client]") {
   CHECK(keylock::default_key("fetch_remote_thing", std::string("alpha")) ==
         "fetch_remote_thing:alpha");
