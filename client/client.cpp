@@ -71,6 +71,8 @@ enum class deadline_kind : std::uint8_t {
   call,          // ref = request id: request timeout / acquire wait
   connect,       // ref = connection generation: the attempt took too long
   reconnect,     // ref unused: backoff elapsed, connect again
+  outage,        // ref unused: disconnected for connect_timeout: acquires fail from now on
+  health,        // ref = connection generation: heartbeat tick
 };
 
 struct deadline {
@@ -441,6 +443,10 @@ class client_impl {
                                                const AcquireOptions& options) {
     waiter w;
     submit(w, [&] {
+      if (outage_) {
+        complete(w, outage_error(quote_keys(keys)));
+        return;
+      }
       const std::uint64_t id = next_id_++;
       pending& p = calls_[id];
       p.w = &w;
@@ -744,6 +750,8 @@ class client_impl {
       return;
     }
     rbuf_.append(rchunk_.data(), n);
+    heard_ = true;
+    ping_out_ = false;
     std::size_t start = 0;
     for (;;) {
       const std::size_t nl = rbuf_.find('\n', start);
@@ -854,6 +862,12 @@ class client_impl {
     current_.store(attempt_);
     backoff_ = options_.backoff_initial;
     cancel_deadline(connect_timeout_);
+    cancel_deadline(outage_at_);
+    down_since_.reset();
+    outage_ = false;
+    heard_ = true;
+    ping_out_ = false;
+    arm_health();
     if (connect_waiter_ != nullptr) {
       complete(*connect_waiter_);
       connect_waiter_ = nullptr;
@@ -1153,6 +1167,11 @@ class client_impl {
     held.reserve(leases_.size());
     for (const auto& entry : leases_) held.push_back(entry.second);
     for (const auto& lease : held) lose(lease, lost_reason::connection_lost, last_error_);
+    if (!down_since_) {
+      down_since_ = steady::now();
+      outage_at_ =
+          add_deadline(*down_since_ + options_.connect_timeout, deadline_kind::outage, 0);
+    }
     drop_calls();
     // Failover: the next round starts with the next daemon of the list; this one comes last.
     attempt_ = (attempt_ + 1) % servers_.size();
@@ -1176,10 +1195,10 @@ class client_impl {
         // on the next connection, if its wait has time left.
         if (waiting_acquire && p.wait_until && *p.wait_until <= steady::now()) {
           cancel_deadline(p.timeout);
-          complete(*p.w, std::make_exception_ptr(
-                             Timeout("keylock: " + p.label + " not acquired within " +
-                                         std::to_string(p.wait.count()) + " ms: " + last_error_,
-                                     errc::timeout)));
+          complete(*p.w, std::make_exception_ptr(ConnectionError(
+                             "keylock: " + p.label + " not acquired within " +
+                             std::to_string(p.wait.count()) + " ms, and not because it is " +
+                             "busy: " + last_error_)));
           calls_.erase(it);
           continue;
         }
@@ -1299,6 +1318,12 @@ class client_impl {
       case deadline_kind::reconnect:
         reconnect_.reset();
         return;
+      case deadline_kind::outage:
+        outage_at_.reset();
+        return;
+      case deadline_kind::health:
+        health_at_.reset();
+        return;
     }
   }
 
@@ -1331,7 +1356,74 @@ class client_impl {
       case deadline_kind::reconnect:
         if (state_ == conn_state::disconnected) start_connect();
         return;
+      case deadline_kind::outage:
+        if (state_ != conn_state::ready) begin_outage();
+        return;
+      case deadline_kind::health:
+        if (due.ref == gen_ && connected()) health_tick();
+        return;
     }
+  }
+
+  // Heartbeat (client_options::health_check_interval).
+  void arm_health() {
+    if (options_.health_check_interval <= milliseconds(0)) return;
+    cancel_deadline(health_at_);
+    health_at_ = add_deadline(steady::now() + options_.health_check_interval,
+                              deadline_kind::health, gen_);
+  }
+
+  void health_tick() {
+    if (heard_) {
+      heard_ = false;  // the next tick looks at what this interval brings
+    } else if (ping_out_) {
+      on_drop("no reply to a health check within " +
+              std::to_string(options_.health_check_interval.count()) +
+              " ms (the connection is dead)");
+      return;
+    } else if (at_stake()) {
+      ping_out_ = true;
+      send_or_queue(new_internal_call(op::ping));
+    }
+    arm_health();
+  }
+
+  // Whether a dead connection would cost anything: a lease held, or an acquire at the daemon.
+  bool at_stake() const {
+    if (!leases_.empty()) return true;
+    return std::any_of(calls_.begin(), calls_.end(), [](const auto& entry) {
+      return entry.second.req.kind == op::acquire && entry.second.state == call_state::sent;
+    });
+  }
+
+  // Disconnected for connect_timeout: every waiting acquire fails, and every new one fails at
+  // once, with ConnectionError until a connection is ready again.
+  void begin_outage() {
+    outage_ = true;
+    std::vector<std::uint64_t> ids;
+    for (const auto& [id, p] : calls_) {
+      if (p.req.kind == op::acquire && p.w != nullptr && p.state == call_state::queued) {
+        ids.push_back(id);
+      }
+    }
+    std::sort(ids.begin(), ids.end());  // in submission order
+    for (const std::uint64_t id : ids) {
+      pending done = std::move(calls_.at(id));
+      calls_.erase(id);
+      cancel_deadline(done.timeout);
+      complete(*done.w, outage_error(done.label));
+    }
+  }
+
+  std::exception_ptr outage_error(const std::string& label) const {
+    const auto down = down_since_ ? std::chrono::duration_cast<milliseconds>(steady::now() -
+                                                                             *down_since_)
+                                  : milliseconds(0);
+    return std::make_exception_ptr(ConnectionError(
+        "keylock: cannot acquire " + label + ": no keylockd reachable for " +
+        std::to_string(down.count()) + " ms (connect_timeout " +
+        std::to_string(options_.connect_timeout.count()) + " ms)" +
+        (last_error_.empty() ? std::string() : ": " + last_error_)));
   }
 
   void on_call_timeout(std::uint64_t id) {
@@ -1362,13 +1454,14 @@ class client_impl {
     calls_.erase(it);
     const bool is_connected = state_ == conn_state::ready || state_ == conn_state::draining;
     if (done.req.kind == op::acquire) {  // queued: the wait ran out before it could be sent
+      // Not contention (the daemon never judged the key busy): an outage, ConnectionError.
       const std::string why = is_connected          ? "the daemon is shutting down"
                               : last_error_.empty() ? "not connected"
                                                     : last_error_;
-      complete(*done.w, std::make_exception_ptr(
-                            Timeout("keylock: " + done.label + " not acquired within " +
-                                        std::to_string(done.wait.count()) + " ms: " + why,
-                                    errc::timeout)));
+      complete(*done.w, std::make_exception_ptr(ConnectionError(
+                            "keylock: " + done.label + " not acquired within " +
+                            std::to_string(done.wait.count()) + " ms, and not because it is " +
+                            "busy: " + why)));
       return;
     }
     if (done.state == call_state::queued && !is_connected) {
@@ -1427,6 +1520,15 @@ class client_impl {
   deadline_handle connect_timeout_;
   deadline_handle reconnect_;
   milliseconds backoff_{0};
+  // Outages: since when no connection has been ready (set when one drops), the deadline
+  // connect_timeout after that, and whether it passed (acquires fail with ConnectionError).
+  std::optional<steady::time_point> down_since_;
+  deadline_handle outage_at_;
+  bool outage_ = false;
+  // Heartbeat: something was read since the last tick; a ping of ours is unanswered.
+  deadline_handle health_at_;
+  bool heard_ = false;
+  bool ping_out_ = false;
   // Failover: attempt_ indexes the daemon being tried (or connected to). A round tries each
   // daemon once, in list order from attempt_ and wrapping round; round_left_ counts the tries
   // left in it, this one included. Backoff comes only between rounds.

@@ -163,6 +163,13 @@ struct client_options {
   // round of tries (one per server), not between the servers of a round.
   std::chrono::milliseconds backoff_initial{50};
   std::chrono::milliseconds backoff_max{2000};
+  // Heartbeat: while this client holds a lease or has an acquire waiting at the daemon, a
+  // connection that brought nothing for this long gets a ping, and one that brings nothing
+  // for this long again is taken for dead (a crashed host, a dropped NAT flow: TCP would take
+  // hours to tell): its leases are lost and its waiting acquires sent again on the next
+  // connection, as for any dropped connection. So a dead connection is noticed within two
+  // intervals. Zero: no heartbeat.
+  std::chrono::milliseconds health_check_interval{5000};
 };
 
 // Why a lease stopped being valid, as told to on_lost.

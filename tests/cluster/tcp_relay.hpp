@@ -1,6 +1,8 @@
 // A TCP relay on a free loopback port to one upstream port, for cutting a daemon off from etcd
 // in tests: cut(true) ends every relayed connection and refuses new ones (as a broken network
-// would, fast), cut(false) relays again. Header-only; threads are joined by the destructor.
+// would, fast), cut(false) relays again. hold(true) keeps every connection open but forwards
+// nothing (a peer whose host died, or a NAT that dropped the flow: half-open, silent), and
+// hold(false) forwards again. Header-only; threads are joined by the destructor.
 #pragma once
 
 #include <netinet/in.h>
@@ -9,6 +11,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -55,6 +58,7 @@ class tcp_relay {
     cut_ = on;
     if (on) cut_links();
   }
+  void hold(bool on) { hold_ = on; }
 
  private:
   struct link {
@@ -108,6 +112,10 @@ class tcp_relay {
   void pump(int from, int to) {
     char buf[16384];
     while (!stop_) {
+      if (hold_ && !cut_) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        continue;
+      }
       pollfd p{from, POLLIN, 0};
       int r = ::poll(&p, 1, 50);
       if (r == 0) continue;
@@ -131,6 +139,7 @@ class tcp_relay {
   int listen_fd_ = -1;
   std::atomic<bool> stop_{false};
   std::atomic<bool> cut_{false};
+  std::atomic<bool> hold_{false};
   std::mutex mutex_;
   std::vector<std::shared_ptr<link>> links_;
   std::vector<std::thread> pumps_;

@@ -1,0 +1,147 @@
+// Outages and dead connections (issue 14): a client never leaves a caller waiting on a daemon
+// that is gone. A daemon that stays unreachable for connect_timeout fails every waiting and
+// every new acquire with ConnectionError (never Timeout: that means the key was busy), and a
+// connection that falls silent (half-open) is found dead by the heartbeat.
+#include "harness.hpp"
+#include "keylock/client.hpp"
+#include "support.hpp"
+#include "tcp_relay.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <csignal>
+#include <optional>
+#include <string>
+#include <thread>
+
+using namespace std::chrono_literals;
+using keylock_daemon = keylock::test::daemon;
+using keylock::test::lost_log;
+using keylock::test::options_for;
+
+namespace {
+
+// What a blocking acquire on another thread came to.
+struct outcome {
+  std::atomic<bool> done{false};
+  std::optional<keylock::Lease> lease;
+  bool connection_error = false;
+  bool timeout = false;
+  std::string message;
+};
+
+std::jthread acquire_in_background(keylock::Client& client, const std::string& key,
+                                   keylock::AcquireOptions options, outcome& out) {
+  return std::jthread([&client, key, options, &out] {
+    try {
+      out.lease = client.acquire(key, options);
+    } catch (const keylock::ConnectionError& e) {
+      out.connection_error = true;
+      out.message = e.what();
+    } catch (const keylock::Timeout& e) {
+      out.timeout = true;
+      out.message = e.what();
+    } catch (const std::exception& e) {
+      out.message = e.what();
+    }
+    out.done = true;
+  });
+}
+
+}  // namespace
+
+TEST_CASE("a daemon gone for connect_timeout fails waiting and new acquires with ConnectionError",
+          "[client]") {
+  const std::uint16_t port = keylock::test::free_port();
+  keylock_daemon d({"--listen", "127.0.0.1:" + std::to_string(port)});
+  keylock::Client holder(options_for(port, "holder"));
+  keylock::Lease held = holder.acquire("job");
+  keylock::client_options options = options_for(port, "waiter");
+  options.connect_timeout = 500ms;
+  keylock::Client waiter(options);
+
+  outcome forever;  // wait unset: until granted, the default
+  auto thread = acquire_in_background(waiter, "job", {}, forever);
+  REQUIRE(keylock::test::wait_until([&] { return holder.inspect("job").waiters == 1; }));
+  d.stop(SIGKILL);
+  REQUIRE(keylock::test::wait_until([&] { return forever.done.load(); }));
+  CHECK(forever.connection_error);
+  CHECK_FALSE(forever.lease);
+  INFO(forever.message);
+  CHECK(forever.message.find("no keylockd reachable") != std::string::npos);
+
+  // While it stays unreachable a new acquire fails at once, whatever its wait.
+  keylock::AcquireOptions long_wait;
+  long_wait.wait = 60s;
+  CHECK_THROWS_AS(waiter.acquire("job", long_wait), keylock::ConnectionError);
+  CHECK_THROWS_AS(waiter.try_acquire("job"), keylock::ConnectionError);
+
+  // Back: acquires work again.
+  d.restart();
+  REQUIRE(keylock::test::wait_until([&] {
+    try {
+      return waiter.try_acquire("job").has_value();
+    } catch (const keylock::ConnectionError&) {
+      return false;
+    }
+  }));
+}
+
+TEST_CASE("an acquire whose wait ends while the daemon is unreachable is a ConnectionError",
+          "[client]") {
+  const std::uint16_t port = keylock::test::free_port();
+  keylock_daemon d({"--listen", "127.0.0.1:" + std::to_string(port)});
+  keylock::Client holder(options_for(port, "holder"));
+  keylock::Lease held = holder.acquire("job");
+  keylock::client_options options = options_for(port, "waiter");
+  options.connect_timeout = 60s;  // the wait ends long before the outage rule applies
+  keylock::Client waiter(options);
+
+  keylock::AcquireOptions short_wait;
+  short_wait.wait = 1500ms;
+  outcome brief;
+  auto thread = acquire_in_background(waiter, "job", short_wait, brief);
+  REQUIRE(keylock::test::wait_until([&] { return holder.inspect("job").waiters == 1; }));
+  d.stop(SIGKILL);
+  REQUIRE(keylock::test::wait_until([&] { return brief.done.load(); }));
+  INFO(brief.message);
+  CHECK(brief.connection_error);  // the key was not judged busy: not a Timeout
+  CHECK_FALSE(brief.timeout);
+}
+
+TEST_CASE("a silent (half-open) connection is found dead by the heartbeat", "[client]") {
+  keylock_daemon d;
+  keylock::test::tcp_relay relay(d.port());
+  keylock::client_options options = options_for(relay.port(), "behind-relay");
+  options.health_check_interval = 200ms;
+  options.connect_timeout = 1s;
+  options.request_timeout = 60s;  // only the heartbeat can notice here
+  keylock::Client client(options);
+  keylock::Client other(options_for(d.port(), "other"));
+
+  SECTION("a held lease is lost") {
+    lost_log lost;
+    keylock::AcquireOptions hold;
+    hold.ttl = 60s;  // no renewal within the test: only the heartbeat can notice
+    hold.on_lost = lost.callback();
+    keylock::Lease lease = client.acquire("silent", hold);
+    relay.hold(true);
+    REQUIRE(keylock::test::wait_until([&] { return lost.count() > 0; }));
+    CHECK(lost.first().reason == keylock::lost_reason::connection_lost);
+    CHECK_FALSE(lease.valid());
+    relay.hold(false);
+  }
+
+  SECTION("a waiting acquire fails instead of hanging") {
+    keylock::Lease held = other.acquire("silent");
+    outcome waiting;
+    auto thread = acquire_in_background(client, "silent", {}, waiting);
+    REQUIRE(keylock::test::wait_until([&] { return other.inspect("silent").waiters == 1; }));
+    relay.hold(true);
+    REQUIRE(keylock::test::wait_until([&] { return waiting.done.load(); }));
+    INFO(waiting.message);
+    CHECK(waiting.connection_error);
+    relay.hold(false);
+  }
+}
