@@ -442,12 +442,26 @@ class client_impl {
   std::shared_ptr<lease_state> acquire_on_wire(std::vector<std::string> keys, key_shape shape,
                                                const AcquireOptions& options) {
     waiter w;
+    // Cancellation from another thread: the stop callback posts to the I/O thread, which
+    // cancels the call if setup has made it, or makes setup fail at once if it has not.
+    auto slot = std::make_shared<cancel_slot>();
+    std::optional<std::stop_callback<std::function<void()>>> on_stop;
+    if (options.stop.stop_possible()) {
+      on_stop.emplace(options.stop, std::function<void()>([this, slot] {
+                        asio::post(ioc_, [this, slot] { cancel_acquire(*slot); });
+                      }));
+    }
     submit(w, [&] {
+      if (slot->cancelled || options.stop.stop_requested()) {
+        complete(w, cancelled_error(quote_keys(keys)));
+        return;
+      }
       if (outage_) {
         complete(w, outage_error(quote_keys(keys)));
         return;
       }
       const std::uint64_t id = next_id_++;
+      slot->id = id;
       pending& p = calls_[id];
       p.w = &w;
       p.req.kind = op::acquire;
@@ -480,6 +494,45 @@ class client_impl {
       send_or_queue(id);
     });
     return std::move(w.lease);
+  }
+
+  // AcquireOptions::stop of one acquire call; touched on the I/O thread only.
+  struct cancel_slot {
+    std::uint64_t id = 0;  // the call, once setup made it
+    bool cancelled = false;
+  };
+
+  static std::exception_ptr cancelled_error(const std::string& label) {
+    return std::make_exception_ptr(
+        Cancelled("keylock: acquire of " + label + " cancelled (AcquireOptions::stop)"));
+  }
+
+  // I/O thread: the stop of an acquire was requested.
+  void cancel_acquire(cancel_slot& slot) {
+    slot.cancelled = true;
+    const auto it = calls_.find(slot.id);
+    if (slot.id == 0 || it == calls_.end() || it->second.w == nullptr) return;
+    pending& p = it->second;
+    waiter& w = *p.w;
+    if (p.state == call_state::queued) {  // never sent: nothing to withdraw
+      pending done = std::move(p);
+      calls_.erase(it);
+      cancel_deadline(done.timeout);
+      complete(w, cancelled_error(done.label));
+      return;
+    }
+    // On the daemon: withdraw it. The call stays to take the answer; with no waiter, a grant
+    // that crossed the cancel is released at once (on_acquire_reply).
+    p.w = nullptr;
+    cancel_deadline(p.timeout);
+    const std::string label = p.label;
+    const std::uint64_t target = slot.id;
+    const std::uint64_t cancel_id = new_internal_call(op::cancel);  // may rehash calls_
+    pending& cancel = calls_.at(cancel_id);
+    cancel.req.target = target;
+    cancel.req.set(field::target);
+    send_or_queue(cancel_id);
+    complete(w, cancelled_error(label));
   }
 
   void release(const std::shared_ptr<lease_state>& lease, release_mode mode) {

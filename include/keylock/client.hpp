@@ -52,6 +52,7 @@
 #include <ostream>
 #include <sstream>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -124,6 +125,14 @@ class ReentrancyError : public Error {
 // (`limit_exceeded`).
 // NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
 class LimitExceeded : public Error {
+ public:
+  using Error::Error;
+};
+// A waiting acquire was cancelled through AcquireOptions::stop. Nothing is held: the request
+// was withdrawn on the daemon, and a grant that crossed the cancel is released at once.
+// code() is nullopt.
+// NOLINTNEXTLINE(readability-identifier-naming): public name in the style of issue 3's
+class Cancelled : public Error {
  public:
   using Error::Error;
 };
@@ -222,6 +231,11 @@ struct AcquireOptions {
   // Called once, on the I/O thread, if the lease is lost (see the header comment). Must not
   // block. Not called when the lease is released by release() or its destructor.
   std::function<void(const lease_lost&)> on_lost;
+  // Cancels the acquire from another thread: once stop is requested, a waiting acquire (and
+  // with_lock) throws Cancelled, after withdrawing the request on the daemon; a grant that
+  // crosses the cancel is released at once, so no lease is left that no Lease owns. Requested
+  // before the call, the acquire throws Cancelled without waiting. A default token never stops.
+  std::stop_token stop;
 };
 
 // What `inspect` reports about a key.

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <csignal>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <thread>
 
@@ -143,5 +144,67 @@ TEST_CASE("a silent (half-open) connection is found dead by the heartbeat", "[cl
     INFO(waiting.message);
     CHECK(waiting.connection_error);
     relay.hold(false);
+  }
+}
+
+TEST_CASE("a waiting acquire cancelled through its stop_token leaves nothing held", "[client]") {
+  keylock_daemon d;
+  keylock::Client holder(options_for(d.port(), "holder"));
+  keylock::Client waiter(options_for(d.port(), "waiter"));
+  keylock::Lease held = holder.acquire("job");
+
+  SECTION("cancelled while it waits at the daemon") {
+    std::stop_source stop;
+    keylock::AcquireOptions options;
+    options.stop = stop.get_token();
+    std::atomic<bool> cancelled{false};
+    std::jthread thread([&] {
+      try {
+        waiter.acquire("job", options);
+      } catch (const keylock::Cancelled&) {
+        cancelled = true;
+      }
+    });
+    REQUIRE(keylock::test::wait_until([&] { return holder.inspect("job").waiters == 1; }));
+    stop.request_stop();
+    thread.join();
+    CHECK(cancelled);
+    // Withdrawn on the daemon: the next holder is not a ghost of the cancelled waiter.
+    CHECK(keylock::test::wait_until([&] { return holder.inspect("job").waiters == 0; }));
+    held.release();
+    CHECK_FALSE(holder.locked("job"));
+  }
+
+  SECTION("requested before the call: Cancelled at once, nothing sent") {
+    std::stop_source stop;
+    stop.request_stop();
+    keylock::AcquireOptions options;
+    options.stop = stop.get_token();
+    CHECK_THROWS_AS(waiter.acquire("job", options), keylock::Cancelled);
+    CHECK(holder.inspect("job").waiters == 0);
+  }
+
+  SECTION("a grant crossing the cancel is released at once") {
+    // Cancel and release race: whichever the daemon sees first, no lease stays held.
+    for (int round = 0; round < 20; ++round) {
+      std::stop_source stop;
+      keylock::AcquireOptions options;
+      options.stop = stop.get_token();
+      std::optional<keylock::Lease> got;
+      std::jthread thread([&] {
+        try {
+          got = waiter.acquire("job", options);
+        } catch (const keylock::Cancelled&) {
+        }
+      });
+      REQUIRE(keylock::test::wait_until([&] { return holder.inspect("job").waiters == 1; }));
+      held.release(keylock::release_mode::no_reply);
+      stop.request_stop();
+      thread.join();
+      if (got) got->release();
+      // Nobody holds it once the answers are in: a crossed grant went straight back.
+      REQUIRE(keylock::test::wait_until([&] { return !holder.locked("job"); }));
+      held = holder.acquire("job");
+    }
   }
 }
