@@ -51,7 +51,7 @@ namespace {
 using std::chrono::milliseconds;
 using steady = std::chrono::steady_clock;
 
-// Exit codes (sysexits.h), documented in docs/client.md.
+// Exit codes (sysexits.h), documented in the README's "Command line: keylock" section.
 constexpr int exit_failure = 1;       // the daemon refused (conflict, limit, ...), other errors
 constexpr int exit_usage = 64;        // EX_USAGE: bad arguments
 constexpr int exit_unavailable = 69;  // EX_UNAVAILABLE: daemon unreachable

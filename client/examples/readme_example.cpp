@@ -1,4 +1,4 @@
-// The example of docs/client.md (the README's client section), kept compiling by the build.
+// The example of the README's "Client library (C++)" section, kept compiling by the build.
 // Needs keylockd at $KEYLOCK_SERVER (default 127.0.0.1:7400).
 #include "keylock/client.hpp"
 
