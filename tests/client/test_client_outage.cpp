@@ -100,7 +100,7 @@ TEST_CASE("an acquire whose wait ends while the daemon is unreachable is a Conne
   keylock::Client waiter(options);
 
   keylock::AcquireOptions short_wait;
-  short_wait.wait = 1500ms;
+  short_wait.wait = 5s;  // long enough to be queued at the daemon before it dies, on any build
   outcome brief;
   auto thread = acquire_in_background(waiter, "job", short_wait, brief);
   REQUIRE(keylock::test::wait_until([&] { return holder.inspect("job").waiters == 1; }));
