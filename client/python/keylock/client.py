@@ -695,19 +695,52 @@ class Client:
             call.wait = float(wait)
             call.wait_until = time.monotonic() + call.wait
         self._start(call)
-        if call.wait_until is None:
-            call.latch.acquire()
-        elif not call.latch.acquire(timeout=max(0.0, call.wait_until - time.monotonic())):
-            self._acquire_wait_ran_out(call, _label(keys))
-        if call.error is not None:
-            raise call.error
-        st = call.lease
-        if reentrant:
-            holder = _holder_id()
-            with self._mu:
-                st.holder = holder
-                self._reentries.setdefault(holder, []).append((frozenset(keys), st))
-        return Lease(self, st)
+        try:
+            if call.wait_until is None:
+                call.latch.acquire()
+            elif not call.latch.acquire(timeout=max(0.0, call.wait_until - time.monotonic())):
+                self._acquire_wait_ran_out(call, _label(keys))
+            if call.error is not None:
+                raise call.error
+            st = call.lease
+            if reentrant:
+                holder = _holder_id()
+                with self._mu:
+                    st.holder = holder
+                    self._reentries.setdefault(holder, []).append((frozenset(keys), st))
+            return Lease(self, st)
+        except BaseException:
+            # Whatever ends the wait early (KeyboardInterrupt, an exception raised by a signal
+            # handler: uWSGI's harakiri, Celery's soft time limit, signal.alarm) must not leave
+            # a lease that no Lease object owns.
+            self._abandon_acquire(call)
+            raise
+
+    def _abandon_acquire(self, call: _Call) -> None:
+        """The caller of an acquire is gone (an exception interrupted its wait, or it failed):
+        withdraw the request on the daemon, and release a grant that got here first, at once.
+        A grant still on its way finds the call done and is released when it comes."""
+        with self._mu:
+            if not call.done:
+                call.done = True
+                call.abandoned = True
+                if call.state == _QUEUED:
+                    if call in self._queue:
+                        self._queue.remove(call)
+                elif self._state == _READY:  # else the daemon dropped it with the connection
+                    self._write_locked(_Call("cancel", {"target": call.id}, user=False))
+            else:
+                st = call.lease
+                if st is not None and st.status == _HELD and call.error is None:
+                    if st.reentrant:
+                        held = self._reentries.get(st.holder)
+                        if held is not None:
+                            held[:] = [entry for entry in held if entry[1] is not st]
+                            if not held:
+                                del self._reentries[st.holder]
+                    self._forget_locked(st, _RELEASED)
+                    self._send_release_locked(st.key, st.token)
+        self._flush()
 
     def _enter_held(self, keys: FrozenSet[str], mode: str) -> Optional[_LeaseState]:
         """A reentrant acquire: this holder's lease over exactly ``keys`` with one more hold,
