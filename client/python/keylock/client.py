@@ -865,6 +865,10 @@ class Client:
         self._next_id = 1
         self._draining = False  # the daemon said shutting_down: no acquire goes out
         self._reconnect_at: Optional[float] = None
+        # Outages: since when no connection has been ready (set when one drops), and whether
+        # that has lasted connect_timeout (then acquires fail with ConnectionError).
+        self._down_since: Optional[float] = None
+        self._outage = False
         self._backoff = self._backoff_initial
         self._current = 0  # index in _servers of the daemon of the last successful hello
         self._next = 0  # index in _servers of the daemon the next round starts with
@@ -916,9 +920,19 @@ class Client:
         with self._mu:
             if self._closed:
                 raise ConnectionError("keylock: the client is closed")
+            if self._outage and call.op == "acquire":
+                raise self._outage_error_locked(call)
             self._ensure_io_locked()
             self._submit_locked(call)
         self._flush()
+
+    def _outage_error_locked(self, call: _Call) -> ConnectionError:
+        down = time.monotonic() - (self._down_since or time.monotonic())
+        why = f": {self._last_error}" if self._last_error else ""
+        return ConnectionError(
+            f"keylock: cannot acquire {_label(_call_keys(call.fields))}: no keylockd reachable "
+            f"for {down:.1f} s (connect_timeout {self._connect_timeout:g} s){why}"
+        )
 
     def _ensure_io_locked(self) -> None:
         if self._io_thread is None:
@@ -986,13 +1000,13 @@ class Client:
                     break
                 self._state_cv.wait(left)
             if not call.done and call.state == _QUEUED:
+                # Not contention (the daemon never judged the key busy): an outage.
                 call.done = True
                 self._queue.remove(call)
                 why = "not connected" if self._state != _READY else "the daemon is shutting down"
-                raise Timeout(
-                    f"keylock: {label} not acquired within {call.wait:g} s: "
-                    f"{self._last_error or why}",
-                    "timeout",
+                raise ConnectionError(
+                    f"keylock: {label} not acquired within {call.wait:g} s, and not because it "
+                    f"is busy: {self._last_error or why}"
                 )
         if call.latch.acquire(timeout=self._request_timeout):
             return
@@ -1002,7 +1016,10 @@ class Client:
             call.done = True
             if call.state == _QUEUED:  # re-queued by a connection drop meanwhile
                 self._queue.remove(call)
-                raise Timeout(f"keylock: {label} not acquired within {call.wait:g} s", "timeout")
+                raise ConnectionError(
+                    f"keylock: {label} not acquired within {call.wait:g} s, and not because it "
+                    f"is busy: {self._last_error or 'not connected'}"
+                )
             call.abandoned = True
             if self._state == _READY:  # else the daemon dropped it with the connection
                 self._write_locked(_Call("cancel", {"target": call.id}, user=False))
@@ -1250,6 +1267,9 @@ class Client:
             heapq.heappop(self._deadlines)  # stale: lazy deletion
         if self._state == _RECONNECTING and self._reconnect_at is not None:
             when = self._reconnect_at if when is None else min(when, self._reconnect_at)
+        if self._down_since is not None and not self._outage:
+            due = self._down_since + self._connect_timeout
+            when = due if when is None else min(when, due)
         return None if when is None else max(0.0, when - now)
 
     def _housekeeping(self) -> None:
@@ -1278,9 +1298,28 @@ class Client:
                         f"no renewal confirmed by the daemon within the lease's ttl of "
                         f"{st.ttl:g} s",
                     )
+            if (
+                self._down_since is not None
+                and not self._outage
+                and self._state != _READY
+                and now >= self._down_since + self._connect_timeout
+            ):
+                self._begin_outage_locked()
             callbacks, self._callbacks = self._callbacks, []
         self._flush()
         self._run_callbacks(callbacks)
+
+    def _begin_outage_locked(self) -> None:
+        """Disconnected for connect_timeout: every waiting acquire fails, and every new one
+        fails at once, with ConnectionError until a connection is ready again."""
+        self._outage = True
+        keep: List[_Call] = []
+        for call in self._queue:
+            if call.op == "acquire" and call.user and not call.done:
+                self._complete_locked(call, error=self._outage_error_locked(call))
+            else:
+                keep.append(call)
+        self._queue = keep
 
     def _renew_locked(self, st: _LeaseState) -> None:
         if st.status != _HELD or st.renewing:
@@ -1556,6 +1595,8 @@ class Client:
                 self._draining = False
                 self._backoff = self._backoff_initial
                 self._reconnect_at = None
+                self._down_since = None
+                self._outage = False
                 self._current = index
                 self._server_version = str(rep.get("version", ""))
                 queue, self._queue = self._queue, []
@@ -1603,6 +1644,8 @@ class Client:
             self._last_error = f"keylock: connection to keylockd at {self.server} lost: {why}"
             self._last_error_cls = cls
             self._last_error_code = None
+            if self._down_since is None:
+                self._down_since = time.monotonic()
             # The daemon released every lease of this connection.
             for st in list(self._leases.values()):
                 self._lose_locked(st, "connection_lost", self._last_error)
@@ -1618,10 +1661,10 @@ class Client:
                     if call.wait_until is not None and call.wait_until <= now:
                         self._complete_locked(
                             call,
-                            error=Timeout(
+                            error=ConnectionError(
                                 f"keylock: {_label(_call_keys(call.fields))} not acquired within "
-                                f"{call.wait:g} s: {self._last_error}",
-                                "timeout",
+                                f"{call.wait:g} s, and not because it is busy: "
+                                f"{self._last_error}"
                             ),
                         )
                     else:
