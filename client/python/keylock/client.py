@@ -438,6 +438,18 @@ class Client:
     a connection while reconnecting. Reconnect delays start at ``backoff_initial`` and double up
     to ``backoff_max``, each drawn uniformly from [d/2, d] (jitter). All in seconds.
 
+    Outages: once no connection has been ready for ``connect_timeout`` since the last one
+    dropped, every waiting acquire fails, and every new acquire fails at once, with
+    ConnectionError until the client is connected again; an acquire whose wait runs out while
+    disconnected is a ConnectionError too. Timeout (None from try_acquire) means only that the
+    daemon judged the key busy for the whole wait.
+
+    Heartbeat: while the client holds a lease or has an acquire waiting at the daemon, a
+    connection that brought nothing for ``health_check_interval`` seconds gets a ping, and one
+    that brings nothing for another interval is taken for dead (a crashed host, a dropped NAT
+    flow): its leases are lost and its waiting acquires sent again, as on any drop. 0 turns it
+    off.
+
     Failover: with several servers the client uses one at a time. A connection attempt tries
     them in list order, each once (a round), until one answers ``hello``; the first connection
     starts with the first server, a reconnect after a drop with the server after the lost one
@@ -461,6 +473,7 @@ class Client:
         request_timeout: float = 10.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
+        health_check_interval: float = 5.0,
     ) -> None:
         if server is None:
             server = os.environ.get("KEYLOCK_SERVER") or "127.0.0.1:%d" % DEFAULT_PORT
@@ -474,6 +487,7 @@ class Client:
         self._request_timeout = float(request_timeout)
         self._backoff_initial = float(backoff_initial)
         self._backoff_max = float(backoff_max)
+        self._health_check_interval = float(health_check_interval)
         self._closed = False
         self._server_version = ""
         self._init_state()
@@ -869,6 +883,11 @@ class Client:
         # that has lasted connect_timeout (then acquires fail with ConnectionError).
         self._down_since: Optional[float] = None
         self._outage = False
+        # Heartbeat: when the next tick is due, whether anything was read since the last one,
+        # and whether a ping of ours is unanswered.
+        self._health_at: Optional[float] = None
+        self._heard = False
+        self._ping_out = False
         self._backoff = self._backoff_initial
         self._current = 0  # index in _servers of the daemon of the last successful hello
         self._next = 0  # index in _servers of the daemon the next round starts with
@@ -1270,6 +1289,8 @@ class Client:
         if self._down_since is not None and not self._outage:
             due = self._down_since + self._connect_timeout
             when = due if when is None else min(when, due)
+        if self._state == _READY and self._health_at is not None:
+            when = self._health_at if when is None else min(when, self._health_at)
         return None if when is None else max(0.0, when - now)
 
     def _housekeeping(self) -> None:
@@ -1305,9 +1326,32 @@ class Client:
                 and now >= self._down_since + self._connect_timeout
             ):
                 self._begin_outage_locked()
+            dead = self._health_tick_locked(now)
             callbacks, self._callbacks = self._callbacks, []
+        if dead is not None:
+            self._drop(
+                dead,
+                f"no reply to a health check within {self._health_check_interval:g} s "
+                "(the connection is dead)",
+            )
         self._flush()
         self._run_callbacks(callbacks)
+
+    def _health_tick_locked(self, now: float) -> Optional[socket.socket]:
+        """The heartbeat's tick, when due: the socket to drop as dead, else None."""
+        if self._state != _READY or self._health_at is None or now < self._health_at:
+            return None
+        self._health_at = now + self._health_check_interval
+        if self._heard:
+            self._heard = False  # the next tick looks at what this interval brings
+        elif self._ping_out:
+            return self._sock
+        elif self._leases or any(
+            c.op == "acquire" and c.state == _SENT and not c.done for c in self._calls.values()
+        ):
+            self._ping_out = True
+            self._write_locked(_Call("ping", {}, user=False))
+        return None
 
     def _begin_outage_locked(self) -> None:
         """Disconnected for connect_timeout: every waiting acquire fails, and every new one
@@ -1358,6 +1402,7 @@ class Client:
         with self._mu:
             if self._sock is not sock:
                 return
+            self._heard, self._ping_out = True, False
             lines = (self._rbuf + data).split(b"\n")
             self._rbuf = lines.pop()
             for line in lines:
@@ -1597,6 +1642,9 @@ class Client:
                 self._reconnect_at = None
                 self._down_since = None
                 self._outage = False
+                self._heard, self._ping_out = True, False
+                if self._health_check_interval > 0:
+                    self._health_at = time.monotonic() + self._health_check_interval
                 self._current = index
                 self._server_version = str(rep.get("version", ""))
                 queue, self._queue = self._queue, []
