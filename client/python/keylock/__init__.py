@@ -20,6 +20,7 @@ from .client import (
     DEFAULT_PORT,
     EXCLUSIVE,
     SHARED,
+    CancelToken,
     Client,
     Holder,
     KeyInfo,
@@ -30,6 +31,7 @@ from .client import (
 from .decorator import MAX_KEY_BYTES, default_key, lock_decorator, locked_call
 from .errors import (
     AuthError,
+    Cancelled,
     Conflict,
     ConnectionError,
     Error,
@@ -44,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "CancelToken",
     "Lease",
     "LeaseLost",
     "KeyInfo",
@@ -62,6 +65,7 @@ __all__ = [
     "ConnectionError",
     "ProtocolError",
     "AuthError",
+    "Cancelled",
     "LimitExceeded",
     "Conflict",
     "ReentrancyError",

@@ -66,6 +66,7 @@ from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Option
 
 from .errors import (
     AuthError,
+    Cancelled,
     ConnectionError,
     Error,
     NotHeld,
@@ -76,7 +77,8 @@ from .errors import (
 )
 
 __all__ = [
-    "Client", "Lease", "LeaseLost", "KeyInfo", "Holder", "default_client", "DEFAULT_PORT",
+    "Client", "CancelToken", "Lease", "LeaseLost", "KeyInfo", "Holder", "default_client",
+    "DEFAULT_PORT",
     "EXCLUSIVE", "SHARED",
 ]
 
@@ -347,10 +349,23 @@ class Lease:
         """True while the lease is held by this process: granted, not released, not lost."""
         return self._state.status == _HELD and self._state.pid == os.getpid()
 
+    def owned(self) -> bool:
+        """Asks the daemon (one round trip) whether it still holds this lease: its key has a
+        holder with this token. ``valid`` is this process's view; owned() also sees a lease
+        ended elsewhere (an operator's ``keylock release``) before the next renewal would.
+        Raises ConnectionError."""
+        if self._state.pid != os.getpid():
+            return False
+        info = self._client.inspect(self._state.key)
+        return any(h.token == self._state.token for h in info.holders)
+
     def extend(self, ttl: Optional[float] = None) -> None:
         """Sets the lease to run out ``ttl`` seconds from now (and makes ``ttl`` the ttl of
         later auto renewals); None reuses the current ttl. Raises NotHeld if the lease is not
-        held (it is then invalid and on_lost has run), ConnectionError if no reply came."""
+        held (it is then invalid and on_lost has run), ConnectionError if no reply came. Any
+        other refusal (ProtocolError for a ttl above the daemon's max_ttl_ms) leaves the lease
+        held and valid, renewed with its earlier ttl; a renewal refused that way releases the
+        lease on the daemon, then loses it here ("expired")."""
         self._client._extend(self._state, ttl)
 
     def release(self, noreply: bool = False) -> None:
@@ -403,24 +418,71 @@ class Lease:
 
 class _LockContext:
     """What Client.lock and Client.lock_all return: acquire on enter, release (noreply) on
-    exit."""
+    exit. One object may be entered by several threads (and asyncio tasks) at once, and nested
+    in one: each entry's lease is kept per holder, and each exit releases its own."""
 
-    __slots__ = ("_acquire", "_key", "_kwargs", "_lease")
+    __slots__ = ("_acquire", "_key", "_kwargs", "_leases", "_mu")
 
     def __init__(self, acquire: Callable[..., Lease], key, kwargs: Dict[str, Any]) -> None:
         self._acquire = acquire
         self._key = key
         self._kwargs = kwargs
-        self._lease: Optional[Lease] = None
+        self._leases: Dict[Tuple[int, Any], List[Lease]] = {}
+        self._mu = threading.Lock()
 
     def __enter__(self) -> Lease:
-        self._lease = self._acquire(self._key, **self._kwargs)
-        return self._lease
+        lease = self._acquire(self._key, **self._kwargs)
+        with self._mu:
+            self._leases.setdefault(_holder_id(), []).append(lease)
+        return lease
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        lease, self._lease = self._lease, None
+        holder = _holder_id()
+        with self._mu:
+            stack = self._leases.get(holder)
+            lease = stack.pop() if stack else None
+            if stack is not None and not stack:
+                del self._leases[holder]
         if lease is not None:
             lease.__exit__(exc_type, exc, tb)
+
+
+class CancelToken:
+    """Cancels waiting acquires from another thread: pass ``cancel=token`` to acquire (or lock,
+    acquire_all, ...), then ``token.cancel()`` makes every acquire waiting with it raise
+    Cancelled, after withdrawing it on the daemon (a grant that crossed the cancel is released
+    at once). An acquire started with a token already cancelled raises Cancelled at once. A
+    token cannot be reset."""
+
+    __slots__ = ("_mu", "_cancelled", "_waiting")
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        self._cancelled = False
+        self._waiting: List[Tuple["Client", "_Call"]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._mu:
+            self._cancelled = True
+            waiting, self._waiting = self._waiting, []
+        for client, call in waiting:
+            client._cancel_acquire(call)
+
+    def _register(self, client: "Client", call: "_Call") -> bool:
+        """False when already cancelled."""
+        with self._mu:
+            if self._cancelled:
+                return False
+            self._waiting.append((client, call))
+            return True
+
+    def _unregister(self, call: "_Call") -> None:
+        with self._mu:
+            self._waiting = [entry for entry in self._waiting if entry[1] is not call]
 
 
 class Client:
@@ -527,6 +589,7 @@ class Client:
         reentrant: bool = False,
         auto_extend: bool = True,
         on_lost: Optional[Callable[[LeaseLost], None]] = None,
+        cancel: Optional["CancelToken"] = None,
     ) -> Lease:
         """Acquires ``key`` (1..max_key_bytes bytes of UTF-8) and returns its Lease.
 
@@ -549,6 +612,9 @@ class Client:
         other threads and tasks, other clients and processes (they queue as usual), and holds
         taken without ``reentrant`` (a reentrant acquire queues behind them, as on the wire).
 
+        ``cancel``: a CancelToken; its cancel() from another thread makes this acquire raise
+        Cancelled (withdrawn on the daemon; a grant that crossed it is released at once).
+
         Raises Timeout when not granted within ``wait``, Conflict on a limit mismatch,
         LimitExceeded, ProtocolError for an invalid key/ttl/limit (and shared with limit > 1),
         ReentrancyError, AuthError, and ConnectionError when the daemon cannot be reached at
@@ -559,7 +625,7 @@ class Client:
         if not isinstance(key, str):
             raise TypeError(f"keylock: key must be a str, not {type(key).__name__}")
         return self._acquire(
-            (key,), False, ttl, wait, limit, shared, reentrant, auto_extend, on_lost
+            (key,), False, ttl, wait, limit, shared, reentrant, auto_extend, on_lost, cancel
         )
 
     def acquire_all(
@@ -573,6 +639,7 @@ class Client:
         reentrant: bool = False,
         auto_extend: bool = True,
         on_lost: Optional[Callable[[LeaseLost], None]] = None,
+        cancel: Optional["CancelToken"] = None,
     ) -> Lease:
         """Acquires every key of ``keys`` (1 to 64 distinct str) at once, or none, and returns
         one Lease over the set: one token, one ttl, renewed, extended, released and lost whole.
@@ -590,7 +657,9 @@ class Client:
         for key in keys:
             if not isinstance(key, str):
                 raise TypeError(f"keylock: keys must be str, not {type(key).__name__}")
-        return self._acquire(keys, True, ttl, wait, limit, shared, reentrant, auto_extend, on_lost)
+        return self._acquire(
+            keys, True, ttl, wait, limit, shared, reentrant, auto_extend, on_lost, cancel
+        )
 
     def try_acquire(
         self,
@@ -633,6 +702,7 @@ class Client:
         reentrant: bool = False,
         auto_extend: bool = True,
         on_lost: Optional[Callable[[LeaseLost], None]] = None,
+        cancel: Optional["CancelToken"] = None,
     ) -> _LockContext:
         """A context manager: ``with client.lock(key) as lease:`` acquires as acquire() does and
         releases on exit without a round trip (noreply). Raises what acquire() raises, and, on
@@ -645,7 +715,7 @@ class Client:
             key,
             dict(
                 ttl=ttl, wait=wait, limit=limit, shared=shared, reentrant=reentrant,
-                auto_extend=auto_extend, on_lost=on_lost,
+                auto_extend=auto_extend, on_lost=on_lost, cancel=cancel,
             ),
         )
 
@@ -660,6 +730,7 @@ class Client:
         reentrant: bool = False,
         auto_extend: bool = True,
         on_lost: Optional[Callable[[LeaseLost], None]] = None,
+        cancel: Optional["CancelToken"] = None,
     ) -> _LockContext:
         """``with client.lock_all(["acct:17", "acct:42"]) as lease:``: acquire_all() on enter,
         release (noreply) on exit, as lock() does for one key."""
@@ -670,7 +741,7 @@ class Client:
             list(keys),
             dict(
                 ttl=ttl, wait=wait, limit=limit, shared=shared, reentrant=reentrant,
-                auto_extend=auto_extend, on_lost=on_lost,
+                auto_extend=auto_extend, on_lost=on_lost, cancel=cancel,
             ),
         )
 
@@ -685,6 +756,7 @@ class Client:
         reentrant: bool,
         auto_extend: bool,
         on_lost: Optional[Callable[[LeaseLost], None]],
+        cancel: Optional[CancelToken] = None,
     ) -> Lease:
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise TypeError("keylock: limit must be an int")
@@ -708,7 +780,14 @@ class Client:
         if wait is not None:
             call.wait = float(wait)
             call.wait_until = time.monotonic() + call.wait
-        self._start(call)
+        if cancel is not None and not cancel._register(self, call):
+            raise Cancelled(f"keylock: acquire of {_label(keys)} cancelled (CancelToken)")
+        try:
+            self._start(call)
+        except BaseException:
+            if cancel is not None:
+                cancel._unregister(call)
+            raise
         try:
             if call.wait_until is None:
                 call.latch.acquire()
@@ -729,6 +808,30 @@ class Client:
             # a lease that no Lease object owns.
             self._abandon_acquire(call)
             raise
+        finally:
+            if cancel is not None:
+                cancel._unregister(call)
+
+    def _cancel_acquire(self, call: _Call) -> None:
+        """CancelToken.cancel(), from any thread: withdraws the waiting acquire on the daemon
+        and makes it raise Cancelled. A grant on its way finds the call done and is released."""
+        with self._mu:
+            if call.done:
+                return
+            if call.state == _QUEUED:
+                if call in self._queue:
+                    self._queue.remove(call)
+            elif self._state == _READY:  # else the daemon dropped it with the connection
+                self._write_locked(_Call("cancel", {"target": call.id}, user=False))
+            call.abandoned = True
+            self._complete_locked(
+                call,
+                error=Cancelled(
+                    f"keylock: acquire of {_label(_call_keys(call.fields))} cancelled "
+                    "(CancelToken)"
+                ),
+            )
+        self._flush()
 
     def _abandon_acquire(self, call: _Call) -> None:
         """The caller of an acquire is gone (an exception interrupted its wait, or it failed):
@@ -821,6 +924,19 @@ class Client:
             for h in rep.get("holders", [])
         ]
         return KeyInfo(bool(rep.get("held")), holders, rep.get("waiters", 0), rep.get("limit", 0))
+
+    def locked(self, key: str) -> bool:
+        """Whether anyone holds ``key`` now (one round trip). Raises ConnectionError."""
+        return bool(self._request("inspect", {"key": key}).get("held"))
+
+    def release(self, key: str, token: int) -> None:
+        """Ends the lease ``token`` on ``key``, whoever holds it: an operator's force release
+        (as ``keylock release KEY TOKEN``). The holder's process learns at its next renewal,
+        which the daemon answers not_held. Raises NotHeld when ``key`` has no live lease with
+        that token, ConnectionError."""
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise TypeError("keylock: token must be an int")
+        self._request("release", {"key": key, "token": token})
 
     def stats(self) -> Dict[str, int]:
         """The daemon's gauges and counters (PROTOCOL.md ``stats``). Raises ConnectionError."""
@@ -1447,6 +1563,8 @@ class Client:
         elif op == "release":
             if ok:
                 self._complete_locked(call, rep)
+            elif call.lease is None:  # Client.release(key, token): no lease of ours
+                self._complete_locked(call, error=error_from_reply(rep))
             elif rep.get("error") == "not_held":
                 self._complete_locked(
                     call,
@@ -1528,9 +1646,18 @@ class Client:
             self._complete_locked(call, rep)
             return
         not_held = rep.get("error") == "not_held"
+        if not not_held and call.user:
+            # An extend the daemon refused for another reason (a ttl above its max_ttl_ms, say)
+            # left the lease as it was: it stays held, renewed with the ttl that worked.
+            self._complete_locked(call, error=error_from_reply(rep))
+            return
         why = ("extend" if call.user else "renewal") + " refused by the daemon: " + str(
             rep.get("message") or rep.get("error")
         )
+        if not not_held:
+            # A renewal refused while the daemon still holds the lease: this process stops
+            # renewing it, so end it there too rather than leave it held for its ttl.
+            self._send_release_locked(st.key, st.token)
         self._lose_locked(st, "not_held" if not_held else "expired", why)
         if call.user:
             err = NotHeld(f"keylock: lease on {_label(st.keys)} {why}", "not_held")

@@ -68,6 +68,12 @@ class Conflict(Error):
     """acquire() named a ``limit`` other than the live key's limit (``conflict``)."""
 
 
+class Cancelled(Error):
+    """A waiting acquire was cancelled through its ``cancel`` token (CancelToken.cancel() from
+    another thread). Nothing is held: the request was withdrawn on the daemon, and a grant that
+    crossed the cancel is released at once. ``code`` is None."""
+
+
 class ReentrancyError(Error):
     """A reentrant acquire (``reentrant=True``) that cannot nest inside what this thread already
     holds through this client: the same key in the other mode (shared inside exclusive or the
