@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from .client import Client, default_client
@@ -48,6 +49,11 @@ def _qualified_name(fn: Union[str, Callable[..., Any]]) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
+# What Python's default repr() puts in a str(): "<app.Thing object at 0x7f3a...>". Such a text
+# differs in every process, so a key made of it locks nothing across processes.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{4,}")
+
+
 def default_key(fn: Union[str, Callable[..., Any]], *args: Any, **kwargs: Any) -> str:
     """The key ``lock_decorator()`` uses without a key_maker: the function's qualified name
     (``f"{fn.__module__}.{fn.__qualname__}"``, or ``fn`` itself when it is a string), then
@@ -58,9 +64,27 @@ def default_key(fn: Union[str, Callable[..., Any]], *args: Any, **kwargs: Any) -
     qualified name, ":" and the MD5 hex digest of the whole text instead, so that it always
     fits the daemon's default key limit. Two calls whose ``str()`` of the arguments are equal
     share a key; pass a key_maker when that is not what you want.
+
+    The key is the same in every process for arguments whose ``repr()`` is (``str()`` of a
+    tuple shows its items' ``repr()``). Raises ValueError when the text carries a memory
+    address (``<Thing object at 0x7f...>``, the default ``repr()`` of an object, so of
+    ``self`` in a method of a class without ``__repr__``): such a key would differ in every
+    process and lock nothing; the message names the fix, a key_maker.
     """
     name = _qualified_name(fn)
     key = name + str(args) + str(kwargs)
+    address = _ADDRESS.search(key)
+    if address is not None:
+        start = key.rfind("<", 0, address.start())
+        shown = key[start if start >= 0 else address.start() : address.end() + 1]
+        raise ValueError(
+            f"keylock: the default key of {name} would contain a memory address ({shown}...), "
+            "which differs in every process, so the lock would exclude nothing across them. "
+            "Pass a key_maker to lock_decorator (for a method, one that names the instance, "
+            "e.g. key_maker=lambda self, *a: f'thing:{self.id}'), or give the argument's class a "
+            "__repr__ that is the same in every process (str() of the arguments' tuple shows "
+            "each one's repr())."
+        )
     length = _utf8_len(key)
     if length is not None and length <= MAX_KEY_BYTES:
         return key
@@ -134,8 +158,10 @@ def lock_decorator(
     qualified name plus ``str(args) + str(kwargs)``, hashed when longer than the daemon's key
     limit. With it, the key is ``key_maker(*args, **kwargs)``: a str, used as is, or a list or
     tuple of str, all acquired at once as one lease (Client.acquire_all). Works on plain
-    functions, methods and Django views (for a view, ``str(request)`` names the method and
-    path, so each URL gets its own lock).
+    functions and Django views (for a view, ``str(request)`` names the method and path, so
+    each URL gets its own lock); on methods only when ``repr(self)`` is the same in every
+    process (a class with its own ``__repr__``), else the first call raises ValueError (see
+    default_key): pass a key_maker.
 
     ``shared=True`` holds the key(s) in shared mode: shared calls run together, an exclusive
     holder of the key excludes them. ``reentrant=True``: a decorated function that, on the same

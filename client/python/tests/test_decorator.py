@@ -177,3 +177,62 @@ def test_without_a_client_the_default_client_from_the_environment_is_used(daemon
         assert keylock.default_client().server == daemon.address
     finally:
         keylock.default_client().close()
+
+
+class Counter:
+    """No __repr__: repr(counter) is "<...Counter object at 0x...>", different in every
+    process."""
+
+    def bump(self, by):
+        return by
+
+
+class NamedCounter:
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return f"counter:{self.name}"
+
+    def bump(self, by):
+        return by
+
+
+def test_a_default_key_with_a_memory_address_is_refused_with_the_fix_named(client):
+    with pytest.raises(ValueError, match="key_maker"):
+        keylock.default_key(Counter.bump, Counter(), 1)
+    bump = keylock.lock_decorator(client=client)(Counter.bump)
+    with pytest.raises(ValueError, match="memory address"):
+        bump(Counter(), 1)
+    # With a stable repr() it works, and the key is the same for equal arguments.
+    named = keylock.lock_decorator(client=client)(NamedCounter.bump)
+    assert named(NamedCounter("a"), 2) == 2
+    assert keylock.default_key(NamedCounter.bump, NamedCounter("a"), 2) == keylock.default_key(
+        NamedCounter.bump, NamedCounter("a"), 2
+    )
+    # And a key_maker is the documented way out.
+    keyed = keylock.lock_decorator(client=client, key_maker=lambda self, by: "counter")(
+        Counter.bump
+    )
+    assert keyed(Counter(), 3) == 3
+
+
+def test_the_default_key_is_the_same_in_another_process():
+    import subprocess
+    import sys
+
+    code = (
+        "import keylock\n"
+        "def fetch(name, *, fresh=False): pass\n"
+        "fetch.__module__ = 'app'\n"
+        "print(keylock.default_key(fetch, 'alpha', 3, 2.5, fresh=True))\n"
+    )
+    env_path = [p for p in sys.path if p]
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            env={"PYTHONPATH": ":".join(env_path), "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert runs == {"app.fetch('alpha', 3, 2.5){'fresh': True}\n"}
