@@ -13,8 +13,8 @@
     @keylock.lock_decorator()
     def fetch_remote_thing(name): ...
 
-Times are seconds (floats). See docs/python.md in the keylock repository; Django users want
-``keylock.django``.
+Times are seconds (floats). See the "Python and Django" section of the keylock repository's
+README.md. asyncio users want ``keylock.aio``, Django users ``keylock.django``.
 """
 from .client import (
     DEFAULT_PORT,

@@ -270,7 +270,7 @@ class _Call:
     __slots__ = (
         "op", "fields", "user", "latch", "done", "reply", "error", "state", "id", "sent_at",
         "wait", "wait_until", "lease", "auto_extend", "on_lost", "ttl_ms", "abandoned",
-        "reentrant",
+        "reentrant", "notify",
     )
 
     def __init__(self, op: str, fields: Dict[str, Any], user: bool = True) -> None:
@@ -295,6 +295,9 @@ class _Call:
         self.ttl_ms = 0
         self.abandoned = False  # acquire whose caller gave up: a late grant is released at once
         self.reentrant = False
+        # Called (under the client's lock, on any thread) once the call is done: how an asyncio
+        # caller learns it, instead of blocking on the latch.
+        self.notify: Optional[Callable[[], None]] = None
 
 
 class Lease:
@@ -758,6 +761,111 @@ class Client:
         on_lost: Optional[Callable[[LeaseLost], None]],
         cancel: Optional[CancelToken] = None,
     ) -> Lease:
+        call, held = self._begin_acquire(
+            keys, as_set, ttl, wait, limit, shared, reentrant, auto_extend, on_lost, cancel
+        )
+        if held is not None:
+            return held
+        try:
+            if call.wait_until is None:
+                call.latch.acquire()
+            elif not call.latch.acquire(timeout=max(0.0, call.wait_until - time.monotonic())):
+                self._acquire_wait_ran_out(call, _label(keys))
+            return self._finish_acquire(call, keys)
+        except BaseException:
+            # Whatever ends the wait early (KeyboardInterrupt, an exception raised by a signal
+            # handler: uWSGI's harakiri, Celery's soft time limit, signal.alarm) must not leave
+            # a lease that no Lease object owns.
+            self._abandon_acquire(call)
+            raise
+        finally:
+            if cancel is not None:
+                cancel._unregister(call)
+
+    async def _acquire_async(
+        self,
+        keys: Tuple[str, ...],
+        as_set: bool,
+        ttl: float,
+        wait: Optional[float],
+        limit: int,
+        shared: bool,
+        reentrant: bool,
+        auto_extend: bool,
+        on_lost: Optional[Callable[[LeaseLost], None]],
+    ) -> Lease:
+        """The acquire of keylock.aio and of decorated coroutines: the same request, awaited
+        instead of blocked on. Cancelling the awaiting task withdraws it on the daemon (and a
+        grant that crossed the cancel is released at once), as any exception does."""
+        import asyncio
+
+        call, held = self._begin_acquire(
+            keys, as_set, ttl, wait, limit, shared, reentrant, auto_extend, on_lost, None
+        )
+        if held is not None:
+            return held
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def wake() -> None:  # any thread, under the client's lock
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        with self._mu:
+            if call.done:
+                done.set_result(None)
+            else:
+                call.notify = wake
+        try:
+            if call.wait_until is None:
+                await done
+            else:
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(done), max(0.0, call.wait_until - time.monotonic())
+                    )
+                except asyncio.TimeoutError:
+                    self._async_wait_ran_out(call, _label(keys))
+                    try:
+                        await asyncio.wait_for(asyncio.shield(done), self._request_timeout)
+                    except asyncio.TimeoutError:
+                        self._abandon_acquire(call)
+                        raise ConnectionError(
+                            f"keylock: no reply to acquire of {_label(keys)} from keylockd at "
+                            f"{self.server}"
+                        ) from None
+            return self._finish_acquire(call, keys)
+        except BaseException:
+            self._abandon_acquire(call)
+            raise
+
+    def _async_wait_ran_out(self, call: _Call, label: str) -> None:
+        """An awaited acquire's wait is over: one still queued for a connection fails now
+        (ConnectionError: not contention); one sent waits for the daemon's own answer."""
+        with self._mu:
+            if not call.done and call.state == _QUEUED:
+                call.done = True
+                if call in self._queue:
+                    self._queue.remove(call)
+                raise ConnectionError(
+                    f"keylock: {label} not acquired within {call.wait:g} s, and not because it "
+                    f"is busy: {self._last_error or 'not connected'}"
+                )
+
+    def _begin_acquire(
+        self,
+        keys: Tuple[str, ...],
+        as_set: bool,
+        ttl: float,
+        wait: Optional[float],
+        limit: int,
+        shared: bool,
+        reentrant: bool,
+        auto_extend: bool,
+        on_lost: Optional[Callable[[LeaseLost], None]],
+        cancel: Optional[CancelToken],
+    ) -> Tuple[Optional[_Call], Optional[Lease]]:
+        """Validates and sends (or queues) an acquire: (call, None), or (None, the held lease)
+        for a reentrant acquire that enters a hold of this holder's."""
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise TypeError("keylock: limit must be an int")
         mode = SHARED if shared else EXCLUSIVE
@@ -767,7 +875,7 @@ class Client:
         if reentrant:
             held = self._enter_held(frozenset(keys), mode)
             if held is not None:
-                return Lease(self, held)
+                return None, Lease(self, held)
         fields: Dict[str, Any] = {"keys": list(keys)} if as_set else {"key": keys[0]}
         fields.update(ttl_ms=ttl_ms, limit=limit)
         if shared:  # the default is not sent: older daemons know no mode
@@ -788,29 +896,19 @@ class Client:
             if cancel is not None:
                 cancel._unregister(call)
             raise
-        try:
-            if call.wait_until is None:
-                call.latch.acquire()
-            elif not call.latch.acquire(timeout=max(0.0, call.wait_until - time.monotonic())):
-                self._acquire_wait_ran_out(call, _label(keys))
-            if call.error is not None:
-                raise call.error
-            st = call.lease
-            if reentrant:
-                holder = _holder_id()
-                with self._mu:
-                    st.holder = holder
-                    self._reentries.setdefault(holder, []).append((frozenset(keys), st))
-            return Lease(self, st)
-        except BaseException:
-            # Whatever ends the wait early (KeyboardInterrupt, an exception raised by a signal
-            # handler: uWSGI's harakiri, Celery's soft time limit, signal.alarm) must not leave
-            # a lease that no Lease object owns.
-            self._abandon_acquire(call)
-            raise
-        finally:
-            if cancel is not None:
-                cancel._unregister(call)
+        return call, None
+
+    def _finish_acquire(self, call: _Call, keys: Tuple[str, ...]) -> Lease:
+        """The caller's side of a done acquire: its error, or its Lease."""
+        if call.error is not None:
+            raise call.error
+        st = call.lease
+        if call.reentrant:
+            holder = _holder_id()
+            with self._mu:
+                st.holder = holder
+                self._reentries.setdefault(holder, []).append((frozenset(keys), st))
+        return Lease(self, st)
 
     def _cancel_acquire(self, call: _Call) -> None:
         """CancelToken.cancel(), from any thread: withdraws the waiting acquire on the daemon
@@ -1325,6 +1423,8 @@ class Client:
         call.error = error
         if call.latch is not None:
             call.latch.release()
+        if call.notify is not None:
+            call.notify()
 
     def _fail_all_locked(self, make_error: Callable[[], Error]) -> None:
         for call in list(self._calls.values()) + self._queue:

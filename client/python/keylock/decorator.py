@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import re
 from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -139,6 +140,37 @@ def locked_call(
     return result
 
 
+async def locked_call_async(
+    client: Client,
+    key: Union[str, Sequence[str]],
+    fn: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    *,
+    ttl: float,
+    wait: Optional[float],
+    limit: int,
+    shared: bool = False,
+    reentrant: bool = False,
+) -> Any:
+    """locked_call for a coroutine function: awaits the lock (cancelling the task withdraws
+    the acquire on the daemon), then holds it across every await of ``fn``."""
+    keys = (key,) if isinstance(key, str) else tuple(key)
+    lease = await client._acquire_async(
+        keys, not isinstance(key, str), ttl, wait, limit, shared, reentrant, True, None
+    )
+    try:
+        result = await fn(*args, **kwargs)
+    except BaseException:
+        try:
+            lease.release(noreply=True)
+        except NotHeld:
+            pass
+        raise
+    lease.release(noreply=True)
+    return result
+
+
 KeyMaker = Callable[..., Union[str, List[str], Tuple[str, ...]]]
 
 
@@ -175,6 +207,12 @@ def lock_decorator(
     once (a counting semaphore). ``client``: a Client, a callable returning one (called on each
     call, so it may create the client lazily), or None for ``keylock.default_client()``.
 
+    On an ``async def`` function the decorated function is a coroutine function too: each call
+    awaits the lock (without blocking the event loop; cancelling the task withdraws the
+    acquire on the daemon) and holds it until the coroutine returns, across its awaits. A
+    generator or async generator function is refused at decoration time with TypeError: a lock
+    cannot be held across yields that the caller may never resume.
+
     Raises what ``locked_call`` raises. Use it with parentheses: ``@lock_decorator()``.
     """
     return make_decorator(
@@ -202,18 +240,42 @@ def make_decorator(
         if not callable(fn):
             raise TypeError("keylock: lock_decorator() decorates a callable")
         name = _qualified_name(fn)
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"keylock: lock_decorator() cannot lock the generator function {name}: the "
+                "lock would be held only while the generator object is created, not while it "
+                "runs, and holding it across yields would keep it for as long as the consumer "
+                "pleases. Decorate a function that consumes the generator, or take "
+                "`with client.lock(...)` inside it."
+            )
+
+        def key_of(args: tuple, kwargs: dict) -> Union[str, List[str], Tuple[str, ...]]:
+            if key_maker is None:
+                return default_key(name, *args, **kwargs)
+            key = key_maker(*args, **kwargs)
+            if not isinstance(key, (str, list, tuple)):
+                raise TypeError(
+                    "keylock: key_maker must return a str or a list of str, not "
+                    f"{type(key).__name__}"
+                )
+            return key
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def ainner(*args: Any, **kwargs: Any) -> Any:
+                key = key_of(args, kwargs)
+                client, ttl, wait, limit = options()
+                return await locked_call_async(
+                    client, key, fn, args, kwargs, ttl=ttl, wait=wait, limit=limit,
+                    shared=shared, reentrant=reentrant,
+                )
+
+            return ainner  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def inner(*args: Any, **kwargs: Any) -> Any:
-            if key_maker is None:
-                key = default_key(name, *args, **kwargs)
-            else:
-                key = key_maker(*args, **kwargs)
-                if not isinstance(key, (str, list, tuple)):
-                    raise TypeError(
-                        "keylock: key_maker must return a str or a list of str, not "
-                        f"{type(key).__name__}"
-                    )
+            key = key_of(args, kwargs)
             client, ttl, wait, limit = options()
             return locked_call(
                 client, key, fn, args, kwargs, ttl=ttl, wait=wait, limit=limit,

@@ -33,7 +33,7 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 
-# keylock: the one setting of the switch (see docs/python.md).
+# keylock: the one setting of the switch (see the README's "Python and Django" section).
 KEYLOCK = {
     "SERVER": os.environ.get("KEYLOCK_SERVER", "127.0.0.1:7400"),
     "AUTH": os.environ.get("KEYLOCK_AUTH") or None,
