@@ -3,7 +3,9 @@
 #   none     a trivial view with no lock
 #   keylock  the same view under keylock.django's lock_decorator, one shared key
 #   redis    the same view under the classic django-redis cache.lock decorator, one shared key
-# (examples/django_site: /bench/none, /bench/keylock, /bench/redis.)
+#   keylock-own, redis-own   the same two decorators with a key of its own per request
+#            (uncontended: the seed's common case), and the latency each adds over no lock
+# (examples/django_site: /bench/none, /bench/keylock, /bench/redis, /bench/*-own.)
 #
 # Starts and stops its own keylockd and redis-server (both pinned to CPU 1) and uWSGI
 # (4 processes x 4 threads, unpinned); wrk runs pinned to CPU 0 with the same threads,
@@ -94,7 +96,7 @@ UWSGI_CMD=(uwsgi --plugins python3 --http11-socket "127.0.0.1:$HTTP_PORT" --chdi
 setsid "${UWSGI_CMD[@]}" >"$TMP/uwsgi.log" 2>&1 &
 UWSGI_PID=$!
 wait_until "uWSGI" curl -sf "http://127.0.0.1:$HTTP_PORT/bench/none"
-for variant in keylock redis; do  # every worker connects on its first request; warm-up does it
+for variant in keylock redis keylock-own redis-own; do  # every worker connects on first use
   curl -sf "http://127.0.0.1:$HTTP_PORT/bench/$variant" >/dev/null || die "/bench/$variant fails: $(tail -20 "$TMP/uwsgi.log")"
 done
 
@@ -118,7 +120,8 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 declare -A RPS P50 P99 REQS ERRS NON2XX BUSY
 WRK_BASE=(taskset -c 0 wrk -t "$WRK_THREADS" -c "$WRK_CONNECTIONS" --latency --timeout 30s)
-for variant in none keylock redis; do
+VARIANTS=(none keylock redis keylock-own redis-own)
+for variant in "${VARIANTS[@]}"; do
   url="http://127.0.0.1:$HTTP_PORT/bench/$variant"
   BUSY[$variant]=$(wait_idle)
   "${WRK_BASE[@]}" -d "${WARMUP}s" "$url" >/dev/null
@@ -135,6 +138,11 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- report ----------------------------------------------------------------------------------
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f %%", 100 * a / b }'; }
+us() {  # wrk's "812.00us", "1.23ms", "2.01s" -> microseconds
+  awk -v t="$1" 'BEGIN { n = t + 0; if (t ~ /us$/) m = 1; else if (t ~ /ms$/) m = 1000;
+    else if (t ~ /s$/) m = 1000000; else m = 1; printf "%.0f", n * m }'
+}
+added() { echo $(( $(us "$1") - $(us "$2") )); }  # p50 of a view minus p50 of no lock, µs
 CPU=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 MEM=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 GIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -156,14 +164,19 @@ REDISPY_V=$($PY -c 'import redis; print(redis.__version__)')
   echo
   echo "| view | requests/s | vs no lock | latency p50 | latency p99 | requests | socket errors | non-2xx | CPUs busy before |"
   echo "|:--|--:|--:|--:|--:|--:|--:|--:|--:|"
-  for variant in none keylock redis; do
+  for variant in "${VARIANTS[@]}"; do
     case $variant in
       none) label="no lock (\`/bench/none\`)" ;;
       keylock) label="keylock \`lock_decorator\`, one key (\`/bench/keylock\`)" ;;
       redis) label="django-redis \`cache.lock\`, one key (\`/bench/redis\`)" ;;
+      keylock-own) label="keylock \`lock_decorator\`, a key per request (\`/bench/keylock-own\`)" ;;
+      redis-own) label="django-redis \`cache.lock\`, a key per request (\`/bench/redis-own\`)" ;;
     esac
     echo "| $label | ${RPS[$variant]} | $(pct "${RPS[$variant]}" "${RPS[none]}") | ${P50[$variant]} | ${P99[$variant]} | ${REQS[$variant]} | ${ERRS[$variant]:-0} | ${NON2XX[$variant]:-0} | ${BUSY[$variant]} % |"
   done
+  echo
+  echo "A key per request (uncontended, the seed's common case): latency p50 added over no lock,"
+  echo "keylock $(added "${P50[keylock-own]}" "${P50[none]}") µs, django-redis $(added "${P50[redis-own]}" "${P50[none]}") µs."
   echo
   echo "How to read it: with one key shared by every worker thread, keylockd grants waiters in"
   echo "arrival order, so a request typically waits for the others queued ahead of it (p50 of a"
@@ -195,13 +208,13 @@ REDISPY_V=$($PY -c 'import redis; print(redis.__version__)')
   echo "KEYLOCK_SERVER=$KEYLOCK_SERVER REDIS_URL=$REDIS_URL KEYLOCK_SITE_DB=\$TMP/site.sqlite3 \\"
   echo "  $PY examples/django_site/manage.py migrate --noinput"
   echo "${UWSGI_CMD[*]}" | sed "s#$REPO/##"
-  for variant in none keylock redis; do
+  for variant in "${VARIANTS[@]}"; do
     echo "${WRK_BASE[*]} -d ${DURATION}s http://127.0.0.1:$HTTP_PORT/bench/$variant"
   done
   echo '```'
   echo
   echo "## wrk output"
-  for variant in none keylock redis; do
+  for variant in "${VARIANTS[@]}"; do
     echo
     echo "### $variant"
     echo

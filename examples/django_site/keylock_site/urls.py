@@ -17,4 +17,7 @@ urlpatterns = [
     path("bench/none", views.bench_none),
     path("bench/keylock", views.bench_keylock),
     path("bench/redis", views.bench_redis),
+    # ... and under a key of its own per request (uncontended).
+    path("bench/keylock-own", views.bench_keylock_own),
+    path("bench/redis-own", views.bench_redis_own),
 ]

@@ -7,6 +7,7 @@ The switch from django-redis is the import of lock_decorator:
 
 Both are imported here, under two names, only so that the example can serve both side by side.
 """
+import itertools
 import os
 import time
 
@@ -84,4 +85,23 @@ def bench_keylock(request):
 
 @redis_lock_decorator(key_maker=lambda request: "bench:shared")
 def bench_redis(request):
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+# The seed's common case: a key that differs per request (uncontended). Unique per request
+# across processes and threads: the pid and a per-process counter.
+_request_numbers = itertools.count()
+
+
+def _own_key(request):
+    return f"bench:own:{os.getpid()}:{next(_request_numbers)}"
+
+
+@lock_decorator(key_maker=_own_key)
+def bench_keylock_own(request):
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+@redis_lock_decorator(key_maker=_own_key)
+def bench_redis_own(request):
     return HttpResponse("ok\n", content_type="text/plain")
