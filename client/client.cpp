@@ -1645,6 +1645,78 @@ bool Lease::valid() const noexcept {
   return state_ && state_->status.load() == detail::lease_status::held;
 }
 
+namespace {
+
+class client_category_impl final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "keylock"; }
+  std::string message(int value) const override {
+    switch (static_cast<client_errc>(value)) {
+      case client_errc::timeout:
+        return "the key stayed busy for the whole wait";
+      case client_errc::not_held:
+        return "the lease is not held";
+      case client_errc::connection:
+        return "keylockd could not be reached";
+      case client_errc::cancelled:
+        return "the acquire was cancelled";
+      case client_errc::protocol:
+        return "the daemon rejected the request";
+      case client_errc::auth:
+        return "the daemon refused the secret";
+      case client_errc::limit_exceeded:
+        return "a daemon limit was hit";
+      case client_errc::conflict:
+        return "another limit than the live key's";
+      case client_errc::reentrancy:
+        return "a reentrant acquire that cannot nest";
+      case client_errc::other:
+        break;
+    }
+    return "keylock error";
+  }
+};
+
+// Runs fn, turning what it throws into `ec`.
+template <class Fn>
+auto without_exceptions(std::error_code& ec, Fn&& fn) -> decltype(fn()) {
+  ec.clear();
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    ec = error_code_of(e);
+  }
+  if constexpr (!std::is_void_v<decltype(fn())>) return {};
+}
+
+}  // namespace
+
+const std::error_category& client_category() noexcept {
+  static const client_category_impl category;
+  return category;
+}
+
+std::error_code error_code_of(const std::exception& e) noexcept {
+  if (dynamic_cast<const Timeout*>(&e) != nullptr) return client_errc::timeout;
+  if (dynamic_cast<const NotHeld*>(&e) != nullptr) return client_errc::not_held;
+  if (dynamic_cast<const ConnectionError*>(&e) != nullptr) return client_errc::connection;
+  if (dynamic_cast<const Cancelled*>(&e) != nullptr) return client_errc::cancelled;
+  if (dynamic_cast<const ProtocolError*>(&e) != nullptr) return client_errc::protocol;
+  if (dynamic_cast<const AuthError*>(&e) != nullptr) return client_errc::auth;
+  if (dynamic_cast<const LimitExceeded*>(&e) != nullptr) return client_errc::limit_exceeded;
+  if (dynamic_cast<const Conflict*>(&e) != nullptr) return client_errc::conflict;
+  if (dynamic_cast<const ReentrancyError*>(&e) != nullptr) return client_errc::reentrancy;
+  return client_errc::other;
+}
+
+void Lease::extend(std::chrono::milliseconds ttl, std::error_code& ec) {
+  without_exceptions(ec, [&] { extend(ttl); });
+}
+
+void Lease::release(release_mode mode, std::error_code& ec) {
+  without_exceptions(ec, [&] { release(mode); });
+}
+
 bool Lease::owned() const {
   if (!state_) return false;
   const reply rep = client_->inspect(state_->key);
@@ -1682,6 +1754,16 @@ Client::~Client() { impl_->shutdown(); }
 
 Lease Client::acquire(std::string_view key, const AcquireOptions& options) {
   return Lease(impl_, impl_->acquire({std::string(key)}, detail::key_shape::one_key, options));
+}
+
+std::optional<Lease> Client::acquire(std::string_view key, const AcquireOptions& options,
+                                     std::error_code& ec) {
+  return without_exceptions(ec, [&] { return std::optional<Lease>(acquire(key, options)); });
+}
+
+std::optional<Lease> Client::acquire_all(const std::vector<std::string>& keys,
+                                         const AcquireOptions& options, std::error_code& ec) {
+  return without_exceptions(ec, [&] { return std::optional<Lease>(acquire_all(keys, options)); });
 }
 
 Lease Client::acquire_all(const std::vector<std::string>& keys, const AcquireOptions& options) {

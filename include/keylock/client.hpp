@@ -55,9 +55,38 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+namespace keylock {
+
+// For code that does not use exceptions: the error_code overloads below report what the
+// throwing calls throw as one of these (category "keylock"), one per exception class.
+enum class client_errc {
+  timeout = 1,     // Timeout: the key was busy for the whole wait
+  not_held,        // NotHeld
+  connection,      // ConnectionError
+  cancelled,       // Cancelled
+  protocol,        // ProtocolError
+  auth,            // AuthError
+  limit_exceeded,  // LimitExceeded
+  conflict,        // Conflict
+  reentrancy,      // ReentrancyError
+  other,           // any other keylock::Error or std::exception
+};
+const std::error_category& client_category() noexcept;
+inline std::error_code make_error_code(client_errc e) noexcept {
+  return {static_cast<int>(e), client_category()};
+}
+// The client_errc of an exception the client threw.
+std::error_code error_code_of(const std::exception& e) noexcept;
+
+}  // namespace keylock
+
+template <>
+struct std::is_error_code_enum<keylock::client_errc> : std::true_type {};
 
 namespace keylock {
 
@@ -320,6 +349,8 @@ class Lease {
   // daemon refuses with such an error ends the lease on the daemon too (it is released, then
   // lost here with lost_reason::expired): no lease stays held that this process stopped renewing.
   void extend(std::chrono::milliseconds ttl);
+  // The same without exceptions: `ec` says what extend() would have thrown (cleared on success).
+  void extend(std::chrono::milliseconds ttl, std::error_code& ec);
 
   // For a reentrant lease with other holders open (depth() > 1): ends this hold only and
   // returns (throwing NotHeld if the lease was lost meanwhile); the lease stays held and
@@ -332,6 +363,8 @@ class Lease {
   // out by its ttl). Either way the Lease is empty afterwards. A connection that drops while the
   // release is in flight counts as released (the daemon drops a closed connection's leases).
   void release(release_mode mode = release_mode::confirmed);
+  // The same without exceptions: `ec` says what release() would have thrown.
+  void release(release_mode mode, std::error_code& ec);
 
  private:
   friend class Client;
@@ -368,10 +401,18 @@ class Client {
 
   // Acquires `key` ("1..max_key_bytes bytes of UTF-8"), waiting up to options.wait (forever
   // when unset; waiters are granted in FIFO order). Returns the lease, already being renewed
-  // when options.auto_extend. Throws Timeout when not granted within the wait, Conflict on a
-  // limit mismatch, LimitExceeded, ProtocolError for an invalid key/ttl/limit, AuthError,
-  // and ConnectionError only when the Client is closed: a waiting acquire survives reconnects.
+  // when options.auto_extend. Throws Timeout when the key stayed busy for the whole wait,
+  // Conflict on a limit mismatch, LimitExceeded, ProtocolError for an invalid key/ttl/limit,
+  // AuthError, Cancelled (options.stop), and ConnectionError on an outage (the README's rule:
+  // a wait that ends while disconnected, or no daemon reachable for connect_timeout; a waiting
+  // acquire survives shorter reconnects) or when the Client is closed.
   Lease acquire(std::string_view key, const AcquireOptions& options = {});
+  // The same without exceptions: the lease, or nullopt with `ec` set (client_errc::timeout when
+  // the key was busy; see client_errc). `ec` is cleared on success.
+  std::optional<Lease> acquire(std::string_view key, const AcquireOptions& options,
+                               std::error_code& ec);
+  std::optional<Lease> acquire_all(const std::vector<std::string>& keys,
+                                   const AcquireOptions& options, std::error_code& ec);
 
   // As acquire(), but returns nullopt instead of throwing Timeout. An unset options.wait means
   // "try once" (wait 0) here, not "forever".

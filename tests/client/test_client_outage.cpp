@@ -208,3 +208,38 @@ TEST_CASE("a waiting acquire cancelled through its stop_token leaves nothing hel
     }
   }
 }
+
+TEST_CASE("error_code overloads report what the throwing calls throw", "[client]") {
+  keylock::test::daemon d({"--max-ttl-ms", "10000", "--default-ttl-ms", "5000"});
+  keylock::Client holder(options_for(d.port(), "holder"));
+  keylock::Client client(options_for(d.port(), "ec"));
+  std::error_code ec;
+
+  keylock::AcquireOptions options;
+  options.ttl = 5s;
+  std::optional<keylock::Lease> lease = client.acquire("k", options, ec);
+  REQUIRE_FALSE(ec);
+  REQUIRE(lease);
+
+  keylock::AcquireOptions try_once = options;
+  try_once.wait = 0ms;
+  CHECK_FALSE(holder.acquire("k", try_once, ec));
+  CHECK(ec == keylock::client_errc::timeout);
+  CHECK(ec.category().name() == std::string("keylock"));
+  CHECK_FALSE(ec.message().empty());
+
+  lease->extend(60s, ec);  // above max_ttl_ms: refused, the lease kept
+  CHECK(ec == keylock::client_errc::protocol);
+  CHECK(lease->valid());
+  lease->extend(8s, ec);
+  CHECK_FALSE(ec);
+
+  CHECK_FALSE(client.acquire_all({"a", "a"}, options, ec));  // a key twice
+  CHECK(ec == keylock::client_errc::protocol);
+
+  holder.release("k", lease->token());  // ended elsewhere: our next extend is not_held
+  lease->extend(5s, ec);
+  CHECK(ec == keylock::client_errc::not_held);
+  lease->release(keylock::release_mode::confirmed, ec);
+  CHECK(ec == keylock::client_errc::not_held);
+}
