@@ -265,6 +265,9 @@ struct waiter {
   reply rep;
   std::shared_ptr<lease_state> lease;
   std::chrono::nanoseconds rtt{0};
+  // An asynchronous operation's waiter (heap-allocated, nobody blocked on it): complete() runs
+  // this on the I/O thread instead of waking anyone, and it deletes the waiter.
+  std::function<void(waiter&)> on_complete;
 
   void wait() {
     std::unique_lock lock(m);
@@ -439,6 +442,12 @@ class client_impl {
   }
 
  public:
+  // AcquireOptions::stop of one acquire call; touched on the I/O thread only.
+  struct cancel_slot {
+    std::uint64_t id = 0;  // the call, once setup made it
+    bool cancelled = false;
+  };
+
   std::shared_ptr<lease_state> acquire_on_wire(std::vector<std::string> keys, key_shape shape,
                                                const AcquireOptions& options) {
     waiter w;
@@ -446,62 +455,103 @@ class client_impl {
     // cancels the call if setup has made it, or makes setup fail at once if it has not.
     auto slot = std::make_shared<cancel_slot>();
     std::optional<std::stop_callback<std::function<void()>>> on_stop;
-    if (options.stop.stop_possible()) {
-      on_stop.emplace(options.stop, std::function<void()>([this, slot] {
-                        asio::post(ioc_, [this, slot] { cancel_acquire(*slot); });
-                      }));
-    }
-    submit(w, [&] {
-      if (slot->cancelled || options.stop.stop_requested()) {
-        complete(w, cancelled_error(quote_keys(keys)));
-        return;
-      }
-      if (outage_) {
-        complete(w, outage_error(quote_keys(keys)));
-        return;
-      }
-      const std::uint64_t id = next_id_++;
-      slot->id = id;
-      pending& p = calls_[id];
-      p.w = &w;
-      p.req.kind = op::acquire;
-      p.req.id = id;
-      p.label = quote_keys(keys);
-      if (shape == key_shape::one_key) {
-        p.req.key = std::move(keys.front());
-        p.req.set(field::key);
-      } else {
-        p.req.keys = std::move(keys);
-        p.req.set(field::keys);
-      }
-      if (options.mode != lock_mode::exclusive) {  // the default is not sent: older daemons
-        p.req.mode = options.mode;
-        p.req.set(field::mode);
-      }
-      p.req.ttl_ms = static_cast<std::uint64_t>(options.ttl.count());
-      p.req.limit = options.limit;
-      p.req.set(field::id);
-      p.req.set(field::ttl_ms);
-      p.req.set(field::limit);
-      if (options.wait) {
-        p.wait = std::max(*options.wait, milliseconds(0));
-        p.wait_until = steady::now() + p.wait;
-        p.timeout = add_deadline(*p.wait_until, deadline_kind::call, id);
-      }
-      p.reentrant = options.reentrant;
-      p.auto_extend = options.auto_extend;
-      p.on_lost = options.on_lost;
-      send_or_queue(id);
-    });
+    if (options.stop.stop_possible()) on_stop.emplace(options.stop, stop_handler(slot));
+    submit(w, [&] { setup_acquire(w, *slot, keys, shape, options); });
     return std::move(w.lease);
   }
 
-  // AcquireOptions::stop of one acquire call; touched on the I/O thread only.
-  struct cancel_slot {
-    std::uint64_t id = 0;  // the call, once setup made it
-    bool cancelled = false;
-  };
+  // The acquire behind async_acquire: returns at once; `done` runs once, on the I/O thread,
+  // with the granted lease or the exception acquire() would have thrown.
+  void start_acquire(std::vector<std::string> keys, key_shape shape, AcquireOptions options,
+                     std::function<void(std::exception_ptr, std::shared_ptr<lease_state>)> done) {
+    if (options.reentrant) {
+      done(std::make_exception_ptr(std::invalid_argument(
+               "keylock: async_acquire does not take AcquireOptions::reentrant (a hold "
+               "belongs to a thread, an asynchronous operation to none)")),
+           nullptr);
+      return;
+    }
+    struct async_op {
+      cancel_slot slot;
+      std::optional<std::stop_callback<std::function<void()>>> on_stop;
+    };
+    auto op = std::make_shared<async_op>();
+    auto slot = std::shared_ptr<cancel_slot>(op, &op->slot);
+    auto* w = new waiter;
+    w->on_complete = [op, done = std::move(done)](waiter& finished) mutable {
+      std::exception_ptr error = finished.error;
+      std::shared_ptr<lease_state> lease = std::move(finished.lease);
+      delete &finished;
+      op->on_stop.reset();
+      done(error, std::move(lease));
+    };
+    if (options.stop.stop_possible()) op->on_stop.emplace(options.stop, stop_handler(slot));
+    std::lock_guard lock(mtx_);
+    if (closed_) {
+      complete(*w, std::make_exception_ptr(ConnectionError("keylock: the client is closed")));
+      return;
+    }
+    asio::post(ioc_, [this, w, slot, keys = std::move(keys), shape,
+                      options = std::move(options)]() mutable {
+      if (closing_) {
+        complete(*w, std::make_exception_ptr(ConnectionError("keylock: the client is closed")));
+        return;
+      }
+      setup_acquire(*w, *slot, keys, shape, options);
+    });
+  }
 
+ private:
+  std::function<void()> stop_handler(const std::shared_ptr<cancel_slot>& slot) {
+    return [this, slot] { asio::post(ioc_, [this, slot] { cancel_acquire(*slot); }); };
+  }
+
+  // I/O thread: makes the acquire call that completes `w`, and sends or queues it.
+  void setup_acquire(waiter& w, cancel_slot& slot, std::vector<std::string>& keys,
+                     key_shape shape, const AcquireOptions& options) {
+    if (slot.cancelled || options.stop.stop_requested()) {
+      complete(w, cancelled_error(quote_keys(keys)));
+      return;
+    }
+    if (outage_) {
+      complete(w, outage_error(quote_keys(keys)));
+      return;
+    }
+    const std::uint64_t id = next_id_++;
+    slot.id = id;
+    pending& p = calls_[id];
+    p.w = &w;
+    p.req.kind = op::acquire;
+    p.req.id = id;
+    p.label = quote_keys(keys);
+    if (shape == key_shape::one_key) {
+      p.req.key = std::move(keys.front());
+      p.req.set(field::key);
+    } else {
+      p.req.keys = std::move(keys);
+      p.req.set(field::keys);
+    }
+    if (options.mode != lock_mode::exclusive) {  // the default is not sent: older daemons
+      p.req.mode = options.mode;
+      p.req.set(field::mode);
+    }
+    p.req.ttl_ms = static_cast<std::uint64_t>(options.ttl.count());
+    p.req.limit = options.limit;
+    p.req.set(field::id);
+    p.req.set(field::ttl_ms);
+    p.req.set(field::limit);
+    if (options.wait) {
+      p.wait = std::max(*options.wait, milliseconds(0));
+      p.wait_until = steady::now() + p.wait;
+      p.timeout = add_deadline(*p.wait_until, deadline_kind::call, id);
+    }
+    p.reentrant = options.reentrant;
+    p.auto_extend = options.auto_extend;
+    p.on_lost = options.on_lost;
+    send_or_queue(id);
+  }
+
+ public:
   static std::exception_ptr cancelled_error(const std::string& label) {
     return std::make_exception_ptr(
         Cancelled("keylock: acquire of " + label + " cancelled (AcquireOptions::stop)"));
@@ -671,6 +721,13 @@ class client_impl {
   // ---- I/O thread from here on -----------------------------------------------------------
 
   static void complete(waiter& w, std::exception_ptr error = nullptr) {
+    if (w.on_complete) {
+      w.error = std::move(error);
+      w.done = true;
+      auto then = std::move(w.on_complete);
+      then(w);  // deletes w
+      return;
+    }
     std::lock_guard lock(w.m);
     w.error = std::move(error);
     w.done = true;
@@ -1754,6 +1811,29 @@ Client::~Client() { impl_->shutdown(); }
 
 Lease Client::acquire(std::string_view key, const AcquireOptions& options) {
   return Lease(impl_, impl_->acquire({std::string(key)}, detail::key_shape::one_key, options));
+}
+
+void Client::start_acquire(std::vector<std::string> keys, bool as_set, AcquireOptions options,
+                           std::function<void(std::exception_ptr, Lease)> done) {
+  if (keys.empty()) {
+    done(std::make_exception_ptr(std::invalid_argument("keylock: start_acquire of no key")),
+         Lease());
+    return;
+  }
+  const detail::key_shape shape = as_set ? detail::key_shape::key_set : detail::key_shape::one_key;
+  impl_->start_acquire(
+      std::move(keys), shape, std::move(options),
+      [impl = std::weak_ptr<detail::client_impl>(impl_), done = std::move(done)](
+          std::exception_ptr error, std::shared_ptr<detail::lease_state> state) {
+        std::shared_ptr<detail::client_impl> client = impl.lock();
+        if (error || !state || !client) {
+          done(error ? error
+                     : std::make_exception_ptr(ConnectionError("keylock: the client is closed")),
+               Lease());
+          return;
+        }
+        done(nullptr, Lease(std::move(client), std::move(state)));
+      });
 }
 
 std::optional<Lease> Client::acquire(std::string_view key, const AcquireOptions& options,

@@ -450,6 +450,14 @@ class Client {
   decltype(auto) with_lock_all(const std::vector<std::string>& keys, Fn&& fn,
                                const AcquireOptions& options = {});
 
+  // The non-blocking acquire behind async_acquire and async_acquire_all (keylock/async.hpp):
+  // returns at once, and `done` runs once, on the client's I/O thread, with the granted lease
+  // and a null exception_ptr, or with what acquire()/acquire_all() would have thrown and an
+  // empty Lease. `done` must not block (async_acquire posts to the handler's executor).
+  // options.stop cancels it; options.reentrant is refused (std::invalid_argument).
+  void start_acquire(std::vector<std::string> keys, bool as_set, AcquireOptions options,
+                     std::function<void(std::exception_ptr, Lease)> done);
+
   // Round trip of one `ping`, measured on the I/O thread from write to reply. Throws
   // ConnectionError.
   std::chrono::nanoseconds ping();

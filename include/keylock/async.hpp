@@ -1,0 +1,98 @@
+// Asio completion-token API of the keylock client (issue 14): callbacks, use_awaitable,
+// use_future, on the caller's executor.
+//
+//   #include <keylock/async.hpp>      // Boost.Asio; keylock/client.hpp stays Asio-free
+//
+//   keylock::async_acquire(client, "report:monthly", options,
+//       [](std::exception_ptr error, keylock::Lease lease) { ... });
+//   keylock::Lease lease = co_await keylock::async_acquire(client, "k", {},
+//                                                          boost::asio::use_awaitable);
+//   std::future<keylock::Lease> f = keylock::async_acquire(client, "k", {},
+//                                                          boost::asio::use_future);
+//
+// The completion signature is void(std::exception_ptr, Lease): the exception is what
+// Client::acquire would have thrown (Timeout, ConnectionError, Cancelled, ...), so co_await and
+// future::get() rethrow it with its type, and a callback may rethrow it or look at it. The
+// handler runs on its associated executor (the coroutine's for use_awaitable; bind_executor
+// chooses one for a callback; without one, Asio's system executor), never on the client's
+// I/O thread, and the operation keeps that executor's work alive until then.
+//
+// Cancelling a pending operation: Debian's Boost 1.74 (Asio 1.18) has no per-operation
+// cancellation slots, so the operation takes a std::stop_token in AcquireOptions::stop;
+// requesting stop completes it with Cancelled after withdrawing the acquire on the daemon (a
+// grant that crossed the cancel is released at once). When Asio's cancellation slots are
+// available, a slot handler can request that same stop.
+//
+// The operation is Client::start_acquire, the same request the blocking acquire sends: it
+// costs no more than a blocking call (the handler is posted instead of a thread woken).
+#pragma once
+
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without it
+
+#include "keylock/client.hpp"
+
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace keylock {
+
+namespace detail {
+
+// Runs the operation and delivers its outcome to `handler` on the handler's executor.
+template <class Handler>
+void start_async_acquire(Client& client, std::vector<std::string> keys, bool as_set,
+                         AcquireOptions options, Handler handler) {
+  auto executor = boost::asio::get_associated_executor(handler);
+  // Held until the handler has run: std::function needs a copyable callable, the handler
+  // (a coroutine's, a promise's) is move-only.
+  struct operation {
+    Handler handler;
+    boost::asio::executor_work_guard<decltype(executor)> work;
+  };
+  auto op = std::make_shared<operation>(
+      operation{std::move(handler), boost::asio::make_work_guard(executor)});
+  client.start_acquire(std::move(keys), as_set, std::move(options),
+                       [op](std::exception_ptr error, Lease lease) {
+                         auto ex = op->work.get_executor();
+                         boost::asio::post(ex, [op, error, lease = std::move(lease)]() mutable {
+                           Handler h = std::move(op->handler);
+                           op->work.reset();
+                           std::move(h)(error, std::move(lease));
+                         });
+                       });
+}
+
+}  // namespace detail
+
+// Acquires `key` as Client::acquire does, completing with (exception_ptr, Lease).
+template <class CompletionToken>
+auto async_acquire(Client& client, std::string key, AcquireOptions options,
+                   CompletionToken&& token) {
+  return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, Lease)>(
+      [&client](auto handler, std::string k, AcquireOptions o) {
+        detail::start_async_acquire(client, std::vector<std::string>{std::move(k)}, false,
+                                    std::move(o), std::move(handler));
+      },
+      token, std::move(key), std::move(options));
+}
+
+// Acquires every key of `keys` at once, as Client::acquire_all does.
+template <class CompletionToken>
+auto async_acquire_all(Client& client, std::vector<std::string> keys, AcquireOptions options,
+                       CompletionToken&& token) {
+  return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr, Lease)>(
+      [&client](auto handler, std::vector<std::string> ks, AcquireOptions o) {
+        detail::start_async_acquire(client, std::move(ks), true, std::move(o),
+                                    std::move(handler));
+      },
+      token, std::move(keys), std::move(options));
+}
+
+}  // namespace keylock
