@@ -421,31 +421,28 @@ class Lease:
 
 class _LockContext:
     """What Client.lock and Client.lock_all return: acquire on enter, release (noreply) on
-    exit. One object may be entered by several threads (and asyncio tasks) at once, and nested
-    in one: each entry's lease is kept per holder, and each exit releases its own."""
+    exit. One object may be entered by several threads at once, and nested in one: each
+    thread keeps its entries' leases on its own stack, and each exit releases its own."""
 
-    __slots__ = ("_acquire", "_key", "_kwargs", "_leases", "_mu")
+    __slots__ = ("_acquire", "_key", "_kwargs", "_local")
 
     def __init__(self, acquire: Callable[..., Lease], key, kwargs: Dict[str, Any]) -> None:
         self._acquire = acquire
         self._key = key
         self._kwargs = kwargs
-        self._leases: Dict[Tuple[int, Any], List[Lease]] = {}
-        self._mu = threading.Lock()
+        self._local = threading.local()
 
     def __enter__(self) -> Lease:
         lease = self._acquire(self._key, **self._kwargs)
-        with self._mu:
-            self._leases.setdefault(_holder_id(), []).append(lease)
+        try:
+            self._local.leases.append(lease)
+        except AttributeError:
+            self._local.leases = [lease]
         return lease
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        holder = _holder_id()
-        with self._mu:
-            stack = self._leases.get(holder)
-            lease = stack.pop() if stack else None
-            if stack is not None and not stack:
-                del self._leases[holder]
+        leases = getattr(self._local, "leases", None)
+        lease = leases.pop() if leases else None
         if lease is not None:
             lease.__exit__(exc_type, exc, tb)
 
