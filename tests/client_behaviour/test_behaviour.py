@@ -10,11 +10,9 @@ the heartbeat a relay that falls silent, are real; everything runs on 127.0.0.1.
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -24,7 +22,7 @@ sys.path.insert(0, os.path.join(ROOT, "client", "python"))
 sys.path.insert(0, os.path.join(ROOT, "client", "python", "tests"))
 
 import keylock  # noqa: E402
-from harness import Daemon, wait_for  # noqa: E402
+from harness import Daemon, SilentRelay, wait_for  # noqa: E402
 
 BOUND = 10.0  # seconds: the generous bound of every wait for an event
 
@@ -408,63 +406,6 @@ def test_reentrancy_nests_on_one_thread(daemon, make):
     c = make(daemon.address)
     # Inside the nested hold both handles are the one lease: depth 2 seen from either.
     assert c.reenter("k") == (2, 2, True)
-
-
-class SilentRelay:
-    """A relay to the daemon that, once held, keeps every connection open and forwards nothing:
-    a half-open connection (the daemon's host died, a NAT dropped the flow)."""
-
-    def __init__(self, upstream):
-        self.upstream = upstream
-        self.held = threading.Event()
-        self.stopped = threading.Event()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.socks = []
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self):
-        while not self.stopped.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            up = socket.create_connection(("127.0.0.1", self.upstream))
-            self.socks += [client, up]
-            for a, b in ((client, up), (up, client)):
-                t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
-                self.threads.append(t)
-                t.start()
-
-    def _pump(self, src, dst):
-        src.settimeout(0.05)
-        while not self.stopped.is_set():
-            if self.held.is_set():
-                time.sleep(0.01)  # forward nothing, close nothing
-                continue
-            try:
-                data = src.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            try:
-                dst.sendall(data)
-            except OSError:
-                return
-
-    def close(self):
-        self.stopped.set()
-        for t in self.threads:
-            t.join(BOUND)
-        for s in self.socks + [self.listener]:
-            s.close()
 
 
 def test_heartbeat_finds_a_silent_connection(daemon, make):

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from typing import List, Optional
 
@@ -148,3 +149,61 @@ class Daemon:
             os.unlink(self._log.name)
         except OSError:
             pass
+
+
+class SilentRelay:
+    """A TCP relay on 127.0.0.1 to the daemon that, once ``held`` is set, keeps every
+    connection open but forwards nothing: a half-open connection, as when the daemon's host
+    died or a NAT dropped the flow. Its threads end with close()."""
+
+    def __init__(self, upstream_port):
+        self.upstream = upstream_port
+        self.held = threading.Event()
+        self.stopped = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.socks = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self):
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            up = socket.create_connection(("127.0.0.1", self.upstream))
+            self.socks += [client, up]
+            for a, b in ((client, up), (up, client)):
+                t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
+                self.threads.append(t)
+                t.start()
+
+    def _pump(self, src, dst):
+        src.settimeout(0.05)
+        while not self.stopped.is_set():
+            if self.held.is_set():
+                time.sleep(0.01)  # forward nothing, close nothing
+                continue
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self):
+        self.stopped.set()
+        for t in self.threads:
+            t.join(10)
+        for s in self.socks + [self.listener]:
+            s.close()

@@ -4,14 +4,12 @@ Once no connection has been ready for connect_timeout, every waiting acquire and
 fails with ConnectionError; a wait that runs out while disconnected is a ConnectionError too.
 Timeout (and None from try_acquire) always means the key was busy.
 """
-import socket
 import threading
-import time
 
 import pytest
 
 import keylock
-from harness import wait_for
+from harness import SilentRelay, wait_for
 
 
 def _kill(daemon):
@@ -81,67 +79,6 @@ def test_a_wait_that_ends_while_the_daemon_is_down_is_connection_error(daemon, m
     assert not isinstance(outcome["error"], keylock.Timeout)
 
 
-class SilentRelay:
-    """A TCP relay on 127.0.0.1 to the daemon whose hold() keeps every connection open but
-    forwards nothing: a half-open connection, as when the daemon's host died or a NAT dropped
-    the flow. Its threads end with close()."""
-
-    def __init__(self, upstream_port):
-        self.upstream = upstream_port
-        self.held = threading.Event()
-        self.stopped = threading.Event()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.socks = []
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def hold(self):
-        self.held.set()
-
-    def _accept(self):
-        while not self.stopped.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            up = socket.create_connection(("127.0.0.1", self.upstream))
-            self.socks += [client, up]
-            for a, b in ((client, up), (up, client)):
-                t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
-                self.threads.append(t)
-                t.start()
-
-    def _pump(self, src, dst):
-        src.settimeout(0.05)
-        while not self.stopped.is_set():
-            if self.held.is_set():
-                time.sleep(0.01)  # forward nothing, close nothing
-                continue
-            try:
-                data = src.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            try:
-                dst.sendall(data)
-            except OSError:
-                return
-
-    def close(self):
-        self.stopped.set()
-        for t in self.threads:
-            t.join(5)
-        for s in self.socks + [self.listener]:
-            s.close()
-
-
 @pytest.fixture
 def relay(daemon):
     r = SilentRelay(daemon.port)
@@ -158,7 +95,7 @@ def test_a_silent_connection_is_found_dead_by_the_heartbeat_and_its_lease_lost(
     )
     lost = []
     lease = c.acquire("silent", ttl=60, on_lost=lost.append)  # no renewal within the test
-    relay.hold()
+    relay.held.set()
     wait_for(lambda: lost, what="the lease lost to the dead connection")
     assert lost[0].reason == "connection_lost"
     assert not lease.valid
@@ -182,7 +119,7 @@ def test_a_waiter_on_a_silent_connection_fails_instead_of_hanging(relay, make_cl
     thread = threading.Thread(target=wait_forever, daemon=True)
     thread.start()
     wait_for(lambda: holder.inspect("silent").waiters == 1, what="the waiter queued")
-    relay.hold()
+    relay.held.set()
     thread.join(15)
     assert not thread.is_alive(), "the waiter hangs on a dead connection"
     assert isinstance(outcome.get("error"), keylock.ConnectionError), outcome
