@@ -23,6 +23,10 @@
 // grant that crossed the cancel is released at once). When Asio's cancellation slots are
 // available, a slot handler can request that same stop.
 //
+// GCC 12 may warn "'completion' may be used uninitialized" inside Asio 1.18's use_future.hpp
+// when it inlines use_future at -O1 with sanitizers: a false positive in Boost's header
+// (-Wno-maybe-uninitialized for that file).
+//
 // The operation is Client::start_acquire, the same request the blocking acquire sends: it
 // costs no more than a blocking call (the handler is posted instead of a thread woken).
 #pragma once
