@@ -57,6 +57,7 @@ struct shim {
 
   keylock::Client& client;
   std::mutex mutex;
+  std::mutex lease_mutex;  // held while a command uses a Lease
   std::map<std::string, keylock::Lease> leases;
   std::map<std::string, std::stop_source> stops;
   std::vector<std::jthread> threads;
@@ -99,7 +100,9 @@ struct shim {
         return;
       }
       keylock::Lease& lease = it->second;
-      lock.unlock();  // the map node stays put; one command touches a lease at a time
+      lock.unlock();  // the map node stays put
+      // A Lease is used by one thread at a time: commands on leases take turns.
+      std::lock_guard one_at_a_time(lease_mutex);
       fn(lease);
       say(id + " ok");
     } catch (const std::exception& e) {
