@@ -83,6 +83,15 @@ struct deadline {
 using deadline_map = std::multimap<steady::time_point, deadline>;
 using deadline_handle = std::optional<deadline_map::iterator>;
 
+// The exception E(args...) as a pointer for another thread to rethrow. The temporary is
+// destroyed inside this call, before the pointer leaves it: libstdc++'s runtime_error shares
+// its message through an uninstrumented reference count, and ThreadSanitizer reports the
+// temporary's destructor racing the waiter's read when it runs after the handoff.
+template <class E, class... Args>
+std::exception_ptr error_ptr(Args&&... args) {
+  return std::make_exception_ptr(E(std::forward<Args>(args)...));
+}
+
 // The error code of an error reply as spelled on the wire (also for codes newer than us).
 std::string_view code_of(const reply& rep) {
   return rep.code_name.empty() ? to_string(rep.code) : std::string_view(rep.code_name);
@@ -94,13 +103,13 @@ enum class failure_kind : std::uint8_t { connection, auth, protocol };
 std::exception_ptr make_failure(failure_kind kind, const std::string& message) {
   switch (kind) {
     case failure_kind::auth:
-      return std::make_exception_ptr(AuthError(message, errc::unauthenticated));
+      return error_ptr<AuthError>(message, errc::unauthenticated);
     case failure_kind::protocol:
-      return std::make_exception_ptr(ProtocolError(message));
+      return error_ptr<ProtocolError>(message);
     case failure_kind::connection:
       break;
   }
-  return std::make_exception_ptr(ConnectionError(message));
+  return error_ptr<ConnectionError>(message);
 }
 
 // The typed exception for an error reply. Unknown codes (a newer daemon) are a plain Error.
@@ -109,30 +118,30 @@ std::exception_ptr error_from_reply(const reply& rep) {
       rep.message.empty() ? "keylockd answered " + std::string(code_of(rep)) : rep.message;
   const std::optional<errc> code =
       rep.code_name.empty() ? std::optional<errc>(rep.code) : errc_from_string(rep.code_name);
-  if (!code) return std::make_exception_ptr(Error(message));
+  if (!code) return error_ptr<Error>(message);
   switch (*code) {
     case errc::timeout:
-      return std::make_exception_ptr(Timeout(message, *code));
+      return error_ptr<Timeout>(message, *code);
     case errc::not_held:
-      return std::make_exception_ptr(NotHeld(message, *code));
+      return error_ptr<NotHeld>(message, *code);
     case errc::conflict:
-      return std::make_exception_ptr(Conflict(message, *code));
+      return error_ptr<Conflict>(message, *code);
     case errc::limit_exceeded:
-      return std::make_exception_ptr(LimitExceeded(message, *code));
+      return error_ptr<LimitExceeded>(message, *code);
     case errc::unauthenticated:
-      return std::make_exception_ptr(AuthError(message, *code));
+      return error_ptr<AuthError>(message, *code);
     case errc::bad_request:
     case errc::unknown_op:
     case errc::frame_too_large:
-      return std::make_exception_ptr(ProtocolError(message, *code));
+      return error_ptr<ProtocolError>(message, *code);
     case errc::shutting_down:
-      return std::make_exception_ptr(ConnectionError(message, *code));
+      return error_ptr<ConnectionError>(message, *code);
     case errc::cancelled:
     case errc::not_found:
     case errc::unavailable:  // the daemon cannot grant for now: a generic failure, retry later
       break;
   }
-  return std::make_exception_ptr(Error(message, *code));
+  return error_ptr<Error>(message, *code);
 }
 
 // Splits "host:port", "host", "[v6]:port" or "[v6]". Throws std::invalid_argument.
@@ -465,9 +474,9 @@ class client_impl {
   void start_acquire(std::vector<std::string> keys, key_shape shape, AcquireOptions options,
                      std::function<void(std::exception_ptr, std::shared_ptr<lease_state>)> done) {
     if (options.reentrant) {
-      done(std::make_exception_ptr(std::invalid_argument(
+      done(error_ptr<std::invalid_argument>(
                "keylock: async_acquire does not take AcquireOptions::reentrant (a hold "
-               "belongs to a thread, an asynchronous operation to none)")),
+               "belongs to a thread, an asynchronous operation to none)"),
            nullptr);
       return;
     }
@@ -488,13 +497,13 @@ class client_impl {
     if (options.stop.stop_possible()) op->on_stop.emplace(options.stop, stop_handler(slot));
     std::lock_guard lock(mtx_);
     if (closed_) {
-      complete(*w, std::make_exception_ptr(ConnectionError("keylock: the client is closed")));
+      complete(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
       return;
     }
     asio::post(ioc_, [this, w, slot, keys = std::move(keys), shape,
                       options = std::move(options)]() mutable {
       if (closing_) {
-        complete(*w, std::make_exception_ptr(ConnectionError("keylock: the client is closed")));
+        complete(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
         return;
       }
       setup_acquire(*w, *slot, keys, shape, options);
@@ -553,8 +562,7 @@ class client_impl {
 
  public:
   static std::exception_ptr cancelled_error(const std::string& label) {
-    return std::make_exception_ptr(
-        Cancelled("keylock: acquire of " + label + " cancelled (AcquireOptions::stop)"));
+    return error_ptr<Cancelled>("keylock: acquire of " + label + " cancelled (AcquireOptions::stop)");
   }
 
   // I/O thread: the stop of an acquire was requested.
@@ -708,7 +716,7 @@ class client_impl {
       if (closed_) throw ConnectionError("keylock: the client is closed");
       asio::post(ioc_, [this, &w, &setup] {
         if (closing_) {
-          complete(w, std::make_exception_ptr(ConnectionError("keylock: the client is closed")));
+          complete(w, error_ptr<ConnectionError>("keylock: the client is closed"));
         } else {
           setup();
         }
@@ -737,11 +745,10 @@ class client_impl {
 
   void finish_lost_or_released(waiter& w, const lease_state& lease) {
     if (lease.status.load() == lease_status::lost) {
-      complete(w, std::make_exception_ptr(NotHeld("keylock: lease on " + lease.label +
-                                                  " was lost: " + lease.lost_message)));
+      complete(w, error_ptr<NotHeld>("keylock: lease on " + lease.label +
+                                                  " was lost: " + lease.lost_message));
     } else {
-      complete(w, std::make_exception_ptr(
-                      NotHeld("keylock: lease on " + lease.label + " was already released")));
+      complete(w, error_ptr<NotHeld>("keylock: lease on " + lease.label + " was already released"));
     }
   }
 
@@ -931,10 +938,10 @@ class client_impl {
         } else if (p.lease == nullptr) {  // Client::release: no lease of ours
           complete(*p.w, error_from_reply(rep));
         } else if (code_of(rep) == "not_held") {
-          complete(*p.w, std::make_exception_ptr(NotHeld(
+          complete(*p.w, error_ptr<NotHeld>(
                              "keylock: lease on " + p.lease->label +
                                  " was no longer held by the daemon (it expired): " + rep.message,
-                             errc::not_held)));
+                             errc::not_held));
         } else {
           complete(*p.w, error_from_reply(rep));
         }
@@ -1012,7 +1019,7 @@ class client_impl {
     }
     if (p.w == nullptr) return;
     if (rep.type == reply::kind::ok) {
-      complete(*p.w, std::make_exception_ptr(ProtocolError("keylock: grant without a token")));
+      complete(*p.w, error_ptr<ProtocolError>("keylock: grant without a token"));
       return;
     }
     if (code_of(rep) == "shutting_down") {
@@ -1027,10 +1034,9 @@ class client_impl {
       return;
     }
     if (code_of(rep) == "timeout") {
-      complete(*p.w, std::make_exception_ptr(
-                         Timeout("keylock: " + p.label + " not acquired within " +
+      complete(*p.w, error_ptr<Timeout>("keylock: " + p.label + " not acquired within " +
                                      std::to_string(p.wait.count()) + " ms: " + rep.message,
-                                 errc::timeout)));
+                                 errc::timeout));
       return;
     }
     complete(*p.w, error_from_reply(rep));
@@ -1066,8 +1072,8 @@ class client_impl {
     lose(lease, not_held ? lost_reason::not_held : lost_reason::expired, why);
     if (p.w != nullptr) {
       complete(*p.w, not_held
-                         ? std::make_exception_ptr(NotHeld(
-                               "keylock: lease on " + lease->label + " " + why, errc::not_held))
+                         ? error_ptr<NotHeld>(
+                               "keylock: lease on " + lease->label + " " + why, errc::not_held)
                          : error_from_reply(rep));
     }
   }
@@ -1305,10 +1311,10 @@ class client_impl {
         // on the next connection, if its wait has time left.
         if (waiting_acquire && p.wait_until && *p.wait_until <= steady::now()) {
           cancel_deadline(p.timeout);
-          complete(*p.w, std::make_exception_ptr(ConnectionError(
+          complete(*p.w, error_ptr<ConnectionError>(
                              "keylock: " + p.label + " not acquired within " +
                              std::to_string(p.wait.count()) + " ms, and not because it is " +
-                             "busy: " + last_error_)));
+                             "busy: " + last_error_));
           calls_.erase(it);
           continue;
         }
@@ -1352,12 +1358,12 @@ class client_impl {
     for (auto& entry : calls_) {
       if (entry.second.w != nullptr) {
         complete(*entry.second.w,
-                 std::make_exception_ptr(ConnectionError("keylock: the client is closed")));
+                 error_ptr<ConnectionError>("keylock: the client is closed"));
       }
     }
     if (connect_waiter_ != nullptr) {
       complete(*connect_waiter_,
-               std::make_exception_ptr(ConnectionError("keylock: the client is closed")));
+               error_ptr<ConnectionError>("keylock: the client is closed"));
       connect_waiter_ = nullptr;
     }
     calls_.clear();
@@ -1529,11 +1535,11 @@ class client_impl {
     const auto down = down_since_ ? std::chrono::duration_cast<milliseconds>(steady::now() -
                                                                              *down_since_)
                                   : milliseconds(0);
-    return std::make_exception_ptr(ConnectionError(
+    return error_ptr<ConnectionError>(
         "keylock: cannot acquire " + label + ": no keylockd reachable for " +
         std::to_string(down.count()) + " ms (connect_timeout " +
         std::to_string(options_.connect_timeout.count()) + " ms)" +
-        (last_error_.empty() ? std::string() : ": " + last_error_)));
+        (last_error_.empty() ? std::string() : ": " + last_error_));
   }
 
   void on_call_timeout(std::uint64_t id) {
@@ -1550,8 +1556,8 @@ class client_impl {
       waiter& w = *p.w;
       p.w = nullptr;  // abandoned: a late grant is released at once
       complete(
-          w, std::make_exception_ptr(ConnectionError("keylock: no reply to acquire of " + p.label +
-                                                     " from keylockd at " + address())));
+          w, error_ptr<ConnectionError>("keylock: no reply to acquire of " + p.label +
+                                                     " from keylockd at " + address()));
       const std::uint64_t cancel_id = new_internal_call(op::cancel);  // may rehash calls_
       pending& cancel = calls_.at(cancel_id);
       cancel.req.target = id;
@@ -1568,10 +1574,10 @@ class client_impl {
       const std::string why = is_connected          ? "the daemon is shutting down"
                               : last_error_.empty() ? "not connected"
                                                     : last_error_;
-      complete(*done.w, std::make_exception_ptr(ConnectionError(
+      complete(*done.w, error_ptr<ConnectionError>(
                             "keylock: " + done.label + " not acquired within " +
                             std::to_string(done.wait.count()) + " ms, and not because it is " +
-                            "busy: " + why)));
+                            "busy: " + why));
       return;
     }
     if (done.state == call_state::queued && !is_connected) {
@@ -1579,9 +1585,9 @@ class client_impl {
                                                         ? "keylock: not connected to keylockd"
                                                         : last_error_));
     } else {
-      complete(*done.w, std::make_exception_ptr(ConnectionError(
+      complete(*done.w, error_ptr<ConnectionError>(
                             "keylock: no reply from keylockd at " + address() + " within " +
-                            std::to_string(options_.request_timeout.count()) + " ms")));
+                            std::to_string(options_.request_timeout.count()) + " ms"));
     }
     if (done.req.kind == op::extend && done.lease) {
       lose(done.lease, lost_reason::expired, "extend got no reply from the daemon");
@@ -1816,7 +1822,7 @@ Lease Client::acquire(std::string_view key, const AcquireOptions& options) {
 void Client::start_acquire(std::vector<std::string> keys, bool as_set, AcquireOptions options,
                            std::function<void(std::exception_ptr, Lease)> done) {
   if (keys.empty()) {
-    done(std::make_exception_ptr(std::invalid_argument("keylock: start_acquire of no key")),
+    done(detail::error_ptr<std::invalid_argument>("keylock: start_acquire of no key"),
          Lease());
     return;
   }
@@ -1828,7 +1834,7 @@ void Client::start_acquire(std::vector<std::string> keys, bool as_set, AcquireOp
         std::shared_ptr<detail::client_impl> client = impl.lock();
         if (error || !state || !client) {
           done(error ? error
-                     : std::make_exception_ptr(ConnectionError("keylock: the client is closed")),
+                     : detail::error_ptr<ConnectionError>("keylock: the client is closed"),
                Lease());
           return;
         }
