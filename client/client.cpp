@@ -562,7 +562,8 @@ class client_impl {
 
  public:
   static std::exception_ptr cancelled_error(const std::string& label) {
-    return error_ptr<Cancelled>("keylock: acquire of " + label + " cancelled (AcquireOptions::stop)");
+    return error_ptr<Cancelled>("keylock: acquire of " + label +
+                                " cancelled (AcquireOptions::stop)");
   }
 
   // I/O thread: the stop of an acquire was requested.
@@ -746,7 +747,7 @@ class client_impl {
   void finish_lost_or_released(waiter& w, const lease_state& lease) {
     if (lease.status.load() == lease_status::lost) {
       complete(w, error_ptr<NotHeld>("keylock: lease on " + lease.label +
-                                                  " was lost: " + lease.lost_message));
+                                     " was lost: " + lease.lost_message));
     } else {
       complete(w, error_ptr<NotHeld>("keylock: lease on " + lease.label + " was already released"));
     }
@@ -1035,8 +1036,8 @@ class client_impl {
     }
     if (code_of(rep) == "timeout") {
       complete(*p.w, error_ptr<Timeout>("keylock: " + p.label + " not acquired within " +
-                                     std::to_string(p.wait.count()) + " ms: " + rep.message,
-                                 errc::timeout));
+                                            std::to_string(p.wait.count()) + " ms: " + rep.message,
+                                        errc::timeout));
       return;
     }
     complete(*p.w, error_from_reply(rep));
@@ -1071,10 +1072,9 @@ class client_impl {
     if (!not_held) send_release(lease->key, lease->token);
     lose(lease, not_held ? lost_reason::not_held : lost_reason::expired, why);
     if (p.w != nullptr) {
-      complete(*p.w, not_held
-                         ? error_ptr<NotHeld>(
-                               "keylock: lease on " + lease->label + " " + why, errc::not_held)
-                         : error_from_reply(rep));
+      complete(*p.w, not_held ? error_ptr<NotHeld>("keylock: lease on " + lease->label + " " + why,
+                                                   errc::not_held)
+                              : error_from_reply(rep));
     }
   }
 
@@ -1357,13 +1357,11 @@ class client_impl {
     }
     for (auto& entry : calls_) {
       if (entry.second.w != nullptr) {
-        complete(*entry.second.w,
-                 error_ptr<ConnectionError>("keylock: the client is closed"));
+        complete(*entry.second.w, error_ptr<ConnectionError>("keylock: the client is closed"));
       }
     }
     if (connect_waiter_ != nullptr) {
-      complete(*connect_waiter_,
-               error_ptr<ConnectionError>("keylock: the client is closed"));
+      complete(*connect_waiter_, error_ptr<ConnectionError>("keylock: the client is closed"));
       connect_waiter_ = nullptr;
     }
     calls_.clear();
@@ -1535,11 +1533,11 @@ class client_impl {
     const auto down = down_since_ ? std::chrono::duration_cast<milliseconds>(steady::now() -
                                                                              *down_since_)
                                   : milliseconds(0);
-    return error_ptr<ConnectionError>(
-        "keylock: cannot acquire " + label + ": no keylockd reachable for " +
-        std::to_string(down.count()) + " ms (connect_timeout " +
-        std::to_string(options_.connect_timeout.count()) + " ms)" +
-        (last_error_.empty() ? std::string() : ": " + last_error_));
+    return error_ptr<ConnectionError>("keylock: cannot acquire " + label +
+                                      ": no keylockd reachable for " +
+                                      std::to_string(down.count()) + " ms (connect_timeout " +
+                                      std::to_string(options_.connect_timeout.count()) + " ms)" +
+                                      (last_error_.empty() ? std::string() : ": " + last_error_));
   }
 
   void on_call_timeout(std::uint64_t id) {
@@ -1555,9 +1553,8 @@ class client_impl {
       }
       waiter& w = *p.w;
       p.w = nullptr;  // abandoned: a late grant is released at once
-      complete(
-          w, error_ptr<ConnectionError>("keylock: no reply to acquire of " + p.label +
-                                                     " from keylockd at " + address()));
+      complete(w, error_ptr<ConnectionError>("keylock: no reply to acquire of " + p.label +
+                                             " from keylockd at " + address()));
       const std::uint64_t cancel_id = new_internal_call(op::cancel);  // may rehash calls_
       pending& cancel = calls_.at(cancel_id);
       cancel.req.target = id;
@@ -1574,10 +1571,10 @@ class client_impl {
       const std::string why = is_connected          ? "the daemon is shutting down"
                               : last_error_.empty() ? "not connected"
                                                     : last_error_;
-      complete(*done.w, error_ptr<ConnectionError>(
-                            "keylock: " + done.label + " not acquired within " +
-                            std::to_string(done.wait.count()) + " ms, and not because it is " +
-                            "busy: " + why));
+      complete(*done.w,
+               error_ptr<ConnectionError>("keylock: " + done.label + " not acquired within " +
+                                          std::to_string(done.wait.count()) +
+                                          " ms, and not because it is " + "busy: " + why));
       return;
     }
     if (done.state == call_state::queued && !is_connected) {
@@ -1822,8 +1819,7 @@ Lease Client::acquire(std::string_view key, const AcquireOptions& options) {
 void Client::start_acquire(std::vector<std::string> keys, bool as_set, AcquireOptions options,
                            std::function<void(std::exception_ptr, Lease)> done) {
   if (keys.empty()) {
-    done(detail::error_ptr<std::invalid_argument>("keylock: start_acquire of no key"),
-         Lease());
+    done(detail::error_ptr<std::invalid_argument>("keylock: start_acquire of no key"), Lease());
     return;
   }
   const detail::key_shape shape = as_set ? detail::key_shape::key_set : detail::key_shape::one_key;
@@ -1833,8 +1829,7 @@ void Client::start_acquire(std::vector<std::string> keys, bool as_set, AcquireOp
           std::exception_ptr error, std::shared_ptr<detail::lease_state> state) {
         std::shared_ptr<detail::client_impl> client = impl.lock();
         if (error || !state || !client) {
-          done(error ? error
-                     : detail::error_ptr<ConnectionError>("keylock: the client is closed"),
+          done(error ? error : detail::error_ptr<ConnectionError>("keylock: the client is closed"),
                Lease());
           return;
         }
