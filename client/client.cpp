@@ -12,6 +12,10 @@
 
 #include "keylock/codec.hpp"
 
+#include "core/backoff.hpp"
+#include "core/deadline_queue.hpp"
+#include "core/frame_reader.hpp"
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -80,8 +84,8 @@ struct deadline {
   std::uint64_t ref;
 };
 
-using deadline_map = std::multimap<steady::time_point, deadline>;
-using deadline_handle = std::optional<deadline_map::iterator>;
+using deadline_index = deadline_queue<deadline, steady>;
+using deadline_handle = deadline_index::handle;
 
 // The exception E(args...) as a pointer for another thread to rethrow. The temporary is
 // destroyed inside this call, before the pointer leaves it: libstdc++'s runtime_error shares
@@ -336,7 +340,7 @@ class client_impl {
     servers_ = split_servers(options_.server);
     for (const auto& address : servers_) server_list_.push_back(address.text);
     round_left_ = servers_.size();
-    backoff_ = options_.backoff_initial;
+    backoff_ = backoff(options_.backoff_initial, options_.backoff_max);
   }
 
   ~client_impl() { shutdown(); }
@@ -867,27 +871,19 @@ class client_impl {
                                      : "read failed: " + ec.message());
       return;
     }
-    rbuf_.append(rchunk_.data(), n);
+    reader_.append(rchunk_.data(), n);
     heard_ = true;
     ping_out_ = false;
-    std::size_t start = 0;
-    for (;;) {
-      const std::size_t nl = rbuf_.find('\n', start);
-      if (nl == std::string::npos) break;
-      std::string_view frame(rbuf_.data() + start, nl - start);
-      start = nl + 1;
-      if (!frame.empty() && frame.back() == '\r') frame.remove_suffix(1);
-      if (frame.empty()) continue;
+    while (const auto frame = reader_.next()) {
       reply rep;
-      if (auto error = decode_reply(frame, rep)) {
+      if (auto error = decode_reply(*frame, rep)) {
         on_drop("undecodable frame from the daemon: " + error->message, failure_kind::protocol);
         return;
       }
       on_frame(rep);
       if (gen != gen_) return;  // the frame ended the connection
     }
-    rbuf_.erase(0, start);
-    if (rbuf_.size() > max_reply_bytes) {
+    if (reader_.overflowed()) {
       on_drop("reply frame longer than " + std::to_string(max_reply_bytes) + " bytes",
               failure_kind::protocol);
       return;
@@ -978,7 +974,7 @@ class client_impl {
     }
     state_ = conn_state::ready;
     current_.store(attempt_);
-    backoff_ = options_.backoff_initial;
+    backoff_.reset();
     cancel_deadline(connect_timeout_);
     cancel_deadline(outage_at_);
     down_since_.reset();
@@ -1198,7 +1194,7 @@ class client_impl {
     socket_.set_option(tcp::no_delay(true), ignored);  // small pipelined frames: no Nagle
     socket_.set_option(asio::socket_base::keep_alive(true), ignored);
     state_ = conn_state::handshaking;
-    rbuf_.clear();
+    reader_.clear();
     do_read();
     const std::uint64_t id = new_internal_call(op::hello);
     pending& p = calls_.at(id);
@@ -1219,7 +1215,7 @@ class client_impl {
     socket_.close(ignored);
     ++gen_;  // every handler of the old connection is now stale
     out_.clear();
-    rbuf_.clear();
+    reader_.clear();
   }
 
   // A connection attempt (resolve, connect or hello) failed: try the next daemon of this
@@ -1338,10 +1334,7 @@ class client_impl {
 
   void schedule_reconnect() {
     if (closing_) return;
-    const auto high = backoff_.count();
-    std::uniform_int_distribution<std::int64_t> jitter(high / 2, high);
-    const milliseconds delay(jitter(rng_));
-    backoff_ = std::min(backoff_ * 2, options_.backoff_max);
+    const milliseconds delay = backoff_.next(rng_);
     reconnect_ = add_deadline(steady::now() + delay, deadline_kind::reconnect, 0);
   }
 
@@ -1374,25 +1367,21 @@ class client_impl {
 
   // ---- deadlines ------------------------------------------------------------------------
 
-  deadline_map::iterator add_deadline(steady::time_point when, deadline_kind kind,
-                                      std::uint64_t ref) {
-    const auto it = deadlines_.emplace(when, deadline{kind, ref});
+  deadline_index::iterator add_deadline(steady::time_point when, deadline_kind kind,
+                                        std::uint64_t ref) {
+    const auto it = deadlines_.add(when, deadline{kind, ref});
     arm();
     return it;
   }
 
-  void cancel_deadline(deadline_handle& handle) {
-    if (handle) {
-      deadlines_.erase(*handle);
-      handle.reset();
-    }
-  }
+  void cancel_deadline(deadline_handle& handle) { deadlines_.cancel(handle); }
 
   // Keeps the one timer set for the earliest deadline. A wait already set for an earlier or
   // equal time stays: when it fires it re-arms for whatever is first then.
   void arm() {
-    if (deadlines_.empty() || closing_) return;
-    const auto first = deadlines_.begin()->first;
+    const auto earliest = deadlines_.earliest();
+    if (!earliest || closing_) return;
+    const auto first = *earliest;
     if (armed_for_ && *armed_for_ <= first) return;
     armed_for_ = first;
     timer_.expires_at(first);
@@ -1405,11 +1394,11 @@ class client_impl {
 
   void on_timer() {
     const auto now = steady::now();
-    while (!deadlines_.empty() && deadlines_.begin()->first <= now && !closing_) {
-      const deadline due = deadlines_.begin()->second;
-      clear_handle(due);  // the owner's handle goes before the entry: never erased twice
-      deadlines_.erase(deadlines_.begin());
-      fire(due);
+    while (!closing_) {
+      const std::optional<deadline> due = deadlines_.pop_due(now);
+      if (!due) break;
+      clear_handle(*due);  // the entry is gone: its owner must not cancel it again
+      fire(*due);
     }
     arm();
   }
@@ -1628,11 +1617,11 @@ class client_impl {
   std::unordered_map<std::uint64_t, pending> calls_;
   std::deque<std::uint64_t> queue_;  // ids waiting for a connection that may carry them
   std::unordered_map<std::uint64_t, std::shared_ptr<lease_state>> leases_;  // by token
-  deadline_map deadlines_;
+  deadline_index deadlines_;
   std::optional<steady::time_point> armed_for_;
   deadline_handle connect_timeout_;
   deadline_handle reconnect_;
-  milliseconds backoff_{0};
+  backoff backoff_{milliseconds(0), milliseconds(0)};  // set from options_ in the constructor
   // Outages: since when no connection has been ready (set when one drops), the deadline
   // connect_timeout after that, and whether it passed (acquires fail with ConnectionError).
   std::optional<steady::time_point> down_since_;
@@ -1658,7 +1647,7 @@ class client_impl {
   bool writing_ = false;
   bool reading_ = false;
   std::array<char, 16384> rchunk_{};
-  std::string rbuf_;
+  frame_reader reader_{max_reply_bytes};
 };
 
 }  // namespace detail
