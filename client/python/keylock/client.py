@@ -47,13 +47,10 @@ Invariants (the same as the C++ client's, include/keylock/client.hpp):
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import logging
 import math
 import os
-import random
 import select
 import socket
 import sys
@@ -64,6 +61,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Tuple, Type
 
+from ._core import Backoff, DeadlineHeap, FrameReader
 from .errors import (
     AuthError,
     Cancelled,
@@ -1077,7 +1075,7 @@ class Client:
         self._wlock = threading.Lock()  # held around sendall and around closing the socket
         self._state = _IDLE
         self._sock: Optional[socket.socket] = None
-        self._rbuf = b""
+        self._reader = FrameReader(_MAX_REPLY_BYTES)
         self._out: List[bytes] = []  # frames not yet handed to sendall, in order
         self._flushing = False  # some thread is draining _out
         self._calls: Dict[int, _Call] = {}  # sent, by id
@@ -1085,8 +1083,8 @@ class Client:
         self._leases: Dict[int, _LeaseState] = {}  # held, by token
         # Reentrant leases by holder (_holder_id()), with their keys; a few per holder at most.
         self._reentries: Dict[Tuple[int, Any], List[Tuple[FrozenSet[str], _LeaseState]]] = {}
-        self._deadlines: List[Tuple[float, int, int, int]] = []  # (when, seq, kind, token)
-        self._seq = itertools.count()
+        # Renewals and local expiries of _leases: (when, _RENEW or _EXPIRY, token).
+        self._deadlines = DeadlineHeap(self._deadline_live)
         self._next_id = 1
         self._draining = False  # the daemon said shutting_down: no acquire goes out
         self._reconnect_at: Optional[float] = None
@@ -1099,7 +1097,7 @@ class Client:
         self._health_at: Optional[float] = None
         self._heard = False
         self._ping_out = False
-        self._backoff = self._backoff_initial
+        self._backoff = Backoff(self._backoff_initial, self._backoff_max)
         self._current = 0  # index in _servers of the daemon of the last successful hello
         self._next = 0  # index in _servers of the daemon the next round starts with
         self._last_error = ""
@@ -1404,10 +1402,10 @@ class Client:
         """The daemon holds the lease until at least since + ttl: move the local expiry there
         and schedule the next renewal at since + ttl/3."""
         st.expires_at = since + ttl
-        heapq.heappush(self._deadlines, (st.expires_at, next(self._seq), _EXPIRY, st.token))
+        self._deadlines.push(st.expires_at, _EXPIRY, st.token)
         if st.auto_extend and not st.renewing:
             st.renew_at = since + max(ttl / 3, 0.001)
-            heapq.heappush(self._deadlines, (st.renew_at, next(self._seq), _RENEW, st.token))
+            self._deadlines.push(st.renew_at, _RENEW, st.token)
 
     # ---- completing calls (I/O thread, or a thread failing everything) ---------------------
 
@@ -1484,19 +1482,15 @@ class Client:
                     self._read(sock)
             self._housekeeping()
 
+    def _deadline_live(self, when: float, kind: int, token: int) -> bool:
+        """Whether a _deadlines entry is its lease's current renewal or expiry time."""
+        st = self._leases.get(token)
+        if st is None:
+            return False
+        return (st.renew_at if kind == _RENEW else st.expires_at) == when
+
     def _next_timeout_locked(self, now: float) -> Optional[float]:
-        when = None
-        while self._deadlines:
-            top = self._deadlines[0]
-            st = self._leases.get(top[3])
-            due = st is not None and (
-                (top[2] == _RENEW and st.renew_at == top[0])
-                or (top[2] == _EXPIRY and st.expires_at == top[0])
-            )
-            if due:
-                when = top[0]
-                break
-            heapq.heappop(self._deadlines)  # stale: lazy deletion
+        when = self._deadlines.earliest()
         if self._state == _RECONNECTING and self._reconnect_at is not None:
             when = self._reconnect_at if when is None else min(when, self._reconnect_at)
         if self._down_since is not None and not self._outage:
@@ -1516,15 +1510,12 @@ class Client:
                     self._forget_locked(st, _RELEASED)
                     self._send_release_locked(st.key, st.token)
             now = time.monotonic()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                when, _, kind, token = heapq.heappop(self._deadlines)
-                st = self._leases.get(token)
-                if st is None:
-                    continue
-                if kind == _RENEW and st.renew_at == when:
+            for _, kind, token in self._deadlines.pop_due(now):
+                st = self._leases[token]
+                if kind == _RENEW:
                     st.renew_at = None
                     self._renew_locked(st)
-                elif kind == _EXPIRY and st.expires_at == when:
+                else:
                     self._send_release_locked(st.key, st.token)  # in case it was merely slow
                     self._lose_locked(
                         st,
@@ -1616,22 +1607,9 @@ class Client:
             if self._sock is not sock:
                 return
             self._heard, self._ping_out = True, False
-            lines = (self._rbuf + data).split(b"\n")
-            self._rbuf = lines.pop()
-            for line in lines:
-                line = line.strip(b"\r")
-                if not line:
-                    continue
-                try:
-                    rep = json.loads(line)
-                    if not isinstance(rep, dict):
-                        raise ValueError("not an object")
-                except ValueError as e:
-                    bad = f"undecodable frame from the daemon: {e}"
-                    break
+            frames, bad = self._reader.feed(data)
+            for rep in frames:
                 self._on_frame_locked(rep)
-            if bad is None and len(self._rbuf) > _MAX_REPLY_BYTES:
-                bad = f"reply frame longer than {_MAX_REPLY_BYTES} bytes"
         if bad is not None:
             self._drop(sock, bad, ProtocolError)
 
@@ -1859,10 +1837,10 @@ class Client:
                 self._sock = None
             else:
                 self._sock = sock
-                self._rbuf = b""
+                self._reader.clear()
                 self._state = _READY
                 self._draining = False
-                self._backoff = self._backoff_initial
+                self._backoff.reset()
                 self._reconnect_at = None
                 self._down_since = None
                 self._outage = False
@@ -1898,10 +1876,7 @@ class Client:
             self._state_cv.notify_all()
 
     def _schedule_reconnect_locked(self) -> None:
-        high = self._backoff
-        delay = random.uniform(high / 2, high)
-        self._backoff = min(high * 2, self._backoff_max)
-        self._reconnect_at = time.monotonic() + delay
+        self._reconnect_at = time.monotonic() + self._backoff.next()
         self._state = _RECONNECTING
 
     def _drop(self, sock: socket.socket, why: str, cls: Type[Error] = ConnectionError) -> None:
@@ -1910,7 +1885,7 @@ class Client:
             if self._sock is not sock:
                 return
             self._sock = None
-            self._rbuf = b""
+            self._reader.clear()
             self._out.clear()
             self._draining = False
             self._last_error = f"keylock: connection to keylockd at {self.server} lost: {why}"
