@@ -11,8 +11,8 @@ Acquires are native: the request goes out at once and the task awaits its answer
 per waiter. Cancelling the awaiting task (``task.cancel()``, ``asyncio.wait_for`` running out,
 ``asyncio.timeout``) withdraws the acquire on the daemon before CancelledError propagates, and
 a grant that crossed the cancel is released at once: no lease is held that no Lease owns. The
-few calls that are one round trip (ping, inspect, locked, stats, release of a key's token) run
-in a worker thread (``asyncio.to_thread``), bounded by request_timeout.
+calls that are one round trip (ping, inspect, locked, stats, extend, release of a key's token)
+are native too, bounded by request_timeout; a cancelled one's answer is dropped.
 
 A Lease is keylock.Lease: ``async with`` releases it without a round trip (noreply), and
 renewals run on the client's I/O thread, not on the event loop. ``reentrant`` holds belong to
@@ -20,11 +20,11 @@ the task (tasks of one loop share a thread but not their holds).
 """
 from __future__ import annotations
 
-import asyncio
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .client import Client as _SyncClient
-from .client import KeyInfo, Lease, LeaseLost, _holder_id
+from .client import KeyInfo, Lease, LeaseLost, _holder_id, _key_info
 from .errors import Timeout
 
 __all__ = ["Client"]
@@ -159,20 +159,37 @@ class Client:
         )
 
     async def ping(self) -> float:
-        return await asyncio.to_thread(self._sync.ping)
+        """Round trip of one ``ping``, in seconds. Raises ConnectionError."""
+        start = time.monotonic()
+        await self._sync._request_async("ping", {})
+        return time.monotonic() - start
 
     async def inspect(self, key: str) -> KeyInfo:
-        return await asyncio.to_thread(self._sync.inspect, key)
+        """As keylock.Client.inspect, awaited."""
+        return _key_info(await self._sync._request_async("inspect", {"key": key}))
 
     async def locked(self, key: str) -> bool:
-        return await asyncio.to_thread(self._sync.locked, key)
+        """Whether anyone holds ``key`` now (one round trip)."""
+        return bool((await self._sync._request_async("inspect", {"key": key})).get("held"))
 
     async def stats(self) -> Dict[str, int]:
-        return await asyncio.to_thread(self._sync.stats)
+        """The daemon's gauges and counters, as keylock.Client.stats."""
+        rep = await self._sync._request_async("stats", {})
+        return {k: v for k, v in rep.items() if k not in ("id", "ok")}
 
     async def release(self, key: str, token: int) -> None:
         """An operator's force release, as keylock.Client.release."""
-        await asyncio.to_thread(self._sync.release, key, token)
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise TypeError("keylock: token must be an int")
+        await self._sync._request_async("release", {"key": key, "token": token})
+
+    async def extend(self, lease: Lease, ttl: Optional[float] = None) -> None:
+        """``lease.extend(ttl)`` awaited: extends the lease now, and with ``ttl`` sets the ttl
+        of later renewals. Raises what Lease.extend raises (NotHeld when the lease is lost,
+        keeping it held when the daemon refuses only the ttl)."""
+        if lease._client is not self._sync:
+            raise ValueError("keylock: extend of a lease from another client")
+        await self._sync._extend_async(lease._state, ttl)
 
     def close(self) -> None:
         self._sync.close()

@@ -140,6 +140,22 @@ class KeyInfo:
     limit: int
 
 
+def _key_info(rep: dict) -> KeyInfo:
+    """KeyInfo from inspect's answer."""
+    holders = [
+        Holder(
+            h.get("token", 0),
+            h.get("ttl_ms_left", 0),
+            h.get("client"),
+            h.get("peer"),
+            h.get("mode", EXCLUSIVE),
+            tuple(h.get("keys", ())),
+        )
+        for h in rep.get("holders", [])
+    ]
+    return KeyInfo(bool(rep.get("held")), holders, rep.get("waiters", 0), rep.get("limit", 0))
+
+
 def _split_server(server: str) -> Tuple[str, int]:
     """"host:port", "host" (port 7400), "[v6]:port" or "[v6]". Raises ValueError."""
     bad = ValueError(f"keylock: invalid server address {server!r} (expected host:port)")
@@ -1004,19 +1020,7 @@ class Client:
     def inspect(self, key: str) -> KeyInfo:
         """The holders (with their mode, and every key of a lease over several keys), waiters
         and limit of ``key``. Raises ConnectionError, ProtocolError."""
-        rep = self._request("inspect", {"key": key})
-        holders = [
-            Holder(
-                h.get("token", 0),
-                h.get("ttl_ms_left", 0),
-                h.get("client"),
-                h.get("peer"),
-                h.get("mode", EXCLUSIVE),
-                tuple(h.get("keys", ())),
-            )
-            for h in rep.get("holders", [])
-        ]
-        return KeyInfo(bool(rep.get("held")), holders, rep.get("waiters", 0), rep.get("limit", 0))
+        return _key_info(self._request("inspect", {"key": key}))
 
     def locked(self, key: str) -> bool:
         """Whether anyone holds ``key`` now (one round trip). Raises ConnectionError."""
@@ -1192,26 +1196,65 @@ class Client:
         call.lease = lease
         self._start(call)
         if not call.latch.acquire(timeout=self._request_timeout):
-            with self._mu:
-                if not call.done:
-                    call.done = True
-                    if call.state == _QUEUED:
-                        self._queue.remove(call)
-                        raise self._last_error_cls(
-                            self._last_error or "keylock: not connected to keylockd",
-                            self._last_error_code,
-                        )
-                    self._calls.pop(call.id, None)
-                    if op == "extend" and lease is not None:
-                        self._lose_locked(lease, "expired", "extend got no reply from the daemon")
-                        self._wake_locked()  # on_lost runs on the I/O thread
-                    raise ConnectionError(
-                        f"keylock: no reply from keylockd at {self.server} within "
-                        f"{self._request_timeout:g} s"
-                    )
+            self._give_up_request(call, timed_out=True)
         if call.error is not None:
             raise call.error
         return call.reply
+
+    async def _request_async(
+        self, op: str, fields: Dict[str, Any], lease: Optional[_LeaseState] = None
+    ):
+        """_request for keylock.aio: the same call, awaited. A cancelled task withdraws the
+        call: its reply, when it comes, is dropped."""
+        import asyncio
+
+        call = _Call(op, fields)
+        call.lease = lease
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def wake() -> None:  # any thread, under the client's lock
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        call.notify = wake
+        self._start(call)
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self._request_timeout)
+        except asyncio.TimeoutError:
+            self._give_up_request(call, timed_out=True)
+        except BaseException:
+            self._give_up_request(call, timed_out=False)
+            raise
+        if call.error is not None:
+            raise call.error
+        return call.reply
+
+    def _give_up_request(self, call: _Call, timed_out: bool) -> None:
+        """The caller stops waiting for a request other than acquire. Unless it completed
+        meanwhile, it is taken out, and a request that timed out raises: the last connection
+        error if it never went out, else ConnectionError. An explicit extend with no answer
+        loses its lease (the daemon may have let it go)."""
+        with self._mu:
+            if call.done:
+                return
+            call.done = True
+            if call.state == _QUEUED:
+                self._queue.remove(call)
+                if timed_out:
+                    raise self._last_error_cls(
+                        self._last_error or "keylock: not connected to keylockd",
+                        self._last_error_code,
+                    )
+                return
+            self._calls.pop(call.id, None)
+            if call.op == "extend" and call.lease is not None:
+                self._lose_locked(call.lease, "expired", "extend got no reply from the daemon")
+                self._wake_locked()  # on_lost runs on the I/O thread
+            if timed_out:
+                raise ConnectionError(
+                    f"keylock: no reply from keylockd at {self.server} within "
+                    f"{self._request_timeout:g} s"
+                )
 
     def _acquire_wait_ran_out(self, call: _Call, label: str) -> None:
         """The caller's wait is over and no answer came. A queued acquire times out here; a
@@ -1366,6 +1409,12 @@ class Client:
                 pass
 
     def _extend(self, st: _LeaseState, ttl: Optional[float]) -> None:
+        self._request("extend", self._extend_fields(st, ttl), st)
+
+    async def _extend_async(self, st: _LeaseState, ttl: Optional[float]) -> None:
+        await self._request_async("extend", self._extend_fields(st, ttl), st)
+
+    def _extend_fields(self, st: _LeaseState, ttl: Optional[float]) -> Dict[str, Any]:
         if st.pid != os.getpid():
             raise NotHeld(f"keylock: lease on {_label(st.keys)} belongs to the parent process")
         with self._mu:
@@ -1374,7 +1423,7 @@ class Client:
         fields: Dict[str, Any] = {"key": st.key, "token": st.token}
         if ttl is not None:
             fields["ttl_ms"] = _ms(ttl, "ttl", 1)
-        self._request("extend", fields, st)
+        return fields
 
     @staticmethod
     def _not_held_error(st: _LeaseState) -> NotHeld:

@@ -196,6 +196,8 @@ class SilentRelay:
                 return
             if not data:
                 return
+            if self.held.is_set():
+                continue  # read while being held: swallowed, as a dead host would
             try:
                 dst.sendall(data)
             except OSError:

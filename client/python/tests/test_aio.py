@@ -1,7 +1,9 @@
 """keylock.aio and lock_decorator on coroutine and generator functions (issue 14)."""
 import asyncio
+import concurrent.futures
 
 import pytest
+from harness import Daemon, SilentRelay
 
 import keylock
 import keylock.aio
@@ -92,6 +94,88 @@ def test_an_async_wait_that_runs_out_is_timeout(daemon):
             client.close()
 
     run(main())
+
+
+class _NoThreads(concurrent.futures.ThreadPoolExecutor):
+    """A default executor that refuses work: a call that hid a thread behind asyncio.to_thread
+    (or run_in_executor) fails under it."""
+
+    def submit(self, fn, *args, **kwargs):
+        raise AssertionError(f"keylock.aio ran {fn!r} in a worker thread")
+
+
+def test_every_aio_call_is_native_not_a_worker_thread(daemon):
+    async def main():
+        asyncio.get_running_loop().set_default_executor(_NoThreads())
+        client = keylock.aio.Client(daemon.address)
+        try:
+            assert await client.ping() >= 0
+            lease = await client.acquire("k", ttl=5)
+            assert await client.locked("k")
+            assert (await client.inspect("k")).holders[0].token == lease.token
+            await client.extend(lease, 20)
+            assert (await client.inspect("k")).holders[0].ttl_ms_left > 5000
+            assert (await client.stats())["held"] == 1
+            await client.release("k", lease.token)  # an operator's force release
+            assert not await client.locked("k")
+            with pytest.raises(keylock.NotHeld):
+                await client.release("k", lease.token)
+            with pytest.raises(keylock.NotHeld):
+                await client.extend(lease)  # force-released under it: lost, not held
+            assert not lease.valid
+        finally:
+            client.close()
+
+    run(main())
+
+
+def test_an_async_extend_refused_for_its_ttl_keeps_the_lease():
+    daemon = Daemon("--max-ttl-ms", "10000", "--default-ttl-ms", "5000").start()
+
+    async def main():
+        client = keylock.aio.Client(daemon.address)
+        try:
+            lease = await client.acquire("k", ttl=5)
+            with pytest.raises(keylock.ProtocolError):
+                await client.extend(lease, 60)
+            assert lease.valid and await client.locked("k")
+            await client.extend(lease, 8)
+        finally:
+            client.close()
+
+    try:
+        run(main())
+    finally:
+        daemon.cleanup()
+
+
+def test_an_unanswered_async_call_is_connection_error_and_a_cancelled_one_drops_its_answer(
+    daemon,
+):
+    relay = SilentRelay(daemon.port)
+
+    async def main():
+        client = keylock.aio.Client(
+            f"127.0.0.1:{relay.port}", request_timeout=0.5, health_check_interval=0
+        )
+        try:
+            assert not await client.locked("k")
+            relay.held.set()  # the connection goes silent
+            task = asyncio.create_task(client.inspect("k"))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert client.sync._calls == {}  # withdrawn: its answer would match nothing
+            with pytest.raises(keylock.ConnectionError, match="no reply"):
+                await client.ping()
+        finally:
+            client.close()
+
+    try:
+        run(main())
+    finally:
+        relay.close()
 
 
 def test_the_decorator_holds_the_lock_across_the_coroutines_awaits(client):
