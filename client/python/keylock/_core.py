@@ -11,6 +11,8 @@ import json
 import random
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
+_decode = json.JSONDecoder().decode
+
 
 class FrameReader:
     """Splits the daemon's byte stream into its newline-delimited JSON frames (PROTOCOL.md
@@ -32,7 +34,7 @@ class FrameReader:
             if not line:
                 continue
             try:
-                frame = json.loads(line)
+                frame = _decode(line.decode("utf-8"))  # UnicodeDecodeError is a ValueError
                 if not isinstance(frame, dict):
                     raise ValueError("not an object")
             except ValueError as e:

@@ -86,6 +86,11 @@ _log = logging.getLogger("keylock")
 # A reply frame longer than this (no newline within it) is a broken stream: drop the connection.
 # inspect of a key at the daemon's max_limit (1024 holders) is about 150 KB.
 _MAX_REPLY_BYTES = 8 << 20
+# How long a caller reads the socket for its own answer (Client._lead) before it leaves that to
+# the I/O thread and waits; and how soon the I/O thread watches the socket again after a
+# caller stopped reading it without waking it.
+_LEAD_WINDOW = 0.05
+_IDLE_WATCH_LAG = 0.005
 
 # Lease status.
 _HELD, _RELEASED, _LOST = "held", "released", "lost"
@@ -209,8 +214,20 @@ def _ms(seconds: float, what: str, minimum: int) -> int:
     return ms
 
 
+# One encoder for every frame: json.dumps with arguments builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+_json_str = json.encoder.encode_basestring_ascii  # a str as a JSON string, in C
+
+
 def _encode(msg: Dict[str, Any]) -> bytes:
-    return json.dumps(msg, separators=(",", ":")).encode("ascii") + b"\n"
+    return (_ENCODER.encode(msg) + "\n").encode("ascii")
+
+
+def _members(fields: Dict[str, Any]) -> str:
+    """``fields`` as the members of a JSON object, without the braces."""
+    return _ENCODER.encode(fields)[1:-1]
 
 
 def _label(keys) -> str:
@@ -284,7 +301,7 @@ class _Call:
     __slots__ = (
         "op", "fields", "user", "latch", "done", "reply", "error", "state", "id", "sent_at",
         "wait", "wait_until", "lease", "auto_extend", "on_lost", "ttl_ms", "abandoned",
-        "reentrant", "notify",
+        "reentrant", "notify", "members",
     )
 
     def __init__(self, op: str, fields: Dict[str, Any], user: bool = True) -> None:
@@ -312,6 +329,8 @@ class _Call:
         # Called (under the client's lock, on any thread) once the call is done: how an asyncio
         # caller learns it, instead of blocking on the latch.
         self.notify: Optional[Callable[[], None]] = None
+        # ``fields`` encoded (_members), made once however often the call is sent.
+        self.members: Optional[str] = None
 
 
 class Lease:
@@ -438,27 +457,28 @@ class _LockContext:
     exit. One object may be entered by several threads at once, and nested in one: each
     thread keeps its entries' leases on its own stack, and each exit releases its own."""
 
-    __slots__ = ("_acquire", "_key", "_kwargs", "_local")
+    __slots__ = ("_acquire", "_key", "_kwargs", "_entries")
 
     def __init__(self, acquire: Callable[..., Lease], key, kwargs: Dict[str, Any]) -> None:
         self._acquire = acquire
         self._key = key
         self._kwargs = kwargs
-        self._local = threading.local()
+        # (thread ident, lease) per open entry, oldest first. Only a thread adds or removes
+        # its own entries, so one found here is still here at its remove (atomic in C).
+        self._entries: List[Tuple[int, Lease]] = []
 
     def __enter__(self) -> Lease:
         lease = self._acquire(self._key, **self._kwargs)
-        try:
-            self._local.leases.append(lease)
-        except AttributeError:
-            self._local.leases = [lease]
+        self._entries.append((threading.get_ident(), lease))
         return lease
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        leases = getattr(self._local, "leases", None)
-        lease = leases.pop() if leases else None
-        if lease is not None:
-            lease.__exit__(exc_type, exc, tb)
+        me = threading.get_ident()
+        for entry in reversed(self._entries):
+            if entry[0] == me:
+                self._entries.remove(entry)
+                entry[1].__exit__(exc_type, exc, tb)
+                return
 
 
 class CancelToken:
@@ -778,9 +798,7 @@ class Client:
         if held is not None:
             return held
         try:
-            if call.wait_until is None:
-                call.latch.acquire()
-            elif not call.latch.acquire(timeout=max(0.0, call.wait_until - time.monotonic())):
+            if not self._wait_for(call, call.wait_until):
                 self._acquire_wait_ran_out(call, _label(keys))
             return self._finish_acquire(call, keys)
         except BaseException:
@@ -892,6 +910,8 @@ class Client:
         if shared:  # the default is not sent: older daemons know no mode
             fields["mode"] = SHARED
         call = _Call("acquire", fields)
+        if not as_set and not shared:  # the common frame, encoded by hand: the hot path
+            call.members = f'"key":{_json_str(keys[0])},"ttl_ms":{ttl_ms},"limit":{limit}'
         call.ttl_ms = ttl_ms
         call.auto_extend = bool(auto_extend)
         call.on_lost = on_lost
@@ -1077,6 +1097,15 @@ class Client:
         self._mu = threading.Lock()  # guards everything below
         self._state_cv = threading.Condition(self._mu)  # notified when a connect attempt ends
         self._wlock = threading.Lock()  # held around sendall and around closing the socket
+        # Held around each read of the socket and the handling of what it brought, so that
+        # frames are handled in the order they came, whichever thread reads them.
+        self._rlock = threading.Lock()
+        # The caller thread reading its own answer (_lead), if any: while there is one, the
+        # I/O thread leaves the socket alone. _io_watches: the I/O thread's current poll
+        # includes the socket (a new leader wakes it to take the socket out).
+        self._leader: Optional[int] = None
+        self._io_watches = False
+        self._lead_poll: Optional[Tuple[socket.socket, Any]] = None  # the leader's poll object
         self._state = _IDLE
         self._sock: Optional[socket.socket] = None
         self._reader = FrameReader(_MAX_REPLY_BYTES)
@@ -1195,11 +1224,85 @@ class Client:
         call = _Call(op, fields)
         call.lease = lease
         self._start(call)
-        if not call.latch.acquire(timeout=self._request_timeout):
+        if not self._wait_for(call, time.monotonic() + self._request_timeout):
             self._give_up_request(call, timed_out=True)
         if call.error is not None:
             raise call.error
         return call.reply
+
+    def _wait_for(self, call: _Call, until: Optional[float]) -> bool:
+        """Blocks until a user call is done or ``until`` (monotonic; None: no bound) passes;
+        whether it is done."""
+        self._lead(call, until)
+        if until is None:
+            return call.latch.acquire()
+        return call.latch.acquire(timeout=max(0.0, until - time.monotonic()))
+
+    def _lead(self, call: _Call, until: Optional[float]) -> None:
+        """Reads the answer to ``call`` on this thread, when no other thread is reading: the
+        I/O thread would otherwise read it and wake this one, and that hop is most of an
+        uncontended call's cost. Every frame read here is handled as the I/O thread would
+        (other callers' answers, events). Reads for _LEAD_WINDOW at most (a contended acquire
+        then waits on its latch and the I/O thread reads again), and gives up at once on a
+        closed or failing socket, which the I/O thread then handles."""
+        with self._rlock, self._mu:  # _rlock: the I/O thread is not mid-read
+            sock = self._sock
+            if call.done or call.state != _SENT or sock is None or self._leader is not None:
+                return
+            self._leader = threading.get_ident()
+            if self._io_watches:
+                self._wake_locked()  # to take the socket out of its poll
+            if self._lead_poll is None or self._lead_poll[0] is not sock:
+                poller = select.poll()  # one per connection: only the leader uses it
+                poller.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+                self._lead_poll = (sock, poller)
+            poller = self._lead_poll[1]
+        fd = sock.fileno()
+        handed_back = False
+        try:
+            end = time.monotonic() + _LEAD_WINDOW
+            if until is not None:
+                end = min(end, until)
+            while not call.done:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                if not poller.poll(int(math.ceil(left * 1000))):
+                    continue
+                with self._rlock:
+                    with self._mu:
+                        if self._sock is not sock:
+                            return  # dropped meanwhile (fd may even be reused): not ours
+                    try:
+                        data = os.read(fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        handed_back = True  # the I/O thread reads the error and drops
+                        return
+                    if not data:
+                        handed_back = True  # likewise for the daemon's close
+                        return
+                    try:
+                        self._feed(sock, data)
+                    except BaseException:
+                        # Interrupted (a signal handler's exception) with frames half handled:
+                        # end the connection, so that the daemon frees all it held for us and
+                        # the I/O thread fails or re-sends every call, as after any drop.
+                        try:
+                            sock.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                        handed_back = True
+                        raise
+        finally:
+            with self._mu:
+                self._leader = None
+                # Others waiting for answers, on_lost callbacks, a dropped socket: the I/O
+                # thread takes over now. Otherwise it takes the socket back within
+                # _IDLE_WATCH_LAG (events for held leases can wait that long).
+                if handed_back or self._calls or self._callbacks or self._release_later_q:
+                    self._wake_locked()
 
     async def _request_async(
         self, op: str, fields: Dict[str, Any], lease: Optional[_LeaseState] = None
@@ -1279,7 +1382,7 @@ class Client:
                     f"keylock: {label} not acquired within {call.wait:g} s, and not because it "
                     f"is busy: {self._last_error or why}"
                 )
-        if call.latch.acquire(timeout=self._request_timeout):
+        if self._wait_for(call, time.monotonic() + self._request_timeout):
             return
         with self._mu:
             if call.done:
@@ -1315,12 +1418,15 @@ class Client:
         now = time.monotonic()
         call.id = self._next_id
         self._next_id += 1
-        msg: Dict[str, Any] = {"op": call.op, "id": call.id}
-        msg.update(call.fields)
+        if call.members is None:
+            call.members = _members(call.fields)
+        members = call.members
         if call.wait_until is not None:
             # A re-sent acquire waits only for what is left of its wait.
-            msg["wait_ms"] = max(0, int(math.ceil((call.wait_until - now) * 1000)))
-        self._out.append(_encode(msg))
+            wait_ms = max(0, int(math.ceil((call.wait_until - now) * 1000)))
+            members = f'{members},"wait_ms":{wait_ms}' if members else f'"wait_ms":{wait_ms}'
+        sep = "," if members else ""
+        self._out.append(f'{{"op":"{call.op}","id":{call.id}{sep}{members}}}\n'.encode("ascii"))
         call.state = _SENT
         call.sent_at = now
         self._calls[call.id] = call
@@ -1331,9 +1437,11 @@ class Client:
         connection's leases itself."""
         if self._state != _READY:
             return
-        msg = {"op": "release", "id": self._next_id, "key": key, "token": token, "noreply": True}
+        self._out.append(
+            f'{{"op":"release","id":{self._next_id},"key":{_json_str(key)},"token":{int(token)},'
+            '"noreply":true}\n'.encode("ascii")
+        )
         self._next_id += 1
-        self._out.append(_encode(msg))
 
     def _flush(self) -> None:
         """Hands every queued frame to the socket, in order. One thread at a time drains the
@@ -1343,25 +1451,33 @@ class Client:
             if self._flushing or not self._out:
                 return
             self._flushing = True
-        while True:
-            with self._mu:
-                sock = self._sock
-                if sock is None:
-                    self._out.clear()  # the connection dropped: its frames went with it
-                if not self._out:
-                    self._flushing = False
-                    return
-                data = b"".join(self._out)
-                self._out.clear()
-            with self._wlock:
-                try:
-                    sock.sendall(data)
-                except OSError:
-                    # Let the I/O thread notice (its read fails) and handle the drop.
+            try:
+                while True:
+                    sock = self._sock
+                    if sock is None:
+                        self._out.clear()  # the connection dropped: its frames went with it
+                    if not self._out:
+                        return
+                    data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+                    self._out.clear()
+                    self._mu.release()  # sendall runs without the main lock
                     try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                        self._send(sock, data)
+                    finally:
+                        self._mu.acquire()
+            finally:
+                self._flushing = False  # also when interrupted: the next caller flushes
+
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        with self._wlock:
+            try:
+                sock.sendall(data)
+            except OSError:
+                # Let the I/O thread notice (its read fails) and handle the drop.
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     # ---- releasing and extending -----------------------------------------------------------
 
@@ -1512,12 +1628,17 @@ class Client:
                 )
                 sock = self._sock
                 timeout = self._next_timeout_locked(now)
+                self._io_watches = sock is not None and self._leader is None
+                if sock is not None and not self._io_watches:
+                    # A caller reads the socket (_lead); look again soon in case it stops
+                    # with nobody to wake this thread.
+                    timeout = _IDLE_WATCH_LAG if timeout is None else min(timeout, _IDLE_WATCH_LAG)
             if connect:
                 self._connect_once()
                 continue
             poller = select.poll()
             poller.register(self._wake_r, select.POLLIN)
-            if sock is not None:
+            if self._io_watches:
                 poller.register(sock.fileno(), poller_flags)
             events = poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
             for fd, _ in events:
@@ -1637,17 +1758,23 @@ class Client:
                 _log.exception("keylock: on_lost callback raised (ignored)")
 
     def _read(self, sock: socket.socket) -> None:
-        try:
-            data = sock.recv(65536)
-        except (BlockingIOError, InterruptedError, socket.timeout):
-            return
-        except OSError as e:
-            self._drop(sock, f"read failed: {e}")
-            return
-        if not data:
-            self._drop(sock, "closed by the daemon")
-            return
-        self._feed(sock, data)
+        with self._rlock:
+            with self._mu:
+                if self._leader is not None or self._sock is not sock:
+                    return  # a caller reads now (_lead), or the socket is gone
+            try:
+                # os.read, not recv: the socket has a timeout, and recv would wait for data a
+                # caller may have read since the poll.
+                data = os.read(sock.fileno(), 65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._drop(sock, f"read failed: {e}")
+                return
+            if not data:
+                self._drop(sock, "closed by the daemon")
+                return
+            self._feed(sock, data)
 
     def _feed(self, sock: socket.socket, data: bytes) -> None:
         """Splits what was read into frames and handles each."""
@@ -1905,9 +2032,10 @@ class Client:
         if self._closed:
             self._close_socket(sock)
             return
-        self._flush()
         if rest:
-            self._feed(sock, rest)  # frames that came with the hello answer
+            with self._rlock:  # before anything a caller may read after them
+                self._feed(sock, rest)  # frames that came with the hello answer
+        self._flush()
 
     def _connect_failed(self, cls: Type[Error], message: str, code: Optional[str]) -> None:
         with self._mu:

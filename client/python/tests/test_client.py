@@ -249,3 +249,40 @@ def test_many_threads_on_one_key_never_overlap(client):
     for t in threads:
         t.join(30)
     assert count[0] == 320 and not violations
+
+
+def test_threads_read_each_others_answers_and_all_complete(make_client):
+    # Whichever caller thread reads the socket (the others wait) handles every frame it
+    # reads, its own answer or not: no call may be left unanswered by that hand-over.
+    client = make_client(request_timeout=10)
+    done = []
+    errors = []
+
+    def worker(n):
+        try:
+            for i in range(60):
+                with client.lock(f"answers:{(n + i) % 3}", wait=10):
+                    pass
+                client.ping()
+            done.append(n)
+        except Exception as e:  # reported below, with the thread that saw it
+            errors.append((n, e))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and sorted(done) == list(range(6))
+
+
+def test_a_drop_after_the_last_answer_is_noticed_without_a_heartbeat(daemon, make_client):
+    # The caller read its own answer; nothing is in flight and the heartbeat is off, so only
+    # the I/O thread's watch of the socket, taken back once the caller stopped reading, can
+    # see the daemon go away. The ttl is far beyond the test's bound.
+    client = make_client(health_check_interval=0)
+    client.ping()  # connected: the acquire's caller reads its answer itself
+    lost = threading.Event()
+    lease = client.acquire("watched", ttl=600, on_lost=lambda info: lost.set())
+    daemon.stop()
+    assert lost.wait(10) and not lease.valid
