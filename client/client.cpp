@@ -612,25 +612,46 @@ class client_impl {
       return;
     }
     waiter w;
-    submit(w, [&] {
-      if (lease->status.load() != lease_status::held) {
-        finish_lost_or_released(w, *lease);
-        return;
-      }
-      forget(lease, lease_status::released);
-      if (mode == release_mode::no_reply) {
-        send_release(lease->key, lease->token);
-        complete(w);  // queued on the connection, ahead of anything submitted after
-        return;
-      }
-      pending& p = new_user_call(w, op::release);
-      p.req.key = lease->key;
-      p.req.token = lease->token;
-      p.req.set(field::key);
-      p.req.set(field::token);
-      p.lease = lease;
-      send_or_queue(p.req.id);
-    });
+    submit(w, [&] { setup_release(w, lease, mode); });
+  }
+
+  // release() without blocking: `done` gets what release() would have thrown, or null.
+  void start_release(const std::shared_ptr<lease_state>& lease, release_mode mode,
+                     std::function<void(std::exception_ptr)> done) {
+    if (!leave_held(lease)) {
+      done(lease->status.load() == lease_status::lost
+               ? error_ptr<NotHeld>("keylock: lease on " + lease->label +
+                                    " was lost: " + lease->lost_message)
+               : nullptr);
+      return;
+    }
+    start(std::move(done), [this, lease, mode](waiter& w) { setup_release(w, lease, mode); });
+  }
+
+  void start_extend(const std::shared_ptr<lease_state>& lease, milliseconds ttl,
+                    std::function<void(std::exception_ptr)> done) {
+    start(std::move(done), [this, lease, ttl](waiter& w) { setup_extend(w, lease, ttl); });
+  }
+
+  // I/O thread: the release call that completes `w` (or `w` completed at once).
+  void setup_release(waiter& w, const std::shared_ptr<lease_state>& lease, release_mode mode) {
+    if (lease->status.load() != lease_status::held) {
+      finish_lost_or_released(w, *lease);
+      return;
+    }
+    forget(lease, lease_status::released);
+    if (mode == release_mode::no_reply) {
+      send_release(lease->key, lease->token);
+      complete(w);  // queued on the connection, ahead of anything submitted after
+      return;
+    }
+    pending& p = new_user_call(w, op::release);
+    p.req.key = lease->key;
+    p.req.token = lease->token;
+    p.req.set(field::key);
+    p.req.set(field::token);
+    p.lease = lease;
+    send_or_queue(p.req.id);
   }
 
   void release_quietly(const std::shared_ptr<lease_state>& lease) noexcept {
@@ -642,21 +663,24 @@ class client_impl {
 
   void extend(const std::shared_ptr<lease_state>& lease, milliseconds ttl) {
     waiter w;
-    submit(w, [&] {
-      if (lease->status.load() != lease_status::held) {
-        finish_lost_or_released(w, *lease);
-        return;
-      }
-      pending& p = new_user_call(w, op::extend);
-      p.req.key = lease->key;
-      p.req.token = lease->token;
-      p.req.ttl_ms = static_cast<std::uint64_t>(ttl.count());
-      p.req.set(field::key);
-      p.req.set(field::token);
-      p.req.set(field::ttl_ms);
-      p.lease = lease;
-      send_or_queue(p.req.id);
-    });
+    submit(w, [&] { setup_extend(w, lease, ttl); });
+  }
+
+  // I/O thread: the extend call that completes `w` (or `w` completed at once).
+  void setup_extend(waiter& w, const std::shared_ptr<lease_state>& lease, milliseconds ttl) {
+    if (lease->status.load() != lease_status::held) {
+      finish_lost_or_released(w, *lease);
+      return;
+    }
+    pending& p = new_user_call(w, op::extend);
+    p.req.key = lease->key;
+    p.req.token = lease->token;
+    p.req.ttl_ms = static_cast<std::uint64_t>(ttl.count());
+    p.req.set(field::key);
+    p.req.set(field::token);
+    p.req.set(field::ttl_ms);
+    p.lease = lease;
+    send_or_queue(p.req.id);
   }
 
   std::chrono::nanoseconds ping() {
@@ -729,6 +753,30 @@ class client_impl {
     }
     w.wait();
     if (w.error) std::rethrow_exception(w.error);
+  }
+
+  // submit() without blocking: `setup(w)` runs on the I/O thread with a heap waiter, whose
+  // completion calls `done` with its error (null on success) and deletes it.
+  template <class Setup>
+  void start(std::function<void(std::exception_ptr)> done, Setup setup) {
+    auto* w = new waiter;
+    w->on_complete = [done = std::move(done)](waiter& finished) mutable {
+      std::exception_ptr error = finished.error;
+      delete &finished;
+      done(error);
+    };
+    std::lock_guard lock(mtx_);
+    if (closed_) {
+      complete(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
+      return;
+    }
+    asio::post(ioc_, [this, w, setup = std::move(setup)]() mutable {
+      if (closing_) {
+        complete(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
+      } else {
+        setup(*w);
+      }
+    });
   }
 
   // ---- I/O thread from here on -----------------------------------------------------------
@@ -1783,6 +1831,25 @@ void Lease::release(release_mode mode) {
   auto client = std::move(client_);
   auto state = std::move(state_);
   client->release(state, mode);
+}
+
+void Lease::start_release(release_mode mode, std::function<void(std::exception_ptr)> done) {
+  if (!state_) {
+    done(nullptr);  // as release() of an empty Lease: nothing to do
+    return;
+  }
+  auto client = std::move(client_);
+  auto state = std::move(state_);
+  client->start_release(state, mode, std::move(done));
+}
+
+void Lease::start_extend(std::chrono::milliseconds ttl,
+                         std::function<void(std::exception_ptr)> done) {
+  if (!state_) {
+    done(detail::error_ptr<std::logic_error>("keylock: extend() of an empty Lease"));
+    return;
+  }
+  client_->start_extend(state_, ttl, std::move(done));
 }
 
 void Lease::release_quietly() noexcept {

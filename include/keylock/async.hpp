@@ -31,8 +31,6 @@
 // costs no more than a blocking call (the handler is posted instead of a thread woken).
 #pragma once
 
-#include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without it
-
 #include "keylock/client.hpp"
 
 #include <boost/asio/associated_executor.hpp>
@@ -40,9 +38,12 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 
+#include <chrono>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without it
 #include <vector>
 
 namespace keylock {
@@ -73,7 +74,58 @@ void start_async_acquire(Client& client, std::vector<std::string> keys, bool as_
                        });
 }
 
+// The same for an operation that completes with an exception_ptr only: `start(done)` begins
+// it and calls done(error) once, on any thread.
+template <class Handler, class Start>
+void start_async_void(Start start, Handler handler) {
+  auto executor = boost::asio::get_associated_executor(handler);
+  struct operation {
+    Handler handler;
+    boost::asio::executor_work_guard<decltype(executor)> work;
+  };
+  auto op = std::make_shared<operation>(
+      operation{std::move(handler), boost::asio::make_work_guard(executor)});
+  start([op](std::exception_ptr error) {
+    auto ex = op->work.get_executor();
+    boost::asio::post(ex, [op, error]() mutable {
+      Handler h = std::move(op->handler);
+      op->work.reset();
+      std::move(h)(error);
+    });
+  });
+}
+
 }  // namespace detail
+
+// Releases `lease` as Lease::release(mode) does, completing with (exception_ptr): null, or
+// what release() would have thrown. The Lease is empty from the call on.
+template <class CompletionToken>
+auto async_release(Lease& lease, release_mode mode, CompletionToken&& token) {
+  return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
+      [&lease, mode](auto handler) {
+        detail::start_async_void(
+            [&lease, mode](std::function<void(std::exception_ptr)> done) {
+              lease.start_release(mode, std::move(done));
+            },
+            std::move(handler));
+      },
+      token);
+}
+
+// Extends `lease` as Lease::extend(ttl) does, completing with (exception_ptr). The Lease must
+// outlive the initiation only (the operation keeps what it needs).
+template <class CompletionToken>
+auto async_extend(Lease& lease, std::chrono::milliseconds ttl, CompletionToken&& token) {
+  return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
+      [&lease, ttl](auto handler) {
+        detail::start_async_void(
+            [&lease, ttl](std::function<void(std::exception_ptr)> done) {
+              lease.start_extend(ttl, std::move(done));
+            },
+            std::move(handler));
+      },
+      token);
+}
 
 // Acquires `key` as Client::acquire does, completing with (exception_ptr, Lease).
 template <class CompletionToken>

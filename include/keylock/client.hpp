@@ -366,6 +366,15 @@ class Lease {
   // The same without exceptions: `ec` says what release() would have thrown.
   void release(release_mode mode, std::error_code& ec);
 
+  // The non-blocking release and extend behind async_release and async_extend
+  // (keylock/async.hpp): they return at once, and `done` runs once, with a null exception_ptr
+  // or with what release()/extend() would have thrown, on the client's I/O thread (or on this
+  // thread when the outcome is known without the daemon: an empty, released or lost lease, a
+  // reentrant hold left open for others). `done` must not block. start_release empties the
+  // Lease at once, as release() does.
+  void start_release(release_mode mode, std::function<void(std::exception_ptr)> done);
+  void start_extend(std::chrono::milliseconds ttl, std::function<void(std::exception_ptr)> done);
+
  private:
   friend class Client;
   Lease(std::shared_ptr<detail::client_impl> client, std::shared_ptr<detail::lease_state> state);

@@ -125,3 +125,55 @@ TEST_CASE("a pending async_acquire is cancelled through its stop_token", "[clien
   held.release();
   CHECK_FALSE(holder.locked("k"));
 }
+
+TEST_CASE("async_extend and async_release complete as extend and release would",
+          "[client][async]") {
+  keylock::test::daemon d({"--max-ttl-ms", "60000"});
+  keylock::Client client(options_for(d.port()));
+  keylock::AcquireOptions options;
+  options.ttl = 5s;
+  options.auto_extend = false;
+  keylock::Lease lease = client.acquire("k", options);
+
+  // Extended: the daemon's remaining time is now past the old ttl.
+  keylock::async_extend(lease, 40s, asio::use_future).get();
+  CHECK(client.inspect("k").holders.at(0).ttl_ms_left > 5000);
+
+  // Refused (above max_ttl_ms): the typed error, and the lease kept, as extend() does.
+  std::future<void> refused = keylock::async_extend(lease, 120s, asio::use_future);
+  CHECK_THROWS_AS(refused.get(), keylock::ProtocolError);
+  CHECK(lease.valid());
+  CHECK(client.locked("k"));
+
+  // A callback on the caller's executor; the Lease is empty from the call on.
+  asio::io_context io;
+  std::optional<std::exception_ptr> released;
+  keylock::async_release(
+      lease, keylock::release_mode::confirmed,
+      asio::bind_executor(io, [&](std::exception_ptr error) { released = error; }));
+  CHECK_FALSE(lease.valid());
+  REQUIRE(run_until(io, [&] { return released.has_value(); }));
+  CHECK_FALSE(*released);
+  CHECK_FALSE(client.locked("k"));
+
+  // Released already: nothing to do, as release() of an empty Lease.
+  keylock::async_release(lease, keylock::release_mode::confirmed, asio::use_future).get();
+  // An empty Lease cannot be extended.
+  CHECK_THROWS_AS(keylock::async_extend(lease, 1s, asio::use_future).get(), std::logic_error);
+}
+
+TEST_CASE("async_release of a lost lease reports NotHeld", "[client][async]") {
+  keylock::test::daemon d;
+  keylock::Client client(options_for(d.port()));
+  keylock::Client other(options_for(d.port(), "operator"));
+  keylock::AcquireOptions options;
+  options.ttl = 60s;
+  keylock::Lease lease = client.acquire("k", options);
+  other.release("k", lease.token());  // the operator's force release
+  // The holder learns it at its next extend, which the daemon answers not_held.
+  CHECK_THROWS_AS(keylock::async_extend(lease, 60s, asio::use_future).get(), keylock::NotHeld);
+  CHECK_FALSE(lease.valid());
+  CHECK_THROWS_AS(
+      keylock::async_release(lease, keylock::release_mode::no_reply, asio::use_future).get(),
+      keylock::NotHeld);
+}
