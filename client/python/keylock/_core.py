@@ -1,17 +1,33 @@
 """The client's pure pieces: no sockets, no threads, no clock of their own.
 
-Client (client.py) is the glue: its I/O thread feeds what it reads to a FrameReader, keeps the
-leases' renewal and expiry times in a DeadlineHeap, and asks a Backoff how long to wait before
-reconnecting. Each is unit-tested without a daemon in tests/test_core.py.
+Client (client.py) is the glue: it feeds what it reads to a FrameReader, keeps its requests in
+a CallTable (the multiplexer: request ids, frames, what is on the wire and what waits for a
+connection, and what becomes of each when a connection ends), keeps the leases' renewal and
+expiry times in a DeadlineHeap, and asks a Backoff how long to wait before reconnecting. Each
+is unit-tested without a daemon in tests/test_core.py.
 """
 
 import heapq
 import itertools
 import json
+import math
 import random
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 _decode = json.JSONDecoder().decode
+# One encoder for every frame: json.dumps with arguments builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+json_str = json.encoder.encode_basestring_ascii  # a str as a JSON string, in C
+
+
+def encode(msg: Dict[str, Any]) -> bytes:
+    """A frame: ``msg`` as one line of compact JSON."""
+    return (_ENCODER.encode(msg) + "\n").encode("ascii")
+
+
+def members(fields: Dict[str, Any]) -> str:
+    """``fields`` as the members of a JSON object, without the braces."""
+    return _ENCODER.encode(fields)[1:-1]
 
 
 class FrameReader:
@@ -107,3 +123,123 @@ class Backoff:
         high = self._ceiling
         self._ceiling = min(high * 2, self._max)
         return self._rng.uniform(high / 2, high)
+
+
+# What becomes of a call on the wire of a connection that ended (CallTable.after_drop).
+RESEND = "resend"  # an acquire with wait left: the daemon dropped it; it goes out again
+WAIT_OVER = "wait_over"  # an acquire whose wait ran out meanwhile: an outage, not contention
+RELEASED = "released"  # a release: the daemon dropped the lease with the connection
+LEASE_LOST = "lease_lost"  # an extend: its lease went with the connection
+FAILED = "failed"  # any other request: its answer will never come
+
+
+class CallTable:
+    """The request multiplexer's book. It numbers requests, makes their frames, and knows which
+    calls are on the wire (``sent``, by request id, awaiting their answer) and which wait for a
+    connection that may carry them (``queued``, in order). When a connection ends it decides
+    what becomes of each call that was on it (after_drop).
+
+    Calls are duck-typed, as client.py's _Call: ``op``, ``fields`` (and ``members``, their
+    encoding, made once), ``id``, ``state``, ``sent_at``, ``wait_until``, ``done`` and ``user``
+    (False for the client's own requests: renewals, cancels, heartbeats)."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+
+    def __init__(self) -> None:
+        self.sent: Dict[int, Any] = {}
+        self.queued: List[Any] = []
+        self._next_id = 1
+
+    def take_id(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    def send(self, call: Any, now: float) -> bytes:
+        """Puts ``call`` on the wire under a new id and returns its frame. An acquire with a
+        wait asks only for what is left of it at ``now`` (a re-sent one waits no longer)."""
+        call.id = self.take_id()
+        if call.members is None:
+            call.members = members(call.fields)
+        body = call.members
+        if call.wait_until is not None:
+            wait_ms = max(0, int(math.ceil((call.wait_until - now) * 1000)))
+            body = f'{body},"wait_ms":{wait_ms}' if body else f'"wait_ms":{wait_ms}'
+        call.state = self.SENT
+        call.sent_at = now
+        self.sent[call.id] = call
+        sep = "," if body else ""
+        return f'{{"op":"{call.op}","id":{call.id}{sep}{body}}}\n'.encode("ascii")
+
+    def noreply_release(self, key: str, token: int) -> bytes:
+        """The frame of a release with noreply. It has an id for a daemon that predates
+        noreply; that answer matches no call."""
+        return (
+            f'{{"op":"release","id":{self.take_id()},"key":{json_str(key)},"token":{int(token)},'
+            '"noreply":true}\n'.encode("ascii")
+        )
+
+    def queue(self, call: Any) -> None:
+        call.state = self.QUEUED
+        self.queued.append(call)
+
+    def answered(self, rid: Any) -> Optional[Any]:
+        """The call the answer with id ``rid`` is for, taken off the wire; None for an answer
+        to nothing (a call given up on, a noreply release)."""
+        return self.sent.pop(rid, None)
+
+    def forget(self, call: Any) -> None:
+        """Takes ``call`` out, wherever it is: its answer, if one comes, matches nothing."""
+        if call.state == self.QUEUED:
+            try:
+                self.queued.remove(call)
+            except ValueError:
+                pass
+        else:
+            self.sent.pop(call.id, None)
+
+    def take_queued(self) -> List[Any]:
+        queued, self.queued = self.queued, []
+        return queued
+
+    def take_all(self) -> List[Any]:
+        """Every call, on the wire (in id order) then queued, and the table empty."""
+        calls = [self.sent[rid] for rid in sorted(self.sent)] + self.queued
+        self.sent = {}
+        self.queued = []
+        return calls
+
+    def awaiting_acquire(self) -> bool:
+        """Whether an acquire on the wire awaits its answer (a grant may take long)."""
+        return any(
+            c.op == "acquire" and c.state == self.SENT and not c.done for c in self.sent.values()
+        )
+
+    def after_drop(self, now: float) -> List[Tuple[Any, str]]:
+        """The connection that carried ``sent`` ended: what becomes of each of its calls, in
+        id order (RESEND, WAIT_OVER, RELEASED, LEASE_LOST, FAILED). Acquires to re-send are
+        queued again ahead of the calls that were queued already, in their order; every other
+        call leaves the table, and done and internal ones are not reported."""
+        outcomes: List[Tuple[Any, str]] = []
+        resend: List[Any] = []
+        for rid in sorted(self.sent):
+            call = self.sent[rid]
+            if call.done or not call.user:
+                continue  # given up on, or the client's own (renewals, cancels, heartbeats)
+            if call.op == "acquire":
+                if call.wait_until is not None and call.wait_until <= now:
+                    outcomes.append((call, WAIT_OVER))
+                else:
+                    call.state = self.QUEUED
+                    resend.append(call)
+                    outcomes.append((call, RESEND))
+            elif call.op == "release":
+                outcomes.append((call, RELEASED))
+            elif call.op == "extend" and getattr(call, "lease", None) is not None:
+                outcomes.append((call, LEASE_LOST))
+            else:
+                outcomes.append((call, FAILED))
+        self.sent = {}
+        self.queued = resend + self.queued
+        return outcomes

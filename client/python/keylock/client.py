@@ -61,7 +61,19 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Tuple, Type
 
-from ._core import Backoff, DeadlineHeap, FrameReader
+from ._core import (
+    FAILED,
+    LEASE_LOST,
+    RELEASED,
+    RESEND,
+    WAIT_OVER,
+    Backoff,
+    CallTable,
+    DeadlineHeap,
+    FrameReader,
+)
+from ._core import encode as _encode
+from ._core import json_str as _json_str
 from .errors import (
     AuthError,
     Cancelled,
@@ -100,7 +112,7 @@ _CONNECTING = "connecting"  # first attempt requested: callers wait for its outc
 _READY = "ready"
 _RECONNECTING = "reconnecting"  # an established connection dropped: retry with backoff
 # Call state.
-_QUEUED, _SENT = "queued", "sent"
+_QUEUED, _SENT = CallTable.QUEUED, CallTable.SENT
 # Deadline kinds.
 _RENEW, _EXPIRY = 0, 1
 # Lock modes, as on the wire.
@@ -212,22 +224,6 @@ def _ms(seconds: float, what: str, minimum: int) -> int:
     if ms < minimum:
         raise ValueError(f"keylock: {what} must be at least {minimum} ms, got {seconds!r} s")
     return ms
-
-
-# One encoder for every frame: json.dumps with arguments builds a new one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-_json_str = json.encoder.encode_basestring_ascii  # a str as a JSON string, in C
-
-
-def _encode(msg: Dict[str, Any]) -> bytes:
-    return (_ENCODER.encode(msg) + "\n").encode("ascii")
-
-
-def _members(fields: Dict[str, Any]) -> str:
-    """``fields`` as the members of a JSON object, without the braces."""
-    return _ENCODER.encode(fields)[1:-1]
 
 
 def _label(keys) -> str:
@@ -873,8 +869,7 @@ class Client:
         with self._mu:
             if not call.done and call.state == _QUEUED:
                 call.done = True
-                if call in self._queue:
-                    self._queue.remove(call)
+                self._table.forget(call)
                 raise ConnectionError(
                     f"keylock: {label} not acquired within {call.wait:g} s, and not because it "
                     f"is busy: {self._last_error or 'not connected'}"
@@ -948,8 +943,7 @@ class Client:
             if call.done:
                 return
             if call.state == _QUEUED:
-                if call in self._queue:
-                    self._queue.remove(call)
+                self._table.forget(call)
             elif self._state == _READY:  # else the daemon dropped it with the connection
                 self._write_locked(_Call("cancel", {"target": call.id}, user=False))
             call.abandoned = True
@@ -971,8 +965,7 @@ class Client:
                 call.done = True
                 call.abandoned = True
                 if call.state == _QUEUED:
-                    if call in self._queue:
-                        self._queue.remove(call)
+                    self._table.forget(call)
                 elif self._state == _READY:  # else the daemon dropped it with the connection
                     self._write_locked(_Call("cancel", {"target": call.id}, user=False))
             else:
@@ -1111,14 +1104,12 @@ class Client:
         self._reader = FrameReader(_MAX_REPLY_BYTES)
         self._out: List[bytes] = []  # frames not yet handed to sendall, in order
         self._flushing = False  # some thread is draining _out
-        self._calls: Dict[int, _Call] = {}  # sent, by id
-        self._queue: List[_Call] = []  # waiting for a connection that may carry them
+        self._table = CallTable()  # requests: on the wire, and waiting for a connection
         self._leases: Dict[int, _LeaseState] = {}  # held, by token
         # Reentrant leases by holder (_holder_id()), with their keys; a few per holder at most.
         self._reentries: Dict[Tuple[int, Any], List[Tuple[FrozenSet[str], _LeaseState]]] = {}
         # Renewals and local expiries of _leases: (when, _RENEW or _EXPIRY, token).
         self._deadlines = DeadlineHeap(self._deadline_live)
-        self._next_id = 1
         self._draining = False  # the daemon said shutting_down: no acquire goes out
         self._reconnect_at: Optional[float] = None
         # Outages: since when no connection has been ready (set when one drops), and whether
@@ -1301,7 +1292,7 @@ class Client:
                 # Others waiting for answers, on_lost callbacks, a dropped socket: the I/O
                 # thread takes over now. Otherwise it takes the socket back within
                 # _IDLE_WATCH_LAG (events for held leases can wait that long).
-                if handed_back or self._calls or self._callbacks or self._release_later_q:
+                if handed_back or self._table.sent or self._callbacks or self._release_later_q:
                     self._wake_locked()
 
     async def _request_async(
@@ -1342,14 +1333,14 @@ class Client:
                 return
             call.done = True
             if call.state == _QUEUED:
-                self._queue.remove(call)
+                self._table.forget(call)
                 if timed_out:
                     raise self._last_error_cls(
                         self._last_error or "keylock: not connected to keylockd",
                         self._last_error_code,
                     )
                 return
-            self._calls.pop(call.id, None)
+            self._table.forget(call)
             if call.op == "extend" and call.lease is not None:
                 self._lose_locked(call.lease, "expired", "extend got no reply from the daemon")
                 self._wake_locked()  # on_lost runs on the I/O thread
@@ -1376,7 +1367,7 @@ class Client:
             if not call.done and call.state == _QUEUED:
                 # Not contention (the daemon never judged the key busy): an outage.
                 call.done = True
-                self._queue.remove(call)
+                self._table.forget(call)
                 why = "not connected" if self._state != _READY else "the daemon is shutting down"
                 raise ConnectionError(
                     f"keylock: {label} not acquired within {call.wait:g} s, and not because it "
@@ -1389,7 +1380,7 @@ class Client:
                 return
             call.done = True
             if call.state == _QUEUED:  # re-queued by a connection drop meanwhile
-                self._queue.remove(call)
+                self._table.forget(call)
                 raise ConnectionError(
                     f"keylock: {label} not acquired within {call.wait:g} s, and not because it "
                     f"is busy: {self._last_error or 'not connected'}"
@@ -1411,37 +1402,17 @@ class Client:
         if self._can_send(call):
             self._write_locked(call)
         else:
-            call.state = _QUEUED
-            self._queue.append(call)
+            self._table.queue(call)
 
     def _write_locked(self, call: _Call) -> None:
-        now = time.monotonic()
-        call.id = self._next_id
-        self._next_id += 1
-        if call.members is None:
-            call.members = _members(call.fields)
-        members = call.members
-        if call.wait_until is not None:
-            # A re-sent acquire waits only for what is left of its wait.
-            wait_ms = max(0, int(math.ceil((call.wait_until - now) * 1000)))
-            members = f'{members},"wait_ms":{wait_ms}' if members else f'"wait_ms":{wait_ms}'
-        sep = "," if members else ""
-        self._out.append(f'{{"op":"{call.op}","id":{call.id}{sep}{members}}}\n'.encode("ascii"))
-        call.state = _SENT
-        call.sent_at = now
-        self._calls[call.id] = call
+        self._out.append(self._table.send(call, time.monotonic()))
 
     def _send_release_locked(self, key: str, token: int) -> None:
-        """Queues ``release`` with noreply. The id is there for a daemon that predates noreply;
-        its answer matches no call and is dropped. Not connected: the daemon dropped the
-        connection's leases itself."""
+        """Queues ``release`` with noreply. Not connected: the daemon dropped the connection's
+        leases itself."""
         if self._state != _READY:
             return
-        self._out.append(
-            f'{{"op":"release","id":{self._next_id},"key":{_json_str(key)},"token":{int(token)},'
-            '"noreply":true}\n'.encode("ascii")
-        )
-        self._next_id += 1
+        self._out.append(self._table.noreply_release(key, token))
 
     def _flush(self) -> None:
         """Hands every queued frame to the socket, in order. One thread at a time drains the
@@ -1587,10 +1558,8 @@ class Client:
             call.notify()
 
     def _fail_all_locked(self, make_error: Callable[[], Error]) -> None:
-        for call in list(self._calls.values()) + self._queue:
+        for call in self._table.take_all():
             self._complete_locked(call, error=make_error())
-        self._calls.clear()
-        self._queue.clear()
 
     # ---- the I/O thread --------------------------------------------------------------------
 
@@ -1720,9 +1689,7 @@ class Client:
             self._heard = False  # the next tick looks at what this interval brings
         elif self._ping_out:
             return self._sock
-        elif self._leases or any(
-            c.op == "acquire" and c.state == _SENT and not c.done for c in self._calls.values()
-        ):
+        elif self._leases or self._table.awaiting_acquire():
             self._ping_out = True
             self._write_locked(_Call("ping", {}, user=False))
         return None
@@ -1732,12 +1699,12 @@ class Client:
         fails at once, with ConnectionError until a connection is ready again."""
         self._outage = True
         keep: List[_Call] = []
-        for call in self._queue:
+        for call in self._table.queued:
             if call.op == "acquire" and call.user and not call.done:
                 self._complete_locked(call, error=self._outage_error_locked(call))
             else:
                 keep.append(call)
-        self._queue = keep
+        self._table.queued = keep
 
     def _renew_locked(self, st: _LeaseState) -> None:
         if st.status != _HELD or st.renewing:
@@ -1802,9 +1769,16 @@ class Client:
             if not rep.get("ok", False):
                 self._last_error = "keylockd: " + str(rep.get("message", rep.get("error")))
             return
-        call = self._calls.pop(rid, None)
+        call = self._table.sent.get(rid)
         if call is None:
             return  # reply to a call its caller gave up on, or to a noreply release
+        self._on_reply_locked(call, rep)
+        # Taken off the wire only once handled: a reader interrupted mid-way (_lead) leaves it
+        # for the drop that follows to settle.
+        if self._table.sent.get(rid) is call:
+            del self._table.sent[rid]
+
+    def _on_reply_locked(self, call: _Call, rep: dict) -> None:
         ok = rep.get("ok") is True
         op = call.op
         if op == "acquire":
@@ -1865,8 +1839,8 @@ class Client:
         if code == "shutting_down":
             # The daemon is stopping: wait for the next one with what is left of the wait.
             self._draining = True
-            call.state = _QUEUED
-            self._queue.append(call)
+            self._table.forget(call)
+            self._table.queue(call)
             return
         if code == "timeout":
             self._complete_locked(
@@ -2025,8 +1999,7 @@ class Client:
                     self._health_at = time.monotonic() + self._health_check_interval
                 self._current = index
                 self._server_version = str(rep.get("version", ""))
-                queue, self._queue = self._queue, []
-                for call in queue:
+                for call in self._table.take_queued():
                     self._submit_locked(call)
             self._state_cv.notify_all()
         if self._closed:
@@ -2045,8 +2018,7 @@ class Client:
                 # First attempt (or first since fork / since the last failed first attempt):
                 # report to everyone waiting for it, do not retry on our own.
                 self._state = _IDLE
-                queue, self._queue = self._queue, []
-                for call in queue:
+                for call in self._table.take_queued():
                     self._complete_locked(call, error=cls(message, code))
             else:
                 self._schedule_reconnect_locked()
@@ -2073,35 +2045,23 @@ class Client:
             # The daemon released every lease of this connection.
             for st in list(self._leases.values()):
                 self._lose_locked(st, "connection_lost", self._last_error)
-            requeue: List[_Call] = []
-            now = time.monotonic()
-            for cid in sorted(self._calls):
-                call = self._calls[cid]
-                if call.done or not call.user:
-                    continue  # abandoned, or internal (renewals, cancels)
-                if call.op == "acquire":
-                    # The daemon dropped it with the connection: send it again if its wait has
-                    # time left.
-                    if call.wait_until is not None and call.wait_until <= now:
-                        self._complete_locked(
-                            call,
-                            error=ConnectionError(
-                                f"keylock: {_label(_call_keys(call.fields))} not acquired within "
-                                f"{call.wait:g} s, and not because it is busy: "
-                                f"{self._last_error}"
-                            ),
-                        )
-                    else:
-                        call.state = _QUEUED
-                        requeue.append(call)
-                elif call.op == "release":
-                    self._complete_locked(call, {})  # dropped with the connection: released
-                elif call.op == "extend" and call.lease is not None:
-                    self._complete_locked(call, error=self._not_held_error(call.lease))
+            for call, outcome in self._table.after_drop(time.monotonic()):
+                if outcome == RESEND:
+                    continue  # queued again: sent on the next connection with its wait left
+                if outcome == WAIT_OVER:
+                    error: Optional[Error] = ConnectionError(
+                        f"keylock: {_label(_call_keys(call.fields))} not acquired within "
+                        f"{call.wait:g} s, and not because it is busy: {self._last_error}"
+                    )
+                elif outcome == RELEASED:
+                    self._complete_locked(call, {})
+                    continue
+                elif outcome == LEASE_LOST:
+                    error = self._not_held_error(call.lease)
                 else:
-                    self._complete_locked(call, error=cls(self._last_error))
-            self._calls.clear()
-            self._queue = requeue + self._queue
+                    assert outcome == FAILED
+                    error = cls(self._last_error)
+                self._complete_locked(call, error=error)
             # Failover: the next round starts with the next daemon; the lost one comes last.
             self._next = (self._current + 1) % len(self._servers)
             if not self._closed:

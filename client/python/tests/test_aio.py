@@ -166,7 +166,7 @@ def test_an_unanswered_async_call_is_connection_error_and_a_cancelled_one_drops_
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert client.sync._calls == {}  # withdrawn: its answer would match nothing
+            assert client.sync._table.sent == {}  # withdrawn: its answer would match nothing
             with pytest.raises(keylock.ConnectionError, match="no reply"):
                 await client.ping()
         finally:

@@ -1,8 +1,39 @@
-"""The Python client's pure pieces, without a daemon: frame reader, deadline heap, backoff."""
+"""The Python client's pure pieces, without a daemon: frame reader, call table (the request
+multiplexer), deadline heap, backoff."""
 
+import json
 import random
 
-from keylock._core import Backoff, DeadlineHeap, FrameReader
+from keylock._core import (
+    FAILED,
+    LEASE_LOST,
+    RELEASED,
+    RESEND,
+    WAIT_OVER,
+    Backoff,
+    CallTable,
+    DeadlineHeap,
+    FrameReader,
+)
+
+
+class Call:
+    """What CallTable needs of a call (client.py's _Call has more)."""
+
+    def __init__(self, op, fields, user=True, wait_until=None, lease=None):
+        self.op, self.fields, self.user = op, fields, user
+        self.members = None
+        self.id = 0
+        self.state = CallTable.QUEUED
+        self.sent_at = 0.0
+        self.wait_until = wait_until
+        self.done = False
+        self.lease = lease
+
+
+def frame(data):
+    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    return json.loads(data)
 
 
 def test_frame_reader_splits_across_reads_strips_cr_and_skips_empty_lines():
@@ -54,3 +85,72 @@ def test_backoff_draws_from_the_upper_half_of_a_doubling_capped_ceiling_and_rese
         assert ceiling / 2 <= d <= ceiling, (ceiling, d)
     b.reset()
     assert 0.05 <= b.next() <= 0.1
+
+
+def test_call_table_numbers_requests_and_makes_their_frames():
+    t = CallTable()
+    ping = Call("ping", {})
+    assert frame(t.send(ping, now=5.0)) == {"op": "ping", "id": 1}
+    acq = Call("acquire", {"key": "k\u00e9\"", "ttl_ms": 30000, "limit": 1}, wait_until=7.0)
+    got = frame(t.send(acq, now=5.0))
+    assert got == {"op": "acquire", "id": 2, "key": "k\u00e9\"", "ttl_ms": 30000, "limit": 1,
+                   "wait_ms": 2000}
+    assert frame(t.noreply_release("k", 9)) == {
+        "op": "release", "id": 3, "key": "k", "token": 9, "noreply": True}
+    assert t.sent == {1: ping, 2: acq} and ping.state == acq.state == CallTable.SENT
+    # Sent again (after a drop), an acquire asks only for what is left of its wait.
+    assert frame(t.send(acq, now=6.5))["wait_ms"] == 500
+    assert frame(t.send(acq, now=9.0))["wait_ms"] == 0
+
+
+def test_call_table_matches_answers_and_forgets_calls_given_up_on():
+    t = CallTable()
+    a, b, q = Call("ping", {}), Call("inspect", {"key": "k"}), Call("stats", {})
+    t.send(a, 0.0)
+    t.send(b, 0.0)
+    t.queue(q)
+    assert t.answered(a.id) is a and t.answered(a.id) is None  # an answer matches once
+    t.forget(b)
+    t.forget(q)
+    assert t.answered(b.id) is None and t.sent == {} and t.queued == []
+
+
+def test_call_table_after_a_drop_resends_acquires_with_wait_left_and_settles_the_rest():
+    t = CallTable()
+    earlier = Call("acquire", {"key": "q"})
+    t.queue(earlier)  # waiting for a connection already
+    rel = Call("release", {"key": "r", "token": 1})
+    no_wait = Call("acquire", {"key": "a"})
+    over = Call("acquire", {"key": "b"}, wait_until=10.0)
+    left = Call("acquire", {"key": "c"}, wait_until=30.0)
+    ext = Call("extend", {"key": "d"}, lease=object())
+    ping = Call("ping", {})
+    renewal = Call("extend", {"key": "e"}, user=False, lease=object())
+    given_up = Call("acquire", {"key": "f"})
+    given_up.done = True
+    for c in (rel, no_wait, over, left, ext, ping, renewal, given_up):
+        t.send(c, 0.0)
+    outcomes = t.after_drop(now=20.0)
+    assert outcomes == [
+        (rel, RELEASED), (no_wait, RESEND), (over, WAIT_OVER), (left, RESEND),
+        (ext, LEASE_LOST), (ping, FAILED),
+    ]
+    assert t.sent == {}
+    # Re-sent acquires go out first, in their order, then those queued before the drop.
+    assert t.queued == [no_wait, left, earlier]
+    assert all(c.state == CallTable.QUEUED for c in t.queued)
+    assert t.take_queued() == [no_wait, left, earlier] and t.queued == []
+
+
+def test_call_table_awaiting_acquire_and_take_all():
+    t = CallTable()
+    assert not t.awaiting_acquire()
+    ping, acq, queued = Call("ping", {}), Call("acquire", {"key": "k"}), Call("stats", {})
+    t.send(ping, 0.0)
+    assert not t.awaiting_acquire()
+    t.send(acq, 0.0)
+    assert t.awaiting_acquire()
+    acq.done = True
+    assert not t.awaiting_acquire()
+    t.queue(queued)
+    assert t.take_all() == [ping, acq, queued] and t.sent == {} and t.queued == []
