@@ -2,9 +2,10 @@
 
 Client (client.py) is the glue: it feeds what it reads to a FrameReader, keeps its requests in
 a CallTable (the multiplexer: request ids, frames, what is on the wire and what waits for a
-connection, and what becomes of each when a connection ends), keeps the leases' renewal and
-expiry times in a DeadlineHeap, and asks a Backoff how long to wait before reconnecting. Each
-is unit-tested without a daemon in tests/test_core.py.
+connection, and what becomes of each when a connection ends), keeps its leases in a LeaseBook
+(the lease and renewal manager: when each is renewed and when it runs out here, over a
+DeadlineHeap, and the reentrant holds), and asks a Backoff how long to wait before
+reconnecting. Each is unit-tested without a daemon in tests/test_core.py.
 """
 
 import heapq
@@ -12,7 +13,9 @@ import itertools
 import json
 import math
 import random
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Tuple
+
+from .errors import NotHeld, ReentrancyError
 
 _decode = json.JSONDecoder().decode
 # One encoder for every frame: json.dumps with arguments builds a new one per call.
@@ -243,3 +246,122 @@ class CallTable:
         self.sent = {}
         self.queued = resend + self.queued
         return outcomes
+
+
+def label(keys: Iterable[str]) -> str:
+    """How messages name a lock: 'k' for one key, {'a', 'b'} for a set."""
+    keys = list(keys)
+    if len(keys) == 1:
+        return repr(keys[0])
+    return "{" + ", ".join(repr(k) for k in keys) + "}"
+
+
+# Lease status, and the two kinds of a lease's deadline.
+HELD, RELEASED, LOST = "held", "released", "lost"
+RENEW, EXPIRY = 0, 1
+
+
+class LeaseBook:
+    """The lease and renewal manager's book. It holds the leases by token, knows when each is
+    next renewed (ttl/3 after the daemon last confirmed it, for auto_extend leases) and when it
+    runs out here (ttl after that), and keeps the reentrant holds by holder.
+
+    Leases are duck-typed, as client.py's _LeaseState: ``token``, ``keys``, ``mode``,
+    ``status``, ``ttl``, ``auto_extend``, ``renewing``, ``renew_at``, ``expires_at``,
+    ``reentrant``, ``depth``, ``holder``, ``lost_message``."""
+
+    def __init__(self) -> None:
+        self.held: Dict[int, Any] = {}
+        self._holds: Dict[Any, List[Tuple[FrozenSet[str], Any]]] = {}
+        self._deadlines = DeadlineHeap(self._live)
+
+    def _live(self, when: float, kind: int, token: int) -> bool:
+        st = self.held.get(token)
+        if st is None:
+            return False
+        return (st.renew_at if kind == RENEW else st.expires_at) == when
+
+    def add(self, st: Any, since: float) -> None:
+        """A lease granted at ``since`` (its ttl counts from there)."""
+        self.held[st.token] = st
+        self.confirmed(st, since, st.ttl)
+
+    def confirmed(self, st: Any, since: float, ttl: float) -> None:
+        """The daemon holds ``st`` until at least since + ttl: its local expiry moves there, and
+        its next renewal to since + ttl/3."""
+        st.expires_at = since + ttl
+        self._deadlines.push(st.expires_at, EXPIRY, st.token)
+        if st.auto_extend and not st.renewing:
+            st.renew_at = since + max(ttl / 3, 0.001)
+            self._deadlines.push(st.renew_at, RENEW, st.token)
+
+    def forget(self, st: Any, status: str) -> None:
+        """Takes ``st`` out: it is no longer renewed nor runs out here."""
+        st.status = status
+        st.renew_at = st.expires_at = None
+        self.held.pop(st.token, None)
+
+    def earliest(self) -> Optional[float]:
+        return self._deadlines.earliest()
+
+    def due(self, now: float) -> List[Tuple[int, Any]]:
+        """(RENEW or EXPIRY, lease) for every deadline that came by ``now``, earliest first. A
+        RENEW clears the lease's renew_at (the renewal is to be sent)."""
+        out = []
+        for _, kind, token in self._deadlines.pop_due(now):
+            st = self.held[token]
+            if kind == RENEW:
+                st.renew_at = None
+            out.append((kind, st))
+        return out
+
+    # ---- reentrant holds ----------------------------------------------------------------
+
+    def enter_held(self, holder: Any, keys: FrozenSet[str], mode: str) -> Optional[Any]:
+        """A reentrant acquire by ``holder``: its lease over exactly ``keys`` with one more
+        hold, or None when no lease of this holder shares a key with them. Raises
+        ReentrancyError on a mode or set mismatch, NotHeld when the held lease was lost."""
+        for held_keys, st in self._holds.get(holder, ()):
+            if held_keys == keys:
+                if st.mode != mode:
+                    raise ReentrancyError(
+                        f"keylock: cannot nest a {mode} hold of {label(st.keys)} inside "
+                        f"this thread's {st.mode} hold of it"
+                    )
+                if st.status == LOST:
+                    raise NotHeld(
+                        f"keylock: the enclosing hold of {label(st.keys)} was lost: "
+                        f"{st.lost_message}"
+                    )
+                st.depth += 1
+                return st
+            if held_keys & keys:
+                raise ReentrancyError(
+                    f"keylock: cannot nest an acquire of {label(sorted(keys))} inside this "
+                    f"thread's hold of {label(st.keys)}: nested sets of keys must be equal"
+                )
+        return None
+
+    def add_hold(self, holder: Any, keys: FrozenSet[str], st: Any) -> None:
+        """``st``, just granted to a reentrant acquire, is ``holder``'s first hold of it."""
+        st.holder = holder
+        self._holds.setdefault(holder, []).append((keys, st))
+
+    def leave_held(self, st: Any) -> bool:
+        """Ends one hold of ``st``. True when it was the last (or only) one: the lease is to be
+        released. False while an enclosing hold of the same holder remains."""
+        if not st.reentrant:
+            return True
+        st.depth -= 1
+        if st.depth > 0:
+            return False
+        self.drop_holds(st)
+        return True
+
+    def drop_holds(self, st: Any) -> None:
+        """Forgets every hold of ``st`` (its acquire was abandoned, or its last hold ended)."""
+        held = self._holds.get(st.holder)
+        if held is not None:
+            held[:] = [entry for entry in held if entry[1] is not st]
+            if not held:
+                del self._holds[st.holder]

@@ -63,14 +63,18 @@ from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Option
 
 from ._core import (
     FAILED,
+    HELD,
     LEASE_LOST,
+    LOST,
     RELEASED,
+    RENEW,
     RESEND,
     WAIT_OVER,
     Backoff,
     CallTable,
-    DeadlineHeap,
     FrameReader,
+    LeaseBook,
+    label,
 )
 from ._core import encode as _encode
 from ._core import json_str as _json_str
@@ -81,7 +85,6 @@ from .errors import (
     Error,
     NotHeld,
     ProtocolError,
-    ReentrancyError,
     Timeout,
     error_from_reply,
 )
@@ -105,7 +108,7 @@ _LEAD_WINDOW = 0.05
 _IDLE_WATCH_LAG = 0.005
 
 # Lease status.
-_HELD, _RELEASED, _LOST = "held", "released", "lost"
+_HELD, _RELEASED, _LOST = HELD, RELEASED, LOST
 # Connection state.
 _IDLE = "idle"  # never connected, after a failed first attempt, or in a fresh fork child
 _CONNECTING = "connecting"  # first attempt requested: callers wait for its outcome
@@ -113,8 +116,8 @@ _READY = "ready"
 _RECONNECTING = "reconnecting"  # an established connection dropped: retry with backoff
 # Call state.
 _QUEUED, _SENT = CallTable.QUEUED, CallTable.SENT
-# Deadline kinds.
-_RENEW, _EXPIRY = 0, 1
+# Deadline kinds (LeaseBook.due).
+_RENEW = RENEW
 # Lock modes, as on the wire.
 EXCLUSIVE, SHARED = "exclusive", "shared"
 
@@ -226,11 +229,7 @@ def _ms(seconds: float, what: str, minimum: int) -> int:
     return ms
 
 
-def _label(keys) -> str:
-    """How messages name a lock: 'k' for one key, {'a', 'b'} for a set."""
-    if len(keys) == 1:
-        return repr(keys[0])
-    return "{" + ", ".join(repr(k) for k in keys) + "}"
+_label = label
 
 
 def _call_keys(fields: Dict[str, Any]) -> Tuple[str, ...]:
@@ -932,8 +931,7 @@ class Client:
         if call.reentrant:
             holder = _holder_id()
             with self._mu:
-                st.holder = holder
-                self._reentries.setdefault(holder, []).append((frozenset(keys), st))
+                self._leases.add_hold(holder, frozenset(keys), st)
         return Lease(self, st)
 
     def _cancel_acquire(self, call: _Call) -> None:
@@ -972,11 +970,7 @@ class Client:
                 st = call.lease
                 if st is not None and st.status == _HELD and call.error is None:
                     if st.reentrant:
-                        held = self._reentries.get(st.holder)
-                        if held is not None:
-                            held[:] = [entry for entry in held if entry[1] is not st]
-                            if not held:
-                                del self._reentries[st.holder]
+                        self._leases.drop_holds(st)
                     self._forget_locked(st, _RELEASED)
                     self._send_release_locked(st.key, st.token)
         self._flush()
@@ -988,41 +982,12 @@ class Client:
         self._check_pid()
         holder = _holder_id()
         with self._mu:
-            for held_keys, st in self._reentries.get(holder, ()):
-                if held_keys == keys:
-                    if st.mode != mode:
-                        raise ReentrancyError(
-                            f"keylock: cannot nest a {mode} hold of {_label(st.keys)} inside "
-                            f"this thread's {st.mode} hold of it"
-                        )
-                    if st.status == _LOST:
-                        raise NotHeld(
-                            f"keylock: the enclosing hold of {_label(st.keys)} was lost: "
-                            f"{st.lost_message}"
-                        )
-                    st.depth += 1
-                    return st
-                if held_keys & keys:
-                    raise ReentrancyError(
-                        f"keylock: cannot nest an acquire of {_label(sorted(keys))} inside this "
-                        f"thread's hold of {_label(st.keys)}: nested sets of keys must be equal"
-                    )
-        return None
+            return self._leases.enter_held(holder, keys, mode)
 
     def _leave_held_locked(self, st: _LeaseState) -> bool:
         """Ends one hold of ``st``. True when it was the last (or only) one: the lease is to be
         released. False when an enclosing reentrant holder still holds it."""
-        if not st.reentrant:
-            return True
-        st.depth -= 1
-        if st.depth > 0:
-            return False
-        held = self._reentries.get(st.holder)
-        if held is not None:
-            held[:] = [entry for entry in held if entry[1] is not st]
-            if not held:
-                del self._reentries[st.holder]
-        return True
+        return self._leases.leave_held(st)
 
     def ping(self) -> float:
         """Round trip of one ``ping``, in seconds. Raises ConnectionError."""
@@ -1064,7 +1029,7 @@ class Client:
                 return
             self._closed = True
             error = "keylock: the client is closed"
-            for st in list(self._leases.values()):
+            for st in list(self._leases.held.values()):
                 self._lose_locked(st, "client_closed", error)
             self._fail_all_locked(lambda: ConnectionError(error))
             self._state_cv.notify_all()
@@ -1105,11 +1070,8 @@ class Client:
         self._out: List[bytes] = []  # frames not yet handed to sendall, in order
         self._flushing = False  # some thread is draining _out
         self._table = CallTable()  # requests: on the wire, and waiting for a connection
-        self._leases: Dict[int, _LeaseState] = {}  # held, by token
-        # Reentrant leases by holder (_holder_id()), with their keys; a few per holder at most.
-        self._reentries: Dict[Tuple[int, Any], List[Tuple[FrozenSet[str], _LeaseState]]] = {}
-        # Renewals and local expiries of _leases: (when, _RENEW or _EXPIRY, token).
-        self._deadlines = DeadlineHeap(self._deadline_live)
+        # Held leases by token, their renewal and local expiry times, the reentrant holds.
+        self._leases = LeaseBook()
         self._draining = False  # the daemon said shutting_down: no acquire goes out
         self._reconnect_at: Optional[float] = None
         # Outages: since when no connection has been ready (set when one drops), and whether
@@ -1143,7 +1105,7 @@ class Client:
         """In a fork child: forget the parent's connection, calls and leases. The inherited
         socket is closed without shutdown(), which would end the parent's connection too."""
         why = "keylock: inherited across fork: the lease belongs to the parent process"
-        for st in self._leases.values():
+        for st in self._leases.held.values():
             st.status = _LOST
             st.lost_message = why
         sock = self._sock
@@ -1520,9 +1482,7 @@ class Client:
 
     def _forget_locked(self, st: _LeaseState, status: str) -> None:
         """Takes the lease out of the renewal machinery: no renewal of it is queued after."""
-        st.status = status
-        st.renew_at = st.expires_at = None
-        self._leases.pop(st.token, None)
+        self._leases.forget(st, status)
 
     def _lose_locked(self, st: _LeaseState, reason: str, message: str) -> None:
         if st.status != _HELD:
@@ -1537,11 +1497,7 @@ class Client:
     def _confirmed_locked(self, st: _LeaseState, since: float, ttl: float) -> None:
         """The daemon holds the lease until at least since + ttl: move the local expiry there
         and schedule the next renewal at since + ttl/3."""
-        st.expires_at = since + ttl
-        self._deadlines.push(st.expires_at, _EXPIRY, st.token)
-        if st.auto_extend and not st.renewing:
-            st.renew_at = since + max(ttl / 3, 0.001)
-            self._deadlines.push(st.renew_at, _RENEW, st.token)
+        self._leases.confirmed(st, since, ttl)
 
     # ---- completing calls (I/O thread, or a thread failing everything) ---------------------
 
@@ -1621,15 +1577,8 @@ class Client:
                     self._read(sock)
             self._housekeeping()
 
-    def _deadline_live(self, when: float, kind: int, token: int) -> bool:
-        """Whether a _deadlines entry is its lease's current renewal or expiry time."""
-        st = self._leases.get(token)
-        if st is None:
-            return False
-        return (st.renew_at if kind == _RENEW else st.expires_at) == when
-
     def _next_timeout_locked(self, now: float) -> Optional[float]:
-        when = self._deadlines.earliest()
+        when = self._leases.earliest()
         if self._state == _RECONNECTING and self._reconnect_at is not None:
             when = self._reconnect_at if when is None else min(when, self._reconnect_at)
         if self._down_since is not None and not self._outage:
@@ -1649,10 +1598,8 @@ class Client:
                     self._forget_locked(st, _RELEASED)
                     self._send_release_locked(st.key, st.token)
             now = time.monotonic()
-            for _, kind, token in self._deadlines.pop_due(now):
-                st = self._leases[token]
+            for kind, st in self._leases.due(now):
                 if kind == _RENEW:
-                    st.renew_at = None
                     self._renew_locked(st)
                 else:
                     self._send_release_locked(st.key, st.token)  # in case it was merely slow
@@ -1689,7 +1636,7 @@ class Client:
             self._heard = False  # the next tick looks at what this interval brings
         elif self._ping_out:
             return self._sock
-        elif self._leases or self._table.awaiting_acquire():
+        elif self._leases.held or self._table.awaiting_acquire():
             self._ping_out = True
             self._write_locked(_Call("ping", {}, user=False))
         return None
@@ -1759,7 +1706,7 @@ class Client:
     def _on_frame_locked(self, rep: dict) -> None:
         if "event" in rep:
             if rep.get("event") == "expired":
-                st = self._leases.get(rep.get("token"))
+                st = self._leases.held.get(rep.get("token"))
                 if st is not None:
                     self._lose_locked(st, "expired", "the daemon expired the lease (ttl ran out)")
             return  # unknown events are ignored (PROTOCOL.md)
@@ -1824,9 +1771,8 @@ class Client:
                 call.fields.get("mode", EXCLUSIVE),
                 call.reentrant,
             )
-            self._leases[token] = st
             # The grant happened at most one one-way trip ago: count the ttl from its arrival.
-            self._confirmed_locked(st, time.monotonic(), ttl)
+            self._leases.add(st, time.monotonic())
             call.lease = st
             self._complete_locked(call, rep)
             return
@@ -2043,7 +1989,7 @@ class Client:
             if self._down_since is None:
                 self._down_since = time.monotonic()
             # The daemon released every lease of this connection.
-            for st in list(self._leases.values()):
+            for st in list(self._leases.held.values()):
                 self._lose_locked(st, "connection_lost", self._last_error)
             for call, outcome in self._table.after_drop(time.monotonic()):
                 if outcome == RESEND:

@@ -1,20 +1,28 @@
 """The Python client's pure pieces, without a daemon: frame reader, call table (the request
-multiplexer), deadline heap, backoff."""
+multiplexer), lease book (the lease and renewal manager), deadline heap, backoff."""
 
 import json
 import random
 
+import pytest
+
 from keylock._core import (
+    EXPIRY,
     FAILED,
+    HELD,
     LEASE_LOST,
+    LOST,
     RELEASED,
+    RENEW,
     RESEND,
     WAIT_OVER,
     Backoff,
     CallTable,
     DeadlineHeap,
     FrameReader,
+    LeaseBook,
 )
+from keylock.errors import NotHeld, ReentrancyError
 
 
 class Call:
@@ -154,3 +162,74 @@ def test_call_table_awaiting_acquire_and_take_all():
     assert not t.awaiting_acquire()
     t.queue(queued)
     assert t.take_all() == [ping, acq, queued] and t.sent == {} and t.queued == []
+
+
+class Lease:
+    """What LeaseBook needs of a lease (client.py's _LeaseState has more)."""
+
+    def __init__(self, token, ttl, keys=("k",), auto_extend=True, mode="exclusive",
+                 reentrant=False):
+        self.token, self.ttl, self.keys, self.mode = token, ttl, keys, mode
+        self.auto_extend, self.reentrant = auto_extend, reentrant
+        self.status = HELD
+        self.renewing = False
+        self.renew_at = self.expires_at = None
+        self.depth = 1
+        self.holder = None
+        self.lost_message = ""
+
+
+def test_lease_book_renews_at_a_third_of_the_ttl_and_expires_at_the_ttl():
+    book = LeaseBook()
+    a = Lease(1, ttl=30.0)
+    fixed = Lease(2, ttl=6.0, auto_extend=False)
+    book.add(a, since=100.0)
+    book.add(fixed, since=100.0)
+    assert book.earliest() == 106.0  # fixed's expiry; a is renewed at 110
+    assert book.due(105.9) == []
+    assert book.due(110.0) == [(EXPIRY, fixed), (RENEW, a)]
+    assert a.renew_at is None  # its renewal is to be sent
+    # The daemon confirms a's renewal, sent at 110: it lasts until 140, renewed again at 120.
+    book.confirmed(a, since=110.0, ttl=30.0)
+    assert book.due(119.9) == [] and book.earliest() == 120.0
+    # The first expiry (130) was superseded by the confirmation: only the new ones come.
+    assert book.due(135.0) == [(RENEW, a)]
+
+
+def test_lease_book_forgets_a_lease_with_its_deadlines():
+    book = LeaseBook()
+    a = Lease(1, ttl=3.0)
+    book.add(a, since=0.0)
+    book.forget(a, RELEASED)
+    assert a.status == RELEASED and book.held == {}
+    assert book.due(1000.0) == [] and book.earliest() is None
+
+
+def test_lease_book_counts_reentrant_holds_and_refuses_mismatched_nesting():
+    book = LeaseBook()
+    me, other = ("thread", 1), ("thread", 2)
+    ab = frozenset({"a", "b"})
+    assert book.enter_held(me, ab, "exclusive") is None  # no hold yet: the daemon is asked
+    st = Lease(7, ttl=30.0, keys=("a", "b"), reentrant=True)
+    book.add(st, 0.0)
+    book.add_hold(me, ab, st)
+    assert book.enter_held(me, ab, "exclusive") is st and st.depth == 2
+    assert book.enter_held(other, ab, "exclusive") is None  # another holder queues as usual
+    with pytest.raises(ReentrancyError, match="shared hold"):
+        book.enter_held(me, ab, "shared")
+    with pytest.raises(ReentrancyError, match="must be equal"):
+        book.enter_held(me, frozenset({"a"}), "exclusive")
+    assert not book.leave_held(st)  # the inner hold: the lease stays
+    assert book.leave_held(st)  # the last: release it
+    assert book.enter_held(me, ab, "exclusive") is None  # forgotten with its last hold
+
+
+def test_lease_book_a_lost_enclosing_hold_refuses_a_nested_one():
+    book = LeaseBook()
+    st = Lease(3, ttl=30.0, reentrant=True)
+    book.add(st, 0.0)
+    book.add_hold("me", frozenset({"k"}), st)
+    st.lost_message = "ttl ran out"
+    book.forget(st, LOST)
+    with pytest.raises(NotHeld, match="ttl ran out"):
+        book.enter_held("me", frozenset({"k"}), "exclusive")

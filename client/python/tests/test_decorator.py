@@ -155,7 +155,7 @@ def test_a_lease_lost_while_the_function_runs_raises_not_held(make_client):
         token = other.inspect("stolen").holders[0].token
         # Anyone who knows key and token may release (PROTOCOL.md); the next renewal is refused.
         other._request("release", {"key": "stolen", "token": token})
-        wait_for(lambda: not c._leases, what="the refused renewal")
+        wait_for(lambda: not c._leases.held, what="the refused renewal")
         return "done"
 
     with pytest.raises(keylock.NotHeld):
