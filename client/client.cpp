@@ -10,11 +10,11 @@
 // queued acquires, connect timeouts and reconnect backoff.
 #include "keylock/client.hpp"
 
-#include "keylock/codec.hpp"
-
 #include "core/backoff.hpp"
+#include "core/call_table.hpp"
 #include "core/deadline_queue.hpp"
 #include "core/frame_reader.hpp"
+#include "keylock/codec.hpp"
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -288,8 +288,6 @@ struct waiter {
   }
 };
 
-enum class call_state : std::uint8_t { queued, sent };
-
 // The key that names a request's lock in release/extend: `key`, or the first of `keys` (the
 // daemon takes any member of a set).
 const std::string& first_key(const request& req) {
@@ -314,6 +312,11 @@ struct pending {
   bool reentrant = false;
   bool auto_extend = false;
   std::function<void(const lease_lost&)> on_lost;
+
+  // What call_table needs to know.
+  bool user() const { return w != nullptr; }
+  bool is_acquire() const { return req.kind == op::acquire; }
+  bool is_release() const { return req.kind == op::release; }
 };
 
 enum class conn_state : std::uint8_t {
@@ -530,9 +533,8 @@ class client_impl {
       complete(w, outage_error(quote_keys(keys)));
       return;
     }
-    const std::uint64_t id = next_id_++;
+    auto [id, p] = calls_.add();
     slot.id = id;
-    pending& p = calls_[id];
     p.w = &w;
     p.req.kind = op::acquire;
     p.req.id = id;
@@ -573,13 +575,12 @@ class client_impl {
   // I/O thread: the stop of an acquire was requested.
   void cancel_acquire(cancel_slot& slot) {
     slot.cancelled = true;
-    const auto it = calls_.find(slot.id);
-    if (slot.id == 0 || it == calls_.end() || it->second.w == nullptr) return;
-    pending& p = it->second;
+    pending* found = slot.id == 0 ? nullptr : calls_.find(slot.id);
+    if (found == nullptr || found->w == nullptr) return;
+    pending& p = *found;
     waiter& w = *p.w;
     if (p.state == call_state::queued) {  // never sent: nothing to withdraw
-      pending done = std::move(p);
-      calls_.erase(it);
+      pending done = std::move(*calls_.take(slot.id));
       cancel_deadline(done.timeout);
       complete(w, cancelled_error(done.label));
       return;
@@ -806,8 +807,7 @@ class client_impl {
   }
 
   pending& new_user_call(waiter& w, op kind) {
-    const std::uint64_t id = next_id_++;
-    pending& p = calls_[id];
+    auto [id, p] = calls_.add();
     p.w = &w;
     p.req.kind = kind;
     p.req.id = id;
@@ -817,8 +817,7 @@ class client_impl {
   }
 
   std::uint64_t new_internal_call(op kind) {
-    const std::uint64_t id = next_id_++;
-    pending& p = calls_[id];
+    auto [id, p] = calls_.add();
     p.req.kind = kind;
     p.req.id = id;
     p.req.set(field::id);
@@ -836,23 +835,14 @@ class client_impl {
     if (can_send(p)) {
       write(p);
     } else {
-      queue_.push_back(id);
+      calls_.queue(id);
     }
   }
 
   // Sends every queued call that may go now, in submission order.
   void pump() {
-    std::deque<std::uint64_t> keep;
-    for (const std::uint64_t id : queue_) {
-      const auto it = calls_.find(id);
-      if (it == calls_.end() || it->second.state != call_state::queued) continue;
-      if (can_send(it->second)) {
-        write(it->second);
-      } else {
-        keep.push_back(id);
-      }
-    }
-    queue_.swap(keep);
+    calls_.pump([this](const pending& p) { return can_send(p); },
+                [this](std::uint64_t, pending& p) { write(p); });
   }
 
   void write(pending& p) {
@@ -961,10 +951,9 @@ class client_impl {
       }
       return;
     }
-    const auto it = calls_.find(*rep.id);
-    if (it == calls_.end()) return;  // reply to a call that already timed out
-    pending p = std::move(it->second);
-    calls_.erase(it);
+    std::optional<pending> answered = calls_.take(*rep.id);
+    if (!answered) return;  // reply to a call that already timed out
+    pending p = std::move(*answered);
     cancel_deadline(p.timeout);
     switch (p.req.kind) {
       case op::hello:
@@ -1071,11 +1060,10 @@ class client_impl {
       // The daemon is stopping: wait for the next one, with what is left of the wait.
       state_ = conn_state::draining;
       const std::uint64_t id = p.req.id;
-      p.state = call_state::queued;
       p.past_wait = false;
       if (p.wait_until) p.timeout = add_deadline(*p.wait_until, deadline_kind::call, id);
-      calls_.emplace(id, std::move(p));
-      queue_.push_back(id);
+      calls_.put_back(id, std::move(p));
+      calls_.queue(id);
       return;
     }
     if (code_of(rep) == "timeout") {
@@ -1156,7 +1144,7 @@ class client_impl {
     if (state_ != conn_state::ready && state_ != conn_state::draining) return;
     request req;
     req.kind = op::release;
-    req.id = next_id_++;
+    req.id = calls_.take_id();
     req.key = key;
     req.token = token;
     req.noreply = true;
@@ -1339,45 +1327,34 @@ class client_impl {
     schedule_reconnect();
   }
 
-  // Settles the calls that were on the wire of a connection that is gone.
+  // Settles the calls that were on the wire of a connection that is gone (the rules are
+  // call_table::after_drop's).
   void drop_calls() {
-    std::vector<std::uint64_t> ids;
-    for (const auto& entry : calls_) ids.push_back(entry.first);
-    std::sort(ids.begin(), ids.end());
-    std::deque<std::uint64_t> queue;
-    for (const std::uint64_t id : ids) {
-      const auto it = calls_.find(id);
-      if (it == calls_.end()) continue;
-      pending& p = it->second;
-      const bool waiting_acquire = p.req.kind == op::acquire && p.w != nullptr;
-      if (p.state == call_state::queued || waiting_acquire) {
-        // Not sent yet, or an acquire the daemon dropped with the connection: send (again)
-        // on the next connection, if its wait has time left.
-        if (waiting_acquire && p.wait_until && *p.wait_until <= steady::now()) {
+    calls_.after_drop(steady::now(), [this](std::uint64_t, pending& p, drop_outcome outcome) {
+      switch (outcome) {
+        case drop_outcome::resend:  // with what is left of its wait, on the next connection
+          p.past_wait = false;
+          return;
+        case drop_outcome::wait_over:
           cancel_deadline(p.timeout);
           complete(*p.w, error_ptr<ConnectionError>(
                              "keylock: " + p.label + " not acquired within " +
                              std::to_string(p.wait.count()) + " ms, and not because it is " +
                              "busy: " + last_error_));
-          calls_.erase(it);
-          continue;
-        }
-        p.past_wait = false;
-        p.state = call_state::queued;
-        queue.push_back(id);
-        continue;
+          return;
+        case drop_outcome::released:
+          cancel_deadline(p.timeout);
+          complete(*p.w);  // the daemon dropped the lease with the connection
+          return;
+        case drop_outcome::failed:
+          cancel_deadline(p.timeout);
+          complete(*p.w, make_failure(failure_kind::connection, last_error_));
+          return;
+        case drop_outcome::forgotten:  // hello, renewals, internal releases, abandoned
+          cancel_deadline(p.timeout);
+          return;
       }
-      pending done = std::move(p);
-      calls_.erase(it);
-      cancel_deadline(done.timeout);
-      if (done.w == nullptr) continue;  // hello, renewals, internal releases, abandoned
-      if (done.req.kind == op::release) {
-        complete(*done.w);  // the daemon dropped the lease with the connection
-      } else {
-        complete(*done.w, make_failure(failure_kind::connection, last_error_));
-      }
-    }
-    queue_.swap(queue);
+    });
   }
 
   void schedule_reconnect() {
@@ -1396,17 +1373,14 @@ class client_impl {
     for (const auto& lease : held) {
       lose(lease, lost_reason::client_closed, "keylock: the client was closed");
     }
-    for (auto& entry : calls_) {
-      if (entry.second.w != nullptr) {
-        complete(*entry.second.w, error_ptr<ConnectionError>("keylock: the client is closed"));
-      }
-    }
+    calls_.clear([](std::uint64_t, pending& p) {
+      if (p.w != nullptr)
+        complete(*p.w, error_ptr<ConnectionError>("keylock: the client is closed"));
+    });
     if (connect_waiter_ != nullptr) {
       complete(*connect_waiter_, error_ptr<ConnectionError>("keylock: the client is closed"));
       connect_waiter_ = nullptr;
     }
-    calls_.clear();
-    queue_.clear();
     deadlines_.clear();
     timer_.cancel();
     work_.reset();
@@ -1461,7 +1435,7 @@ class client_impl {
         }
         return;
       case deadline_kind::call:
-        if (const auto it = calls_.find(due.ref); it != calls_.end()) it->second.timeout.reset();
+        if (pending* p = calls_.find(due.ref)) p->timeout.reset();
         return;
       case deadline_kind::connect:
         connect_timeout_.reset();
@@ -1542,25 +1516,19 @@ class client_impl {
   // Whether a dead connection would cost anything: a lease held, or an acquire at the daemon.
   bool at_stake() const {
     if (!leases_.empty()) return true;
-    return std::any_of(calls_.begin(), calls_.end(), [](const auto& entry) {
-      return entry.second.req.kind == op::acquire && entry.second.state == call_state::sent;
-    });
+    return calls_.any_of(
+        [](const pending& p) { return p.is_acquire() && p.state == call_state::sent; });
   }
 
   // Disconnected for connect_timeout: every waiting acquire fails, and every new one fails at
   // once, with ConnectionError until a connection is ready again.
   void begin_outage() {
     outage_ = true;
-    std::vector<std::uint64_t> ids;
-    for (const auto& [id, p] : calls_) {
-      if (p.req.kind == op::acquire && p.w != nullptr && p.state == call_state::queued) {
-        ids.push_back(id);
-      }
-    }
-    std::sort(ids.begin(), ids.end());  // in submission order
-    for (const std::uint64_t id : ids) {
-      pending done = std::move(calls_.at(id));
-      calls_.erase(id);
+    const std::vector<std::uint64_t> ids = calls_.ids_where([](const pending& p) {
+      return p.is_acquire() && p.user() && p.state == call_state::queued;
+    });
+    for (const std::uint64_t id : ids) {  // in submission order
+      pending done = std::move(*calls_.take(id));
       cancel_deadline(done.timeout);
       complete(*done.w, outage_error(done.label));
     }
@@ -1578,9 +1546,9 @@ class client_impl {
   }
 
   void on_call_timeout(std::uint64_t id) {
-    const auto it = calls_.find(id);
-    if (it == calls_.end() || it->second.w == nullptr) return;
-    pending& p = it->second;
+    pending* found = calls_.find(id);
+    if (found == nullptr || found->w == nullptr) return;
+    pending& p = *found;
     if (p.req.kind == op::acquire && p.state == call_state::sent) {
       if (!p.past_wait) {
         // The daemon answers its own wait timeout; this bounds a daemon that never does.
@@ -1600,8 +1568,7 @@ class client_impl {
       return;
     }
     // Take the call out before acting: lose() runs a user callback that may add calls.
-    pending done = std::move(p);
-    calls_.erase(it);
+    pending done = std::move(*calls_.take(id));
     const bool is_connected = state_ == conn_state::ready || state_ == conn_state::draining;
     if (done.req.kind == op::acquire) {  // queued: the wait ran out before it could be sent
       // Not contention (the daemon never judged the key busy): an outage, ConnectionError.
@@ -1661,9 +1628,7 @@ class client_impl {
   bool closing_ = false;
   conn_state state_ = conn_state::disconnected;
   std::uint64_t gen_ = 0;  // connection generation: handlers of older ones are ignored
-  std::uint64_t next_id_ = 1;
-  std::unordered_map<std::uint64_t, pending> calls_;
-  std::deque<std::uint64_t> queue_;  // ids waiting for a connection that may carry them
+  call_table<pending> calls_;  // requests by id, and those waiting for a connection
   std::unordered_map<std::uint64_t, std::shared_ptr<lease_state>> leases_;  // by token
   deadline_index deadlines_;
   std::optional<steady::time_point> armed_for_;

@@ -1,17 +1,24 @@
-// The C++ client's pure pieces, without sockets: frame reader, deadline queue, backoff.
+// The C++ client's pure pieces, without sockets: frame reader, call table (the request
+// multiplexer), deadline queue, backoff.
 #include "core/backoff.hpp"
+#include "core/call_table.hpp"
 #include "core/deadline_queue.hpp"
 #include "core/frame_reader.hpp"
 
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <optional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 using keylock::detail::backoff;
+using keylock::detail::call_state;
+using keylock::detail::call_table;
 using keylock::detail::deadline_queue;
+using keylock::detail::drop_outcome;
 using keylock::detail::frame_reader;
 using std::chrono::milliseconds;
 
@@ -114,4 +121,113 @@ TEST_CASE("backoff draws from the upper half of a doubling ceiling, capped, and 
   const auto first = b.next(engine);
   CHECK(first >= milliseconds(50));
   CHECK(first <= milliseconds(100));
+}
+
+namespace {
+
+// What call_table needs of a call (client.cpp's pending has much more).
+struct fake_call {
+  enum class kind { acquire, release, extend, ping } k = kind::ping;
+  bool waiting = true;  // a caller waits for it
+  call_state state = call_state::queued;
+  std::optional<fake_clock::time_point> wait_until;
+  std::string name;
+
+  bool user() const { return waiting; }
+  bool is_acquire() const { return k == kind::acquire; }
+  bool is_release() const { return k == kind::release; }
+};
+
+using table = call_table<fake_call, fake_clock>;
+
+std::uint64_t add(table& t, fake_call c, bool sent) {
+  auto [id, call] = t.add();
+  call = std::move(c);
+  if (sent) {
+    call.state = call_state::sent;
+  } else {
+    t.queue(id);
+  }
+  return id;
+}
+
+}  // namespace
+
+TEST_CASE("call_table numbers calls and sends the queued ones in order when they may go",
+          "[client][core]") {
+  table t;
+  const auto a = add(t, {fake_call::kind::acquire, true, {}, {}, "a"}, false);
+  const auto p = add(t, {fake_call::kind::ping, true, {}, {}, "p"}, false);
+  const auto b = add(t, {fake_call::kind::acquire, true, {}, {}, "b"}, false);
+  CHECK(a == 1);
+  CHECK(p == 2);
+  CHECK(b == 3);
+  CHECK(t.take_id() == 4);  // a noreply release's id: no call kept
+  CHECK(t.queued() == 3);
+  // Draining: only non-acquires may go; the acquires stay queued, in order.
+  std::vector<std::string> sent;
+  auto send = [&](std::uint64_t, fake_call& c) {
+    c.state = call_state::sent;
+    sent.push_back(c.name);
+  };
+  t.pump([](const fake_call& c) { return !c.is_acquire(); }, send);
+  CHECK(sent == std::vector<std::string>{"p"});
+  t.pump([](const fake_call&) { return true; }, send);
+  CHECK(sent == std::vector<std::string>{"p", "a", "b"});
+  CHECK(t.queued() == 0);
+  // An answer takes its call out once; a second answer to the same id finds nothing.
+  REQUIRE(t.take(p));
+  CHECK_FALSE(t.take(p));
+  CHECK(t.find(p) == nullptr);
+  CHECK(t.size() == 2);
+}
+
+TEST_CASE("call_table after a drop resends acquires with wait left and settles the rest",
+          "[client][core]") {
+  using kind = fake_call::kind;
+  const fake_clock::time_point t0{};
+  table t;
+  add(t, {kind::release, true, {}, {}, "release"}, true);
+  add(t, {kind::acquire, true, {}, {}, "no-wait"}, true);
+  add(t, {kind::acquire, true, {}, t0 + milliseconds(10), "wait-over"}, true);
+  add(t, {kind::acquire, true, {}, t0 + milliseconds(30), "wait-left"}, true);
+  add(t, {kind::extend, true, {}, {}, "extend"}, true);
+  add(t, {kind::extend, false, {}, {}, "renewal"}, true);
+  add(t, {kind::acquire, false, {}, {}, "abandoned"}, true);
+  add(t, {kind::extend, false, {}, {}, "queued-renewal"}, false);
+  std::vector<std::pair<std::string, drop_outcome>> seen;
+  t.after_drop(t0 + milliseconds(20),
+               [&](std::uint64_t, fake_call& c, drop_outcome o) { seen.emplace_back(c.name, o); });
+  const std::vector<std::pair<std::string, drop_outcome>> expected{
+      {"release", drop_outcome::released},    {"no-wait", drop_outcome::resend},
+      {"wait-over", drop_outcome::wait_over}, {"wait-left", drop_outcome::resend},
+      {"extend", drop_outcome::failed},       {"renewal", drop_outcome::forgotten},
+      {"abandoned", drop_outcome::forgotten}, {"queued-renewal", drop_outcome::resend},
+  };
+  CHECK(seen == expected);
+  // Only the resent stay, queued in submission order.
+  CHECK(t.size() == 3);
+  std::vector<std::string> order;
+  t.pump([](const fake_call&) { return true; },
+         [&](std::uint64_t, fake_call& c) { order.push_back(c.name); });
+  CHECK(order == std::vector<std::string>{"no-wait", "wait-left", "queued-renewal"});
+}
+
+TEST_CASE("call_table finds calls by a predicate, in submission order, and clears",
+          "[client][core]") {
+  using kind = fake_call::kind;
+  table t;
+  add(t, {kind::acquire, true, {}, {}, "q1"}, false);
+  add(t, {kind::acquire, true, {}, {}, "s"}, true);
+  add(t, {kind::ping, true, {}, {}, "p"}, false);
+  add(t, {kind::acquire, true, {}, {}, "q2"}, false);
+  CHECK(t.ids_where([](const fake_call& c) {
+    return c.is_acquire() && c.state == call_state::queued;
+  }) == std::vector<std::uint64_t>{1, 4});
+  CHECK(t.any_of([](const fake_call& c) { return c.state == call_state::sent; }));
+  std::vector<std::string> cleared;
+  t.clear([&](std::uint64_t, fake_call& c) { cleared.push_back(c.name); });
+  CHECK(cleared == std::vector<std::string>{"q1", "s", "p", "q2"});
+  CHECK(t.empty());
+  CHECK(t.queued() == 0);
 }
