@@ -95,36 +95,38 @@ void start_async_void(Start start, Handler handler) {
   });
 }
 
+// The asynchronous operation over `start` (see start_async_void), for `token`.
+template <class Start, class CompletionToken>
+auto async_void(Start start, CompletionToken&& token) {
+  return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
+      [start = std::move(start)](auto handler) mutable {
+        start_async_void(std::move(start), std::move(handler));
+      },
+      token);
+}
+
 }  // namespace detail
 
 // Releases `lease` as Lease::release(mode) does, completing with (exception_ptr): null, or
 // what release() would have thrown. The Lease is empty from the call on.
 template <class CompletionToken>
 auto async_release(Lease& lease, release_mode mode, CompletionToken&& token) {
-  return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
-      [&lease, mode](auto handler) {
-        detail::start_async_void(
-            [&lease, mode](std::function<void(std::exception_ptr)> done) {
-              lease.start_release(mode, std::move(done));
-            },
-            std::move(handler));
+  return detail::async_void(
+      [&lease, mode](std::function<void(std::exception_ptr)> done) {
+        lease.start_release(mode, std::move(done));
       },
-      token);
+      std::forward<CompletionToken>(token));
 }
 
 // Extends `lease` as Lease::extend(ttl) does, completing with (exception_ptr). The Lease must
 // outlive the initiation only (the operation keeps what it needs).
 template <class CompletionToken>
 auto async_extend(Lease& lease, std::chrono::milliseconds ttl, CompletionToken&& token) {
-  return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
-      [&lease, ttl](auto handler) {
-        detail::start_async_void(
-            [&lease, ttl](std::function<void(std::exception_ptr)> done) {
-              lease.start_extend(ttl, std::move(done));
-            },
-            std::move(handler));
+  return detail::async_void(
+      [&lease, ttl](std::function<void(std::exception_ptr)> done) {
+        lease.start_extend(ttl, std::move(done));
       },
-      token);
+      std::forward<CompletionToken>(token));
 }
 
 // Acquires `key` as Client::acquire does, completing with (exception_ptr, Lease).
