@@ -14,6 +14,7 @@
 #include "core/call_table.hpp"
 #include "core/deadline_queue.hpp"
 #include "core/frame_reader.hpp"
+#include "core/lease_book.hpp"
 #include "keylock/codec.hpp"
 
 #include <boost/asio/connect.hpp>
@@ -932,8 +933,9 @@ class client_impl {
   void on_frame(const reply& rep) {
     if (rep.type == reply::kind::event) {
       if (rep.event == "expired" && rep.token) {
-        if (const auto it = leases_.find(*rep.token); it != leases_.end()) {
-          lose(it->second, lost_reason::expired, "the daemon expired the lease (ttl ran out)");
+        if (auto lease = leases_.find(*rep.token)) {
+          lose(std::move(lease), lost_reason::expired,
+               "the daemon expired the lease (ttl ran out)");
         }
       }
       return;  // unknown events are ignored (PROTOCOL.md)
@@ -1041,7 +1043,7 @@ class client_impl {
       lease->ttl = milliseconds(rep.ttl_ms.value_or(p.req.ttl_ms));
       lease->auto_extend = p.auto_extend;
       lease->on_lost = std::move(p.on_lost);
-      leases_.emplace(lease->token, lease);
+      leases_.add(lease);
       // The grant happened at most one one-way trip ago: count the ttl from its arrival.
       confirmed(*lease, steady::now(), lease->ttl);
       {
@@ -1082,7 +1084,10 @@ class client_impl {
       if (p.w != nullptr) finish_lost_or_released(*p.w, *lease);
       return;
     }
-    if (rep.type == reply::kind::ok) {
+    const bool not_held = code_of(rep) == "not_held";
+    const extend_verdict verdict =
+        judge_extend(rep.type == reply::kind::ok, not_held, p.w != nullptr);
+    if (verdict == extend_verdict::confirmed) {
       const milliseconds ttl(rep.ttl_ms.value_or(p.req.ttl_ms));
       if (p.w != nullptr) lease->ttl = ttl;  // an explicit extend sets the ttl of renewals
       // The daemon extended at or after sent_at: the lease lasts at least until sent_at + ttl.
@@ -1090,18 +1095,13 @@ class client_impl {
       if (p.w != nullptr) complete(*p.w);
       return;
     }
-    const bool not_held = code_of(rep) == "not_held";
-    if (!not_held && p.w != nullptr) {
-      // An extend the daemon refused for another reason (a ttl above its max_ttl_ms, say) left
-      // the lease as it was: it stays held, and renewals go on with the ttl that worked.
-      complete(*p.w, error_from_reply(rep));
+    if (verdict == extend_verdict::refused_kept) {
+      complete(*p.w, error_from_reply(rep));  // renewals go on with the ttl that worked
       return;
     }
     const std::string why = std::string(p.w ? "extend" : "renewal") + " refused by the daemon: " +
                             (rep.message.empty() ? std::string(code_of(rep)) : rep.message);
-    // A renewal refused while the daemon still holds the lease: this process stops renewing it,
-    // so end it there too rather than leave it held for the rest of its ttl.
-    if (!not_held) send_release(lease->key, lease->token);
+    if (verdict == extend_verdict::release_and_lose) send_release(lease->key, lease->token);
     lose(lease, not_held ? lost_reason::not_held : lost_reason::expired, why);
     if (p.w != nullptr) {
       complete(*p.w, not_held ? error_ptr<NotHeld>("keylock: lease on " + lease->label + " " + why,
@@ -1113,12 +1113,12 @@ class client_impl {
   // The daemon holds `lease` until at least `from + ttl`: move its local expiry there and
   // schedule the next renewal at `from + ttl/3`.
   void confirmed(lease_state& lease, steady::time_point from, milliseconds ttl) {
+    const lease_plan<steady> next = plan<steady>(from, ttl, lease.auto_extend, lease.renewing);
     cancel_deadline(lease.expires_at);
-    lease.expires_at = add_deadline(from + ttl, deadline_kind::lease_expiry, lease.token);
-    if (lease.auto_extend && !lease.renewing) {
+    lease.expires_at = add_deadline(next.expires_at, deadline_kind::lease_expiry, lease.token);
+    if (next.renew_at) {
       cancel_deadline(lease.renew_at);
-      const milliseconds every = std::max(ttl / 3, milliseconds(1));
-      lease.renew_at = add_deadline(from + every, deadline_kind::renew, lease.token);
+      lease.renew_at = add_deadline(*next.renew_at, deadline_kind::renew, lease.token);
     }
   }
 
@@ -1311,10 +1311,9 @@ class client_impl {
     close_socket();
     state_ = conn_state::disconnected;
     // The daemon released every lease of this connection.
-    std::vector<std::shared_ptr<lease_state>> held;
-    held.reserve(leases_.size());
-    for (const auto& entry : leases_) held.push_back(entry.second);
-    for (const auto& lease : held) lose(lease, lost_reason::connection_lost, last_error_);
+    for (const auto& lease : leases_.snapshot()) {
+      lose(lease, lost_reason::connection_lost, last_error_);
+    }
     if (!down_since_) {
       down_since_ = steady::now();
       outage_at_ =
@@ -1368,9 +1367,7 @@ class client_impl {
     closing_ = true;
     close_socket();
     state_ = conn_state::disconnected;
-    std::vector<std::shared_ptr<lease_state>> held;
-    for (const auto& entry : leases_) held.push_back(entry.second);
-    for (const auto& lease : held) {
+    for (const auto& lease : leases_.snapshot()) {
       lose(lease, lost_reason::client_closed, "keylock: the client was closed");
     }
     calls_.clear([](std::uint64_t, pending& p) {
@@ -1429,9 +1426,8 @@ class client_impl {
     switch (due.kind) {
       case deadline_kind::renew:
       case deadline_kind::lease_expiry:
-        if (const auto it = leases_.find(due.ref); it != leases_.end()) {
-          (due.kind == deadline_kind::renew ? it->second->renew_at : it->second->expires_at)
-              .reset();
+        if (const auto lease = leases_.find(due.ref)) {
+          (due.kind == deadline_kind::renew ? lease->renew_at : lease->expires_at).reset();
         }
         return;
       case deadline_kind::call:
@@ -1455,11 +1451,10 @@ class client_impl {
   void fire(const deadline& due) {
     switch (due.kind) {
       case deadline_kind::renew:
-        if (const auto it = leases_.find(due.ref); it != leases_.end()) renew(it->second);
+        if (const auto lease = leases_.find(due.ref)) renew(lease);
         return;
       case deadline_kind::lease_expiry:
-        if (const auto it = leases_.find(due.ref); it != leases_.end()) {
-          const auto lease = it->second;
+        if (const auto lease = leases_.find(due.ref)) {
           send_release(lease->key, lease->token);  // in case the daemon was merely slow
           lose(lease, lost_reason::expired,
                "no renewal confirmed by the daemon within the lease's ttl of " +
@@ -1629,7 +1624,7 @@ class client_impl {
   conn_state state_ = conn_state::disconnected;
   std::uint64_t gen_ = 0;  // connection generation: handlers of older ones are ignored
   call_table<pending> calls_;  // requests by id, and those waiting for a connection
-  std::unordered_map<std::uint64_t, std::shared_ptr<lease_state>> leases_;  // by token
+  lease_book<lease_state> leases_;  // held, by token
   deadline_index deadlines_;
   std::optional<steady::time_point> armed_for_;
   deadline_handle connect_timeout_;

@@ -1,13 +1,15 @@
 // The C++ client's pure pieces, without sockets: frame reader, call table (the request
-// multiplexer), deadline queue, backoff.
+// multiplexer), lease book (the lease and renewal manager), deadline queue, backoff.
 #include "core/backoff.hpp"
 #include "core/call_table.hpp"
 #include "core/deadline_queue.hpp"
 #include "core/frame_reader.hpp"
+#include "core/lease_book.hpp"
 
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
@@ -19,7 +21,10 @@ using keylock::detail::call_state;
 using keylock::detail::call_table;
 using keylock::detail::deadline_queue;
 using keylock::detail::drop_outcome;
+using keylock::detail::extend_verdict;
 using keylock::detail::frame_reader;
+using keylock::detail::judge_extend;
+using keylock::detail::lease_book;
 using std::chrono::milliseconds;
 
 namespace {
@@ -230,4 +235,55 @@ TEST_CASE("call_table finds calls by a predicate, in submission order, and clear
   CHECK(cleared == std::vector<std::string>{"q1", "s", "p", "q2"});
   CHECK(t.empty());
   CHECK(t.queued() == 0);
+}
+
+TEST_CASE(
+    "an extend's answer: confirmed, reported and kept, or released and lost, never "
+    "forgotten while held",
+    "[client][core]") {
+  CHECK(judge_extend(true, false, true) == extend_verdict::confirmed);
+  CHECK(judge_extend(true, false, false) == extend_verdict::confirmed);
+  // not_held: the daemon let it go, whoever asked.
+  CHECK(judge_extend(false, true, true) == extend_verdict::lose);
+  CHECK(judge_extend(false, true, false) == extend_verdict::lose);
+  // Another refusal (a ttl above max_ttl_ms): the caller hears it and keeps the lease; a
+  // renewal refused so ends the lease on the daemon before it is lost here.
+  CHECK(judge_extend(false, false, true) == extend_verdict::refused_kept);
+  CHECK(judge_extend(false, false, false) == extend_verdict::release_and_lose);
+}
+
+TEST_CASE("a confirmed lease runs out at its ttl and is renewed at a third of it",
+          "[client][core]") {
+  using keylock::detail::plan;
+  const auto p = plan<fake_clock>(at(1000), milliseconds(30000), true, false);
+  CHECK(p.expires_at == at(31000));
+  REQUIRE(p.renew_at);
+  CHECK(*p.renew_at == at(11000));
+  // No renewal planned without auto_extend, or while one is in flight.
+  CHECK_FALSE(plan<fake_clock>(at(0), milliseconds(300), false, false).renew_at);
+  CHECK_FALSE(plan<fake_clock>(at(0), milliseconds(300), true, true).renew_at);
+  // A tiny ttl is still renewed at least 1 ms later, never at once.
+  CHECK(*plan<fake_clock>(at(0), milliseconds(2), true, false).renew_at == at(1));
+}
+
+TEST_CASE("lease_book finds leases by token and hands out a snapshot in token order",
+          "[client][core]") {
+  struct lease {
+    std::uint64_t token;
+  };
+  lease_book<lease> book;
+  CHECK(book.empty());
+  book.add(std::make_shared<lease>(lease{30}));
+  book.add(std::make_shared<lease>(lease{10}));
+  book.add(std::make_shared<lease>(lease{20}));
+  REQUIRE(book.find(20));
+  CHECK(book.find(20)->token == 20);
+  CHECK_FALSE(book.find(99));
+  std::vector<std::uint64_t> tokens;
+  for (const auto& l : book.snapshot()) {
+    tokens.push_back(l->token);
+    book.erase(l->token);  // changing the book while walking its snapshot is safe
+  }
+  CHECK(tokens == std::vector<std::uint64_t>{10, 20, 30});
+  CHECK(book.empty());
 }

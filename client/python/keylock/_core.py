@@ -261,6 +261,23 @@ HELD, RELEASED, LOST = "held", "released", "lost"
 RENEW, EXPIRY = 0, 1
 
 
+# What the answer to an extend (a caller's extend, or an auto renewal) means for its lease:
+# the client releases the lease, or reports the error and keeps it, but never forgets a lease
+# the daemon still holds. The C++ client's extend_verdict (client/core/lease_book.hpp).
+CONFIRMED = "confirmed"  # extended: its expiry and next renewal move (LeaseBook.confirmed)
+REFUSED_KEPT = "refused_kept"  # a caller's extend refused but not not_held: reported, kept
+RELEASE_AND_LOSE = "release_and_lose"  # a renewal refused so: released on the daemon, lost here
+LOSE = "lose"  # not_held: the daemon no longer holds the lease
+
+
+def judge_extend(ok: bool, not_held: bool, by_caller: bool) -> str:
+    if ok:
+        return CONFIRMED
+    if not_held:
+        return LOSE
+    return REFUSED_KEPT if by_caller else RELEASE_AND_LOSE
+
+
 class LeaseBook:
     """The lease and renewal manager's book. It holds the leases by token, knows when each is
     next renewed (ttl/3 after the daemon last confirmed it, for auto_extend leases) and when it

@@ -62,10 +62,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Tuple, Type
 
 from ._core import (
+    CONFIRMED,
     FAILED,
     HELD,
     LEASE_LOST,
     LOST,
+    REFUSED_KEPT,
+    RELEASE_AND_LOSE,
     RELEASED,
     RENEW,
     RESEND,
@@ -74,6 +77,7 @@ from ._core import (
     CallTable,
     FrameReader,
     LeaseBook,
+    judge_extend,
     label,
 )
 from ._core import encode as _encode
@@ -1808,7 +1812,9 @@ class Client:
             if call.user:
                 self._complete_locked(call, error=self._not_held_error(st))
             return
-        if ok:
+        not_held = rep.get("error") == "not_held"
+        verdict = judge_extend(ok, not_held, call.user)
+        if verdict == CONFIRMED:
             ttl = rep.get("ttl_ms", call.fields.get("ttl_ms", st.ttl * 1000)) / 1000.0
             if call.user:
                 st.ttl = ttl  # an explicit extend sets the ttl of later renewals
@@ -1816,18 +1822,13 @@ class Client:
             self._confirmed_locked(st, call.sent_at, ttl)
             self._complete_locked(call, rep)
             return
-        not_held = rep.get("error") == "not_held"
-        if not not_held and call.user:
-            # An extend the daemon refused for another reason (a ttl above its max_ttl_ms, say)
-            # left the lease as it was: it stays held, renewed with the ttl that worked.
+        if verdict == REFUSED_KEPT:  # renewals go on with the ttl that worked
             self._complete_locked(call, error=error_from_reply(rep))
             return
         why = ("extend" if call.user else "renewal") + " refused by the daemon: " + str(
             rep.get("message") or rep.get("error")
         )
-        if not not_held:
-            # A renewal refused while the daemon still holds the lease: this process stops
-            # renewing it, so end it there too rather than leave it held for its ttl.
+        if verdict == RELEASE_AND_LOSE:
             self._send_release_locked(st.key, st.token)
         self._lose_locked(st, "not_held" if not_held else "expired", why)
         if call.user:

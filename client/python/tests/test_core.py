@@ -7,6 +7,10 @@ import random
 import pytest
 
 from keylock._core import (
+    CONFIRMED,
+    LOSE,
+    REFUSED_KEPT,
+    RELEASE_AND_LOSE,
     EXPIRY,
     FAILED,
     HELD,
@@ -21,6 +25,7 @@ from keylock._core import (
     DeadlineHeap,
     FrameReader,
     LeaseBook,
+    judge_extend,
 )
 from keylock.errors import NotHeld, ReentrancyError
 
@@ -233,3 +238,12 @@ def test_lease_book_a_lost_enclosing_hold_refuses_a_nested_one():
     book.forget(st, LOST)
     with pytest.raises(NotHeld, match="ttl ran out"):
         book.enter_held("me", frozenset({"k"}), "exclusive")
+
+
+def test_an_extends_answer_keeps_or_releases_the_lease_but_never_forgets_it_while_held():
+    assert judge_extend(True, False, True) == judge_extend(True, False, False) == CONFIRMED
+    assert judge_extend(False, True, True) == judge_extend(False, True, False) == LOSE
+    # Another refusal (a ttl above max_ttl_ms): the caller hears it and keeps the lease; a
+    # renewal refused so ends the lease on the daemon before it is lost here.
+    assert judge_extend(False, False, True) == REFUSED_KEPT
+    assert judge_extend(False, False, False) == RELEASE_AND_LOSE
