@@ -318,6 +318,7 @@ struct pending {
   bool user() const { return w != nullptr; }
   bool is_acquire() const { return req.kind == op::acquire; }
   bool is_release() const { return req.kind == op::release; }
+  bool is_extend() const { return req.kind == op::extend; }
 };
 
 enum class conn_state : std::uint8_t {
@@ -1344,6 +1345,10 @@ class client_impl {
         case drop_outcome::released:
           cancel_deadline(p.timeout);
           complete(*p.w);  // the daemon dropped the lease with the connection
+          return;
+        case drop_outcome::lease_lost:  // on_drop lost every lease first
+          cancel_deadline(p.timeout);
+          finish_lost_or_released(*p.w, *p.lease);
           return;
         case drop_outcome::failed:
           cancel_deadline(p.timeout);

@@ -8,7 +8,7 @@
 //   call_state state;                              queued (for a connection) or sent
 //   std::optional<time_point> wait_until;          an acquire's end of wait, if it has one
 //   bool user() const;                             a caller waits for its answer
-//   bool is_acquire() const;  bool is_release() const;
+//   bool is_acquire() const;  bool is_release() const;  bool is_extend() const;
 #pragma once
 
 #include <algorithm>
@@ -26,12 +26,13 @@ enum class call_state : std::uint8_t { queued, sent };
 
 // What becomes of a call when its connection ends (call_table::after_drop).
 enum class drop_outcome : std::uint8_t {
-  resend,     // not sent yet, or an acquire the daemon dropped with the connection: goes out
-              // again on the next connection (an acquire with what is left of its wait)
-  wait_over,  // an acquire whose wait ran out meanwhile: an outage, not contention
-  released,   // a release: the daemon dropped the lease with the connection
-  failed,     // any other call a caller waits for: its answer will never come
-  forgotten,  // sent by the client for itself (hello, renewals, cancels), or abandoned
+  resend,      // not sent yet, or an acquire the daemon dropped with the connection: goes out
+               // again on the next connection (an acquire with what is left of its wait)
+  wait_over,   // an acquire whose wait ran out meanwhile: an outage, not contention
+  released,    // a release: the daemon dropped the lease with the connection
+  lease_lost,  // an extend: its lease went with the connection (NotHeld, as for a lost lease)
+  failed,      // any other call a caller waits for: its answer will never come
+  forgotten,   // sent by the client for itself (hello, renewals, cancels), or abandoned
 };
 
 template <class Call, class Clock = std::chrono::steady_clock>
@@ -170,7 +171,8 @@ class call_table {
       return drop_outcome::resend;
     }
     if (!call.user()) return drop_outcome::forgotten;
-    return call.is_release() ? drop_outcome::released : drop_outcome::failed;
+    if (call.is_release()) return drop_outcome::released;
+    return call.is_extend() ? drop_outcome::lease_lost : drop_outcome::failed;
   }
 
   std::uint64_t next_id_ = 1;

@@ -342,8 +342,10 @@ class Lease {
   bool owned() const;
 
   // Sets the lease to run out `ttl` from now (and makes `ttl` the ttl of later auto renewals).
-  // Throws NotHeld if the lease is not held (then it is invalid and on_lost has run),
-  // ConnectionError if no reply came, std::logic_error on an empty Lease or from the I/O thread.
+  // Throws NotHeld if the lease is not held (then it is invalid and on_lost has run; also when
+  // the connection drops with the extend in flight: the daemon drops the lease with it),
+  // ConnectionError if no reply came within request_timeout, std::logic_error on an empty
+  // Lease or from the I/O thread.
   // Any other refusal (ProtocolError for a ttl above the daemon's max_ttl_ms, Error for
   // `unavailable`) leaves the lease held and valid, renewed with its earlier ttl. A renewal the
   // daemon refuses with such an error ends the lease on the daemon too (it is released, then

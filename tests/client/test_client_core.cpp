@@ -141,6 +141,7 @@ struct fake_call {
   bool user() const { return waiting; }
   bool is_acquire() const { return k == kind::acquire; }
   bool is_release() const { return k == kind::release; }
+  bool is_extend() const { return k == kind::extend; }
 };
 
 using table = call_table<fake_call, fake_clock>;
@@ -197,6 +198,7 @@ TEST_CASE("call_table after a drop resends acquires with wait left and settles t
   add(t, {kind::acquire, true, {}, t0 + milliseconds(10), "wait-over"}, true);
   add(t, {kind::acquire, true, {}, t0 + milliseconds(30), "wait-left"}, true);
   add(t, {kind::extend, true, {}, {}, "extend"}, true);
+  add(t, {kind::ping, true, {}, {}, "ping"}, true);
   add(t, {kind::extend, false, {}, {}, "renewal"}, true);
   add(t, {kind::acquire, false, {}, {}, "abandoned"}, true);
   add(t, {kind::extend, false, {}, {}, "queued-renewal"}, false);
@@ -204,10 +206,11 @@ TEST_CASE("call_table after a drop resends acquires with wait left and settles t
   t.after_drop(t0 + milliseconds(20),
                [&](std::uint64_t, fake_call& c, drop_outcome o) { seen.emplace_back(c.name, o); });
   const std::vector<std::pair<std::string, drop_outcome>> expected{
-      {"release", drop_outcome::released},    {"no-wait", drop_outcome::resend},
-      {"wait-over", drop_outcome::wait_over}, {"wait-left", drop_outcome::resend},
-      {"extend", drop_outcome::failed},       {"renewal", drop_outcome::forgotten},
-      {"abandoned", drop_outcome::forgotten}, {"queued-renewal", drop_outcome::resend},
+      {"release", drop_outcome::released},      {"no-wait", drop_outcome::resend},
+      {"wait-over", drop_outcome::wait_over},   {"wait-left", drop_outcome::resend},
+      {"extend", drop_outcome::lease_lost},     {"ping", drop_outcome::failed},
+      {"renewal", drop_outcome::forgotten},     {"abandoned", drop_outcome::forgotten},
+      {"queued-renewal", drop_outcome::resend},
   };
   CHECK(seen == expected);
   // Only the resent stay, queued in submission order.

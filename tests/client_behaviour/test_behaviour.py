@@ -402,6 +402,28 @@ def test_extend_refused_for_its_ttl_keeps_the_lease(make):
         d.cleanup()
 
 
+def test_an_extend_cut_off_by_a_drop_is_not_held_and_the_lease_lost(daemon, make):
+    relay = SilentRelay(daemon.port)
+    try:
+        c = make(f"127.0.0.1:{relay.port}", request_timeout=60, health_check=60)
+        rid = c.acquire("k", ttl=60)
+        assert c.result(rid)[0] == "granted"
+        relay.held.set()
+        out = []
+        t = threading.Thread(target=lambda: out.append(c.extend(rid, 30)), daemon=True)
+        t.start()
+        wait_for(lambda: relay.swallowed > 0, BOUND, what="the extend to reach the relay")
+        relay.close()  # the connection ends with the extend unanswered
+        t.join(BOUND)
+        # The daemon dropped the lease with the connection: the extend says so, as extend of
+        # any lost lease does, and the lease is lost here.
+        assert out == [("error", "NotHeld")]
+        assert c.lost_reason(rid) == "connection_lost"
+        assert not c.valid(rid)
+    finally:
+        relay.close()
+
+
 def test_reentrancy_nests_on_one_thread(daemon, make):
     c = make(daemon.address)
     # Inside the nested hold both handles are the one lease: depth 2 seen from either.

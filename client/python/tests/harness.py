@@ -154,12 +154,15 @@ class Daemon:
 class SilentRelay:
     """A TCP relay on 127.0.0.1 to the daemon that, once ``held`` is set, keeps every
     connection open but forwards nothing: a half-open connection, as when the daemon's host
-    died or a NAT dropped the flow. Its threads end with close()."""
+    died or a NAT dropped the flow. What it reads meanwhile is counted in ``swallowed``
+    (bytes) and dropped. close() ends its threads and every connection through it."""
 
     def __init__(self, upstream_port):
         self.upstream = upstream_port
         self.held = threading.Event()
         self.stopped = threading.Event()
+        self.swallowed = 0
+        self._lock = threading.Lock()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)
@@ -185,9 +188,6 @@ class SilentRelay:
     def _pump(self, src, dst):
         src.settimeout(0.05)
         while not self.stopped.is_set():
-            if self.held.is_set():
-                time.sleep(0.01)  # forward nothing, close nothing
-                continue
             try:
                 data = src.recv(65536)
             except socket.timeout:
@@ -197,7 +197,9 @@ class SilentRelay:
             if not data:
                 return
             if self.held.is_set():
-                continue  # read while being held: swallowed, as a dead host would
+                with self._lock:  # forward nothing, close nothing
+                    self.swallowed += len(data)
+                continue
             try:
                 dst.sendall(data)
             except OSError:
