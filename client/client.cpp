@@ -956,7 +956,7 @@ class client_impl {
     }
     std::optional<pending> answered = calls_.take(*rep.id);
     if (!answered) return;  // reply to a call that already timed out
-    pending p = std::move(*answered);
+    pending& p = *answered;
     cancel_deadline(p.timeout);
     switch (p.req.kind) {
       case op::hello:

@@ -31,6 +31,10 @@
 // costs no more than a blocking call (the handler is posted instead of a thread woken).
 #pragma once
 
+// clang-format off
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without it
+// clang-format on
+
 #include "keylock/client.hpp"
 
 #include <boost/asio/associated_executor.hpp>
@@ -43,17 +47,17 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <utility>  // before Asio: Boost 1.74's awaitable.hpp uses std::exchange without it
 #include <vector>
 
 namespace keylock {
 
 namespace detail {
 
-// Runs the operation and delivers its outcome to `handler` on the handler's executor.
-template <class Handler>
-void start_async_acquire(Client& client, std::vector<std::string> keys, bool as_set,
-                         AcquireOptions options, Handler handler) {
+// Runs an operation and delivers its outcome to `handler` on the handler's executor.
+// `start(done)` begins it; `done(args...)`, called once on any thread (the client's I/O
+// thread), passes the outcome on.
+template <class Handler, class Start>
+void start_async(Start start, Handler handler) {
   auto executor = boost::asio::get_associated_executor(handler);
   // Held until the handler has run: std::function needs a copyable callable, the handler
   // (a coroutine's, a promise's) is move-only.
@@ -63,44 +67,33 @@ void start_async_acquire(Client& client, std::vector<std::string> keys, bool as_
   };
   auto op = std::make_shared<operation>(
       operation{std::move(handler), boost::asio::make_work_guard(executor)});
-  client.start_acquire(std::move(keys), as_set, std::move(options),
-                       [op](std::exception_ptr error, Lease lease) {
-                         auto ex = op->work.get_executor();
-                         boost::asio::post(ex, [op, error, lease = std::move(lease)]() mutable {
-                           Handler h = std::move(op->handler);
-                           op->work.reset();
-                           std::move(h)(error, std::move(lease));
-                         });
-                       });
-}
-
-// The same for an operation that completes with an exception_ptr only: `start(done)` begins
-// it and calls done(error) once, on any thread.
-template <class Handler, class Start>
-void start_async_void(Start start, Handler handler) {
-  auto executor = boost::asio::get_associated_executor(handler);
-  struct operation {
-    Handler handler;
-    boost::asio::executor_work_guard<decltype(executor)> work;
-  };
-  auto op = std::make_shared<operation>(
-      operation{std::move(handler), boost::asio::make_work_guard(executor)});
-  start([op](std::exception_ptr error) {
+  start([op](auto... outcome) {
     auto ex = op->work.get_executor();
-    boost::asio::post(ex, [op, error]() mutable {
+    boost::asio::post(ex, [op, ... outcome = std::move(outcome)]() mutable {
       Handler h = std::move(op->handler);
       op->work.reset();
-      std::move(h)(error);
+      std::move(h)(std::move(outcome)...);
     });
   });
 }
 
-// The asynchronous operation over `start` (see start_async_void), for `token`.
+template <class Handler>
+void start_async_acquire(Client& client, std::vector<std::string> keys, bool as_set,
+                         AcquireOptions options, Handler handler) {
+  start_async(
+      [&client, keys = std::move(keys), as_set, options = std::move(options)](auto done) mutable {
+        client.start_acquire(std::move(keys), as_set, std::move(options), std::move(done));
+      },
+      std::move(handler));
+}
+
+// The asynchronous operation over `start` (as start_async's), completing with an
+// exception_ptr only, for `token`.
 template <class Start, class CompletionToken>
 auto async_void(Start start, CompletionToken&& token) {
   return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
       [start = std::move(start)](auto handler) mutable {
-        start_async_void(std::move(start), std::move(handler));
+        start_async(std::move(start), std::move(handler));
       },
       token);
 }
