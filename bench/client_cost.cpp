@@ -4,8 +4,9 @@
 //
 //   client_cost HOST:PORT [CALLS] [ROUNDS]
 //
-// Prints µs per acquire+release (median round, min, max) per path. Numbers only. Pin it and
-// the daemon apart yourself (bench/client_cost.sh does: daemon on CPU 1, this on CPU 0).
+// Prints µs per acquire+release per path: the mean of the median round, and the p50 and p99 of
+// every call of every round. Numbers only. Pin it and the daemon apart yourself
+// (bench/client_cost.sh does: daemon on CPU 1, this on CPU 0, next to Redis's with_lock).
 #include <utility>  // before Asio (Boost 1.74's awaitable.hpp)
 
 #include "keylock/async.hpp"
@@ -27,10 +28,24 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-double per_call_us(const std::function<void(int)>& run, int calls) {
-  const auto t0 = clock_type::now();
-  run(calls);
-  return std::chrono::duration<double, std::micro>(clock_type::now() - t0).count() / calls;
+// When each call of a round started, and when the round ended.
+using marks = std::vector<clock_type::time_point>;
+
+double us(clock_type::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
+
+// Runs one round; returns its mean µs per call and appends each call's µs to `each`.
+double round_us(const std::function<void(int, marks&)>& run, int calls, std::vector<double>& each) {
+  marks m;
+  m.reserve(static_cast<std::size_t>(calls) + 1);
+  run(calls, m);
+  m.push_back(clock_type::now());
+  for (std::size_t i = 1; i < m.size(); ++i) each.push_back(us(m[i] - m[i - 1]));
+  return us(m.back() - m.front()) / calls;
+}
+
+double percentile(std::vector<double>& v, double q) {
+  std::sort(v.begin(), v.end());
+  return v[static_cast<std::size_t>(q * static_cast<double>(v.size() - 1))];
 }
 
 }  // namespace
@@ -48,23 +63,26 @@ int main(int argc, char** argv) {
   keylock::Client client(options);
   keylock::AcquireOptions acquire;
 
-  auto blocking = [&](int n) {
+  auto blocking = [&](int n, marks& m) {
     for (int i = 0; i < n; ++i) {
+      m.push_back(clock_type::now());
       keylock::Lease lease = client.acquire("cost:blocking", acquire);
       lease.release(keylock::release_mode::no_reply);
     }
   };
-  auto future = [&](int n) {
+  auto future = [&](int n, marks& m) {
     for (int i = 0; i < n; ++i) {
+      m.push_back(clock_type::now());
       keylock::Lease lease =
           keylock::async_acquire(client, "cost:future", acquire, boost::asio::use_future).get();
       lease.release(keylock::release_mode::no_reply);
     }
   };
-  auto callback = [&](int n) {
+  auto callback = [&](int n, marks& m) {
     boost::asio::io_context io;
     int left = n;
     std::function<void()> next = [&] {
+      m.push_back(clock_type::now());
       keylock::async_acquire(
           client, "cost:callback", acquire,
           boost::asio::bind_executor(io, [&](std::exception_ptr error, keylock::Lease lease) {
@@ -79,22 +97,27 @@ int main(int argc, char** argv) {
 
   struct path {
     const char* name;
-    std::function<void(int)> run;
-    std::vector<double> us;
+    std::function<void(int, marks&)> run;
+    std::vector<double> rounds;  // mean µs per call of each round
+    std::vector<double> each;    // µs of every call
   };
-  std::vector<path> paths{{"blocking acquire", blocking, {}},
-                          {"async_acquire, use_future", future, {}},
-                          {"async_acquire, callback on an io_context", callback, {}}};
-  for (auto& p : paths) p.run(1000);  // warm-up
+  std::vector<path> paths{{"blocking acquire", blocking, {}, {}},
+                          {"async_acquire, use_future", future, {}, {}},
+                          {"async_acquire, callback on an io_context", callback, {}, {}}};
+  for (auto& p : paths) {  // warm-up
+    std::vector<double> ignored;
+    round_us(p.run, 1000, ignored);
+  }
   for (int r = 0; r < rounds; ++r) {
-    for (auto& p : paths) p.us.push_back(per_call_us(p.run, calls));  // interleaved rounds
+    for (auto& p : paths) p.rounds.push_back(round_us(p.run, calls, p.each));  // interleaved
   }
   std::printf("client_cost: %d rounds x %d uncontended acquire + noreply release\n", rounds, calls);
-  std::printf("%-42s %12s %8s %8s\n", "path", "µs/call", "min", "max");
+  std::printf("%-42s %9s %7s %7s %7s %7s\n", "path", "mean µs", "min", "max", "p50 µs", "p99 µs");
   for (auto& p : paths) {
-    std::sort(p.us.begin(), p.us.end());
-    std::printf("%-42s %12.1f %8.1f %8.1f\n", p.name, p.us[p.us.size() / 2], p.us.front(),
-                p.us.back());
+    std::sort(p.rounds.begin(), p.rounds.end());
+    std::printf("%-42s %9.1f %7.1f %7.1f %7.1f %7.1f\n", p.name, p.rounds[p.rounds.size() / 2],
+                p.rounds.front(), p.rounds.back(), percentile(p.each, 0.50),
+                percentile(p.each, 0.99));
   }
   return 0;
 }

@@ -1,9 +1,24 @@
 // keylock client library: the one translation unit that includes Asio.
 //
-// client_impl owns the connection and a private I/O thread running an io_context. Public calls
-// post a "setup" step to the I/O thread and block on a `waiter` on their own stack until the
-// I/O thread completes it exactly once. Everything below marked "I/O thread" is touched by that
-// thread only, so it needs no locks; `mtx_` guards only `closed_` and `server_version_`.
+// client_impl owns the connection and a private I/O thread running an io_context. Everything
+// below marked "I/O state" is guarded by `io_mtx_`: the I/O thread holds it in every handler
+// (`guarded`), and a blocking call takes it to do its own I/O, so that the common call costs no
+// thread hop at all:
+// - A blocking call runs its "setup" step in the calling thread, under `io_mtx_`. The request
+//   is written to the socket at once (`flush` tries a plain non-blocking send first).
+// - If nobody else is reading the socket, the caller becomes the reader (the "leader") for up
+//   to `lead_window`: it polls the socket itself and handles every frame it reads, other
+//   callers' answers and events included, until its own call is complete. Otherwise it blocks
+//   on its `waiter` until the reader (leader or I/O thread) completes it.
+// - The I/O thread reads only while no caller does: it watches the socket with async_wait and
+//   reads with a plain recv under `io_mtx_`. A watch that fires during a leader's turn parks.
+//   A leader that leaves with calls still unanswered re-arms the watch at once; with none, the
+//   I/O thread takes the socket back `idle_watch_lag` after the last leader left (events and
+//   drops on an idle connection are noticed that much later).
+// - User code never runs in a caller's thread or under a caller's turn: on_lost callbacks and
+//   the completions of asynchronous operations that a leader produces are deferred to the I/O
+//   thread (`defer`), as the header promises.
+// `mtx_` guards only `closed_` and `server_version_`.
 //
 // Time is kept in one ordered deadline index (`deadlines_`, one steady_timer): lease renewals
 // (ttl/3), local lease expiry (no renewal confirmed within the ttl), request timeouts, waits of
@@ -26,17 +41,24 @@
 #include <boost/asio/write.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <utility>  // first: Boost 1.74's asio/awaitable.hpp uses std::exchange without it
@@ -69,6 +91,10 @@ using std::chrono::milliseconds;
 // A reply frame larger than this (no newline within it) is a broken stream: drop the
 // connection. inspect of a key at the daemon's max_limit (1024 holders) is about 150 KB.
 constexpr std::size_t max_reply_bytes = std::size_t{8} << 20;
+// A caller reads its own reply for at most this long, then waits for the I/O thread to.
+constexpr milliseconds lead_window{50};
+// With nothing due, the I/O thread takes the socket back this long after the last leader left.
+constexpr milliseconds idle_watch_lag{5};
 
 enum class deadline_kind : std::uint8_t {
   renew,         // ref = lease token: send the next auto renewal
@@ -321,6 +347,31 @@ struct pending {
   bool is_extend() const { return req.kind == op::extend; }
 };
 
+// Whether this thread, a client's I/O thread, holds that client's I/O mutex: inside a
+// guarded_handler, never while user code runs.
+thread_local bool io_locked_here = false;
+
+// An Asio handler that runs `fn` with the client's I/O mutex held (client_impl::guarded). Only
+// callable with what `fn` takes, so Asio's overloads that inspect a handler still choose right.
+template <class Fn>
+struct guarded_handler {
+  std::mutex* mtx;
+  Fn fn;
+
+  template <class... Args>
+  requires std::is_invocable_v<Fn&, Args...>
+  void operator()(Args&&... args) {
+    std::lock_guard io(*mtx);
+    struct mark {
+      mark() { io_locked_here = true; }
+      ~mark() { io_locked_here = false; }
+      mark(const mark&) = delete;
+      mark& operator=(const mark&) = delete;
+    } held;
+    fn(std::forward<Args>(args)...);
+  }
+};
+
 enum class conn_state : std::uint8_t {
   disconnected,  // waiting for the reconnect backoff (or closed)
   connecting,    // resolving / TCP connecting
@@ -339,7 +390,10 @@ class client_impl {
         resolver_(ioc_),
         socket_(ioc_),
         timer_(ioc_),
+        lag_timer_(ioc_),
+        wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)),
         rng_(std::random_device{}()) {
+    if (wake_fd_ < 0) throw std::system_error(errno, std::system_category(), "keylock: eventfd");
     if (options_.server.empty()) options_.server = env_or("KEYLOCK_SERVER", "127.0.0.1:7400");
     if (!options_.auth) options_.auth = env_or("KEYLOCK_AUTH", "");
     servers_ = split_servers(options_.server);
@@ -348,7 +402,10 @@ class client_impl {
     backoff_ = backoff(options_.backoff_initial, options_.backoff_max);
   }
 
-  ~client_impl() { shutdown(); }
+  ~client_impl() {
+    shutdown();
+    ::close(wake_fd_);
+  }
   client_impl(const client_impl&) = delete;
   client_impl& operator=(const client_impl&) = delete;
 
@@ -374,7 +431,7 @@ class client_impl {
       std::lock_guard lock(mtx_);
       if (closed_) return;
       closed_ = true;
-      asio::post(ioc_, [this] { close_all(); });
+      asio::post(ioc_, guarded([this] { close_all(); }));
     }
     if (thread_.joinable()) thread_.join();
   }
@@ -504,24 +561,23 @@ class client_impl {
       done(error, std::move(lease));
     };
     if (options.stop.stop_possible()) op->on_stop.emplace(options.stop, stop_handler(slot));
-    std::lock_guard lock(mtx_);
-    if (closed_) {
-      complete(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
+    if (is_closed()) {
+      finish_here(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
       return;
     }
-    asio::post(ioc_, [this, w, slot, keys = std::move(keys), shape,
-                      options = std::move(options)]() mutable {
-      if (closing_) {
-        complete(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
-        return;
-      }
-      setup_acquire(*w, *slot, keys, shape, options);
-    });
+    run_setup(
+        [this, w, slot, keys = std::move(keys), shape, options = std::move(options)]() mutable {
+          if (closing_) {
+            complete(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
+            return;
+          }
+          setup_acquire(*w, *slot, keys, shape, options);
+        });
   }
 
  private:
   std::function<void()> stop_handler(const std::shared_ptr<cancel_slot>& slot) {
-    return [this, slot] { asio::post(ioc_, [this, slot] { cancel_acquire(*slot); }); };
+    return [this, slot] { asio::post(ioc_, guarded([this, slot] { cancel_acquire(*slot); })); };
   }
 
   // I/O thread: makes the acquire call that completes `w`, and sends or queues it.
@@ -610,8 +666,13 @@ class client_impl {
       }
       return;
     }
-    if (on_io_thread()) {
-      release_inline(lease);
+    if (on_io_thread()) {  // from a callback, or a Lease dropped by the client's own code
+      if (io_locked_here) {
+        release_inline(lease);
+      } else {
+        std::lock_guard io(io_mtx_);
+        release_inline(lease);
+      }
       return;
     }
     waiter w;
@@ -735,7 +796,8 @@ class client_impl {
  private:
   bool on_io_thread() const { return std::this_thread::get_id() == io_thread_id_; }
 
-  // Runs `setup` on the I/O thread and blocks until `w` is completed; rethrows its error.
+  // Runs `setup` in this thread under io_mtx_ and blocks until `w` is completed, reading the
+  // socket itself while nobody else does (see the top of the file); rethrows w's error.
   template <class Setup>
   void submit(waiter& w, Setup&& setup) {
     if (on_io_thread()) {
@@ -744,18 +806,57 @@ class client_impl {
           "callback must not block)");
     }
     {
-      std::lock_guard lock(mtx_);
-      if (closed_) throw ConnectionError("keylock: the client is closed");
-      asio::post(ioc_, [this, &w, &setup] {
-        if (closing_) {
-          complete(w, error_ptr<ConnectionError>("keylock: the client is closed"));
-        } else {
-          setup();
-        }
-      });
+      std::unique_lock io(io_mtx_);
+      if (closing_) throw ConnectionError("keylock: the client is closed");
+      // Claimed before setup: the request it writes then needs no watch by the I/O thread.
+      const bool lead = !leading_ && open();
+      if (lead) {
+        leading_ = true;
+        lead_waiter_ = &w;
+        lead_thread_ = std::this_thread::get_id();
+      }
+      setup();
+      if (lead) this->lead(w, io);
     }
     w.wait();
     if (w.error) std::rethrow_exception(w.error);
+  }
+
+  // The leader's turn (io held on entry and on return): polls the socket and handles what it
+  // reads until `w` is complete, the connection ends, or lead_window has passed.
+  void lead(waiter& w, std::unique_lock<std::mutex>& io) {
+    const auto until = steady::now() + lead_window;
+    if (!w.done) unwatch();
+    while (!w.done && open()) {
+      const auto left = std::chrono::ceil<milliseconds>(until - steady::now());
+      if (left <= milliseconds(0)) break;
+      const std::uint64_t gen = gen_;
+      std::array<pollfd, 2> fds{{{fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}}};
+      io.unlock();
+      const int ready = ::poll(fds.data(), fds.size(), static_cast<int>(left.count()));
+      io.lock();
+      if (fds[1].revents != 0) {
+        std::uint64_t count = 0;
+        [[maybe_unused]] const auto drained = ::read(wake_fd_, &count, sizeof count);
+      }
+      if (gen != gen_) break;
+      if (ready > 0 && fds[0].revents != 0 && !read_ready()) break;
+    }
+    leading_ = false;
+    lead_waiter_ = nullptr;
+    lead_ended_ = steady::now();
+    if (!connected() || watching_) return;
+    if (awaiting_frames()) {
+      watch();  // someone else's answer is due: the I/O thread reads it
+    } else {
+      arm_lag();
+    }
+  }
+
+  // Wakes a leader blocked in poll (its call completed elsewhere, or its socket is closing).
+  void wake_leader() const {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const auto written = ::write(wake_fd_, &one, sizeof one);
   }
 
   // submit() without blocking: `setup(w)` runs on the I/O thread with a heap waiter, whose
@@ -768,12 +869,11 @@ class client_impl {
       delete &finished;
       done(error);
     };
-    std::lock_guard lock(mtx_);
-    if (closed_) {
-      complete(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
+    if (is_closed()) {
+      finish_here(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
       return;
     }
-    asio::post(ioc_, [this, w, setup = std::move(setup)]() mutable {
+    run_setup([this, w, setup = std::move(setup)]() mutable {
       if (closing_) {
         complete(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
       } else {
@@ -782,21 +882,83 @@ class client_impl {
     });
   }
 
-  // ---- I/O thread from here on -----------------------------------------------------------
+  bool is_closed() {
+    std::lock_guard lock(mtx_);
+    return closed_;
+  }
 
-  static void complete(waiter& w, std::exception_ptr error = nullptr) {
+  // Runs an asynchronous operation's setup under io_mtx_: in this thread, so that its request
+  // goes out with no hop; posted when this is the I/O thread (a call from one of its
+  // callbacks, which already holds io_mtx_ and may be iterating what setup changes).
+  template <class Fn>
+  void run_setup(Fn fn) {
+    if (on_io_thread()) {
+      asio::post(ioc_, guarded(std::move(fn)));
+      return;
+    }
+    std::lock_guard io(io_mtx_);
+    fn();
+  }
+
+  // ---- I/O state from here on: io_mtx_ held (an I/O thread handler, or a caller) ----------
+
+  // `fn` as an Asio handler that runs with io_mtx_ held: every handler of the I/O thread.
+  template <class Fn>
+  guarded_handler<Fn> guarded(Fn fn) {
+    return guarded_handler<Fn>{&io_mtx_, std::move(fn)};
+  }
+
+  // Runs user code (on_lost, asynchronous completions) on the I/O thread, after the current
+  // handler and without io_mtx_: a callback that takes a lock of its own must not wait on a
+  // thread that holds that lock and is itself waiting for io_mtx_ in a blocking call. In the
+  // order deferred; the last handler of close_all runs what is left.
+  void defer(std::function<void()> fn) {
+    deferred_.push_back(std::move(fn));
+    if (deferred_.size() == 1) asio::post(ioc_, [this] { run_deferred(); });
+  }
+
+  // I/O thread, io_mtx_ not held.
+  void run_deferred() {
+    for (;;) {
+      std::vector<std::function<void()>> batch;
+      {
+        std::lock_guard io(io_mtx_);
+        batch.swap(deferred_);
+      }
+      if (batch.empty()) return;
+      for (auto& fn : batch) fn();
+    }
+  }
+
+  // Completes `w` exactly once: wakes its blocked caller, or runs an asynchronous operation's
+  // completion on the I/O thread.
+  void complete(waiter& w, std::exception_ptr error = nullptr) {
     if (w.on_complete) {
       w.error = std::move(error);
       w.done = true;
-      auto then = std::move(w.on_complete);
-      then(w);  // deletes w
+      defer([&w] {
+        auto then = std::move(w.on_complete);
+        then(w);  // deletes w
+      });
       return;
     }
-    std::lock_guard lock(w.m);
+    const bool leader_elsewhere = &w == lead_waiter_ && std::this_thread::get_id() != lead_thread_;
+    {
+      std::lock_guard lock(w.m);
+      w.error = std::move(error);
+      w.done = true;
+      // Notify under the lock: once it is released the caller may return and destroy `w`.
+      w.cv.notify_one();
+    }
+    if (leader_elsewhere) wake_leader();
+  }
+
+  // An asynchronous operation refused before it reached the I/O thread (the client is closed).
+  static void finish_here(waiter& w, std::exception_ptr error) {
     w.error = std::move(error);
     w.done = true;
-    // Notify under the lock: once it is released the caller may return and destroy `w`.
-    w.cv.notify_one();
+    auto then = std::move(w.on_complete);
+    then(w);  // deletes w
   }
 
   void finish_lost_or_released(waiter& w, const lease_state& lease) {
@@ -859,17 +1021,35 @@ class client_impl {
     p.state = call_state::sent;
     p.sent_at = now;
     flush();
+    if (!leading_) watch();  // an answer is due; a leader reads it itself
   }
 
-  // Coalesces everything queued since the last write into one async_write.
+  // Writes everything queued since the last write: straight to the socket when it takes it
+  // all (no completion to run, no wake of the I/O thread), the rest with one async_write.
   void flush() {
     if (writing_ || out_.empty() || !connected()) return;
+    const ssize_t sent = ::send(fd_, out_.data(), out_.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent == static_cast<ssize_t>(out_.size())) {
+      out_.clear();
+      return;
+    }
+    if (sent > 0) out_.erase(0, static_cast<std::size_t>(sent));
+    // Full socket buffer, or an error that the async_write reports on the I/O thread.
+    if (!socket_.is_open()) {
+      boost::system::error_code ec;
+      socket_.assign(protocol_, fd_, ec);
+      if (ec) {
+        drop_later("cannot write: " + ec.message());
+        return;
+      }
+    }
     writing_ = true;
     wbuf_.swap(out_);
     out_.clear();
-    asio::async_write(
-        socket_, asio::buffer(wbuf_),
-        [this, gen = gen_](boost::system::error_code ec, std::size_t) { on_write(ec, gen); });
+    asio::async_write(socket_, asio::buffer(wbuf_),
+                      guarded([this, gen = gen_](boost::system::error_code ec, std::size_t) {
+                        on_write(ec, gen);
+                      }));
   }
 
   void on_write(boost::system::error_code ec, std::uint64_t gen) {
@@ -892,25 +1072,85 @@ class client_impl {
            state_ == conn_state::draining;
   }
 
-  void do_read() {
-    if (reading_ || !connected()) return;
-    reading_ = true;
-    socket_.async_read_some(
-        asio::buffer(rchunk_),
-        [this, gen = gen_](boost::system::error_code ec, std::size_t n) { on_read(ec, n, gen); });
+  // The socket is open, and a leader may poll it.
+  bool open() const { return state_ == conn_state::ready || state_ == conn_state::draining; }
+
+  // Whether a frame is due on the connection: an answer to a call on the wire.
+  bool awaiting_frames() const {
+    return calls_.any_of([](const pending& p) { return p.state == call_state::sent; });
   }
 
-  void on_read(boost::system::error_code ec, std::size_t n, std::uint64_t gen) {
-    reading_ = false;
-    if (gen != gen_) {
-      do_read();  // a read of an older connection ended; start the current one's
-      return;
+  // The I/O thread watches the socket for something to read, unless a leader reads it.
+  void watch() {
+    if (watching_ || leading_ || !connected()) return;
+    if (!socket_.is_open()) {  // back from a leader: register the socket with the reactor
+      boost::system::error_code ec;
+      socket_.assign(protocol_, fd_, ec);
+      if (ec) {
+        drop_later("cannot watch the socket: " + ec.message());
+        return;
+      }
     }
+    watching_ = true;
+    socket_.async_wait(tcp::socket::wait_read,
+                       guarded([this, seq = ++watch_seq_](boost::system::error_code ec) {
+                         on_readable(ec, seq);
+                       }));
+  }
+
+  // on_drop from a handler of its own: the caller may be iterating the calls on_drop settles.
+  void drop_later(std::string why) {
+    asio::post(ioc_, guarded([this, gen = gen_, why = std::move(why)] {
+                 if (gen == gen_) on_drop(why);
+               }));
+  }
+
+  // A leader takes the socket out of the I/O thread's epoll set, which would otherwise wake
+  // that thread for every frame the leader reads. Kept while an async_write is out (rare: a
+  // full socket buffer); the I/O thread then only wakes and parks.
+  void unwatch() {
+    if (!socket_.is_open() || writing_) return;
+    watching_ = false;
+    ++watch_seq_;  // the watch's aborted handler is stale
+    boost::system::error_code ignored;
+    socket_.release(ignored);  // fd_ stays open, ours
+  }
+
+  void on_readable(boost::system::error_code ec, std::uint64_t seq) {
+    if (seq != watch_seq_) return;  // taken by a leader, or of a closed connection
+    watching_ = false;
     if (ec) {
-      on_drop(ec == asio::error::eof ? std::string("closed by the daemon")
-                                     : "read failed: " + ec.message());
+      on_drop("read failed: " + ec.message());
       return;
     }
+    if (leading_) return;  // parked: the leader reads, and re-arms the watch when it leaves
+    if (read_ready()) watch();
+  }
+
+  // Reads what the socket holds and handles every whole frame in it. False when that ended
+  // the connection.
+  bool read_ready() {
+    for (;;) {
+      const ssize_t n = ::recv(fd_, rchunk_.data(), rchunk_.size(), MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+        on_drop("read failed: " + std::system_category().message(errno));
+        return false;
+      }
+      if (n == 0) {
+        on_drop("closed by the daemon");
+        return false;
+      }
+      if (!take(static_cast<std::size_t>(n))) return false;
+      // A short read emptied the socket; anything newer wakes the watch or the leader's poll.
+      if (static_cast<std::size_t>(n) < rchunk_.size()) return true;
+    }
+  }
+
+  // Handles `n` bytes just read into rchunk_. False when a frame ended the connection.
+  bool take(std::size_t n) {
+    const std::uint64_t gen = gen_;
     reader_.append(rchunk_.data(), n);
     heard_ = true;
     ping_out_ = false;
@@ -918,17 +1158,17 @@ class client_impl {
       reply rep;
       if (auto error = decode_reply(*frame, rep)) {
         on_drop("undecodable frame from the daemon: " + error->message, failure_kind::protocol);
-        return;
+        return false;
       }
       on_frame(rep);
-      if (gen != gen_) return;  // the frame ended the connection
+      if (gen != gen_) return false;  // the frame ended the connection
     }
     if (reader_.overflowed()) {
       on_drop("reply frame longer than " + std::to_string(max_reply_bytes) + " bytes",
               failure_kind::protocol);
-      return;
+      return false;
     }
-    do_read();
+    return true;
   }
 
   void on_frame(const reply& rep) {
@@ -1179,13 +1419,31 @@ class client_impl {
     if (lease->status.load() != lease_status::held) return;
     lease->lost_message = message;
     forget(lease, lease_status::lost);
-    if (lease->on_lost) {
+    if (!lease->on_lost) return;
+    defer([lease = std::move(lease), reason, message = std::move(message)]() mutable {
       try {
         lease->on_lost(
             lease_lost{lease->key, lease->keys, lease->token, reason, std::move(message)});
       } catch (...) {  // documented: callbacks must not throw; never let one kill the I/O thread
       }
-    }
+    });
+  }
+
+  // A leader left with nothing due: the I/O thread watches again idle_watch_lag after the
+  // last leader left. One timer serves every leader of that span (no re-arm per call).
+  void arm_lag() {
+    if (lag_armed_ || closing_) return;
+    lag_armed_ = true;
+    lag_timer_.expires_at(lead_ended_ + idle_watch_lag);
+    lag_timer_.async_wait(guarded([this](boost::system::error_code ec) {
+      lag_armed_ = false;
+      if (ec || leading_ || watching_ || !connected()) return;
+      if (steady::now() < lead_ended_ + idle_watch_lag) {
+        arm_lag();  // another leader came and went since
+      } else {
+        watch();
+      }
+    }));
   }
 
   // ---- connection lifecycle -------------------------------------------------------------
@@ -1202,7 +1460,8 @@ class client_impl {
     const server_address& target = servers_[attempt_];
     resolver_.async_resolve(
         target.host, target.port,
-        [this, gen](boost::system::error_code ec, const tcp::resolver::results_type& results) {
+        guarded([this, gen](boost::system::error_code ec,
+                            const tcp::resolver::results_type& results) {
           if (gen != gen_) return;
           if (ec) {
             connect_failed(
@@ -1210,14 +1469,15 @@ class client_impl {
                 "keylock: cannot resolve " + servers_[attempt_].host + ": " + ec.message());
             return;
           }
-          asio::async_connect(socket_, results,
-                              [this, gen](boost::system::error_code ec2, const tcp::endpoint&) {
-                                on_connect(ec2, gen);
-                              });
-        });
+          asio::async_connect(
+              socket_, results,
+              guarded([this, gen](boost::system::error_code ec2, const tcp::endpoint& peer) {
+                on_connect(ec2, peer, gen);
+              }));
+        }));
   }
 
-  void on_connect(boost::system::error_code ec, std::uint64_t gen) {
+  void on_connect(boost::system::error_code ec, const tcp::endpoint& peer, std::uint64_t gen) {
     if (gen != gen_) return;
     if (ec) {
       connect_failed(failure_kind::connection,
@@ -1226,13 +1486,14 @@ class client_impl {
     }
     // Asio 1.74 opens sockets without SOCK_CLOEXEC: keep ours out of processes the user
     // starts (keylock run's command must not keep the lock's connection open).
-    ::fcntl(socket_.native_handle(), F_SETFD, FD_CLOEXEC);
+    fd_ = socket_.native_handle();
+    protocol_ = peer.protocol();
+    ::fcntl(fd_, F_SETFD, FD_CLOEXEC);
     boost::system::error_code ignored;
     socket_.set_option(tcp::no_delay(true), ignored);  // small pipelined frames: no Nagle
     socket_.set_option(asio::socket_base::keep_alive(true), ignored);
     state_ = conn_state::handshaking;
     reader_.clear();
-    do_read();
     const std::uint64_t id = new_internal_call(op::hello);
     pending& p = calls_.at(id);
     if (!options_.auth->empty()) {
@@ -1249,10 +1510,18 @@ class client_impl {
   void close_socket() {
     boost::system::error_code ignored;
     resolver_.cancel();
-    socket_.close(ignored);
+    if (socket_.is_open()) {
+      socket_.close(ignored);
+    } else if (fd_ >= 0) {
+      ::close(fd_);  // released to a leader (unwatch)
+    }
+    fd_ = -1;
+    watching_ = false;
+    ++watch_seq_;
     ++gen_;  // every handler of the old connection is now stale
     out_.clear();
     reader_.clear();
+    if (leading_) wake_leader();  // its poll would not notice the close
   }
 
   // A connection attempt (resolve, connect or hello) failed: try the next daemon of this
@@ -1279,9 +1548,10 @@ class client_impl {
       --round_left_;
       // Posted: the failed connection's handlers (already aborted) run first, and this may be
       // called from deep inside them.
-      asio::post(ioc_, [this] {
-        if (!closing_ && state_ == conn_state::disconnected && !reconnect_) start_connect();
-      });
+      asio::post(ioc_, guarded([this] {
+                   if (!closing_ && state_ == conn_state::disconnected && !reconnect_)
+                     start_connect();
+                 }));
       return;
     }
     round_left_ = servers_.size();
@@ -1375,7 +1645,7 @@ class client_impl {
     for (const auto& lease : leases_.snapshot()) {
       lose(lease, lost_reason::client_closed, "keylock: the client was closed");
     }
-    calls_.clear([](std::uint64_t, pending& p) {
+    calls_.clear([this](std::uint64_t, pending& p) {
       if (p.w != nullptr)
         complete(*p.w, error_ptr<ConnectionError>("keylock: the client is closed"));
     });
@@ -1385,8 +1655,13 @@ class client_impl {
     }
     deadlines_.clear();
     timer_.cancel();
-    work_.reset();
-    ioc_.stop();
+    lag_timer_.cancel();
+    // Last, without io_mtx_: the callbacks deferred so far (those of the closing included).
+    asio::post(ioc_, [this] {
+      run_deferred();
+      work_.reset();
+      ioc_.stop();
+    });
   }
 
   // ---- deadlines ------------------------------------------------------------------------
@@ -1409,11 +1684,11 @@ class client_impl {
     if (armed_for_ && *armed_for_ <= first) return;
     armed_for_ = first;
     timer_.expires_at(first);
-    timer_.async_wait([this](boost::system::error_code ec) {
+    timer_.async_wait(guarded([this](boost::system::error_code ec) {
       if (ec == asio::error::operation_aborted) return;  // re-armed for an earlier time
       armed_for_.reset();
       on_timer();
-    });
+    }));
   }
 
   void on_timer() {
@@ -1608,6 +1883,8 @@ class client_impl {
   tcp::resolver resolver_;
   tcp::socket socket_;
   asio::steady_timer timer_;
+  asio::steady_timer lag_timer_;  // idle_watch_lag after the last leader: watch again
+  const int wake_fd_;             // eventfd: wakes a leader out of its poll
   std::thread thread_;
   std::thread::id io_thread_id_;
 
@@ -1624,7 +1901,8 @@ class client_impl {
   std::mutex reentry_mtx_;
   std::unordered_map<std::thread::id, std::vector<reentry>> reentries_;
 
-  // I/O thread only.
+  // Guards the I/O state: everything below, and every use of the socket, resolver and timers.
+  std::mutex io_mtx_;
   bool closing_ = false;
   conn_state state_ = conn_state::disconnected;
   std::uint64_t gen_ = 0;  // connection generation: handlers of older ones are ignored
@@ -1655,10 +1933,24 @@ class client_impl {
   waiter* connect_waiter_ = nullptr;
   std::string last_error_;
   failure_kind last_failure_ = failure_kind::connection;
+  // The connection's socket. socket_ holds it (registered with the reactor) while connecting,
+  // while the I/O thread watches it and while an async_write is out; a leader takes it out
+  // (unwatch), and it stays open as fd_.
+  int fd_ = -1;
+  tcp protocol_ = tcp::v4();
   std::string out_;   // frames not yet handed to a write
   std::string wbuf_;  // the frames of the write in progress
   bool writing_ = false;
-  bool reading_ = false;
+  // Who reads the socket: the I/O thread while `watching_` (an async_wait is out), else a
+  // caller while `leading_`, else nobody until lag_timer_ fires or a call is written.
+  bool watching_ = false;
+  std::uint64_t watch_seq_ = 0;  // of the latest watch: older handlers are stale
+  bool leading_ = false;
+  waiter* lead_waiter_ = nullptr;  // the leader's own call
+  std::thread::id lead_thread_;
+  steady::time_point lead_ended_{};
+  bool lag_armed_ = false;
+  std::vector<std::function<void()>> deferred_;  // user code for the I/O thread (defer)
   std::array<char, 16384> rchunk_{};
   frame_reader reader_{max_reply_bytes};
 };

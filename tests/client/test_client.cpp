@@ -11,9 +11,11 @@
 #include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <functional>
 #include <locale>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -587,4 +589,124 @@ TEST_CASE("the README's client example is the example the build compiles", "[cli
   REQUIRE(end != std::string::npos);
   const std::string block = doc.substr(start + 7, end - start - 7);
   CHECK(example.find(block) != std::string::npos);
+}
+
+// A blocking call reads its own reply when nobody else reads the socket (client.cpp, "leader").
+// What it reads may be another call's answer or an event: the user code that follows from
+// those must still run on the client's I/O thread, never in the reading caller's thread.
+TEST_CASE("callbacks run on the I/O thread even when a caller read their frame", "[client]") {
+  keylock_daemon d;
+  keylock::Client client(options_for(d.port()));
+  const auto caller = std::this_thread::get_id();
+
+  SECTION("on_lost, for an expired event read by a caller's ping") {
+    std::mutex m;
+    std::optional<std::thread::id> ran_on;
+    keylock::AcquireOptions options;
+    options.ttl = 200ms;
+    options.auto_extend = false;
+    options.on_lost = [&](const keylock::lease_lost&) {
+      std::lock_guard lock(m);
+      ran_on = std::this_thread::get_id();
+    };
+    keylock::Lease lease = client.acquire("lead:lost", options);
+    // The caller keeps reading, ping after ping with no pause (so the I/O thread never takes
+    // the socket back), until the daemon's expired event is handled.
+    const auto until = std::chrono::steady_clock::now() + keylock::test::event_bound;
+    while (lease.valid() && std::chrono::steady_clock::now() < until) client.ping();
+    REQUIRE_FALSE(lease.valid());
+    REQUIRE(wait_until([&] {
+      std::lock_guard lock(m);
+      return ran_on.has_value();
+    }));
+    std::lock_guard lock(m);
+    CHECK(*ran_on != caller);
+  }
+
+  SECTION("start_acquire's done, for a grant read by the releasing caller") {
+    for (int round = 0; round < 20; ++round) {
+      keylock::Lease held = client.acquire("lead:grant", {});
+      std::mutex m;
+      std::optional<std::thread::id> ran_on;
+      std::optional<keylock::Lease> granted;
+      keylock::AcquireOptions wait_for_it;
+      wait_for_it.wait = 10s;
+      client.start_acquire({"lead:grant"}, false, wait_for_it,
+                           [&](std::exception_ptr error, keylock::Lease lease) {
+                             std::lock_guard lock(m);
+                             ran_on = std::this_thread::get_id();
+                             if (!error) granted = std::move(lease);
+                           });
+      // Queued at the daemon behind `held` once inspect shows a waiter.
+      REQUIRE(wait_until([&] { return client.inspect("lead:grant").waiters == 1; }));
+      // The release's answer and the grant come back together: this caller reads both.
+      held.release(keylock::release_mode::confirmed);
+      REQUIRE(wait_until([&] {
+        std::lock_guard lock(m);
+        return ran_on.has_value();
+      }));
+      std::lock_guard lock(m);
+      REQUIRE(granted.has_value());
+      CHECK(*ran_on != caller);
+      granted->release();
+    }
+  }
+}
+
+// Threads that block, threads that do not, renewals and expiries, all on one connection: every
+// call completes exactly once (and, under ThreadSanitizer, without a data race).
+TEST_CASE("blocking calls from many threads and asynchronous ones all complete", "[client]") {
+  keylock_daemon d;
+  keylock::Client client(options_for(d.port()));
+  constexpr int threads = 4;
+  constexpr int calls = 150;
+  std::atomic<int> blocking_done{0};
+  std::atomic<int> async_done{0};
+  std::atomic<int> failures{0};
+  std::atomic<int> inside{0};
+  std::atomic<int> max_inside{0};
+
+  // Asynchronous acquires, chained: each completion starts the next from the I/O thread.
+  std::function<void(int)> next = [&](int left) {
+    keylock::AcquireOptions options;
+    options.wait = 10s;
+    options.ttl = 300ms;  // renewed every 100 ms while held
+    client.start_acquire({"mix:async"}, false, options,
+                         [&, left](std::exception_ptr error, keylock::Lease lease) {
+                           if (error) ++failures;
+                           lease = keylock::Lease();  // released here, on the I/O thread
+                           ++async_done;
+                           if (left > 1) next(left - 1);
+                         });
+  };
+  next(calls);
+
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      for (int i = 0; i < calls; ++i) {
+        try {
+          keylock::AcquireOptions options;
+          options.wait = 10s;
+          const std::string key = (i + t) % 2 == 0 ? "mix:shared" : "mix:own" + std::to_string(t);
+          keylock::Lease lease = client.acquire(key, options);
+          if (key == "mix:shared") {
+            raise_max(max_inside, ++inside);
+            --inside;
+          }
+          if (i % 10 == 0) client.ping();
+          lease.release(i % 3 == 0 ? keylock::release_mode::confirmed
+                                   : keylock::release_mode::no_reply);
+          ++blocking_done;
+        } catch (const std::exception&) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& worker : workers) worker.join();
+  REQUIRE(wait_until([&] { return async_done.load() == calls; }));
+  CHECK(blocking_done.load() == threads * calls);
+  CHECK(failures.load() == 0);
+  CHECK(max_inside.load() == 1);
 }
