@@ -33,7 +33,7 @@ if command -v redis-server >/dev/null; then
   echo "client_cost.sh: with_lock, keylock-bench's own protocol client (one client):"
   "$build/bench/keylock-bench" --target "keylock://127.0.0.1:$port" \
     --target "redis://127.0.0.1:$rport" --compare --cpu 0 --seconds 5 --markdown \
-    -w overhead --clients 1 | grep -E '^\| (target|:--|keylock|redis)' | head -n 5
+    -w overhead --clients 1 2>/dev/null | grep -E '^\| (target |:--|keylock:|redis://|keylock/redis )'
   echo
 fi
 echo "client_cost.sh: the client library; keylockd on CPU 1, client on CPU 0"

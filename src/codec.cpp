@@ -739,129 +739,205 @@ bool read_reply(reply_reader& reader, reply& out) {
          read_list(reader, "oldest", out.oldest, read_lease);
 }
 
+// Reads a flat JSON object the way the fast decoders accept it: known members, printable-ASCII
+// strings without escapes, integers of up to 19 digits, true/false. Every function returns
+// false for what it does not handle, which means "leave it to the full parser", never
+// "invalid".
+class flat_scanner {
+ public:
+  explicit flat_scanner(std::string_view frame) noexcept
+      : p_(frame.data()), end_(frame.data() + frame.size()) {}
+
+  void skip_ws() noexcept {
+    while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\r' || *p_ == '\n')) ++p_;
+  }
+
+  bool eat(char c) noexcept {
+    if (p_ == end_ || *p_ != c) return false;
+    ++p_;
+    return true;
+  }
+
+  bool at(char c) const noexcept { return p_ != end_ && *p_ == c; }
+
+  // A string with nothing to unescape or validate: printable ASCII only.
+  bool plain_string(std::string_view& s) noexcept {
+    if (!eat('"')) return false;
+    const char* begin = p_;
+    while (p_ < end_ && *p_ != '"') {
+      const auto c = static_cast<unsigned char>(*p_);
+      if (c == '\\' || c < 0x20 || c >= 0x80) return false;
+      ++p_;
+    }
+    if (p_ == end_) return false;
+    s = std::string_view(begin, static_cast<std::size_t>(p_ - begin));
+    ++p_;
+    return true;
+  }
+
+  bool boolean(bool& v) noexcept {
+    if (literal("true")) {
+      v = true;
+    } else if (literal("false")) {
+      v = false;
+    } else {
+      return false;
+    }
+    return p_ == end_ || *p_ == ',' || *p_ == '}' || *p_ == ' ' || *p_ == '\t' || *p_ == '\r';
+  }
+
+  bool uint(std::uint64_t& v) noexcept {
+    if (p_ == end_ || *p_ < '0' || *p_ > '9') return false;
+    v = 0;
+    if (*p_ == '0') {
+      ++p_;
+    } else {
+      // At most 19 digits, so that v cannot overflow; longer numbers take the full parser.
+      for (int digits = 0; p_ < end_ && *p_ >= '0' && *p_ <= '9'; ++p_) {
+        if (++digits > 19) return false;
+        v = v * 10 + static_cast<std::uint64_t>(*p_ - '0');
+      }
+    }
+    return !(p_ < end_ && ((*p_ >= '0' && *p_ <= '9') || *p_ == '.' || *p_ == 'e' || *p_ == 'E'));
+  }
+
+  // The whole frame as one object: `member(name)` reads each member's value (the scanner is
+  // just past the colon) and returns false to decline the frame.
+  template <class Member>
+  bool object(Member&& member) {
+    skip_ws();
+    if (!eat('{')) return false;
+    for (;;) {
+      skip_ws();
+      std::string_view name;
+      if (!plain_string(name)) return false;
+      skip_ws();
+      if (!eat(':')) return false;
+      skip_ws();
+      if (!member(name)) return false;
+      skip_ws();
+      if (eat('}')) break;
+      if (!eat(',')) return false;
+    }
+    skip_ws();
+    return p_ == end_;
+  }
+
+ private:
+  bool literal(std::string_view word) noexcept {
+    if (static_cast<std::size_t>(end_ - p_) < word.size() ||
+        std::string_view(p_, word.size()) != word) {
+      return false;
+    }
+    p_ += word.size();
+    return true;
+  }
+
+  const char* p_;
+  const char* end_;
+};
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
 
 bool decode_request_fast(std::string_view frame, request& out) noexcept {
   reset_request(out);
-  const char* p = frame.data();
-  const char* const end = p + frame.size();
-  auto skip_ws = [&] {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) ++p;
-  };
-  // A string with nothing to unescape or validate: printable ASCII only. Anything else
-  // (escapes, UTF-8, control bytes) is left to the full parser.
-  auto plain_string = [&](std::string_view& s) {
-    if (p == end || *p != '"') return false;
-    const char* begin = ++p;
-    while (p < end && *p != '"') {
-      auto c = static_cast<unsigned char>(*p);
-      if (c == '\\' || c < 0x20 || c >= 0x80) return false;
-      ++p;
-    }
-    if (p == end) return false;
-    s = std::string_view(begin, static_cast<std::size_t>(p - begin));
-    ++p;
-    return true;
-  };
-  skip_ws();
-  if (p == end || *p != '{') return false;
-  ++p;
+  flat_scanner in(frame);
   bool seen_op = false;
-  for (;;) {
-    skip_ws();
-    std::string_view name;
-    if (!plain_string(name)) return false;
-    skip_ws();
-    if (p == end || *p != ':') return false;
-    ++p;
-    skip_ws();
+  const bool read = in.object([&](std::string_view name) {
     const member_spec* spec = find_request_member(name);
-    if (spec == nullptr) return false;  // unknown member: its value may be anything
+    if (spec == nullptr || out.has(spec->bit)) return false;  // unknown or repeated
     if (spec->type == value_type::boolean) {
-      if (out.has(spec->bit)) return false;
-      auto literal = [&](std::string_view word) {
-        if (static_cast<std::size_t>(end - p) < word.size() ||
-            std::string_view(p, word.size()) != word) {
-          return false;
-        }
-        p += word.size();
-        return true;
-      };
-      if (literal("true")) {
-        out.*(spec->flag) = true;
-      } else if (!literal("false")) {
-        return false;
-      }
-      if (p < end && *p != ',' && *p != '}' && *p != ' ' && *p != '\t' && *p != '\r') {
-        return false;
-      }
-      out.set(spec->bit);
+      if (!in.boolean(out.*(spec->flag))) return false;
     } else if (spec->type == value_type::strings) {
       // ["a","b",...] of plain strings; anything else (empty, escapes, nesting) takes the
       // full parser, which also words the errors.
-      if (out.has(spec->bit) || p == end || *p != '[') return false;
-      ++p;
+      if (!in.eat('[')) return false;
       for (;;) {
-        skip_ws();
+        in.skip_ws();
         std::string_view k;
-        if (out.keys.size() >= max_keys_per_request || !plain_string(k)) return false;
+        if (out.keys.size() >= max_keys_per_request || !in.plain_string(k)) return false;
         out.keys.emplace_back(k);
-        skip_ws();
-        if (p == end) return false;
-        if (*p == ']') break;
-        if (*p != ',') return false;
-        ++p;
+        in.skip_ws();
+        if (in.eat(']')) break;
+        if (!in.eat(',')) return false;
       }
-      ++p;
-      out.set(spec->bit);
     } else if (spec->type == value_type::integer) {
-      if (out.has(spec->bit)) return false;
-      if (p == end || *p < '0' || *p > '9') return false;
-      std::uint64_t v = 0;
-      if (*p == '0') {
-        ++p;
-      } else {
-        // At most 19 digits, so that v cannot overflow; longer numbers take the full parser.
-        for (int digits = 0; p < end && *p >= '0' && *p <= '9'; ++p) {
-          if (++digits > 19) return false;
-          v = v * 10 + static_cast<std::uint64_t>(*p - '0');
-        }
-      }
-      if (p < end && ((*p >= '0' && *p <= '9') || *p == '.' || *p == 'e' || *p == 'E')) {
-        return false;
-      }
-      out.*(spec->num) = v;
-      out.set(spec->bit);
+      if (!in.uint(out.*(spec->num))) return false;
     } else {
       std::string_view value;
-      if (!plain_string(value)) return false;
+      if (!in.plain_string(value)) return false;
       if (spec->type == value_type::op) {
         if (seen_op) return false;
         seen_op = true;
         out.kind = op_from_string(value);
         if (out.kind == op::unknown) out.op_name.assign(value.substr(0, max_op_name_bytes));
-      } else if (spec->type == value_type::mode) {
-        auto mode = lock_mode_from_string(value);
-        if (out.has(spec->bit) || !mode) return false;
+        return true;
+      }
+      if (spec->type == value_type::mode) {
+        const auto mode = lock_mode_from_string(value);
+        if (!mode) return false;
         out.mode = *mode;
-        out.set(spec->bit);
       } else {
-        if (out.has(spec->bit)) return false;
         (out.*(spec->text)).assign(value);
-        out.set(spec->bit);
       }
     }
-    skip_ws();
-    if (p == end) return false;
-    if (*p == '}') break;
-    if (*p != ',') return false;
-    ++p;
+    out.set(spec->bit);
+    return true;
+  });
+  return read && seen_op;
+}
+
+bool decode_reply_fast(std::string_view frame, reply& out) {
+  out = reply{};
+  flat_scanner in(frame);
+  bool ok_seen = false;
+  bool ok = false;
+  bool event_seen = false;
+  std::uint32_t seen = 0;  // one bit per member below: a repeated member takes the full parser
+  auto once = [&seen](std::uint32_t bit) {
+    if ((seen & bit) != 0) return false;
+    seen |= bit;
+    return true;
+  };
+  auto number = [&in](std::optional<std::uint64_t>& target) {
+    std::uint64_t v = 0;
+    if (!in.uint(v)) return false;
+    target = v;
+    return true;
+  };
+  auto text = [&in](std::string& target) {
+    std::string_view v;
+    if (!in.plain_string(v)) return false;
+    target.assign(v);
+    return true;
+  };
+  const bool read = in.object([&](std::string_view name) {
+    // The members of acquire, release, extend, ping and error replies and of expired events;
+    // anything else (hello, inspect, stats, top, a set's `keys`) takes the full parser.
+    if (name == "id") return once(1U << 0) && number(out.id);
+    if (name == "ok") {
+      ok_seen = true;
+      return once(1U << 1) && in.boolean(ok);
+    }
+    if (name == "token") return once(1U << 2) && number(out.token);
+    if (name == "ttl_ms") return once(1U << 3) && number(out.ttl_ms);
+    if (name == "error") return once(1U << 4) && text(out.code_name);
+    if (name == "message") return once(1U << 5) && text(out.message);
+    if (name == "event") {
+      event_seen = true;
+      return once(1U << 6) && text(out.event);
+    }
+    if (name == "key") return once(1U << 7) && text(out.key);
+    return false;
+  });
+  if (!read || (!ok_seen && !event_seen)) return false;
+  out.type = ok_seen ? (ok ? reply::kind::ok : reply::kind::error) : reply::kind::event;
+  if (!out.code_name.empty()) {
+    out.code = errc_from_string(out.code_name).value_or(errc::bad_request);
   }
-  ++p;
-  skip_ws();
-  return p == end && seen_op;
+  return true;
 }
 
 std::optional<decode_error> decode_request(std::string_view frame, request& out) {
@@ -922,6 +998,13 @@ void append_request(std::string& out, const request& req) {
 }
 
 std::optional<decode_error> decode_reply(std::string_view frame, reply& out) {
+  // The replies a client reads most (acquire, release, extend, ping, errors, expired events)
+  // are flat objects of a few members: decode those without the general parser.
+  if (decode_reply_fast(frame, out)) return std::nullopt;
+  return decode_reply_full(frame, out);
+}
+
+std::optional<decode_error> decode_reply_full(std::string_view frame, reply& out) {
   out = reply{};
   frame = strip_cr(frame);
   try {

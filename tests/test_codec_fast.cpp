@@ -138,3 +138,112 @@ TEST_CASE("noreply is a boolean, decoded by both paths alike", "[codec]") {
   append_request(encoded, fast);
   REQUIRE(encoded.find(R"("noreply":true)") != std::string::npos);
 }
+
+namespace {
+
+void require_same(const reply& a, const reply& b) {
+  REQUIRE(a.type == b.type);
+  REQUIRE(a.id == b.id);
+  REQUIRE(a.code == b.code);
+  REQUIRE(a.code_name == b.code_name);
+  REQUIRE(a.message == b.message);
+  REQUIRE(a.event == b.event);
+  REQUIRE(a.key == b.key);
+  REQUIRE(a.keys == b.keys);
+  REQUIRE(a.token == b.token);
+  REQUIRE(a.ttl_ms == b.ttl_ms);
+  REQUIRE(a.server == b.server);
+  REQUIRE(a.version == b.version);
+  REQUIRE(a.protocol == b.protocol);
+  REQUIRE(a.held == b.held);
+  REQUIRE(a.waiters == b.waiters);
+  REQUIRE(a.limit == b.limit);
+  REQUIRE(a.stats.has_value() == b.stats.has_value());
+}
+
+const std::vector<std::string> reply_seeds = {
+    R"({"id":2,"ok":true,"token":1796482194123111,"ttl_ms":30000})",
+    R"({"id":7,"ok":true})",
+    R"({"id":3,"ok":false,"error":"timeout","message":"not acquired within 0 ms"})",
+    R"({"id":3,"ok":false,"error":"brand_new_code","message":"from a newer daemon"})",
+    R"({"event":"expired","key":"k","token":42})",
+    R"({"event":"expired","key":"a","keys":["a","b"],"token":42})",
+    R"({"ok":false,"error":"bad_request","message":"invalid JSON"})",
+    R"( { "id" : 1 , "ok" : true } )",
+    R"({"id":1,"ok":true,"version":"1.4.0","server":"h:7400","protocol":1})",
+    R"({"id":1,"ok":true,"held":false,"waiters":0,"limit":1,"holders":[]})",
+    R"({"id":1,"ok":true,"future_member":{"x":[1,2]}})",
+    R"({"id":1,"ok":1})",
+    R"({"id":1,"ok":"true"})",
+    R"({"id":-1,"ok":true})",
+    R"({"id":1.5,"ok":true})",
+    R"({"id":99999999999999999999,"ok":true})",
+    R"({"id":1,"id":2,"ok":true})",
+    R"({"id":1,"ok":true,"message":"caf\u00e9"})",
+    "{\"id\":1,\"ok\":false,\"error\":\"x\",\"message\":\"caf\xc3\xa9\"}",
+    R"({"id":1})",
+    R"({"id":1,"ok":true} x)",
+    R"({"id":1,"ok":true,})",
+    R"({})",
+    R"([])",
+};
+
+}  // namespace
+
+TEST_CASE("the fast reply decoder handles the replies a client reads most", "[codec]") {
+  reply r;
+  for (std::size_t i = 0; i < 5; ++i) {
+    INFO(reply_seeds[i]);
+    REQUIRE(decode_reply_fast(reply_seeds[i], r));
+  }
+  REQUIRE(decode_reply_fast(reply_seeds[0], r));
+  REQUIRE(r.type == reply::kind::ok);
+  REQUIRE(r.token == 1796482194123111U);
+  REQUIRE(r.ttl_ms == 30000U);
+  REQUIRE(decode_reply_fast(reply_seeds[3], r));
+  REQUIRE(r.type == reply::kind::error);
+  REQUIRE(r.code == errc::bad_request);  // a code this build does not know
+  REQUIRE(r.code_name == "brand_new_code");
+  REQUIRE(decode_reply_fast(reply_seeds[4], r));
+  REQUIRE(r.type == reply::kind::event);
+  // What it declines, decode_reply still decodes (or rejects) through the full parser.
+  REQUIRE_FALSE(decode_reply_fast(reply_seeds[5], r));
+  REQUIRE_FALSE(decode_reply(reply_seeds[5], r).has_value());
+  REQUIRE(r.keys == std::vector<std::string>{"a", "b"});
+  REQUIRE(decode_reply(reply_seeds[12], r).has_value());
+}
+
+TEST_CASE("the fast reply decoder declines what it cannot decide and agrees with the full one",
+          "[codec]") {
+  std::mt19937_64 rng(20261205);
+  const std::string alphabet = "{}[]\":,0123456789 -.eE\\uabcdefghijklmnopqrstuvwxyz_\x01\xff\xc3\r";
+  std::size_t accepted = 0;
+  for (std::size_t round = 0; round < 200'000; ++round) {
+    std::string frame = reply_seeds[rng() % reply_seeds.size()];
+    const int edits = static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits && !frame.empty(); ++e) {
+      const std::size_t at = rng() % frame.size();
+      switch (rng() % 3) {
+        case 0:
+          frame[at] = alphabet[rng() % alphabet.size()];
+          break;
+        case 1:
+          frame.insert(frame.begin() + static_cast<std::ptrdiff_t>(at),
+                       alphabet[rng() % alphabet.size()]);
+          break;
+        default:
+          frame.erase(at, 1);
+          break;
+      }
+    }
+    reply fast;
+    if (!decode_reply_fast(frame, fast)) continue;
+    ++accepted;
+    reply full;
+    const auto err = decode_reply_full(frame, full);
+    INFO(frame);
+    REQUIRE_FALSE(err.has_value());
+    require_same(fast, full);
+  }
+  REQUIRE(accepted > 10'000);  // the comparison above really ran on many frames
+}

@@ -2,7 +2,9 @@
 //
 // One `Client` is meant to be shared by every thread of a process. It owns one TCP connection
 // and one private I/O thread; requests from any number of threads are pipelined over the
-// connection and matched to their replies by `id`. Callers block until their reply arrives.
+// connection and matched to their replies by `id`. Callers block until their reply arrives;
+// a caller reads its own reply when no other thread is reading the connection, so the common
+// call costs no thread hop (client.cpp explains the handover with the I/O thread).
 //
 //   keylock::Client client;  // KEYLOCK_SERVER, else 127.0.0.1:7400; KEYLOCK_AUTH
 //   client.with_lock("report:monthly", [](const keylock::Lease& lease) {
@@ -18,8 +20,9 @@
 //   refuses its renewal, sends its `expired` event, when no renewal was confirmed within its
 //   ttl (the daemon is unresponsive), or when the connection drops (the daemon releases every
 //   lease of a closed connection). on_lost is not called for a lease released by its owner.
-// - Callbacks (`on_lost`) run on the I/O thread: they must be quick, must not block and must
-//   not call blocking Client or Lease functions (those throw std::logic_error there).
+// - Callbacks (`on_lost`) run on the I/O thread, even when another thread read the frame that
+//   caused them, and with no lock of the client's held: they must be quick, must not block and
+//   must not call blocking Client or Lease functions (those throw std::logic_error there).
 //   Exceptions thrown by a callback are swallowed.
 // - After a connection loss the client reconnects with exponential backoff and jitter, and
 //   sends `hello` (with the auth secret) first on every connection. Waiting acquires are sent
