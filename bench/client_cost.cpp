@@ -2,7 +2,7 @@
 // blocking call, async_acquire with use_future, and async_acquire with a callback on an
 // io_context. Uncontended: one key, one call at a time, each followed by a noreply release.
 //
-//   client_cost HOST:PORT [CALLS] [ROUNDS]
+//   client_cost HOST:PORT [CALLS] [ROUNDS] [PATH]     PATH: a prefix of one path's name
 //
 // Prints µs per acquire+release per path: the mean of the median round, and the p50 and p99 of
 // every call of every round. Numbers only. Pin it and the daemon apart yourself
@@ -52,11 +52,12 @@ double percentile(std::vector<double>& v, double q) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: client_cost HOST:PORT [CALLS] [ROUNDS]\n");
+    std::fprintf(stderr, "usage: client_cost HOST:PORT [CALLS] [ROUNDS] [PATH]\n");
     return 64;
   }
   const int calls = argc > 2 ? std::atoi(argv[2]) : 20000;
   const int rounds = argc > 3 ? std::atoi(argv[3]) : 5;
+  const std::string only = argc > 4 ? argv[4] : "";  // a prefix of one path's name
   keylock::client_options options;
   options.server = argv[1];
   options.auth = "";
@@ -104,6 +105,13 @@ int main(int argc, char** argv) {
   std::vector<path> paths{{"blocking acquire", blocking, {}, {}},
                           {"async_acquire, use_future", future, {}, {}},
                           {"async_acquire, callback on an io_context", callback, {}, {}}};
+  if (!only.empty()) {
+    std::erase_if(paths, [&](const path& p) { return std::string(p.name).rfind(only, 0) != 0; });
+  }
+  if (paths.empty()) {
+    std::fprintf(stderr, "client_cost: no path named %s...\n", only.c_str());
+    return 64;
+  }
   for (auto& p : paths) {  // warm-up
     std::vector<double> ignored;
     round_us(p.run, 1000, ignored);

@@ -3,7 +3,7 @@
 # keylockd, and in the same run keylock-bench's `overhead` workload (one client) against that
 # keylockd and a fresh redis-server: Redis's with_lock is the yardstick of issue 14. Servers
 # pinned to CPU 1, load to CPU 0. Stops what it starts.
-#   bench/client_cost.sh [CALLS] [ROUNDS]         BUILD_DIR: default build/release
+#   bench/client_cost.sh [CALLS] [ROUNDS] [PATH]   BUILD_DIR: default build/release
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build/release}
@@ -37,4 +37,4 @@ if command -v redis-server >/dev/null; then
   echo
 fi
 echo "client_cost.sh: the client library; keylockd on CPU 1, client on CPU 0"
-taskset -c 0 "$build/bench/client_cost" "127.0.0.1:$port" "${1:-20000}" "${2:-5}"
+taskset -c 0 "$build/bench/client_cost" "127.0.0.1:$port" "${1:-20000}" "${2:-5}" ${3:+"$3"}
