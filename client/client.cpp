@@ -1035,14 +1035,7 @@ class client_impl {
     }
     if (sent > 0) out_.erase(0, static_cast<std::size_t>(sent));
     // Full socket buffer, or an error that the async_write reports on the I/O thread.
-    if (!socket_.is_open()) {
-      boost::system::error_code ec;
-      socket_.assign(protocol_, fd_, ec);
-      if (ec) {
-        drop_later("cannot write: " + ec.message());
-        return;
-      }
-    }
+    if (!registered("cannot write")) return;
     writing_ = true;
     wbuf_.swap(out_);
     out_.clear();
@@ -1082,20 +1075,23 @@ class client_impl {
 
   // The I/O thread watches the socket for something to read, unless a leader reads it.
   void watch() {
-    if (watching_ || leading_ || !connected()) return;
-    if (!socket_.is_open()) {  // back from a leader: register the socket with the reactor
-      boost::system::error_code ec;
-      socket_.assign(protocol_, fd_, ec);
-      if (ec) {
-        drop_later("cannot watch the socket: " + ec.message());
-        return;
-      }
-    }
+    if (watching_ || leading_ || !connected() || !registered("cannot watch the socket")) return;
     watching_ = true;
     socket_.async_wait(tcp::socket::wait_read,
                        guarded([this, seq = ++watch_seq_](boost::system::error_code ec) {
                          on_readable(ec, seq);
                        }));
+  }
+
+  // Gives the socket back to socket_ (the reactor) after a leader took it out (unwatch). False,
+  // and the connection dropped soon after, when that fails.
+  bool registered(std::string_view doing) {
+    if (socket_.is_open()) return true;
+    boost::system::error_code ec;
+    socket_.assign(protocol_, fd_, ec);
+    if (!ec) return true;
+    drop_later(std::string(doing) + ": " + ec.message());
+    return false;
   }
 
   // on_drop from a handler of its own: the caller may be iterating the calls on_drop settles.

@@ -30,6 +30,30 @@ void require_same(const request& a, const request& b) {
   REQUIRE(a.mode == b.mode);
 }
 
+// A seed with up to three random edits (replace, insert, erase) from bytes that matter to JSON.
+std::string mutated(const std::vector<std::string>& from, std::mt19937_64& rng) {
+  static const std::string alphabet =
+      "{}[]\":,0123456789 -.eE\\uabcdefghijklmnopqrstuvwxyz_\x01\xff\xc3\r";
+  std::string frame = from[rng() % from.size()];
+  const int edits = static_cast<int>(rng() % 4);
+  for (int e = 0; e < edits && !frame.empty(); ++e) {
+    const std::size_t at = rng() % frame.size();
+    switch (rng() % 3) {
+      case 0:
+        frame[at] = alphabet[rng() % alphabet.size()];
+        break;
+      case 1:
+        frame.insert(frame.begin() + static_cast<std::ptrdiff_t>(at),
+                     alphabet[rng() % alphabet.size()]);
+        break;
+      default:
+        frame.erase(at, 1);
+        break;
+    }
+  }
+  return frame;
+}
+
 const std::vector<std::string> seeds = {
     R"({"op":"ping","id":1})",
     R"({"op":"acquire","id":12345,"key":"user:42:report","ttl_ms":30000})",
@@ -91,26 +115,9 @@ TEST_CASE("the fast decoder handles the frames clients send", "[codec]") {
 TEST_CASE("the fast decoder declines what it cannot decide and agrees with the full one",
           "[codec]") {
   std::mt19937_64 rng(20261127);
-  const std::string alphabet = "{}[]\":,0123456789 -.eE\\uabcdefghijklmnopqrstuvwxyz_\x01\xff\xc3\r";
   std::size_t accepted = 0;
   for (std::size_t round = 0; round < 200'000; ++round) {
-    std::string frame = seeds[rng() % seeds.size()];
-    int edits = static_cast<int>(rng() % 4);
-    for (int e = 0; e < edits && !frame.empty(); ++e) {
-      std::size_t at = rng() % frame.size();
-      switch (rng() % 3) {
-        case 0:
-          frame[at] = alphabet[rng() % alphabet.size()];
-          break;
-        case 1:
-          frame.insert(frame.begin() + static_cast<std::ptrdiff_t>(at),
-                       alphabet[rng() % alphabet.size()]);
-          break;
-        default:
-          frame.erase(at, 1);
-          break;
-      }
-    }
+    const std::string frame = mutated(seeds, rng);
     request fast;
     if (!decode_request_fast(frame, fast)) continue;
     ++accepted;
@@ -216,26 +223,9 @@ TEST_CASE("the fast reply decoder handles the replies a client reads most", "[co
 TEST_CASE("the fast reply decoder declines what it cannot decide and agrees with the full one",
           "[codec]") {
   std::mt19937_64 rng(20261205);
-  const std::string alphabet = "{}[]\":,0123456789 -.eE\\uabcdefghijklmnopqrstuvwxyz_\x01\xff\xc3\r";
   std::size_t accepted = 0;
   for (std::size_t round = 0; round < 200'000; ++round) {
-    std::string frame = reply_seeds[rng() % reply_seeds.size()];
-    const int edits = static_cast<int>(rng() % 4);
-    for (int e = 0; e < edits && !frame.empty(); ++e) {
-      const std::size_t at = rng() % frame.size();
-      switch (rng() % 3) {
-        case 0:
-          frame[at] = alphabet[rng() % alphabet.size()];
-          break;
-        case 1:
-          frame.insert(frame.begin() + static_cast<std::ptrdiff_t>(at),
-                       alphabet[rng() % alphabet.size()]);
-          break;
-        default:
-          frame.erase(at, 1);
-          break;
-      }
-    }
+    const std::string frame = mutated(reply_seeds, rng);
     reply fast;
     if (!decode_reply_fast(frame, fast)) continue;
     ++accepted;
