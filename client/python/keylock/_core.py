@@ -75,15 +75,25 @@ class DeadlineHeap:
     """Timed work by (when, kind, ref), earliest first, ties in the order pushed.
 
     Entries are never removed early (lazy deletion): the owner moves its time instead, and
-    ``live(when, kind, ref)`` tells whether an entry is still the owner's current one."""
+    ``live(when, kind, ref)`` tells whether an entry is still the owner's current one. So that
+    stale entries cannot pile up (a tight acquire loop with a long ttl leaves two per lease),
+    the heap drops them all whenever it has doubled since the last sweep: amortised O(1) per
+    push, and never more than about twice the live entries plus ``MIN_SWEEP``."""
+
+    MIN_SWEEP = 64
 
     def __init__(self, live: Callable[[float, int, Any], bool]) -> None:
         self._live = live
         self._heap: List[Tuple[float, int, int, Any]] = []
         self._seq = itertools.count()
+        self._sweep_at = self.MIN_SWEEP
 
     def push(self, when: float, kind: int, ref: Any) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), kind, ref))
+        if len(self._heap) >= self._sweep_at:
+            self._heap = [e for e in self._heap if self._live(e[0], e[2], e[3])]
+            heapq.heapify(self._heap)
+            self._sweep_at = max(self.MIN_SWEEP, 2 * len(self._heap))
 
     def earliest(self) -> Optional[float]:
         """The time of the earliest live entry; stale entries on top are dropped."""

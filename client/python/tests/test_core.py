@@ -91,6 +91,24 @@ def test_deadline_heap_yields_due_live_entries_in_order_and_skips_stale_ones():
     assert len(heap) == 0
 
 
+def test_deadline_heap_sweeps_stale_entries_so_they_cannot_pile_up():
+    current = {}
+    heap = DeadlineHeap(lambda when, kind, ref: current.get(ref) == when)
+    # One owner moving its time 10,000 times (a lease renewed, or a key acquired and released
+    # in a loop): one live entry, and the rest stale, never due before the run ends.
+    for i in range(10_000):
+        current["a"] = 1000.0 + i
+        heap.push(1000.0 + i, 1, "a")
+    assert len(heap) <= DeadlineHeap.MIN_SWEEP
+    # Live entries are all kept, in order.
+    for ref in range(200):
+        current[ref] = float(ref)
+        heap.push(float(ref), 2, ref)
+    assert len(heap) <= 2 * 201 + DeadlineHeap.MIN_SWEEP
+    assert [ref for _, _, ref in heap.pop_due(199.0)] == list(range(200))
+    assert heap.earliest() == 10_999.0
+
+
 def test_backoff_draws_from_the_upper_half_of_a_doubling_capped_ceiling_and_resets():
     b = Backoff(0.1, 1.0, random.Random(1234))
     for ceiling in (0.1, 0.2, 0.4, 0.8, 1.0, 1.0):
