@@ -266,19 +266,14 @@ enum class key_shape : std::uint8_t { one_key, key_set };
 // the only members read by other threads; the rest belongs to the I/O thread.
 struct lease_state {
   lease_state(std::vector<std::string> ks, std::uint64_t t, lock_mode m, bool r)
-      : keys(std::move(ks)),
-        key(keys.front()),
-        label(quote_keys(keys)),
-        token(t),
-        mode(m),
-        reentrant(r) {}
+      : keys(std::move(ks)), key(keys.front()), token(t), mode(m), reentrant(r) {}
 
   const std::vector<std::string> keys;  // as acquired; never empty
   const std::string key;                // keys.front(): names the lease in release/extend
-  const std::string label;              // for messages
   const std::uint64_t token;
   const lock_mode mode;
   const bool reentrant;  // registered in client_impl::reentries_ while held
+  std::string label() const { return quote_keys(keys); }  // for messages
   std::atomic<lease_status> status{lease_status::held};
   // Open holds of a reentrant lease; written under client_impl::reentry_mtx_.
   std::atomic<int> depth{1};
@@ -335,7 +330,11 @@ struct pending {
   deadline_handle timeout;
   std::shared_ptr<lease_state> lease;  // release, extend
   // acquire
-  std::string label;  // the keys, for messages
+  // The keys, for messages (built only for one).
+  std::string label() const {
+    if (req.has(field::keys) && !req.keys.empty()) return quote_keys(req.keys);
+    return quote_keys({req.key});
+  }
   bool reentrant = false;
   bool auto_extend = false;
   std::function<void(const lease_lost&)> on_lost;
@@ -495,11 +494,11 @@ class client_impl {
         const auto& lease = held.lease;
         if (lease->mode != mode) {
           throw ReentrancyError("keylock: cannot nest a " + std::string(to_string(mode)) +
-                                " hold of " + lease->label + " inside this thread's " +
+                                " hold of " + lease->label() + " inside this thread's " +
                                 std::string(to_string(lease->mode)) + " hold of it");
         }
         if (lease->status.load() == lease_status::lost) {
-          throw NotHeld("keylock: the enclosing hold of " + lease->label + " was lost");
+          throw NotHeld("keylock: the enclosing hold of " + lease->label() + " was lost");
         }
         lease->depth.fetch_add(1);
         return lease;
@@ -509,7 +508,7 @@ class client_impl {
       });
       if (overlap) {
         throw ReentrancyError("keylock: cannot nest an acquire of " + quote_keys(sorted) +
-                              " inside this thread's hold of " + held.lease->label +
+                              " inside this thread's hold of " + held.lease->label() +
                               ": nested sets of keys must be equal");
       }
     }
@@ -596,7 +595,6 @@ class client_impl {
     p.w = &w;
     p.req.kind = op::acquire;
     p.req.id = id;
-    p.label = quote_keys(keys);
     if (shape == key_shape::one_key) {
       p.req.key = std::move(keys.front());
       p.req.set(field::key);
@@ -640,14 +638,14 @@ class client_impl {
     if (p.state == call_state::queued) {  // never sent: nothing to withdraw
       pending done = std::move(*calls_.take(slot.id));
       cancel_deadline(done.timeout);
-      complete(w, cancelled_error(done.label));
+      complete(w, cancelled_error(done.label()));
       return;
     }
     // On the daemon: withdraw it. The call stays to take the answer; with no waiter, a grant
     // that crossed the cancel is released at once (on_acquire_reply).
     p.w = nullptr;
     cancel_deadline(p.timeout);
-    const std::string label = p.label;
+    const std::string label = p.label();
     const std::uint64_t target = slot.id;
     const std::uint64_t cancel_id = new_internal_call(op::cancel);  // may rehash calls_
     pending& cancel = calls_.at(cancel_id);
@@ -662,7 +660,7 @@ class client_impl {
       // An enclosing holder keeps the lease; tell this one if it ran without the lock.
       if (lease->status.load() == lease_status::lost && !on_io_thread()) {
         // lost_message is written before status turns lost, and never again.
-        throw NotHeld("keylock: lease on " + lease->label + " was lost: " + lease->lost_message);
+        throw NotHeld("keylock: lease on " + lease->label() + " was lost: " + lease->lost_message);
       }
       return;
     }
@@ -684,7 +682,7 @@ class client_impl {
                      std::function<void(std::exception_ptr)> done) {
     if (!leave_held(lease)) {
       done(lease->status.load() == lease_status::lost
-               ? error_ptr<NotHeld>("keylock: lease on " + lease->label +
+               ? error_ptr<NotHeld>("keylock: lease on " + lease->label() +
                                     " was lost: " + lease->lost_message)
                : nullptr);
       return;
@@ -963,10 +961,11 @@ class client_impl {
 
   void finish_lost_or_released(waiter& w, const lease_state& lease) {
     if (lease.status.load() == lease_status::lost) {
-      complete(w, error_ptr<NotHeld>("keylock: lease on " + lease.label +
+      complete(w, error_ptr<NotHeld>("keylock: lease on " + lease.label() +
                                      " was lost: " + lease.lost_message));
     } else {
-      complete(w, error_ptr<NotHeld>("keylock: lease on " + lease.label + " was already released"));
+      complete(w,
+               error_ptr<NotHeld>("keylock: lease on " + lease.label() + " was already released"));
     }
   }
 
@@ -1212,7 +1211,7 @@ class client_impl {
           complete(*p.w, error_from_reply(rep));
         } else if (code_of(rep) == "not_held") {
           complete(*p.w, error_ptr<NotHeld>(
-                             "keylock: lease on " + p.lease->label +
+                             "keylock: lease on " + p.lease->label() +
                                  " was no longer held by the daemon (it expired): " + rep.message,
                              errc::not_held));
         } else {
@@ -1306,7 +1305,7 @@ class client_impl {
       return;
     }
     if (code_of(rep) == "timeout") {
-      complete(*p.w, error_ptr<Timeout>("keylock: " + p.label + " not acquired within " +
+      complete(*p.w, error_ptr<Timeout>("keylock: " + p.label() + " not acquired within " +
                                             std::to_string(p.wait.count()) + " ms: " + rep.message,
                                         errc::timeout));
       return;
@@ -1341,9 +1340,10 @@ class client_impl {
     if (verdict == extend_verdict::release_and_lose) send_release(lease->key, lease->token);
     lose(lease, not_held ? lost_reason::not_held : lost_reason::expired, why);
     if (p.w != nullptr) {
-      complete(*p.w, not_held ? error_ptr<NotHeld>("keylock: lease on " + lease->label + " " + why,
-                                                   errc::not_held)
-                              : error_from_reply(rep));
+      complete(*p.w, not_held
+                         ? error_ptr<NotHeld>("keylock: lease on " + lease->label() + " " + why,
+                                              errc::not_held)
+                         : error_from_reply(rep));
     }
   }
 
@@ -1604,7 +1604,7 @@ class client_impl {
         case drop_outcome::wait_over:
           cancel_deadline(p.timeout);
           complete(*p.w, error_ptr<ConnectionError>(
-                             "keylock: " + p.label + " not acquired within " +
+                             "keylock: " + p.label() + " not acquired within " +
                              std::to_string(p.wait.count()) + " ms, and not because it is " +
                              "busy: " + last_error_));
           return;
@@ -1801,7 +1801,7 @@ class client_impl {
     for (const std::uint64_t id : ids) {  // in submission order
       pending done = std::move(*calls_.take(id));
       cancel_deadline(done.timeout);
-      complete(*done.w, outage_error(done.label));
+      complete(*done.w, outage_error(done.label()));
     }
   }
 
@@ -1829,7 +1829,7 @@ class client_impl {
       }
       waiter& w = *p.w;
       p.w = nullptr;  // abandoned: a late grant is released at once
-      complete(w, error_ptr<ConnectionError>("keylock: no reply to acquire of " + p.label +
+      complete(w, error_ptr<ConnectionError>("keylock: no reply to acquire of " + p.label() +
                                              " from keylockd at " + address()));
       const std::uint64_t cancel_id = new_internal_call(op::cancel);  // may rehash calls_
       pending& cancel = calls_.at(cancel_id);
@@ -1847,7 +1847,7 @@ class client_impl {
                               : last_error_.empty() ? "not connected"
                                                     : last_error_;
       complete(*done.w,
-               error_ptr<ConnectionError>("keylock: " + done.label + " not acquired within " +
+               error_ptr<ConnectionError>("keylock: " + done.label() + " not acquired within " +
                                           std::to_string(done.wait.count()) +
                                           " ms, and not because it is " + "busy: " + why));
       return;

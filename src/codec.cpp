@@ -16,6 +16,7 @@
 #include <array>
 #include <charconv>
 #include <cstddef>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -414,9 +415,16 @@ std::string_view strip_cr(std::string_view frame) noexcept {
 
 // Appends ,"name": (names are ours: plain ASCII, nothing to escape).
 void append_name(std::string& out, std::string_view name) {
-  out += ",\"";
-  out += name;
-  out += "\":";
+  // One size change instead of three appends: this runs for every member of every frame.
+  const std::size_t at = out.size();
+  out.resize(at + name.size() + 4);
+  char* p = out.data() + at;
+  *p++ = ',';
+  *p++ = '"';
+  std::memcpy(p, name.data(), name.size());
+  p += name.size();
+  *p++ = '"';
+  *p = ':';
 }
 
 void append_uint_member(std::string& out, std::string_view name, std::uint64_t value) {
