@@ -813,8 +813,19 @@ class client_impl {
         lead_waiter_ = &w;
         lead_thread_ = std::this_thread::get_id();
       }
-      setup();
-      if (lead) this->lead(w, io);
+      if (!lead) {
+        setup();
+      } else {
+        try {
+          setup();
+        } catch (...) {  // a leader that never leads would leave the socket unread
+          leading_ = false;
+          lead_waiter_ = nullptr;
+          if (awaiting_frames()) watch();
+          throw;
+        }
+        this->lead(w, io);
+      }
     }
     w.wait();
     if (w.error) std::rethrow_exception(w.error);
@@ -886,8 +897,8 @@ class client_impl {
   }
 
   // Runs an asynchronous operation's setup under io_mtx_: in this thread, so that its request
-  // goes out with no hop; posted when this is the I/O thread (a call from one of its
-  // callbacks, which already holds io_mtx_ and may be iterating what setup changes).
+  // goes out with no hop; posted when this is the I/O thread, which may be inside a handler
+  // (holding io_mtx_, perhaps iterating what setup changes) or in a callback.
   template <class Fn>
   void run_setup(Fn fn) {
     if (on_io_thread()) {
