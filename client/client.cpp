@@ -263,7 +263,8 @@ enum class lease_status : std::uint8_t { held, released, lost };
 enum class key_shape : std::uint8_t { one_key, key_set };
 
 // One granted lease. keys, token, mode and reentrant never change; `status` and `depth` are
-// the only members read by other threads; the rest belongs to the I/O thread.
+// the only members read without io_mtx_; the rest is I/O state (on_lost is set before the
+// lease is shared and never changed, so the deferred call of it needs no lock).
 struct lease_state {
   lease_state(std::vector<std::string> ks, std::uint64_t t, lock_mode m, bool r)
       : keys(std::move(ks)), key(keys.front()), token(t), mode(m), reentrant(r) {}
@@ -278,7 +279,7 @@ struct lease_state {
   // Open holds of a reentrant lease; written under client_impl::reentry_mtx_.
   std::atomic<int> depth{1};
 
-  // I/O thread only.
+  // I/O state: under client_impl::io_mtx_.
   milliseconds ttl{0};
   bool auto_extend = false;
   bool renewing = false;  // an auto renewal is in flight
@@ -290,8 +291,8 @@ struct lease_state {
 
 namespace {
 
-// A blocked caller. Lives on the caller's stack; the I/O thread completes it exactly once and
-// never touches it afterwards.
+// A blocked caller. Lives on the caller's stack; whoever reads its answer (the I/O thread or
+// a leader, under io_mtx_) completes it exactly once and never touches it afterwards.
 struct waiter {
   std::mutex m;
   std::condition_variable cv;
@@ -300,8 +301,9 @@ struct waiter {
   reply rep;
   std::shared_ptr<lease_state> lease;
   std::chrono::nanoseconds rtt{0};
-  // An asynchronous operation's waiter (heap-allocated, nobody blocked on it): complete() runs
-  // this on the I/O thread instead of waking anyone, and it deletes the waiter.
+  // An asynchronous operation's waiter (heap-allocated, nobody blocked on it): complete() has
+  // the I/O thread run this (deferred, without io_mtx_) instead of waking anyone, and it
+  // deletes the waiter.
   std::function<void(waiter&)> on_complete;
 
   void wait() {
@@ -516,7 +518,7 @@ class client_impl {
   }
 
  public:
-  // AcquireOptions::stop of one acquire call; touched on the I/O thread only.
+  // AcquireOptions::stop of one acquire call; I/O state (under io_mtx_).
   struct cancel_slot {
     std::uint64_t id = 0;  // the call, once setup made it
     bool cancelled = false;
