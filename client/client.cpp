@@ -1,9 +1,11 @@
 // keylock client library: the one translation unit that includes Asio.
 //
-// client_impl owns the connection and a private I/O thread running an io_context. Everything
-// below marked "I/O state" is guarded by `io_mtx_`: the I/O thread holds it in every handler
-// (`guarded`), and a blocking call takes it to do its own I/O, so that the common call costs no
-// thread hop at all:
+// client_impl owns the connection and a private I/O thread running an io_context, or, built
+// with the user's io_context, runs every handler there instead (no thread of its own; each
+// handler then keeps the client alive, as the destructor cannot wait for them). "The I/O
+// thread" below means whichever thread runs our handlers. Everything below marked "I/O state"
+// is guarded by `io_mtx_`: the I/O thread holds it in every handler (`guarded`), and a
+// blocking call takes it to do its own I/O, so that the common call costs no thread hop at all:
 // - A blocking call runs its "setup" step in the calling thread, under `io_mtx_`. The request
 //   is written to the socket at once (`flush` tries a plain non-blocking send first).
 // - If nobody else is reading the socket, the caller becomes the reader (the "leader") for up
@@ -15,9 +17,10 @@
 //   A leader that leaves with calls still unanswered re-arms the watch at once; with none, the
 //   I/O thread takes the socket back `idle_watch_lag` after the last leader left (events and
 //   drops on an idle connection are noticed that much later).
-// - User code never runs in a caller's thread or under a caller's turn: on_lost callbacks and
-//   the completions of asynchronous operations that a leader produces are deferred to the I/O
-//   thread (`defer`), as the header promises.
+// - User code never runs in a caller's thread or under io_mtx_: on_lost callbacks and the
+//   completions of asynchronous operations are deferred (`defer`). A handler of ours runs what
+//   it deferred as it ends, after releasing io_mtx_ (`run_guarded`); what a leader defers is
+//   posted to the I/O thread.
 // `mtx_` guards only `closed_` and `server_version_`.
 //
 // Time is kept in one ordered deadline index (`deadlines_`, one steady_timer): lease renewals
@@ -298,13 +301,13 @@ struct waiter {
   std::condition_variable cv;
   bool done = false;
   std::exception_ptr error;
-  reply rep;
+  std::optional<reply> rep;  // ping, inspect, stats, top: the answer (built only for those)
   std::shared_ptr<lease_state> lease;
   std::chrono::nanoseconds rtt{0};
-  // An asynchronous operation's waiter (heap-allocated, nobody blocked on it): complete() has
-  // the I/O thread run this (deferred, without io_mtx_) instead of waking anyone, and it
-  // deletes the waiter.
-  std::function<void(waiter&)> on_complete;
+  // An asynchronous operation's waiter (a heap-allocated operation that derives from waiter,
+  // nobody blocked on it): complete() has the I/O thread run this (deferred, without
+  // io_mtx_) instead of waking anyone, and it frees the operation.
+  void (*on_complete)(waiter&) = nullptr;
 
   void wait() {
     std::unique_lock lock(m);
@@ -348,29 +351,22 @@ struct pending {
   bool is_extend() const { return req.kind == op::extend; }
 };
 
-// Whether this thread, a client's I/O thread, holds that client's I/O mutex: inside a
-// guarded_handler, never while user code runs.
-thread_local bool io_locked_here = false;
+// The client whose I/O mutex this thread holds inside one of its handlers (run_guarded); null
+// elsewhere, and always while user code runs.
+thread_local const void* io_locked_by = nullptr;
 
-// An Asio handler that runs `fn` with the client's I/O mutex held (client_impl::guarded). Only
-// callable with what `fn` takes, so Asio's overloads that inspect a handler still choose right.
-template <class Fn>
+// An Asio handler that runs `fn` with the client's I/O mutex held (client_impl::guarded and
+// run_guarded). Only callable with what `fn` takes, so Asio's overloads that inspect a handler
+// still choose right.
+template <class Owner, class Fn>
 struct guarded_handler {
-  std::mutex* mtx;
+  Owner* owner;
+  std::shared_ptr<void> keep;  // the client, when it runs on the user's io_context
   Fn fn;
 
   template <class... Args>
   requires std::is_invocable_v<Fn&, Args...>
-  void operator()(Args&&... args) {
-    std::lock_guard io(*mtx);
-    struct mark {
-      mark() { io_locked_here = true; }
-      ~mark() { io_locked_here = false; }
-      mark(const mark&) = delete;
-      mark& operator=(const mark&) = delete;
-    } held;
-    fn(std::forward<Args>(args)...);
-  }
+  void operator()(Args&&... args) { owner->run_guarded(fn, std::forward<Args>(args)...); }
 };
 
 enum class conn_state : std::uint8_t {
@@ -383,15 +379,18 @@ enum class conn_state : std::uint8_t {
 
 }  // namespace
 
-class client_impl {
+class client_impl : public std::enable_shared_from_this<client_impl> {
  public:
-  explicit client_impl(client_options options)
+  // `io`: run on the user's io_context instead of a thread of our own.
+  client_impl(client_options options, asio::io_context* io)
       : options_(std::move(options)),
         work_(asio::make_work_guard(ioc_)),
-        resolver_(ioc_),
-        socket_(ioc_),
-        timer_(ioc_),
-        lag_timer_(ioc_),
+        user_io_(io),
+        ex_(io != nullptr ? io->get_executor() : ioc_.get_executor()),
+        resolver_(ex_),
+        socket_(ex_),
+        timer_(ex_),
+        lag_timer_(ex_),
         wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)),
         rng_(std::random_device{}()) {
     if (wake_fd_ < 0) throw std::system_error(errno, std::system_category(), "keylock: eventfd");
@@ -404,14 +403,27 @@ class client_impl {
   }
 
   ~client_impl() {
-    shutdown();
+    // On the user's io_context the last handler has run (each keeps the client alive), and
+    // the Client's destructor has closed it.
+    if (user_io_ == nullptr) shutdown();
     ::close(wake_fd_);
   }
   client_impl(const client_impl&) = delete;
   client_impl& operator=(const client_impl&) = delete;
 
   // Starts the I/O thread and makes the first connection. Throws like Client::Client.
+  // On the user's io_context, only starts connecting: the client counts as down from now, so
+  // that acquires fail with ConnectionError when no daemon answers within connect_timeout.
   void start() {
+    if (user_io_ != nullptr) {
+      std::lock_guard io(io_mtx_);
+      down_since_ = steady::now();
+      outage_at_ = add_deadline(*down_since_ + options_.connect_timeout, deadline_kind::outage, 0);
+      asio::post(ex_, guarded([this] {
+                   if (!closing_) start_connect();
+                 }));
+      return;
+    }
     thread_ = std::thread([this] { ioc_.run(); });
     io_thread_id_ = thread_.get_id();
     waiter w;
@@ -426,13 +438,14 @@ class client_impl {
     }
   }
 
-  // Stops everything; idempotent. Blocks until the I/O thread has exited.
+  // Stops everything; idempotent. Blocks until the I/O thread has exited; on the user's
+  // io_context, returns at once (close_all runs there).
   void shutdown() noexcept {
     {
       std::lock_guard lock(mtx_);
       if (closed_) return;
       closed_ = true;
-      asio::post(ioc_, guarded([this] { close_all(); }));
+      asio::post(ex_, guarded([this] { close_all(); }));
     }
     if (thread_.joinable()) thread_.join();
   }
@@ -539,28 +552,42 @@ class client_impl {
   // The acquire behind async_acquire: returns at once; `done` runs once, on the I/O thread,
   // with the granted lease or the exception acquire() would have thrown.
   void start_acquire(std::vector<std::string> keys, key_shape shape, AcquireOptions options,
-                     std::function<void(std::exception_ptr, std::shared_ptr<lease_state>)> done) {
+                     std::function<void(std::exception_ptr, Lease)> done) {
     if (options.reentrant) {
       done(error_ptr<std::invalid_argument>(
                "keylock: async_acquire does not take AcquireOptions::reentrant (a hold "
                "belongs to a thread, an asynchronous operation to none)"),
-           nullptr);
+           Lease());
       return;
     }
-    struct async_op {
+    // One allocation for the whole operation. `self` keeps it until it completes; the stop
+    // callback's handler may hold its slot a while longer.
+    struct async_op : waiter {
+      std::shared_ptr<async_op> self;
       cancel_slot slot;
       std::optional<std::stop_callback<std::function<void()>>> on_stop;
+      std::function<void(std::exception_ptr, Lease)> done;
+      std::weak_ptr<client_impl> client;
     };
     auto op = std::make_shared<async_op>();
-    auto slot = std::shared_ptr<cancel_slot>(op, &op->slot);
-    auto* w = new waiter;
-    w->on_complete = [op, done = std::move(done)](waiter& finished) mutable {
-      std::exception_ptr error = finished.error;
-      std::shared_ptr<lease_state> lease = std::move(finished.lease);
-      delete &finished;
-      op->on_stop.reset();
-      done(error, std::move(lease));
+    op->self = op;
+    op->done = std::move(done);
+    op->client = weak_from_this();
+    op->on_complete = [](waiter& finished) {
+      auto& self = static_cast<async_op&>(finished);
+      const std::shared_ptr<async_op> keep = std::move(self.self);
+      self.on_stop.reset();
+      const auto then = std::move(self.done);
+      std::shared_ptr<client_impl> client = self.client.lock();
+      if (self.error || !self.lease || !client) {
+        then(self.error ? self.error : error_ptr<ConnectionError>("keylock: the client is closed"),
+             Lease());
+        return;
+      }
+      then(nullptr, Lease(std::move(client), std::move(self.lease)));
     };
+    auto slot = std::shared_ptr<cancel_slot>(op, &op->slot);
+    waiter* w = op.get();
     if (options.stop.stop_possible()) op->on_stop.emplace(options.stop, stop_handler(slot));
     if (is_closed()) {
       finish_here(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
@@ -578,7 +605,7 @@ class client_impl {
 
  private:
   std::function<void()> stop_handler(const std::shared_ptr<cancel_slot>& slot) {
-    return [this, slot] { asio::post(ioc_, guarded([this, slot] { cancel_acquire(*slot); })); };
+    return [this, slot] { asio::post(ex_, guarded([this, slot] { cancel_acquire(*slot); })); };
   }
 
   // I/O thread: makes the acquire call that completes `w`, and sends or queues it.
@@ -667,7 +694,7 @@ class client_impl {
       return;
     }
     if (on_io_thread()) {  // from a callback, or a Lease dropped by the client's own code
-      if (io_locked_here) {
+      if (io_locked_by == this) {
         release_inline(lease);
       } else {
         std::lock_guard io(io_mtx_);
@@ -761,7 +788,7 @@ class client_impl {
       p.req.set(field::key);
       send_or_queue(p.req.id);
     });
-    return std::move(w.rep);
+    return std::move(w.rep).value();
   }
 
   void release_token(std::string_view key, std::uint64_t token) {
@@ -779,7 +806,7 @@ class client_impl {
   reply stats() {
     waiter w;
     submit(w, [&] { send_or_queue(new_user_call(w, op::stats).req.id); });
-    return std::move(w.rep);
+    return std::move(w.rep).value();
   }
 
   reply top(std::uint64_t n) {
@@ -790,11 +817,16 @@ class client_impl {
       p.req.set(field::n);
       send_or_queue(p.req.id);
     });
-    return std::move(w.rep);
+    return std::move(w.rep).value();
   }
 
  private:
-  bool on_io_thread() const { return std::this_thread::get_id() == io_thread_id_; }
+  // Whether this thread runs the client's handlers: its I/O thread, or a thread running the
+  // user's io_context.
+  bool on_io_thread() const {
+    if (user_io_ != nullptr) return user_io_->get_executor().running_in_this_thread();
+    return std::this_thread::get_id() == io_thread_id_;
+  }
 
   // Runs `setup` in this thread under io_mtx_ and blocks until `w` is completed, reading the
   // socket itself while nobody else does (see the top of the file); rethrows w's error.
@@ -870,16 +902,23 @@ class client_impl {
     [[maybe_unused]] const auto written = ::write(wake_fd_, &one, sizeof one);
   }
 
-  // submit() without blocking: `setup(w)` runs on the I/O thread with a heap waiter, whose
-  // completion calls `done` with its error (null on success) and deletes it.
+  // submit() without blocking: `setup(w)` runs under io_mtx_ with a heap waiter, whose
+  // completion calls `done` on the I/O thread with its error (null on success) and deletes it.
   template <class Setup>
   void start(std::function<void(std::exception_ptr)> done, Setup setup) {
-    auto* w = new waiter;
-    w->on_complete = [done = std::move(done)](waiter& finished) mutable {
-      std::exception_ptr error = finished.error;
-      delete &finished;
-      done(error);
+    struct async_op : waiter {
+      std::function<void(std::exception_ptr)> done;
     };
+    auto* op = new async_op;
+    op->done = std::move(done);
+    op->on_complete = [](waiter& finished) {
+      auto* self = static_cast<async_op*>(&finished);
+      const std::exception_ptr error = self->error;
+      const auto then = std::move(self->done);
+      delete self;
+      then(error);
+    };
+    waiter* w = op;
     if (is_closed()) {
       finish_here(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
       return;
@@ -899,12 +938,13 @@ class client_impl {
   }
 
   // Runs an asynchronous operation's setup under io_mtx_: in this thread, so that its request
-  // goes out with no hop; posted when this is the I/O thread, which may be inside a handler
-  // (holding io_mtx_, perhaps iterating what setup changes) or in a callback.
+  // goes out with no hop; posted when this thread is inside a handler of ours (holding
+  // io_mtx_, perhaps iterating what setup changes). User code never runs there: a callback,
+  // or a handler of the user's on the user's io_context, sets up in place.
   template <class Fn>
   void run_setup(Fn fn) {
-    if (on_io_thread()) {
-      asio::post(ioc_, guarded(std::move(fn)));
+    if (io_locked_by == this) {
+      asio::post(ex_, guarded(std::move(fn)));
       return;
     }
     std::lock_guard io(io_mtx_);
@@ -914,43 +954,107 @@ class client_impl {
   // ---- I/O state from here on: io_mtx_ held (an I/O thread handler, or a caller) ----------
 
   // `fn` as an Asio handler that runs with io_mtx_ held: every handler of the I/O thread.
+  // On the user's io_context each handler also keeps the client alive: the Client's
+  // destructor cannot wait for them there.
   template <class Fn>
-  guarded_handler<Fn> guarded(Fn fn) {
-    return guarded_handler<Fn>{&io_mtx_, std::move(fn)};
+  guarded_handler<client_impl, Fn> guarded(Fn fn) {
+    return guarded_handler<client_impl, Fn>{this, keep_alive(), std::move(fn)};
+  }
+
+ public:
+  // The body of every handler of ours: `fn` under io_mtx_, then, without it, the user code
+  // that `fn` deferred (on_lost, asynchronous completions), in this same turn of the thread.
+  template <class Fn, class... Args>
+  void run_guarded(Fn& fn, Args&&... args) {
+    std::vector<std::function<void()>> batch;
+    {
+      std::lock_guard io(io_mtx_);
+      struct mark {  // io_locked_by = this, for the duration
+        const void* outer = io_locked_by;
+        explicit mark(const void* self) { io_locked_by = self; }
+        ~mark() { io_locked_by = outer; }
+        mark(const mark&) = delete;
+        mark& operator=(const mark&) = delete;
+      } held(this);
+      try {
+        fn(std::forward<Args>(args)...);
+      } catch (...) {  // what it deferred must still run
+        if (!deferred_.empty() && !deferring_) post_run_deferred();
+        throw;
+      }
+      // This thread's turn to run callbacks, taken here to spare run_deferred a lock.
+      if (deferred_.empty() || deferring_) return;
+      deferring_ = true;
+      batch.swap(deferred_);
+    }
+    run_deferred_turn(std::move(batch));
+  }
+
+ private:
+  std::shared_ptr<void> keep_alive() {
+    if (user_io_ == nullptr) return nullptr;  // our thread is joined before we go
+    return shared_from_this();
   }
 
   // Runs user code (on_lost, asynchronous completions) on the I/O thread, after the current
   // handler and without io_mtx_: a callback that takes a lock of its own must not wait on a
   // thread that holds that lock and is itself waiting for io_mtx_ in a blocking call. In the
-  // order deferred; the last handler of close_all runs what is left.
+  // order deferred, one at a time even when several threads run the user's io_context. A
+  // handler of ours runs them as it ends (run_guarded); what a caller's thread defers (a
+  // leader's read, a setup) is posted; the last handler of close_all runs what is left.
   void defer(std::function<void()> fn) {
     deferred_.push_back(std::move(fn));
-    if (deferred_.size() == 1) asio::post(ioc_, [this] { run_deferred(); });
+    if (io_locked_by == this) return;
+    if (deferred_.size() == 1 && !deferring_) post_run_deferred();
   }
 
-  // I/O thread, io_mtx_ not held.
+  void post_run_deferred() {
+    asio::post(ex_, [this, keep = keep_alive()] { run_deferred(); });
+  }
+
+  // I/O thread, io_mtx_ not held. Returns at once while another thread runs the callbacks:
+  // that one runs these too, after its own.
   void run_deferred() {
-    for (;;) {
-      std::vector<std::function<void()>> batch;
-      {
-        std::lock_guard io(io_mtx_);
-        batch.swap(deferred_);
+    std::vector<std::function<void()>> batch;
+    {
+      std::lock_guard io(io_mtx_);
+      if (deferring_) return;
+      deferring_ = true;
+      batch.swap(deferred_);
+    }
+    run_deferred_turn(std::move(batch));
+  }
+
+  // Runs `batch`, then what is deferred meanwhile, until nothing is: this thread's turn
+  // (deferring_ is set; the turn ends it).
+  // NOLINTNEXTLINE(performance-unnecessary-value-param): the batch is ours to run and free
+  void run_deferred_turn(std::vector<std::function<void()>> batch) {
+    struct turn {  // ends this thread's turn however the loop ends (a throwing callback)
+      client_impl& self;
+      explicit turn(client_impl& owner) : self(owner) {}
+      ~turn() {
+        std::lock_guard io(self.io_mtx_);
+        self.deferring_ = false;
+        if (!self.deferred_.empty()) self.post_run_deferred();
       }
-      if (batch.empty()) return;
+      turn(const turn&) = delete;
+      turn& operator=(const turn&) = delete;
+    } end(*this);
+    while (!batch.empty()) {
       for (auto& fn : batch) fn();
+      batch.clear();
+      std::lock_guard io(io_mtx_);
+      batch.swap(deferred_);
     }
   }
 
   // Completes `w` exactly once: wakes its blocked caller, or runs an asynchronous operation's
   // completion on the I/O thread.
   void complete(waiter& w, std::exception_ptr error = nullptr) {
-    if (w.on_complete) {
+    if (w.on_complete != nullptr) {
       w.error = std::move(error);
       w.done = true;
-      defer([&w] {
-        auto then = std::move(w.on_complete);
-        then(w);  // deletes w
-      });
+      defer([&w] { w.on_complete(w); });  // frees w
       return;
     }
     const bool leader_elsewhere = &w == lead_waiter_ && std::this_thread::get_id() != lead_thread_;
@@ -968,8 +1072,7 @@ class client_impl {
   static void finish_here(waiter& w, std::exception_ptr error) {
     w.error = std::move(error);
     w.done = true;
-    auto then = std::move(w.on_complete);
-    then(w);  // deletes w
+    w.on_complete(w);  // frees w
   }
 
   void finish_lost_or_released(waiter& w, const lease_state& lease) {
@@ -1108,7 +1211,7 @@ class client_impl {
 
   // on_drop from a handler of its own: the caller may be iterating the calls on_drop settles.
   void drop_later(std::string why) {
-    asio::post(ioc_, guarded([this, gen = gen_, why = std::move(why)] {
+    asio::post(ex_, guarded([this, gen = gen_, why = std::move(why)] {
                  if (gen == gen_) on_drop(why);
                }));
   }
@@ -1557,7 +1660,7 @@ class client_impl {
       --round_left_;
       // Posted: the failed connection's handlers (already aborted) run first, and this may be
       // called from deep inside them.
-      asio::post(ioc_, guarded([this] {
+      asio::post(ex_, guarded([this] {
                    if (!closing_ && state_ == conn_state::disconnected && !reconnect_)
                      start_connect();
                  }));
@@ -1666,8 +1769,9 @@ class client_impl {
     timer_.cancel();
     lag_timer_.cancel();
     // Last, without io_mtx_: the callbacks deferred so far (those of the closing included).
-    asio::post(ioc_, [this] {
+    asio::post(ex_, [this, keep = keep_alive()] {
       run_deferred();
+      if (user_io_ != nullptr) return;  // the user's io_context goes on
       work_.reset();
       ioc_.stop();
     });
@@ -1887,8 +1991,12 @@ class client_impl {
   // The daemon of the connection in use (of its last successful hello); read by any thread.
   std::atomic<std::size_t> current_{0};
 
-  asio::io_context ioc_;
+  asio::io_context ioc_;  // the I/O thread's; unused on the user's io_context
   asio::executor_work_guard<asio::io_context::executor_type> work_;
+  asio::io_context* const user_io_;  // the user's, or null
+  // Where every handler runs: ioc_, or the user's io_context, which any number of threads may
+  // run (every handler holds io_mtx_, and run_deferred keeps user code in order).
+  const asio::io_context::executor_type ex_;
   tcp::resolver resolver_;
   tcp::socket socket_;
   asio::steady_timer timer_;
@@ -1960,6 +2068,7 @@ class client_impl {
   steady::time_point lead_ended_{};
   bool lag_armed_ = false;
   std::vector<std::function<void()>> deferred_;  // user code for the I/O thread (defer)
+  bool deferring_ = false;                       // a thread is running it (run_deferred)
   std::array<char, 16384> rchunk_{};
   frame_reader reader_{max_reply_bytes};
 };
@@ -2128,7 +2237,12 @@ void Lease::release_quietly() noexcept {
 // ---- Client -------------------------------------------------------------------------------
 
 Client::Client(client_options options)
-    : impl_(std::make_shared<detail::client_impl>(std::move(options))) {
+    : impl_(std::make_shared<detail::client_impl>(std::move(options), nullptr)) {
+  impl_->start();
+}
+
+Client::Client(boost::asio::io_context& io, client_options options)
+    : impl_(std::make_shared<detail::client_impl>(std::move(options), &io)) {
   impl_->start();
 }
 
@@ -2145,18 +2259,7 @@ void Client::start_acquire(std::vector<std::string> keys, bool as_set, AcquireOp
     return;
   }
   const detail::key_shape shape = as_set ? detail::key_shape::key_set : detail::key_shape::one_key;
-  impl_->start_acquire(
-      std::move(keys), shape, std::move(options),
-      [impl = std::weak_ptr<detail::client_impl>(impl_), done = std::move(done)](
-          std::exception_ptr error, std::shared_ptr<detail::lease_state> state) {
-        std::shared_ptr<detail::client_impl> client = impl.lock();
-        if (error || !state || !client) {
-          done(error ? error : detail::error_ptr<ConnectionError>("keylock: the client is closed"),
-               Lease());
-          return;
-        }
-        done(nullptr, Lease(std::move(client), std::move(state)));
-      });
+  impl_->start_acquire(std::move(keys), shape, std::move(options), std::move(done));
 }
 
 std::optional<Lease> Client::acquire(std::string_view key, const AcquireOptions& options,

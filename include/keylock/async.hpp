@@ -14,8 +14,15 @@
 // Client::acquire would have thrown (Timeout, ConnectionError, Cancelled, ...), so co_await and
 // future::get() rethrow it with its type, and a callback may rethrow it or look at it. The
 // handler runs on its associated executor (the coroutine's for use_awaitable; bind_executor
-// chooses one for a callback; without one, Asio's system executor), never on the client's
-// I/O thread, and the operation keeps that executor's work alive until then.
+// chooses one for a callback; without one, Asio's system executor), never inside the
+// initiating call, and the operation keeps that executor's work alive until then.
+//
+// Where the time goes: with a Client of its own I/O thread, each completion is posted from
+// that thread to the handler's executor, one thread wake per operation. With a Client on the
+// handler's io_context (Client(io, options)), the reply is read on the thread that runs that
+// io_context, and the handler runs right there, at once (dispatch), when the operation
+// completes after its initiation: no queueing and no wake, so an operation costs what a
+// blocking call does.
 //
 // Cancelling a pending operation: Debian's Boost 1.74 (Asio 1.18) has no per-operation
 // cancellation slots, so the operation takes a std::stop_token in AcquireOptions::stop;
@@ -27,8 +34,7 @@
 // when it inlines use_future at -O1 with sanitizers: a false positive in Boost's header
 // (-Wno-maybe-uninitialized for that file).
 //
-// The operation is Client::start_acquire, the same request the blocking acquire sends: it
-// costs no more than a blocking call (the handler is posted instead of a thread woken).
+// The operation is Client::start_acquire, the same request the blocking acquire sends.
 #pragma once
 
 // clang-format off
@@ -39,8 +45,14 @@
 
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/execution.hpp>
 #include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/require.hpp>
+#include <boost/asio/strand.hpp>
 
 #include <chrono>
 #include <exception>
@@ -53,27 +65,81 @@ namespace keylock {
 
 namespace detail {
 
+// Queues `fn` on `ex`, never running it inside this call, as the continuation of what runs
+// now: from a thread that is running ex's io_context, Asio queues it on that thread without a
+// lock or a wake of the reactor. A legacy (Networking TS) executor gets a plain post.
+template <class Executor, class Fn>
+void post_continuation(const Executor& ex, Fn&& fn) {
+  namespace execution = boost::asio::execution;
+  if constexpr (execution::is_executor<Executor>::value) {
+    execution::execute(boost::asio::prefer(boost::asio::require(ex, execution::blocking.never),
+                                           execution::relationship.continuation),
+                       std::forward<Fn>(fn));
+  } else {
+    boost::asio::post(ex, std::forward<Fn>(fn));
+  }
+}
+
+// How many operations this thread is initiating (inside start_async's `start`): an outcome
+// known during initiation is posted, never handed to the handler inside the initiating call.
+inline thread_local int initiating = 0;
+
+// Whether a handler for `ex` may run in this thread now (by dispatch): `ex` is an
+// io_context's executor and this thread runs that io_context, or a strand of one that this
+// thread is inside; also behind Asio's type-erased any_io_executor (use_awaitable's). False for
+// other executors (the system executor's, a thread pool's): their handlers are posted.
+template <class Executor>
+bool runs_here(const Executor& ex) {
+  using io_executor = boost::asio::io_context::executor_type;
+  if constexpr (requires { ex.running_in_this_thread(); }) {
+    return ex.running_in_this_thread();
+  } else if constexpr (requires { ex.template target<io_executor>(); }) {
+    if (const auto* io = ex.template target<io_executor>()) return io->running_in_this_thread();
+    if (const auto* strand = ex.template target<boost::asio::strand<io_executor>>()) {
+      return strand->running_in_this_thread();
+    }
+  }
+  return false;
+}
+
 // Runs an operation and delivers its outcome to `handler` on the handler's executor.
 // `start(done)` begins it; `done(args...)`, called once on any thread (the client's I/O
-// thread), passes the outcome on.
+// thread, or a thread running the user's io_context for a Client on it), passes the outcome
+// on: at once when that thread runs the handler's io_context and the operation has been
+// initiated (a Client on the io_context of a coroutine: no queueing at all), else queued.
 template <class Handler, class Start>
 void start_async(Start start, Handler handler) {
   auto executor = boost::asio::get_associated_executor(handler);
-  // Held until the handler has run: std::function needs a copyable callable, the handler
-  // (a coroutine's, a promise's) is move-only.
+  // Held until the handler has run. `done` carries only a pointer to it, so that the
+  // std::function holding `done` needs no allocation of its own; `done` runs exactly once and
+  // owns it from then on. (Should `start` throw before it takes `done`, the operation leaks
+  // rather than risk being freed twice.)
   struct operation {
     Handler handler;
     boost::asio::executor_work_guard<decltype(executor)> work;
   };
-  auto op = std::make_shared<operation>(
-      operation{std::move(handler), boost::asio::make_work_guard(executor)});
+  auto* op = new operation{std::move(handler), boost::asio::make_work_guard(executor)};
+  struct initiation {  // counts this thread's initiations for the duration
+    initiation() { ++initiating; }
+    ~initiation() { --initiating; }
+    initiation(const initiation&) = delete;
+    initiation& operator=(const initiation&) = delete;
+  } during;
   start([op](auto... outcome) {
-    auto ex = op->work.get_executor();
-    boost::asio::post(ex, [op, ... outcome = std::move(outcome)]() mutable {
-      Handler h = std::move(op->handler);
-      op->work.reset();
+    std::unique_ptr<operation> own(op);
+    auto ex = own->work.get_executor();
+    const bool now = initiating == 0 && runs_here(ex);
+    auto complete = [own = std::move(own), ... outcome = std::move(outcome)]() mutable {
+      Handler h = std::move(own->handler);
+      own->work.reset();
+      own.reset();
       std::move(h)(std::move(outcome)...);
-    });
+    };
+    if (now) {
+      boost::asio::dispatch(ex, std::move(complete));
+    } else {
+      post_continuation(ex, std::move(complete));
+    }
   });
 }
 

@@ -63,6 +63,10 @@
 #include <utility>
 #include <vector>
 
+namespace boost::asio {
+class io_context;  // keylock/async.hpp includes Asio; this header does not
+}  // namespace boost::asio
+
 namespace keylock {
 
 // For code that does not use exceptions: the error_code overloads below report what the
@@ -382,6 +386,7 @@ class Lease {
 
  private:
   friend class Client;
+  friend class detail::client_impl;
   Lease(std::shared_ptr<detail::client_impl> client, std::shared_ptr<detail::lease_state> state);
   void release_quietly() noexcept;
 
@@ -403,6 +408,19 @@ class Client {
   // message: AuthError if one refused the secret, else ProtocolError if one did not speak the
   // protocol, else ConnectionError (none reachable within connect_timeout).
   explicit Client(client_options options = {});
+  // A client with no thread of its own: its I/O runs on `io`, like any Asio object's (`io`
+  // may be run by any number of threads). For asynchronous code
+  // (keylock/async.hpp): an operation whose handler runs on `io` completes with no thread
+  // hop. The constructor does not wait for the connection (it may run before `io` does): it
+  // starts connecting and returns, and calls wait for the connection as they do during a
+  // reconnect. When no daemon answers within connect_timeout, acquires fail with
+  // ConnectionError, whose message says why (a refused secret, say). Nothing
+  // completes unless `io` runs. `io` must outlive the Client and its Leases. Blocking calls
+  // (acquire, Lease::extend, ping, ...) are refused with std::logic_error from a thread that
+  // is running `io` — they would wait for the thread they block; Lease::release there does
+  // not wait (release_mode::no_reply). Destroying the Client returns at once; the connection
+  // closes on `io`.
+  Client(boost::asio::io_context& io, client_options options = {});
   // Closes the connection (the daemon releases every lease and drops every waiting acquire of
   // it) and stops the I/O thread. Calls still blocked in other threads fail with
   // ConnectionError; leases still alive become invalid (reason client_closed). Must not be
@@ -467,8 +485,8 @@ class Client {
   // The non-blocking acquire behind async_acquire and async_acquire_all (keylock/async.hpp):
   // returns at once, and `done` runs once, on the client's I/O thread, with the granted lease
   // and a null exception_ptr, or with what acquire()/acquire_all() would have thrown and an
-  // empty Lease. `done` must not block (async_acquire posts to the handler's executor).
-  // options.stop cancels it; options.reentrant is refused (std::invalid_argument).
+  // empty Lease. `done` must not block (async_acquire passes the outcome to the handler's
+  // executor). options.stop cancels it; options.reentrant is refused (std::invalid_argument).
   void start_acquire(std::vector<std::string> keys, bool as_set, AcquireOptions options,
                      std::function<void(std::exception_ptr, Lease)> done);
 

@@ -1,7 +1,5 @@
 // async_acquire with Asio completion tokens (issue 14): callbacks on the caller's executor,
 // use_future, use_awaitable, and cancelling a pending operation through its stop_token.
-#include <utility>  // before Asio (Boost 1.74's awaitable.hpp)
-
 #include "harness.hpp"
 #include "keylock/async.hpp"
 #include "keylock/client.hpp"
@@ -13,15 +11,17 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
-
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <filesystem>
 #include <future>
+#include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <utility>  // before Asio (Boost 1.74's awaitable.hpp)
 
 using namespace std::chrono_literals;
 using keylock::test::options_for;
@@ -176,4 +176,195 @@ TEST_CASE("async_release of a lost lease reports NotHeld", "[client][async]") {
   CHECK_THROWS_AS(
       keylock::async_release(lease, keylock::release_mode::no_reply, asio::use_future).get(),
       keylock::NotHeld);
+}
+
+namespace {
+
+// The threads of this process now (entries of /proc/self/task).
+std::size_t thread_count() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& entry :
+       std::filesystem::directory_iterator("/proc/self/task")) {
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("a Client on the caller's io_context runs no thread of its own",
+          "[client][async][on_io]") {
+  keylock::test::daemon d;
+  asio::io_context io;
+  const std::size_t before = thread_count();
+  keylock::Client client(io, options_for(d.port()));
+  CHECK(thread_count() == before);
+
+  SECTION("coroutines and callbacks complete on the thread that runs the io_context") {
+    const auto runner = std::this_thread::get_id();
+    int granted = 0;
+    bool elsewhere = false;
+    bool finished = false;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          for (int i = 0; i < 20; ++i) {
+            keylock::Lease lease =
+                co_await keylock::async_acquire(client, "k", {}, asio::use_awaitable);
+            elsewhere = elsewhere || std::this_thread::get_id() != runner;
+            ++granted;
+            lease.release(keylock::release_mode::no_reply);  // on the io thread: does not wait
+          }
+          finished = true;
+        },
+        asio::detached);
+    std::optional<keylock::Lease> by_callback;
+    keylock::async_acquire(
+        client, "other", {},
+        asio::bind_executor(io, [&](std::exception_ptr error, keylock::Lease lease) {
+          REQUIRE_FALSE(error);
+          elsewhere = elsewhere || std::this_thread::get_id() != runner;
+          by_callback = std::move(lease);
+        }));
+    REQUIRE(run_until(io, [&] { return finished && by_callback.has_value(); }));
+    CHECK(granted == 20);
+    CHECK_FALSE(elsewhere);
+    CHECK(by_callback->valid());
+  }
+
+  SECTION("a blocking call from another thread completes while the io_context runs") {
+    std::atomic<bool> done{false};
+    std::optional<keylock::key_info> seen;
+    std::thread caller([&] {
+      keylock::Lease lease = client.acquire("k");
+      seen = client.inspect("k");
+      lease.release();
+      done = true;
+    });
+    const bool finished = run_until(io, [&] { return done.load(); });
+    caller.join();
+    REQUIRE(finished);
+    CHECK(seen->held == true);
+  }
+
+  SECTION("a blocking call from the io_context's thread is refused, not a deadlock") {
+    bool refused = false;
+    bool ran = false;
+    asio::post(io, [&] {
+      try {
+        client.ping();
+      } catch (const std::logic_error&) {
+        refused = true;
+      }
+      ran = true;
+    });
+    REQUIRE(run_until(io, [&] { return ran; }));
+    CHECK(refused);
+  }
+
+  SECTION("an outcome known at initiation is never delivered inside the initiating call") {
+    // From a handler on the io_context, where a completion may otherwise run at once.
+    bool returned = false;
+    bool returned_first = false;
+    bool completed = false;
+    asio::post(io, [&] {
+      keylock::AcquireOptions reentrant;
+      reentrant.reentrant = true;  // refused at once
+      keylock::async_acquire(client, "k", reentrant,
+                             asio::bind_executor(io, [&](std::exception_ptr error, keylock::Lease) {
+                               returned_first = returned;
+                               completed = error != nullptr;
+                             }));
+      returned = true;
+    });
+    REQUIRE(run_until(io, [&] { return completed; }));
+    CHECK(returned_first);
+  }
+}
+
+TEST_CASE("destroying a Client on the caller's io_context ends its waiting acquires and work",
+          "[client][async][on_io]") {
+  keylock::test::daemon d;
+  keylock::Client holder(options_for(d.port(), "holder"));
+  keylock::Lease held = holder.acquire("k");
+  asio::io_context io;
+  auto client = std::make_unique<keylock::Client>(io, options_for(d.port(), "on-io"));
+  std::exception_ptr outcome;
+  bool completed = false;
+  keylock::async_acquire(*client, "k", {},
+                         asio::bind_executor(io, [&](std::exception_ptr error, keylock::Lease) {
+                           outcome = error;
+                           completed = true;
+                         }));
+  REQUIRE(run_until(io, [&] { return holder.inspect("k").waiters == 1; }));
+  client.reset();  // returns at once: the connection closes on io
+  io.restart();
+  io.run_for(keylock::test::event_bound);
+  CHECK(io.stopped());  // run() ran out of work: nothing of the client's is left on io
+  REQUIRE(completed);
+  CHECK_THROWS_AS(std::rethrow_exception(outcome), keylock::ConnectionError);
+  CHECK(keylock::test::wait_until([&] { return holder.inspect("k").waiters == 0; }));
+}
+
+TEST_CASE("a Client on the caller's io_context with no daemon fails acquires as an outage",
+          "[client][async][on_io]") {
+  asio::io_context io;
+  auto options = options_for(keylock::test::free_port());  // nothing listens there
+  options.connect_timeout = 300ms;
+  keylock::Client client(io, options);  // does not wait for a connection
+  std::exception_ptr outcome;
+  bool completed = false;
+  keylock::async_acquire(client, "k", {},
+                         asio::bind_executor(io, [&](std::exception_ptr error, keylock::Lease) {
+                           outcome = error;
+                           completed = true;
+                         }));
+  REQUIRE(run_until(io, [&] { return completed; }));
+  CHECK_THROWS_AS(std::rethrow_exception(outcome), keylock::ConnectionError);
+}
+
+TEST_CASE("a Client on an io_context that several threads run keeps its promises",
+          "[client][async][on_io]") {
+  keylock::test::daemon d;
+  asio::io_context io;
+  keylock::Client client(io, options_for(d.port()));
+  constexpr int tasks = 4;
+  constexpr int rounds = 40;
+  std::atomic<int> holding{0};
+  std::atomic<int> most{0};
+  std::atomic<int> granted{0};
+  std::atomic<int> finished{0};
+  for (int t = 0; t < tasks; ++t) {
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+          for (int i = 0; i < rounds; ++i) {
+            keylock::Lease lease =
+                co_await keylock::async_acquire(client, "shared", {}, asio::use_awaitable);
+            const int now = ++holding;
+            int seen = most.load();
+            while (now > seen && !most.compare_exchange_weak(seen, now)) {
+            }
+            // Held across a round trip of its own, while the other tasks wait on other threads.
+            co_await keylock::async_extend(lease, 10s, asio::use_awaitable);
+            ++granted;
+            --holding;
+            co_await keylock::async_release(lease, keylock::release_mode::confirmed,
+                                            asio::use_awaitable);
+          }
+          ++finished;
+        },
+        asio::detached);
+  }
+  auto work = asio::make_work_guard(io);
+  std::thread first([&] { io.run(); });
+  std::thread second([&] { io.run(); });
+  const bool all = keylock::test::wait_until([&] { return finished.load() == tasks; });
+  work.reset();
+  io.stop();
+  first.join();
+  second.join();
+  REQUIRE(all);
+  CHECK(granted.load() == tasks * rounds);
+  CHECK(most.load() == 1);
 }
