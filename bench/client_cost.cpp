@@ -1,19 +1,22 @@
 // Per-call cost of the C++ client's acquire paths against one keylockd (issue 14): the
 // blocking call, async_acquire with use_future, and async_acquire with a callback on an
-// io_context. Uncontended: one key, one call at a time, each followed by a noreply release.
+// io_context, both with a Client of its own thread; then async_acquire with a callback and
+// with co_await, with a Client on the caller's io_context (no thread of its own).
+// Uncontended: one key, one call at a time, each followed by a noreply release.
 //
 //   client_cost HOST:PORT [CALLS] [ROUNDS] [PATH]     PATH: a prefix of one path's name
 //
 // Prints µs per acquire+release per path: the mean of the median round, and the p50 and p99 of
 // every call of every round. Numbers only. Pin it and the daemon apart yourself
 // (bench/client_cost.sh does: daemon on CPU 1, this on CPU 0, next to Redis's with_lock).
-#include <utility>  // before Asio (Boost 1.74's awaitable.hpp)
-
 #include "keylock/async.hpp"
 #include "keylock/client.hpp"
 
 #include <boost/asio/bind_executor.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
 #include <algorithm>
@@ -22,6 +25,7 @@
 #include <cstdlib>
 #include <functional>
 #include <string>
+#include <utility>  // before Asio (Boost 1.74's awaitable.hpp)
 #include <vector>
 
 namespace {
@@ -67,7 +71,7 @@ int main(int argc, char** argv) {
   auto blocking = [&](int n, marks& m) {
     for (int i = 0; i < n; ++i) {
       m.push_back(clock_type::now());
-      keylock::Lease lease = client.acquire("cost:blocking", acquire);
+      keylock::Lease lease = client.acquire("cost:path:1", acquire);
       lease.release(keylock::release_mode::no_reply);
     }
   };
@@ -75,7 +79,7 @@ int main(int argc, char** argv) {
     for (int i = 0; i < n; ++i) {
       m.push_back(clock_type::now());
       keylock::Lease lease =
-          keylock::async_acquire(client, "cost:future", acquire, boost::asio::use_future).get();
+          keylock::async_acquire(client, "cost:path:2", acquire, boost::asio::use_future).get();
       lease.release(keylock::release_mode::no_reply);
     }
   };
@@ -85,7 +89,7 @@ int main(int argc, char** argv) {
     std::function<void()> next = [&] {
       m.push_back(clock_type::now());
       keylock::async_acquire(
-          client, "cost:callback", acquire,
+          client, "cost:path:3", acquire,
           boost::asio::bind_executor(io, [&](std::exception_ptr error, keylock::Lease lease) {
             if (error) std::rethrow_exception(error);
             lease.release(keylock::release_mode::no_reply);
@@ -93,6 +97,49 @@ int main(int argc, char** argv) {
           }));
     };
     next();
+    io.run();
+  };
+
+  // A Client with no thread: its I/O runs on `io`, with the caller's handlers. Each round runs
+  // `io` until its chain of calls stops it.
+  boost::asio::io_context io;
+  keylock::Client on_io(io, options);
+  auto same_callback = [&](int n, marks& m) {
+    int left = n;
+    std::function<void()> next = [&] {
+      m.push_back(clock_type::now());
+      keylock::async_acquire(
+          on_io, "cost:path:4", acquire,
+          boost::asio::bind_executor(io, [&](std::exception_ptr error, keylock::Lease lease) {
+            if (error) std::rethrow_exception(error);
+            lease.release(keylock::release_mode::no_reply);
+            if (--left > 0) {
+              next();
+            } else {
+              io.stop();
+            }
+          }));
+    };
+    io.restart();
+    boost::asio::post(io, next);
+    io.run();
+  };
+  auto same_await = [&](int n, marks& m) {
+    io.restart();
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          for (int i = 0; i < n; ++i) {
+            m.push_back(clock_type::now());
+            keylock::Lease lease = co_await keylock::async_acquire(on_io, "cost:path:5", acquire,
+                                                                   boost::asio::use_awaitable);
+            lease.release(keylock::release_mode::no_reply);
+          }
+          io.stop();
+        },
+        [](std::exception_ptr error) {
+          if (error) std::rethrow_exception(error);
+        });
     io.run();
   };
 
@@ -104,7 +151,9 @@ int main(int argc, char** argv) {
   };
   std::vector<path> paths{{"blocking acquire", blocking, {}, {}},
                           {"async_acquire, use_future", future, {}, {}},
-                          {"async_acquire, callback on an io_context", callback, {}, {}}};
+                          {"async_acquire, callback on an io_context", callback, {}, {}},
+                          {"async_acquire, callback, Client on its io", same_callback, {}, {}},
+                          {"async_acquire, co_await, Client on its io", same_await, {}, {}}};
   if (!only.empty()) {
     std::erase_if(paths, [&](const path& p) { return std::string(p.name).rfind(only, 0) != 0; });
   }
