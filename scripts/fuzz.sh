@@ -2,7 +2,8 @@
 # Builds the libFuzzer targets of tests/fuzz with clang (ASan + UBSan) into build/fuzz/ and runs
 # each for SECONDS (default 60) on a copy of its seed corpus, printing the executions done.
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]     TARGET: decode_request, lock_table (default: both)
+#   scripts/fuzz.sh [SECONDS] [TARGET...]     TARGET: decode_request, lock_table, framer
+#                                             (default: all three)
 #
 # Needs Debian's clang and libclang-rt-14-dev. A crash leaves its input in build/fuzz/ (the
 # script exits non-zero); copy it into tests/fuzz/corpus/<target>/ to keep it as a regression
@@ -13,7 +14,7 @@ set -euo pipefail
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -eq 0 ]] && targets=(decode_request lock_table)
+[[ ${#targets[@]} -eq 0 ]] && targets=(decode_request lock_table framer)
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$root/build/fuzz
@@ -28,6 +29,7 @@ build() {
     decode_request) srcs=("$root/src/codec.cpp" "$root/src/protocol.cpp"); libs=() ;;
     lock_table) srcs=("$root/src/lock_table.cpp" "$root/src/metrics.cpp" "$root/src/protocol.cpp")
                 libs=(-lcrypto) ;;
+    framer) srcs=(); libs=() ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
   esac
   local bin=$out/fuzz_$t

@@ -6,8 +6,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <cstring>
-
 namespace keylock {
 
 namespace {
@@ -27,7 +25,7 @@ bool would_block(const error_code& ec) {
 }  // namespace
 
 session::session(tcp::socket socket, session_host& host, owner_id owner, std::string peer)
-    : socket_(std::move(socket)), host_(host) {
+    : socket_(std::move(socket)), host_(host), framer_(host.settings().max_frame_bytes) {
   info_.owner = owner;
   info_.peer = std::move(peer);
 }
@@ -88,42 +86,17 @@ void session::on_readable(const error_code& ec) {
   if (!closed_) do_read();
 }
 
-// Splits `data` into frames. Complete frames are handled straight from the read buffer; only
-// the tail of an unfinished frame is kept. A frame is known to be too large as soon as more
-// than max_frame_bytes have arrived without a newline.
+// Splits `data` into frames and handles them (line_framer: complete frames straight from the
+// read buffer; only an unfinished tail is kept).
 void session::consume(const char* data, std::size_t n) {
-  const std::size_t max_frame = host_.settings().max_frame_bytes;
-  auto oversized = [this] {
-    partial_.clear();
-    partial_.shrink_to_fit();
+  const auto outcome = framer_.feed(data, n, [this](std::string_view frame) {
+    handle_frame(frame);
+    return !closed_;  // a frame may close the session: the rest is not read
+  });
+  if (outcome == line_framer::result::oversized) {
     host_.dispatch().handle_oversized_frame(info_, out_);
     host_.mark_dirty(info_.owner);
     close(true);
-  };
-  if (!partial_.empty()) {
-    const void* nl = std::memchr(data, '\n', n);
-    std::size_t len = nl ? static_cast<std::size_t>(static_cast<const char*>(nl) - data) : n;
-    if (partial_.size() + len > max_frame) return oversized();
-    partial_.append(data, len);
-    if (nl == nullptr) return;
-    handle_frame(partial_);
-    partial_.clear();
-    if (partial_.capacity() > 4096) partial_.shrink_to_fit();  // a big frame once: give it back
-    data += len + 1;
-    n -= len + 1;
-  }
-  while (n > 0 && !closed_) {
-    const void* nl = std::memchr(data, '\n', n);
-    if (nl == nullptr) {
-      if (n > max_frame) return oversized();
-      partial_.assign(data, n);
-      return;
-    }
-    std::size_t len = static_cast<std::size_t>(static_cast<const char*>(nl) - data);
-    if (len > max_frame) return oversized();
-    handle_frame(std::string_view(data, len));
-    data += len + 1;
-    n -= len + 1;
   }
 }
 

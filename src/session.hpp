@@ -25,14 +25,15 @@
 // Runs on the io_context thread only.
 #pragma once
 
+#include "asio_common.hpp"
+#include "dispatch.hpp"
+#include "framer.hpp"
+
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include "asio_common.hpp"
-#include "dispatch.hpp"
 
 namespace keylock {
 
@@ -96,7 +97,7 @@ class session : public std::enable_shared_from_this<session> {
   tcp::socket socket_;
   session_host& host_;
   connection_info info_;
-  std::string partial_;  // an unfinished frame carried over between reads
+  line_framer framer_;   // keeps an unfinished frame between reads
   std::string out_;      // replies not yet handed to the kernel or to an async write
   std::string writing_;  // bytes handed to async writes, from write_offset_ on not yet sent
   std::size_t write_offset_ = 0;
