@@ -471,7 +471,7 @@ struct server::impl final : session_host, delivery {
       ++accepted_;
       owner_id owner = table_.connect();
       if (owner >= sessions_.size()) sessions_.resize(owner + 1);
-      auto s = std::make_shared<session>(std::move(socket), *this, owner, peer);
+      auto s = make_tcp_session(std::move(socket), *this, owner, peer);
       sessions_[owner] = s;
       ++sessions_live_;
       ++sockets_open_;

@@ -24,66 +24,12 @@ bool would_block(const error_code& ec) {
 
 }  // namespace
 
-session::session(tcp::socket socket, session_host& host, owner_id owner, std::string peer)
-    : socket_(std::move(socket)), host_(host), framer_(host.settings().max_frame_bytes) {
+// ---- session: everything above the bytes ----------------------------------------------------
+
+session::session(session_host& host, owner_id owner, std::string peer)
+    : host_(host), framer_(host.settings().max_frame_bytes) {
   info_.owner = owner;
   info_.peer = std::move(peer);
-}
-
-void session::start() {
-  error_code ignored;
-  socket_.non_blocking(true, ignored);
-  socket_.set_option(tcp::no_delay(true), ignored);
-  if (std::uint32_t idle = host_.settings().tcp_keepalive_s; idle > 0) {
-    socket_.set_option(asio::socket_base::keep_alive(true), ignored);
-    int fd = socket_.native_handle();
-    int secs = static_cast<int>(idle);
-    int interval = std::max(1, secs / 6);
-    int probes = 3;
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs);
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
-    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
-  }
-  connected_at_ = last_active_ = host_.now();
-  do_read();
-}
-
-void session::do_read() {
-  socket_.async_wait(tcp::socket::wait_read,
-                     [self = shared_from_this()](const error_code& ec) { self->on_readable(ec); });
-}
-
-void session::on_readable(const error_code& ec) {
-  if (closed_) return;
-  if (ec) {
-    if (ec != asio::error::operation_aborted) {
-      close(false);
-      host_.after_batch();
-    }
-    return;
-  }
-  // One clock read per wake-up: every frame of this batch is handled at this time.
-  wake_time_ = host_.now();
-  std::vector<char>& buf = host_.scratch();
-  for (int round = 0; round < max_reads_per_wakeup && !closed_; ++round) {
-    error_code rec;
-    std::size_t n = socket_.read_some(asio::buffer(buf), rec);
-    if (would_block(rec)) break;
-    if (rec == asio::error::eof) {
-      on_peer_finished();
-      break;
-    }
-    if (rec) {
-      spdlog::debug("peer {}: read failed: {}", info_.peer, rec.message());
-      close(false);
-      break;
-    }
-    host_.count_bytes(n, 0);
-    consume(buf.data(), n);
-    if (n < buf.size()) break;
-  }
-  host_.after_batch();
-  if (!closed_) do_read();
 }
 
 // Splits `data` into frames and handles them (line_framer: complete frames straight from the
@@ -134,25 +80,25 @@ void session::handle_frame(std::string_view frame) {
 
 std::size_t session::unsent() const { return out_.size() + writing_.size() - write_offset_; }
 
-void session::flush() {
+// A client that does not read its replies: closed once more than max_output_bytes wait.
+bool session::too_much_unsent() {
   const std::size_t max_output = host_.settings().max_output_bytes;
+  if (closed_ || unsent() <= max_output) return false;
+  spdlog::warn("peer {}: not reading its replies ({} bytes unsent, max_output_bytes {}); closing",
+               info_.peer, unsent(), max_output);
+  close(false);
+  return true;
+}
+
+void session::flush() {
   if (write_in_flight_) {
-    if (!closed_ && unsent() > max_output) {
-      spdlog::warn("peer {}: not reading its replies ({} bytes unsent, max_output_bytes {}); "
-                   "closing",
-                   info_.peer, unsent(), max_output);
-      close(false);
-    }
+    too_much_unsent();
     return;  // on_write continues with out_
   }
   if (!out_.empty()) {
-    if (!socket_.is_open()) return;
+    if (!transport_open()) return;
     error_code ec;
-    std::size_t n = socket_.write_some(asio::buffer(out_), ec);
-    if (would_block(ec)) {
-      n = 0;
-      ec = {};
-    }
+    const std::size_t n = write_now(out_.data(), out_.size(), ec);
     if (ec) {
       spdlog::debug("peer {}: write failed: {}", info_.peer, ec.message());
       if (!closed_) close(false);
@@ -163,37 +109,26 @@ void session::flush() {
     if (n == out_.size()) {
       out_.clear();
     } else {
-      // The kernel took part of it: hand the rest to async writes, keep out_ for new replies.
+      // The transport took part of it: hand the rest to async writes, keep out_ for new
+      // replies.
       writing_.swap(out_);
       write_offset_ = n;
       out_.clear();
-      if (!closed_ && unsent() > max_output) {
-        spdlog::warn("peer {}: not reading its replies ({} bytes unsent, max_output_bytes {}); "
-                     "closing",
-                     info_.peer, unsent(), max_output);
-        close(false);
-        return;
-      }
+      if (too_much_unsent()) return;
       write_progress_at_ = host_.now();
-      do_write();
+      start_async_write();
       return;
     }
   }
   if (shutdown_pending_) {
     shutdown_pending_ = false;
-    error_code ignored;
-    socket_.shutdown(tcp::socket::shutdown_send, ignored);
-    do_drain();
+    shut_down_sending();
   }
 }
 
-// One write_some at a time rather than async_write: each completion shows progress, which is
-// what write_timeout_ms measures.
-void session::do_write() {
+void session::start_async_write() {
   write_in_flight_ = true;
-  socket_.async_write_some(
-      asio::buffer(writing_.data() + write_offset_, writing_.size() - write_offset_),
-      [self = shared_from_this()](const error_code& ec, std::size_t n) { self->on_write(ec, n); });
+  write_async();
 }
 
 void session::on_write(const error_code& ec, std::size_t n) {
@@ -210,7 +145,7 @@ void session::on_write(const error_code& ec, std::size_t n) {
   write_offset_ += n;
   if (n > 0) write_progress_at_ = host_.now();
   if (write_offset_ < writing_.size()) {
-    do_write();
+    start_async_write();
     return;
   }
   writing_.clear();
@@ -238,38 +173,143 @@ void session::close(bool graceful) {
   if (!write_in_flight_) flush();
 }
 
-void session::do_drain() {
-  draining_ = true;
-  socket_.async_wait(tcp::socket::wait_read,
-                     [self = shared_from_this()](const error_code& ec) { self->on_drain(ec); });
-}
-
-void session::on_drain(const error_code& ec) {
-  if (ec || !socket_.is_open()) return finish_close();
-  std::vector<char>& buf = host_.scratch();
-  for (;;) {
-    error_code rec;
-    std::size_t n = socket_.read_some(asio::buffer(buf), rec);
-    if (would_block(rec)) break;
-    if (rec) return finish_close();  // EOF: the peer has everything
-    drained_ += n;
-    if (drained_ > drain_bytes) return finish_close();
-  }
-  socket_.async_wait(tcp::socket::wait_read,
-                     [self = shared_from_this()](const error_code& e) { self->on_drain(e); });
-}
-
 void session::abort() {
   if (!closed_) close(false);
   finish_close();
 }
 
 void session::finish_close() {
-  draining_ = false;
-  if (!socket_.is_open()) return;
-  error_code ignored;
-  socket_.close(ignored);
+  if (!transport_open()) return;
+  close_transport();
   host_.on_socket_closed(*this);
+}
+
+// ---- tcp_session: plain TCP ------------------------------------------------------------------
+
+namespace {
+
+// Reads wait for readability and go to the server's shared scratch buffer, drained per wake-up
+// (bounded); writes go straight to the kernel when it takes them.
+class tcp_session final : public session {
+ public:
+  tcp_session(tcp::socket socket, session_host& host, owner_id owner, std::string peer)
+      : session(host, owner, std::move(peer)), socket_(std::move(socket)) {}
+
+  void start() override {
+    error_code ignored;
+    socket_.non_blocking(true, ignored);
+    socket_.set_option(tcp::no_delay(true), ignored);
+    if (std::uint32_t idle = host().settings().tcp_keepalive_s; idle > 0) {
+      socket_.set_option(asio::socket_base::keep_alive(true), ignored);
+      int fd = socket_.native_handle();
+      int secs = static_cast<int>(idle);
+      int interval = std::max(1, secs / 6);
+      int probes = 3;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs);
+      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
+    }
+    mark_connected();
+    do_read();
+  }
+
+ private:
+  void do_read() {
+    socket_.async_wait(tcp::socket::wait_read, [this, keep = shared_from_this()](
+                                                   const error_code& ec) { on_readable(ec); });
+  }
+
+  void on_readable(const error_code& ec) {
+    if (closed()) return;
+    if (ec) {
+      if (ec != asio::error::operation_aborted) {
+        close(false);
+        host().after_batch();
+      }
+      return;
+    }
+    begin_batch();  // one clock read per wake-up
+    std::vector<char>& buf = host().scratch();
+    for (int round = 0; round < max_reads_per_wakeup && !closed(); ++round) {
+      error_code rec;
+      std::size_t n = socket_.read_some(asio::buffer(buf), rec);
+      if (would_block(rec)) break;
+      if (rec == asio::error::eof) {
+        on_peer_finished();
+        break;
+      }
+      if (rec) {
+        spdlog::debug("peer {}: read failed: {}", info().peer, rec.message());
+        close(false);
+        break;
+      }
+      host().count_bytes(n, 0);
+      consume(buf.data(), n);
+      if (n < buf.size()) break;
+    }
+    host().after_batch();
+    if (!closed()) do_read();
+  }
+
+  std::size_t write_now(const char* data, std::size_t n, error_code& ec) override {
+    const std::size_t written = socket_.write_some(asio::buffer(data, n), ec);
+    if (would_block(ec)) {
+      ec = {};
+      return 0;
+    }
+    return written;
+  }
+
+  // One write_some at a time rather than async_write: each completion shows progress, which
+  // is what write_timeout_ms measures.
+  void write_async() override {
+    socket_.async_write_some(
+        asio::buffer(writing_.data() + write_offset_, writing_.size() - write_offset_),
+        [this, keep = shared_from_this()](const error_code& ec, std::size_t n) {
+          on_write(ec, n);
+        });
+  }
+
+  void shut_down_sending() override {
+    error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_send, ignored);
+    do_drain();
+  }
+
+  void do_drain() {
+    socket_.async_wait(tcp::socket::wait_read,
+                       [this, keep = shared_from_this()](const error_code& ec) { on_drain(ec); });
+  }
+
+  void on_drain(const error_code& ec) {
+    if (ec || !socket_.is_open()) return finish_close();
+    std::vector<char>& buf = host().scratch();
+    for (;;) {
+      error_code rec;
+      std::size_t n = socket_.read_some(asio::buffer(buf), rec);
+      if (would_block(rec)) break;
+      if (rec) return finish_close();  // EOF: the peer has everything
+      drained_ += n;
+      if (drained_ > drain_bytes) return finish_close();
+    }
+    do_drain();
+  }
+
+  bool transport_open() const override { return socket_.is_open(); }
+
+  void close_transport() override {
+    error_code ignored;
+    socket_.close(ignored);
+  }
+
+  tcp::socket socket_;
+};
+
+}  // namespace
+
+std::shared_ptr<session> make_tcp_session(tcp::socket socket, session_host& host, owner_id owner,
+                                          std::string peer) {
+  return std::make_shared<tcp_session>(std::move(socket), host, owner, std::move(peer));
 }
 
 }  // namespace keylock

@@ -1,8 +1,10 @@
-// One client connection: owns its socket, its partial-frame buffer and its output queue.
+// One client connection: its transport (the socket), its framer (line_framer: the partial
+// frame) and its output queue. `session` is everything above the bytes; a transport derives
+// from it (tcp_session, made by make_tcp_session).
 //
-// Reading: the session waits for readability, then reads into the server's shared scratch
-// buffer until the socket is drained (bounded per wake-up), handling every complete frame in
-// place; only an unfinished frame is copied into the session's own buffer. An idle connection
+// Reading (plain TCP): the session waits for readability, then reads into the server's shared
+// scratch buffer until the socket is drained (bounded per wake-up), handling every complete
+// frame in place; only an unfinished frame is copied into the framer. An idle connection
 // therefore holds no read buffer at all.
 //
 // Writing: replies and pushed events are appended to `out_`. Once per wake-up the server asks
@@ -56,11 +58,21 @@ class session_host {
   virtual void count_bytes(std::size_t received, std::size_t sent) = 0;  // for metrics
 };
 
+// The transport-independent half of a connection: frames in (line_framer), requests handled
+// (dispatcher), replies queued and written, deadlines, and the close. A transport (tcp_session
+// below; a TLS one beside it) supplies the byte I/O through the protected virtual functions.
+// The two read differently: plain TCP waits for readability and reads into the server's shared
+// scratch buffer (an idle connection holds no buffer), a TLS stream must be read through its
+// engine with completion handlers. So the seam is this interface rather than a template: what
+// the transports share is everything above the bytes.
 class session : public std::enable_shared_from_this<session> {
  public:
-  session(tcp::socket socket, session_host& host, owner_id owner, std::string peer);
+  virtual ~session() = default;
+  session(const session&) = delete;
+  session& operator=(const session&) = delete;
 
-  void start();
+  // Starts reading (and, for TLS, the handshake).
+  virtual void start() = 0;
   // Appends to the output queue (caller marks dirty).
   std::string& output() { return out_; }
   // Writes pending output; called by the server once per batch.
@@ -72,7 +84,7 @@ class session : public std::enable_shared_from_this<session> {
 
   connection_info& info() { return info_; }
   bool closed() const { return closed_; }
-  bool finished() const { return !socket_.is_open(); }  // closed and its socket released
+  bool finished() const { return !transport_open(); }  // closed and its socket released
   tick connected_at() const { return connected_at_; }
   tick last_active() const { return last_active_; }   // last complete frame (or the connect)
   tick close_deadline() const { return close_deadline_; }  // 0 unless closing gracefully
@@ -81,36 +93,62 @@ class session : public std::enable_shared_from_this<session> {
     return write_in_flight_ ? std::optional<tick>(write_progress_at_) : std::nullopt;
   }
 
- private:
-  void do_read();
-  void on_readable(const error_code& ec);
+ protected:
+  session(session_host& host, owner_id owner, std::string peer);
+
+  // ---- for transports
+  session_host& host() { return host_; }
+  // A batch of reads begins: every frame of it is handled at this time.
+  void begin_batch() { wake_time_ = host_.now(); }
+  // Bytes read: splits them into frames and handles each.
   void consume(const char* data, std::size_t n);
-  void handle_frame(std::string_view frame);
-  void do_write();
-  void on_write(const error_code& ec, std::size_t n);
+  // The peer half-closed (EOF).
   void on_peer_finished();
-  std::size_t unsent() const;
-  void do_drain();
-  void on_drain(const error_code& ec);
+  // The transport is up (TLS: handshake done): the idle clock starts.
+  void mark_connected() { connected_at_ = last_active_ = host_.now(); }
+  // An async write (write_async) completed.
+  void on_write(const error_code& ec, std::size_t n);
+  // Ends the graceful close (drain done, or failed): releases the socket.
   void finish_close();
 
-  tcp::socket socket_;
+  // ---- what a transport provides
+  // Writes what the transport takes at once without blocking; 0 with no error when nothing
+  // (a TLS stream returns 0: it writes only through write_async).
+  virtual std::size_t write_now(const char* data, std::size_t n, error_code& ec) = 0;
+  // Writes writing_[write_offset_...] (part of it is enough), then calls on_write.
+  virtual void write_async() = 0;
+  // All output is written: ends the sending side, then drains input until EOF, the drain
+  // bound or an error, then calls finish_close().
+  virtual void shut_down_sending() = 0;
+  virtual bool transport_open() const = 0;
+  virtual void close_transport() = 0;
+
+  std::string writing_;  // bytes handed to async writes, from write_offset_ on not yet sent
+  std::size_t write_offset_ = 0;
+  std::size_t drained_ = 0;  // bytes drained since the graceful close began
+
+ private:
+  void handle_frame(std::string_view frame);
+  void start_async_write();
+  std::size_t unsent() const;
+  bool too_much_unsent();
+
   session_host& host_;
   connection_info info_;
   line_framer framer_;   // keeps an unfinished frame between reads
   std::string out_;      // replies not yet handed to the kernel or to an async write
-  std::string writing_;  // bytes handed to async writes, from write_offset_ on not yet sent
-  std::size_t write_offset_ = 0;
   bool write_in_flight_ = false;
   bool closed_ = false;           // released from the table; no more requests handled
-  bool shutdown_pending_ = false; // graceful close waits for queued output to be written
-  bool draining_ = false;
-  std::size_t drained_ = 0;
+  bool shutdown_pending_ = false;  // graceful close waits for queued output to be written
   tick wake_time_{0};  // when the current batch of reads began
   tick connected_at_{0};
   tick last_active_{0};
   tick write_progress_at_{0};
   tick close_deadline_{0};
 };
+
+// A connection over plain TCP.
+std::shared_ptr<session> make_tcp_session(tcp::socket socket, session_host& host, owner_id owner,
+                                          std::string peer);
 
 }  // namespace keylock
