@@ -18,6 +18,9 @@ constexpr int max_reads_per_wakeup = 4;
 constexpr std::chrono::milliseconds drain_time{1000};
 constexpr std::size_t drain_bytes = 1u << 20;
 
+// The first byte of a TLS record of type handshake (a ClientHello): never the start of a frame.
+constexpr char tls_handshake_byte = 0x16;
+
 bool would_block(const error_code& ec) {
   return ec == asio::error::would_block || ec == asio::error::try_again;
 }
@@ -244,6 +247,15 @@ class tcp_session final : public session {
         break;
       }
       host().count_bytes(n, 0);
+      if (!heard_ && n > 0 && buf[0] == tls_handshake_byte) {
+        spdlog::warn(
+            "peer {}: sent a TLS handshake to the plain-TCP lock port; closing (this "
+            "port speaks newline-delimited JSON without TLS)",
+            info().peer);
+        close(false);
+        break;
+      }
+      heard_ = true;
       consume(buf.data(), n);
       if (n < buf.size()) break;
     }
@@ -303,6 +315,7 @@ class tcp_session final : public session {
   }
 
   tcp::socket socket_;
+  bool heard_ = false;  // a byte has come: a TLS handshake would have been its first
 };
 
 }  // namespace

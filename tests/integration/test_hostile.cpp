@@ -322,6 +322,20 @@ TEST_CASE("a connection that does not complete hello within auth_timeout_ms is c
   REQUIRE(d.wait_log("auth_timeout_ms"));
 }
 
+TEST_CASE("a TLS client on the plain-TCP port is closed at once, with a log line",
+          "[integration][hostile]") {
+  test::daemon d;
+  conn tls_client(d.port());
+  // The start of a TLS 1.2 ClientHello record: type 22, version 3.1, length, handshake type 1.
+  REQUIRE(tls_client.send_raw(std::string("\x16\x03\x01\x00\x2f\x01\x00\x00\x2b\x03\x03", 11)));
+  REQUIRE(tls_client.wait_closed());
+  REQUIRE(d.wait_log("sent a TLS handshake to the plain-TCP lock port"));
+  // A JSON client is served as before.
+  conn plain(d.port());
+  plain.send_line(R"({"op":"ping","id":1})");
+  CHECK(parse_reply(plain.recv_line()).type == reply::kind::ok);
+}
+
 TEST_CASE("bytes that never complete a frame do not reset the idle clock",
           "[integration][hostile]") {
   test::daemon d({"--idle-timeout-ms", "400"});
