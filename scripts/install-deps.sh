@@ -11,7 +11,8 @@ packages=(
   libcli11-dev                            # command lines
   nlohmann-json3-dev                      # JSON
   catch2                                  # tests (Catch2 v2)
-  libssl-dev                              # libcrypto: MD5, constant-time compare
+  libssl-dev                              # libcrypto: MD5, constant-time compare; libssl: TLS
+  openssl                                 # the TLS tests make their certificates with it
   libhiredis-dev redis-server             # keylock-bench's Redis target and its peer server
   util-linux procps                       # taskset, ps/pgrep for scripts
   clang libclang-rt-14-dev python3        # libFuzzer targets (scripts/fuzz.sh); chaos driver

@@ -35,20 +35,31 @@ constexpr std::uint32_t u32_max = 0xffffffffu;
 const std::vector<setting>& settings() {
   static const std::vector<setting> rows = {
       {"listen", &config::listen, "Address of the lock protocol, HOST:PORT"},
-      {"state_dir", &config::state_dir, "Directory for durable state (fencing tokens); empty: none"},
+      {"state_dir", &config::state_dir,
+       "Directory for durable state (fencing tokens); empty: none"},
       {"auth", &config::auth, "Shared secret clients must send in hello (never logged)"},
       {"auth_file", &config::auth_file, "File whose first line is the shared secret"},
       {"log_level", &config::log_level, "trace, debug, info, warn, error, critical or off"},
       {"log_format", &config::log_format, "text, or json for one JSON object per line"},
       {"metrics_listen", &config::metrics_listen,
        "HTTP address for /metrics, /healthz and /readyz, HOST:PORT; empty: none"},
+      {"listen_tls", &config::listen_tls,
+       "Address of the lock protocol over TLS, HOST:PORT; empty: none (needs tls_cert_file and "
+       "tls_key_file)"},
+      {"tls_cert_file", &config::tls_cert_file,
+       "TLS: the server's certificate (PEM, may hold its chain)"},
+      {"tls_key_file", &config::tls_key_file, "TLS: the server's private key (PEM)"},
+      {"tls_ca_file", &config::tls_ca_file,
+       "TLS: CA bundle (PEM); when set, clients must present a certificate it signed (mutual "
+       "TLS)"},
+      {"tls_handshake_timeout_ms", &config::tls_handshake_timeout_ms,
+       "TLS: close a connection whose handshake is not done within this long", 100, 600'000},
       {"max_connections", &config::max_connections, "Most client connections at once", 1,
        1'000'000},
       {"max_frame_bytes", &config::max_frame_bytes, "Longest request line in bytes", 256,
        16u << 20},
       {"max_key_bytes", &config::max_key_bytes, "Longest key in bytes", 1, 65536},
-      {"default_ttl_ms", &config::default_ttl_ms, "Lease ttl when acquire gives none", 1,
-       u32_max},
+      {"default_ttl_ms", &config::default_ttl_ms, "Lease ttl when acquire gives none", 1, u32_max},
       {"max_ttl_ms", &config::max_ttl_ms, "Largest ttl_ms accepted", 1, u32_max},
       {"max_wait_ms", &config::max_wait_ms, "Largest wait_ms accepted", 0, u32_max},
       {"max_limit", &config::max_limit, "Largest semaphore limit accepted", 1, 1'000'000},
@@ -62,8 +73,7 @@ const std::vector<setting>& settings() {
       {"write_timeout_ms", &config::write_timeout_ms,
        "Close a connection whose unsent replies make no progress for this long", 100, 3'600'000},
       {"auth_timeout_ms", &config::auth_timeout_ms,
-       "With auth: close a connection that has not completed hello within this long", 100,
-       600'000},
+       "With auth: close a connection that has not completed hello within this long", 100, 600'000},
       {"max_unauthenticated_connections", &config::max_unauthenticated_connections,
        "With auth: most connections not yet through hello (the oldest is closed for a new one; "
        "at most half of max_connections)",
@@ -101,8 +111,8 @@ const std::vector<setting>& settings() {
        "Cluster mode: ttl of the daemon's etcd lease (rounded up to seconds); a dead daemon's "
        "keys free up after it, and leases' ttl stays below it",
        2'000, 600'000},
-      {"etcd_timeout_ms", &config::etcd_timeout_ms, "Cluster mode: bound of one etcd request",
-       100, 60'000},
+      {"etcd_timeout_ms", &config::etcd_timeout_ms, "Cluster mode: bound of one etcd request", 100,
+       60'000},
       {"handoff_limit", &config::handoff_limit,
        "Cluster mode: local grants of a key in a row while another daemon waits for it", 1,
        1'000'000},
@@ -257,6 +267,24 @@ std::optional<std::string> validate(const config& c) {
     return "refusing to listen on " + c.listen +
            " without auth: anyone who can reach it could take or break any lock. "
            "Set --auth or --auth-file, or listen on 127.0.0.1";
+  }
+  if (c.listen_tls.empty()) {
+    if (!c.tls_cert_file.empty() || !c.tls_key_file.empty() || !c.tls_ca_file.empty()) {
+      return "tls_cert_file, tls_key_file and tls_ca_file need listen_tls";
+    }
+    return std::nullopt;
+  }
+  if (!split_host_port(c.listen_tls, host, port)) {
+    return "listen_tls must be HOST:PORT or empty, not " + c.listen_tls;
+  }
+  if (c.tls_cert_file.empty() || c.tls_key_file.empty()) {
+    return "listen_tls needs tls_cert_file and tls_key_file";
+  }
+  if (!is_loopback_host(host) && c.auth.empty() && c.tls_ca_file.empty()) {
+    return "refusing to listen on " + c.listen_tls +
+           " without auth or client certificates: anyone who can reach it could take or break "
+           "any lock. Set --auth or --auth-file, require client certificates with "
+           "--tls-ca-file, or listen on 127.0.0.1";
   }
   return std::nullopt;
 }

@@ -28,6 +28,15 @@ struct config {
   std::string log_format = "text";
   // Where the HTTP listener serves /metrics, /healthz and /readyz. Empty: no listener.
   std::string metrics_listen = "127.0.0.1:7401";
+  // TLS (README "TLS"): a second listener for the lock protocol over TLS, "HOST:PORT"; empty:
+  // none. It needs tls_cert_file and tls_key_file (PEM; the certificate file may hold the
+  // chain). With tls_ca_file, clients must present a certificate signed by one of its CAs
+  // (mutual TLS); then the TLS listener may bind a public address without `auth`. SIGHUP
+  // re-reads the three files: new connections use them, open ones keep theirs.
+  std::string listen_tls;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_ca_file;
 
   std::uint32_t max_connections = 16384;       // beyond: limit_exceeded, then close
   std::uint32_t max_frame_bytes = 65536;       // one request line; beyond: frame_too_large
@@ -52,6 +61,7 @@ struct config {
   std::uint32_t tcp_keepalive_s = 60;          // TCP keepalive idle time (0 = off)
   std::uint32_t lock_delay_ms = 0;             // see PROTOCOL.md "Lock delay"
   std::uint32_t shutdown_grace_ms = 500;       // time to flush replies on SIGTERM before exit
+  std::uint32_t tls_handshake_timeout_ms = 5'000;  // a TLS handshake not done by then: close
 
   // Cluster mode (PROTOCOL.md "Cluster mode", README "Cluster mode"). Empty etcd_endpoints:
   // standalone, exactly as without these settings.

@@ -29,6 +29,7 @@
 #include "metrics.hpp"
 #include "metrics_http.hpp"
 #include "session.hpp"
+#include "tls_session.hpp"
 
 namespace keylock {
 
@@ -106,16 +107,17 @@ struct server::impl final : session_host, delivery {
         coordinator_(make_coordinator()),
         table_(limits_of(settings_),
                coordinator_ ? static_cast<token_source&>(*coordinator_) : tokens_,
-               table_histograms{&wait_hist_, &hold_hist_}, random_hash_seed(),
-               coordinator_.get()),
+               table_histograms{&wait_hist_, &hold_hist_}, random_hash_seed(), coordinator_.get()),
         started_(now()),
         dispatcher_(settings_, table_, *this, started_),
         acceptor_(io_),
+        tls_acceptor_(io_),
         signals_(io_, SIGINT, SIGTERM),
         reload_signal_(io_, SIGHUP),
         deadline_timer_(io_),
         housekeeping_timer_(io_),
         accept_timer_(io_),
+        tls_accept_timer_(io_),
         reservation_timer_(io_),
         cluster_timer_(io_),
         scratch_(scratch_bytes) {
@@ -398,20 +400,18 @@ struct server::impl final : session_host, delivery {
     if (!coordinator_) {
       if (auto err = tokens_.open()) return *err;
     }
-    std::string host;
-    std::uint16_t port = 0;
-    if (!split_host_port(settings_.listen, host, port)) return "bad listen address";
-    error_code ec;
-    if (host == "localhost") host = "127.0.0.1";
-    auto address = asio::ip::make_address(host, ec);
-    if (ec) return "cannot parse listen address " + settings_.listen + ": " + ec.message();
-    tcp::endpoint ep(address, port);
-    acceptor_.open(ep.protocol(), ec);
-    if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
-    if (!ec) acceptor_.bind(ep, ec);
-    if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) return "cannot listen on " + settings_.listen + ": " + ec.message();
-    auto bound = acceptor_.local_endpoint(ec);
+    tcp::endpoint bound;
+    if (auto err = listen_on(acceptor_, settings_.listen, bound)) return *err;
+    if (!settings_.listen_tls.empty()) {
+      auto made = make_tls_context(settings_);
+      if (auto* err = std::get_if<std::string>(&made)) return "TLS: " + *err;
+      tls_context_ = std::get<std::shared_ptr<asio::ssl::context>>(std::move(made));
+      tcp::endpoint tls_bound;
+      if (auto err = listen_on(tls_acceptor_, settings_.listen_tls, tls_bound)) return *err;
+      spdlog::info(
+          "TLS on {} (TLS 1.2 or later; client certificates {})", endpoint_text(tls_bound),
+          settings_.tls_ca_file.empty() ? "not asked for" : "required, signed by tls_ca_file");
+    }
     if (auto err = start_cluster(endpoint_text(bound))) return *err;
     if (!settings_.metrics_listen.empty()) {
       metrics_ = std::make_unique<metrics_http>(
@@ -440,21 +440,44 @@ struct server::impl final : session_host, delivery {
     return std::nullopt;
   }
 
-  void do_accept() {
-    acceptor_.async_accept([this](const error_code& ec, tcp::socket socket) {
-      on_accept(ec, std::move(socket));
-    });
+  // Opens `acceptor` on `address` ("HOST:PORT"); `bound` is where it listens.
+  static std::optional<std::string> listen_on(tcp::acceptor& acceptor, const std::string& address,
+                                              tcp::endpoint& bound) {
+    std::string host;
+    std::uint16_t port = 0;
+    if (!split_host_port(address, host, port)) return "bad listen address " + address;
+    error_code ec;
+    if (host == "localhost") host = "127.0.0.1";
+    auto ip = asio::ip::make_address(host, ec);
+    if (ec) return "cannot parse listen address " + address + ": " + ec.message();
+    tcp::endpoint ep(ip, port);
+    acceptor.open(ep.protocol(), ec);
+    if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor.bind(ep, ec);
+    if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    if (!ec) bound = acceptor.local_endpoint(ec);
+    if (ec) return "cannot listen on " + address + ": " + ec.message();
+    return std::nullopt;
   }
 
-  void on_accept(const error_code& ec, tcp::socket socket) {
+  // Accepts on the plain port, or with `tls` on the TLS port.
+  void do_accept(bool tls = false) {
+    (tls ? tls_acceptor_ : acceptor_)
+        .async_accept([this, tls](const error_code& ec, tcp::socket socket) {
+          on_accept(ec, std::move(socket), tls);
+        });
+  }
+
+  void on_accept(const error_code& ec, tcp::socket socket, bool tls) {
     if (stopping_) return;
     if (ec) {
       if (ec == asio::error::operation_aborted) return;
       // EMFILE and friends: back off instead of spinning on a listen queue we cannot drain.
       spdlog::warn("accept failed: {}; retrying in {} ms", ec.message(), accept_retry.count());
-      accept_timer_.expires_after(accept_retry);
-      accept_timer_.async_wait([this](const error_code& e) {
-        if (!e && !stopping_) do_accept();
+      asio::steady_timer& retry = tls ? tls_accept_timer_ : accept_timer_;
+      retry.expires_after(accept_retry);
+      retry.async_wait([this, tls](const error_code& e) {
+        if (!e && !stopping_) do_accept(tls);
       });
       return;
     }
@@ -471,7 +494,8 @@ struct server::impl final : session_host, delivery {
       ++accepted_;
       owner_id owner = table_.connect();
       if (owner >= sessions_.size()) sessions_.resize(owner + 1);
-      auto s = make_tcp_session(std::move(socket), *this, owner, peer);
+      auto s = tls ? make_tls_session(std::move(socket), tls_context_, *this, owner, peer)
+                   : make_tcp_session(std::move(socket), *this, owner, peer);
       sessions_[owner] = s;
       ++sessions_live_;
       ++sockets_open_;
@@ -482,7 +506,7 @@ struct server::impl final : session_host, delivery {
       s->start();
     }
     after_batch();
-    do_accept();
+    do_accept(tls);
   }
 
   // Connections that have not authenticated, oldest first; entries that have authenticated or
@@ -690,13 +714,36 @@ struct server::impl final : session_host, delivery {
     });
   }
 
-  // SIGHUP: re-read auth_file. Sessions that have authenticated keep their session; a file that
-  // cannot be read keeps the old secret.
+  // SIGHUP: re-read auth_file and the TLS files. What cannot be read keeps the old setting.
   void reload() {
-    if (settings_.auth_file.empty()) {
-      spdlog::info("SIGHUP: no auth_file to re-read; nothing to reload");
+    if (settings_.auth_file.empty() && settings_.listen_tls.empty()) {
+      spdlog::info("SIGHUP: no auth_file or TLS files to re-read; nothing to reload");
       return;
     }
+    reload_auth_file();
+    reload_tls();
+  }
+
+  // New TLS connections get the new certificate, key and CA; open ones keep what they have.
+  void reload_tls() {
+    if (settings_.listen_tls.empty()) return;
+    auto made = make_tls_context(settings_);
+    if (auto* err = std::get_if<std::string>(&made)) {
+      spdlog::error("SIGHUP: TLS: {}; keeping the current certificate and key", *err);
+      return;
+    }
+    tls_context_ = std::get<std::shared_ptr<asio::ssl::context>>(std::move(made));
+    spdlog::info(
+        "SIGHUP: re-read tls_cert_file {}, tls_key_file {}{}; new TLS connections use "
+        "them",
+        settings_.tls_cert_file, settings_.tls_key_file,
+        settings_.tls_ca_file.empty() ? "" : ", tls_ca_file " + settings_.tls_ca_file);
+  }
+
+  // Sessions that have authenticated keep their session; a file that cannot be read keeps the
+  // old secret.
+  void reload_auth_file() {
+    if (settings_.auth_file.empty()) return;
     std::string secret;
     if (auto err = read_auth_file(settings_.auth_file, secret)) {
       spdlog::error("SIGHUP: {}; keeping the current secret", *err);
@@ -721,7 +768,9 @@ struct server::impl final : session_host, delivery {
     signals_.async_wait([this](const error_code& e, int n) { on_signal(e, n); });
     error_code ignored;
     acceptor_.close(ignored);
+    tls_acceptor_.close(ignored);
     accept_timer_.cancel();
+    tls_accept_timer_.cancel();
     dispatcher_.abort_waiters();
     for (auto& s : sessions_) {
       if (s) s->close(true);
@@ -748,6 +797,7 @@ struct server::impl final : session_host, delivery {
     signals_.async_wait([this](const error_code& ec, int signo) { on_signal(ec, signo); });
     wait_reload_signal();
     do_accept();
+    if (tls_acceptor_.is_open()) do_accept(true);
     do_housekeeping();
     io_.run();
 #ifdef KEYLOCK_CLUSTER
@@ -768,11 +818,14 @@ struct server::impl final : session_host, delivery {
   tick started_;
   dispatcher dispatcher_;
   tcp::acceptor acceptor_;
+  tcp::acceptor tls_acceptor_;                       // open with listen_tls
+  std::shared_ptr<asio::ssl::context> tls_context_;  // for new TLS connections (SIGHUP: renewed)
   asio::signal_set signals_;
   asio::signal_set reload_signal_;
   asio::steady_timer deadline_timer_;
   asio::steady_timer housekeeping_timer_;
   asio::steady_timer accept_timer_;
+  asio::steady_timer tls_accept_timer_;
   asio::steady_timer reservation_timer_;
   bool reservation_waiting_ = false;  // a failed reservation waits for its retry timer
   asio::steady_timer cluster_timer_;   // the coordinator's idle timers

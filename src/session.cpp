@@ -14,9 +14,8 @@ namespace {
 // must not starve the rest. What is left is read at the next wake-up.
 constexpr int max_reads_per_wakeup = 4;
 // A graceful close (flush the last replies, send FIN, drain the peer's input) gets this long
-// from the moment it begins, and this much input is drained at most, before the socket closes.
+// from the moment it begins (and drains at most drain_bytes) before the socket closes.
 constexpr std::chrono::milliseconds drain_time{1000};
-constexpr std::size_t drain_bytes = 1u << 20;
 
 // The first byte of a TLS record of type handshake (a ClientHello): never the start of a frame.
 constexpr char tls_handshake_byte = 0x16;
@@ -33,6 +32,24 @@ session::session(session_host& host, owner_id owner, std::string peer)
     : host_(host), framer_(host.settings().max_frame_bytes) {
   info_.owner = owner;
   info_.peer = std::move(peer);
+  connected_at_ = last_active_ =
+      host_.now();  // mark_connected() moves them once the transport is up
+}
+
+void set_socket_options(tcp::socket& socket, const config& settings) {
+  error_code ignored;
+  socket.non_blocking(true, ignored);
+  socket.set_option(tcp::no_delay(true), ignored);
+  if (std::uint32_t idle = settings.tcp_keepalive_s; idle > 0) {
+    socket.set_option(asio::socket_base::keep_alive(true), ignored);
+    int fd = socket.native_handle();
+    int secs = static_cast<int>(idle);
+    int interval = std::max(1, secs / 6);
+    int probes = 3;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
+  }
 }
 
 // Splits `data` into frames and handles them (line_framer: complete frames straight from the
@@ -199,19 +216,7 @@ class tcp_session final : public session {
       : session(host, owner, std::move(peer)), socket_(std::move(socket)) {}
 
   void start() override {
-    error_code ignored;
-    socket_.non_blocking(true, ignored);
-    socket_.set_option(tcp::no_delay(true), ignored);
-    if (std::uint32_t idle = host().settings().tcp_keepalive_s; idle > 0) {
-      socket_.set_option(asio::socket_base::keep_alive(true), ignored);
-      int fd = socket_.native_handle();
-      int secs = static_cast<int>(idle);
-      int interval = std::max(1, secs / 6);
-      int probes = 3;
-      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &secs, sizeof secs);
-      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
-      ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
-    }
+    set_socket_options(socket_, host().settings());
     mark_connected();
     do_read();
   }

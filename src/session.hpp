@@ -151,4 +151,10 @@ class session : public std::enable_shared_from_this<session> {
 std::shared_ptr<session> make_tcp_session(tcp::socket socket, session_host& host, owner_id owner,
                                           std::string peer);
 
+// Non-blocking, no Nagle, keepalive as `settings` say: every accepted socket.
+void set_socket_options(tcp::socket& socket, const config& settings);
+
+// Input drained at most by a graceful close (after the last reply), before the socket closes.
+inline constexpr std::size_t drain_bytes = 1u << 20;
+
 }  // namespace keylock

@@ -118,6 +118,34 @@ TEST_CASE("a non-loopback listen address without auth is refused with the reason
   REQUIRE(parse({"--listen", "127.0.0.2:0"}).what == parse_outcome::action::run);
 }
 
+TEST_CASE("TLS settings go together, and client certificates allow a public TLS bind", "[config]") {
+  // The files are read when the daemon starts listening, not here.
+  const std::vector<std::string> files = {"--tls-cert-file", "s.pem", "--tls-key-file", "s.key"};
+  auto with = [&](std::vector<std::string> args) {
+    args.insert(args.end(), files.begin(), files.end());
+    return args;
+  };
+  REQUIRE(parse(with({"--listen-tls", "127.0.0.1:7443"})).what == parse_outcome::action::run);
+  auto out = parse({"--listen-tls", "127.0.0.1:7443"});
+  REQUIRE(out.exit_code != 0);
+  REQUIRE(out.output.find("needs tls_cert_file and tls_key_file") != std::string::npos);
+  out = parse({"--tls-cert-file", "s.pem", "--tls-key-file", "s.key"});
+  REQUIRE(out.exit_code != 0);
+  REQUIRE(out.output.find("need listen_tls") != std::string::npos);
+  REQUIRE(parse(with({"--listen-tls", "nope"})).exit_code != 0);
+  out = parse(with({"--listen-tls", "0.0.0.0:7443"}));
+  REQUIRE(out.exit_code != 0);
+  REQUIRE(out.output.find("without auth or client certificates") != std::string::npos);
+  REQUIRE(parse(with({"--listen-tls", "0.0.0.0:7443", "--tls-ca-file", "ca.pem"})).what ==
+          parse_outcome::action::run);
+  REQUIRE(parse(with({"--listen-tls", "0.0.0.0:7443", "--auth", "s3cret"})).what ==
+          parse_outcome::action::run);
+  // Client certificates open the TLS port only: the plain one still needs the secret.
+  REQUIRE(parse(with({"--listen", "0.0.0.0:7400", "--listen-tls", "0.0.0.0:7443", "--tls-ca-file",
+                      "ca.pem"}))
+              .exit_code != 0);
+}
+
 TEST_CASE("the auth file's first line is the secret", "[config]") {
   std::string path = temp_file("hunter2\nignored\n");
   auto out = parse({"--auth-file", path});
