@@ -67,8 +67,14 @@ class Daemon:
         self.proc = subprocess.Popen(
             [KEYLOCKD, "--listen", "127.0.0.1:0", "--metrics-listen", "", *args],
             stdout=subprocess.DEVNULL, stderr=self.log_file)
-        self.port = int(self.wait_log(r"listening on 127\.0\.0\.1:(\d+)").group(1))
-        self.tls_port = int(self.wait_log(r"TLS on [0-9.]+:(\d+)").group(1))
+        try:
+            self.port = int(self.wait_log(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+            self.tls_port = int(self.wait_log(r"TLS on [0-9.]+:(\d+)").group(1))
+        except BaseException:  # never leave it running
+            self.proc.kill()
+            self.proc.wait()
+            os.unlink(self.log_file.name)
+            raise
 
     def log(self):
         with open(self.log_file.name, errors="replace") as f:
