@@ -7,7 +7,6 @@
 #include "metrics_http.hpp"
 
 #include "asio_common.hpp"  // first: <utility> before any Asio/Beast header
-#include "config.hpp"       // split_host_port: one HOST:PORT rule for both listeners
 
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -55,12 +54,6 @@ constexpr std::chrono::seconds eviction_log_interval{10};
 
 constexpr std::string_view metrics_content_type = "text/plain; version=0.0.4; charset=utf-8";
 constexpr std::string_view text_content_type = "text/plain; charset=utf-8";
-
-std::string endpoint_text(const tcp::endpoint& ep) {
-  std::string addr = ep.address().to_string();
-  if (ep.address().is_v6()) addr = "[" + addr + "]";
-  return addr + ":" + std::to_string(ep.port());
-}
 
 // "ok\n", or "ok: REASON\n" when the daemon has something to say.
 std::string probe_body(std::string_view verdict, const std::string& reason) {
@@ -295,27 +288,8 @@ class http_session : public std::enable_shared_from_this<http_session> {
 std::optional<std::string> listener::listen(const std::string& host_port, std::string* bound) {
   if (stopped_) return "the metrics listener was stopped";
   if (acceptor_.is_open()) return "the metrics listener is already listening";
-  std::string host;
-  std::uint16_t port = 0;
-  if (!split_host_port(host_port, host, port)) {
-    return "metrics listen address must be HOST:PORT, not " + host_port;
-  }
-  if (host == "localhost") host = "127.0.0.1";
-  error_code ec;
-  auto address = asio::ip::make_address(host, ec);
-  if (ec) return "cannot parse metrics listen address " + host_port + ": " + ec.message();
-  tcp::endpoint ep(address, port);
-  acceptor_.open(ep.protocol(), ec);
-  if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) acceptor_.bind(ep, ec);
-  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
   tcp::endpoint local;
-  if (!ec) local = acceptor_.local_endpoint(ec);
-  if (ec) {
-    error_code ignored;
-    acceptor_.close(ignored);
-    return "cannot listen for metrics on " + host_port + ": " + ec.message();
-  }
+  if (auto err = open_listener(acceptor_, host_port, local)) return err;
   if (bound != nullptr) *bound = endpoint_text(local);
   do_accept();
   return std::nullopt;

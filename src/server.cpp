@@ -72,12 +72,6 @@ std::uint64_t wall_clock_us() {
                                         .count());
 }
 
-std::string endpoint_text(const tcp::endpoint& ep) {
-  std::string addr = ep.address().to_string();
-  if (ep.address().is_v6()) addr = "[" + addr + "]";
-  return addr + ":" + std::to_string(ep.port());
-}
-
 asio::steady_timer::time_point to_time_point(tick t) {
   return asio::steady_timer::time_point(
       std::chrono::duration_cast<asio::steady_timer::duration>(t));
@@ -401,13 +395,15 @@ struct server::impl final : session_host, delivery {
       if (auto err = tokens_.open()) return *err;
     }
     tcp::endpoint bound;
-    if (auto err = listen_on(acceptor_, settings_.listen, bound)) return *err;
+    if (auto err = open_listener(acceptor_, settings_.listen, bound)) return "listen: " + *err;
     if (!settings_.listen_tls.empty()) {
       auto made = make_tls_context(settings_);
       if (auto* err = std::get_if<std::string>(&made)) return "TLS: " + *err;
       tls_context_ = std::get<std::shared_ptr<asio::ssl::context>>(std::move(made));
       tcp::endpoint tls_bound;
-      if (auto err = listen_on(tls_acceptor_, settings_.listen_tls, tls_bound)) return *err;
+      if (auto err = open_listener(tls_acceptor_, settings_.listen_tls, tls_bound)) {
+        return "listen_tls: " + *err;
+      }
       spdlog::info(
           "TLS on {} (TLS 1.2 or later; client certificates {})", endpoint_text(tls_bound),
           settings_.tls_ca_file.empty() ? "not asked for" : "required, signed by tls_ca_file");
@@ -437,26 +433,6 @@ struct server::impl final : session_host, delivery {
         settings_.idle_timeout_ms, settings_.lock_delay_ms,
         settings_.state_dir.empty() ? "(none: tokens rest on the clock)" : settings_.state_dir,
         settings_.auth.empty() ? "off" : "on");
-    return std::nullopt;
-  }
-
-  // Opens `acceptor` on `address` ("HOST:PORT"); `bound` is where it listens.
-  static std::optional<std::string> listen_on(tcp::acceptor& acceptor, const std::string& address,
-                                              tcp::endpoint& bound) {
-    std::string host;
-    std::uint16_t port = 0;
-    if (!split_host_port(address, host, port)) return "bad listen address " + address;
-    error_code ec;
-    if (host == "localhost") host = "127.0.0.1";
-    auto ip = asio::ip::make_address(host, ec);
-    if (ec) return "cannot parse listen address " + address + ": " + ec.message();
-    tcp::endpoint ep(ip, port);
-    acceptor.open(ep.protocol(), ec);
-    if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-    if (!ec) acceptor.bind(ep, ec);
-    if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
-    if (!ec) bound = acceptor.local_endpoint(ec);
-    if (ec) return "cannot listen on " + address + ": " + ec.message();
     return std::nullopt;
   }
 
