@@ -37,7 +37,6 @@ class line_framer {
 
   // Bytes of the unfinished frame kept since the last newline.
   std::size_t buffered() const noexcept { return partial_.size(); }
-  std::size_t max_frame_bytes() const noexcept { return max_; }
 
   // Drops the unfinished frame and gives its memory back.
   void clear() {

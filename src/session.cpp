@@ -17,9 +17,6 @@ constexpr int max_reads_per_wakeup = 4;
 // from the moment it begins (and drains at most drain_bytes) before the socket closes.
 constexpr std::chrono::milliseconds drain_time{1000};
 
-// The first byte of a TLS record of type handshake (a ClientHello): never the start of a frame.
-constexpr char tls_handshake_byte = 0x16;
-
 bool would_block(const error_code& ec) {
   return ec == asio::error::would_block || ec == asio::error::try_again;
 }

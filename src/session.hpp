@@ -154,6 +154,10 @@ std::shared_ptr<session> make_tcp_session(tcp::socket socket, session_host& host
 // Non-blocking, no Nagle, keepalive as `settings` say: every accepted socket.
 void set_socket_options(tcp::socket& socket, const config& settings);
 
+// The first byte of a TLS record of type handshake (a ClientHello): never the start of a JSON
+// frame. The plain port closes a connection that starts with it; the TLS port expects it.
+inline constexpr char tls_handshake_byte = 0x16;
+
 // Input drained at most by a graceful close (after the last reply), before the socket closes.
 inline constexpr std::size_t drain_bytes = 1u << 20;
 

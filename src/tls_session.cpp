@@ -26,8 +26,6 @@ namespace {
 
 namespace ssl = asio::ssl;
 
-constexpr char tls_handshake_byte = 0x16;
-
 // The reason OpenSSL gives for a failed handshake, for the log ("certificate verify failed").
 std::string handshake_error(const error_code& ec) {
   std::string text = ec.message();
