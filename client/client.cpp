@@ -34,6 +34,7 @@
 #include "core/frame_reader.hpp"
 #include "core/lease_book.hpp"
 #include "keylock/codec.hpp"
+#include "tls.hpp"
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -150,6 +151,9 @@ std::exception_ptr make_failure(failure_kind kind, const std::string& message) {
 std::exception_ptr error_from_reply(const reply& rep) {
   const std::string message =
       rep.message.empty() ? "keylockd answered " + std::string(code_of(rep)) : rep.message;
+  // By name: `denied` (issue 15) is newer than protocol.hpp's errc; code() stays nullopt until
+  // errc knows it.
+  if (code_of(rep) == "denied") return error_ptr<Denied>(message, errc_from_string("denied"));
   const std::optional<errc> code =
       rep.code_name.empty() ? std::optional<errc>(rep.code) : errc_from_string(rep.code_name);
   if (!code) return error_ptr<Error>(message);
@@ -256,6 +260,39 @@ std::string quote_keys(const std::vector<std::string>& keys) {
 std::string env_or(const char* name, const char* fallback) {
   const char* value = std::getenv(name);
   return value != nullptr && *value != '\0' ? value : fallback;
+}
+
+// Fills what the caller left unset in options.tls from the environment (tls_options says how).
+// Throws std::invalid_argument for a $KEYLOCK_TLS that is not a yes or a no.
+void tls_from_environment(tls_options& tls) {
+  if (tls.ca_file.empty()) tls.ca_file = env_or("KEYLOCK_TLS_CA", "");
+  if (tls.cert_file.empty()) tls.cert_file = env_or("KEYLOCK_TLS_CERT", "");
+  if (tls.key_file.empty()) tls.key_file = env_or("KEYLOCK_TLS_KEY", "");
+  if (tls.server_name.empty()) tls.server_name = env_or("KEYLOCK_TLS_SERVER_NAME", "");
+  if (tls.enabled) return;
+  const std::string flag = env_or("KEYLOCK_TLS", "");
+  if (flag == "1" || flag == "true" || flag == "yes" || flag == "on") {
+    tls.enabled = true;
+  } else if (flag == "0" || flag == "false" || flag == "no" || flag == "off") {
+    tls.enabled = false;
+  } else if (flag.empty()) {
+    tls.enabled = !tls.ca_file.empty();
+  } else {
+    throw std::invalid_argument("keylock: KEYLOCK_TLS must be 1 or 0, not '" + flag + "'");
+  }
+}
+
+// The `hello` frame of a connection. `user` (issue 15) is spliced in as a JSON member until
+// protocol.hpp's request carries it; the daemon ignores members it does not know.
+void append_hello(std::string& out, const request& hello, const std::string& user) {
+  const std::size_t start = out.size();
+  append_request(out, hello);
+  if (user.empty()) return;
+  const std::size_t close = out.rfind('}');
+  if (close == std::string::npos || close < start) return;
+  std::string member = ",\"user\":";
+  append_json_string(member, user);
+  out.insert(close, member);
 }
 
 }  // namespace
@@ -372,6 +409,7 @@ struct guarded_handler {
 enum class conn_state : std::uint8_t {
   disconnected,  // waiting for the reconnect backoff (or closed)
   connecting,    // resolving / TCP connecting
+  securing,      // connected, TLS handshake under way (tls_context_ set)
   handshaking,   // connected, `hello` sent, nothing else may go yet
   ready,         // everything may go
   draining,      // the daemon said shutting_down: no acquire goes out until we reconnect
@@ -396,6 +434,12 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
     if (wake_fd_ < 0) throw std::system_error(errno, std::system_category(), "keylock: eventfd");
     if (options_.server.empty()) options_.server = env_or("KEYLOCK_SERVER", "127.0.0.1:7400");
     if (!options_.auth) options_.auth = env_or("KEYLOCK_AUTH", "");
+    if (!options_.user) options_.user = env_or("KEYLOCK_USER", "");
+    tls_from_environment(options_.tls);
+    if (*options_.tls.enabled) {
+      tls_context_ = std::make_unique<tls_context>(
+          tls_files{options_.tls.ca_file, options_.tls.cert_file, options_.tls.key_file});
+    }
     servers_ = split_servers(options_.server);
     for (const auto& address : servers_) server_list_.push_back(address.text);
     round_left_ = servers_.size();
@@ -874,6 +918,11 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
       const auto left = std::chrono::ceil<milliseconds>(until - steady::now());
       if (left <= milliseconds(0)) break;
       const std::uint64_t gen = gen_;
+      // Decrypted bytes already inside OpenSSL do not make the socket readable.
+      if (tls_ != nullptr && tls_->buffered()) {
+        if (!read_ready()) break;
+        continue;
+      }
       std::array<pollfd, 2> fds{{{fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}}};
       io.unlock();
       const int ready = ::poll(fds.data(), fds.size(), static_cast<int>(left.count()));
@@ -1132,7 +1181,11 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
       p.req.wait_ms = static_cast<std::uint64_t>(std::max(left, milliseconds(0)).count());
       p.req.set(field::wait_ms);
     }
-    append_request(out_, p.req);
+    if (p.req.kind == op::hello && !options_.user->empty()) {
+      append_hello(out_, p.req, *options_.user);
+    } else {
+      append_request(out_, p.req);
+    }
     p.state = call_state::sent;
     p.sent_at = now;
     flush();
@@ -1143,6 +1196,10 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
   // all (no completion to run, no wake of the I/O thread), the rest with one async_write.
   void flush() {
     if (writing_ || out_.empty() || !connected()) return;
+    if (tls_ != nullptr) {
+      flush_tls();
+      return;
+    }
     const ssize_t sent = ::send(fd_, out_.data(), out_.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     if (sent == static_cast<ssize_t>(out_.size())) {
       out_.clear();
@@ -1158,6 +1215,64 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
                       guarded([this, gen = gen_](boost::system::error_code ec, std::size_t) {
                         on_write(ec, gen);
                       }));
+  }
+
+  // flush() over TLS: SSL_write until everything went or the socket is full; then the rest
+  // goes from wbuf_ once the socket is ready (on_tls_ready). OpenSSL wants the retried write to
+  // start with the same bytes: wbuf_ starts with them (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER).
+  void flush_tls() {
+    const tls_result result = write_tls(out_);
+    if (out_.empty() || result.status == tls_status::failed) return;
+    if (!registered("cannot write")) return;
+    writing_ = true;
+    wbuf_.swap(out_);
+    out_.clear();
+    wait_tls_ready(result.status);
+  }
+
+  // Sends what `buf` holds, erasing what went, until it is empty or the socket would block.
+  // A failure drops the connection (later: the caller may be iterating what on_drop settles).
+  tls_result write_tls(std::string& buf) {
+    std::size_t sent = 0;
+    tls_result result{tls_status::done};
+    while (sent < buf.size()) {
+      result = tls_->write(buf.data() + sent, buf.size() - sent);
+      if (result.status != tls_status::done) break;
+      sent += result.bytes;
+    }
+    if (result.status == tls_status::failed || result.status == tls_status::closed) {
+      buf.clear();
+      drop_later("write failed: TLS: " + tls_->error());
+      return {tls_status::failed};
+    }
+    buf.erase(0, sent);
+    return result;
+  }
+
+  // The socket readiness a TLS write waits for (want_read: a TLS-level read must come first).
+  void wait_tls_ready(tls_status want) {
+    socket_.async_wait(want == tls_status::want_read ? tcp::socket::wait_read
+                                                     : tcp::socket::wait_write,
+                       guarded([this, gen = gen_](boost::system::error_code ec) {
+                         on_tls_ready(ec, gen);
+                       }));
+  }
+
+  void on_tls_ready(boost::system::error_code ec, std::uint64_t gen) {
+    if (gen != gen_ || ec) {
+      on_write(ec, gen);
+      return;
+    }
+    const tls_result result = write_tls(wbuf_);
+    if (result.status == tls_status::failed) {
+      writing_ = false;  // the drop is posted; the failure is reported there
+      return;
+    }
+    if (!wbuf_.empty()) {
+      wait_tls_ready(result.status);
+      return;
+    }
+    on_write(ec, gen);  // done: what was queued meanwhile goes next
   }
 
   void on_write(boost::system::error_code ec, std::uint64_t gen) {
@@ -1241,6 +1356,7 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
   // Reads what the socket holds and handles every whole frame in it. False when that ended
   // the connection.
   bool read_ready() {
+    if (tls_ != nullptr) return read_ready_tls();
     for (;;) {
       const ssize_t n = ::recv(fd_, rchunk_.data(), rchunk_.size(), MSG_DONTWAIT);
       if (n < 0) {
@@ -1256,6 +1372,31 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
       if (!take(static_cast<std::size_t>(n))) return false;
       // A short read emptied the socket; anything newer wakes the watch or the leader's poll.
       if (static_cast<std::size_t>(n) < rchunk_.size()) return true;
+    }
+  }
+
+  // read_ready() over TLS: reads until OpenSSL needs the socket again, so that no decrypted
+  // byte is left in its buffer where neither poll nor the watch would see it. (A short read
+  // says nothing here: it may be the end of one record with the next one waiting.)
+  bool read_ready_tls() {
+    for (;;) {
+      const tls_result result = tls_->read(rchunk_.data(), rchunk_.size());
+      switch (result.status) {
+        case tls_status::done:
+          if (!take(result.bytes)) return false;
+          continue;
+        case tls_status::want_read:
+        // want_write: the session must send before it can read (a key update) and the socket is
+        // full; the reply to whatever filled it wakes us, as that write's wait does.
+        case tls_status::want_write:
+          return true;
+        case tls_status::closed:
+          on_drop("closed by the daemon");
+          return false;
+        case tls_status::failed:
+          on_drop("read failed: TLS: " + tls_->error());
+          return false;
+      }
     }
   }
 
@@ -1604,8 +1745,56 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
     boost::system::error_code ignored;
     socket_.set_option(tcp::no_delay(true), ignored);  // small pipelined frames: no Nagle
     socket_.set_option(asio::socket_base::keep_alive(true), ignored);
-    state_ = conn_state::handshaking;
     reader_.clear();
+    if (tls_context_) {
+      start_tls(gen);
+    } else {
+      send_hello();
+    }
+  }
+
+  // TLS: a session over the connected socket, its handshake driven by readiness waits on the
+  // I/O thread and bounded by the connect deadline; `hello` follows once the server's
+  // certificate is verified.
+  void start_tls(std::uint64_t gen) {
+    state_ = conn_state::securing;
+    const std::string& name = options_.tls.server_name.empty() ? servers_[attempt_].host
+                                                               : options_.tls.server_name;
+    tls_ = std::make_unique<tls_stream>(*tls_context_, fd_, name);
+    continue_tls(gen);
+  }
+
+  void continue_tls(std::uint64_t gen) {
+    const tls_result result = tls_->handshake();
+    switch (result.status) {
+      case tls_status::done:
+        send_hello();
+        return;
+      case tls_status::want_read:
+      case tls_status::want_write:
+        socket_.async_wait(
+            result.status == tls_status::want_read ? tcp::socket::wait_read
+                                                   : tcp::socket::wait_write,
+            guarded([this, gen](boost::system::error_code ec) {
+              if (gen != gen_ || state_ != conn_state::securing) return;
+              if (ec) {
+                connect_failed(failure_kind::connection, "keylock: TLS handshake with keylockd at " +
+                                                             address() + " failed: " + ec.message());
+                return;
+              }
+              continue_tls(gen);
+            }));
+        return;
+      case tls_status::closed:
+      case tls_status::failed:
+        break;
+    }
+    connect_failed(failure_kind::connection, "keylock: TLS handshake with keylockd at " +
+                                                 address() + " failed: " + tls_->error());
+  }
+
+  void send_hello() {
+    state_ = conn_state::handshaking;
     const std::uint64_t id = new_internal_call(op::hello);
     pending& p = calls_.at(id);
     if (!options_.auth->empty()) {
@@ -1622,6 +1811,10 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
   void close_socket() {
     boost::system::error_code ignored;
     resolver_.cancel();
+    if (tls_ != nullptr) {  // before the socket it uses closes
+      if (!writing_) tls_->close_notify();  // not into the middle of a record being written
+      tls_.reset();
+    }
     if (socket_.is_open()) {
       socket_.close(ignored);
     } else if (fd_ >= 0) {
@@ -1859,10 +2052,12 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
         return;
       case deadline_kind::connect:
         if (due.ref == gen_ &&
-            (state_ == conn_state::connecting || state_ == conn_state::handshaking)) {
+            (state_ == conn_state::connecting || state_ == conn_state::securing ||
+             state_ == conn_state::handshaking)) {
           connect_failed(failure_kind::connection,
                          "keylock: cannot connect to keylockd at " + address() +
-                             ": timed out after " +
+                             (state_ == conn_state::securing ? ": TLS handshake timed out after "
+                                                             : ": timed out after ") +
                              std::to_string(options_.connect_timeout.count()) + " ms");
         }
         return;
@@ -2055,6 +2250,11 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
   // (unwatch), and it stays open as fd_.
   int fd_ = -1;
   tcp protocol_ = tcp::v4();
+  // TLS (client_options::tls): the context of every connection, null when TLS is off; the
+  // session of the current connection, null between connections and without TLS. Whether
+  // tls_ is set is the one branch the plain path pays.
+  std::unique_ptr<tls_context> tls_context_;
+  std::unique_ptr<tls_stream> tls_;
   std::string out_;   // frames not yet handed to a write
   std::string wbuf_;  // the frames of the write in progress
   bool writing_ = false;
@@ -2142,6 +2342,8 @@ class client_category_impl final : public std::error_category {
         return "another limit than the live key's";
       case client_errc::reentrancy:
         return "a reentrant acquire that cannot nest";
+      case client_errc::denied:
+        return "the daemon's ACL denies this user the operation";
       case client_errc::other:
         break;
     }
@@ -2178,6 +2380,7 @@ std::error_code error_code_of(const std::exception& e) noexcept {
   if (dynamic_cast<const LimitExceeded*>(&e) != nullptr) return client_errc::limit_exceeded;
   if (dynamic_cast<const Conflict*>(&e) != nullptr) return client_errc::conflict;
   if (dynamic_cast<const ReentrancyError*>(&e) != nullptr) return client_errc::reentrancy;
+  if (dynamic_cast<const Denied*>(&e) != nullptr) return client_errc::denied;
   return client_errc::other;
 }
 

@@ -82,6 +82,7 @@ enum class client_errc {
   conflict,        // Conflict
   reentrancy,      // ReentrancyError
   other,           // any other keylock::Error or std::exception
+  denied,          // Denied (after `other`: the earlier values stay as they were)
 };
 const std::error_category& client_category() noexcept;
 inline std::error_code make_error_code(client_errc e) noexcept {
@@ -172,6 +173,14 @@ class Cancelled : public Error {
  public:
   using Error::Error;
 };
+// The daemon knows who we are (client_options::user) but its ACL does not let that user do this
+// op on this key (`denied`): lock (acquire, release, extend), inspect, or admin (stats, top, a
+// force release). The connection stays open and usable for what the user may do.
+// NOLINTNEXTLINE(readability-identifier-naming): public name in the style of issue 3's
+class Denied : public Error {
+ public:
+  using Error::Error;
+};
 // acquire() named a limit other than the live key's limit (`conflict`).
 // NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
 class Conflict : public Error {
@@ -182,8 +191,30 @@ class Conflict : public Error {
 // ---------------------------------------------------------------------------------------------
 // Options.
 
-// How a Client connects. Every field has a documented default; an empty `server` and an unset
-// `auth` are taken from the environment.
+// TLS to the daemon (its `listen_tls` port). Every field left at its default is taken from the
+// environment, so that an unchanged program can be pointed at a TLS daemon.
+struct tls_options {
+  // Whether to speak TLS. nullopt: $KEYLOCK_TLS when set ("1", "true", "yes", "on" or "0",
+  // "false", "no", "off"; anything else is std::invalid_argument), else on exactly when a CA
+  // file is given (ca_file or $KEYLOCK_TLS_CA). false forces plain TCP whatever the rest says.
+  std::optional<bool> enabled;
+  // PEM file of the CAs that may sign the daemon's certificate. Empty: $KEYLOCK_TLS_CA, else
+  // the system's default CAs (OpenSSL's default paths).
+  std::string ca_file;
+  // PEM certificate chain of this client, for a daemon that requires client certificates
+  // (its tls_ca_file: mutual TLS). Empty: $KEYLOCK_TLS_CERT, else none.
+  std::string cert_file;
+  // The private key of cert_file (PEM, not encrypted). Empty: $KEYLOCK_TLS_KEY, else read from
+  // cert_file.
+  std::string key_file;
+  // The name the daemon's certificate must carry: a host name (also sent as SNI) or an IP
+  // address (matched against the certificate's IP entries). Empty: $KEYLOCK_TLS_SERVER_NAME,
+  // else the host of the address being connected to (each server of a list its own).
+  std::string server_name;
+};
+
+// How a Client connects. Every field has a documented default; an empty `server` and unset
+// `auth`, `user` and `tls` fields are taken from the environment.
 struct client_options {
   // "host:port", "host" (port 7400) or "[v6addr]:port", or several of them separated by commas
   // ("10.0.0.1:7400,10.0.0.2:7400", blanks around each ignored): daemons of one cluster, tried
@@ -193,10 +224,18 @@ struct client_options {
   // The daemon's shared secret, sent in `hello` on every connection. nullopt: $KEYLOCK_AUTH when
   // set and non-empty, else none. An empty string forces "no secret".
   std::optional<std::string> auth;
+  // The daemon user to authenticate as (its users_file; ≤ 256 bytes), sent in `hello` with
+  // `auth` as that user's secret; the daemon's ACL then decides what this client may do
+  // (Denied). nullopt: $KEYLOCK_USER when set and non-empty, else none (auth is then the
+  // daemon's shared secret). An empty string forces "no user".
+  std::optional<std::string> user;
+  // TLS: off unless enabled here or by the environment (see tls_options). The certificates are
+  // loaded by the constructor; a file that cannot be loaded is std::invalid_argument there.
+  tls_options tls;
   // A name for people, shown by `inspect` (≤ 256 bytes). Empty: none.
   std::string name;
-  // Bound on each connection attempt (resolve + connect + hello) to one server. The
-  // constructor fails after one attempt at each server of the list (so it may take this times
+  // Bound on each connection attempt (resolve, connect, TLS handshake, hello) to one server.
+  // The constructor fails after one attempt at each server of the list (so it may take this times
   // the number of servers); later reconnects retry forever with backoff.
   std::chrono::milliseconds connect_timeout{5000};
   // Bound on the reply to any request other than acquire (ping, inspect, stats, release,
@@ -353,7 +392,7 @@ class Lease {
   // the connection drops with the extend in flight: the daemon drops the lease with it),
   // ConnectionError if no reply came within request_timeout, std::logic_error on an empty
   // Lease or from the I/O thread.
-  // Any other refusal (ProtocolError for a ttl above the daemon's max_ttl_ms, Error for
+  // Any other refusal (ProtocolError for a ttl above the daemon's max_ttl_ms, Denied, Error for
   // `unavailable`) leaves the lease held and valid, renewed with its earlier ttl. A renewal the
   // daemon refuses with such an error ends the lease on the daemon too (it is released, then
   // lost here with lost_reason::expired): no lease stays held that this process stopped renewing.
@@ -401,12 +440,16 @@ class Lease {
 // NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
 class Client {
  public:
-  // Connects (resolve, TCP connect, `hello` with the secret and name) and returns once a
-  // daemon has answered: the first of options.server's list that does, tried in order, each
-  // once. Throws std::invalid_argument for a malformed server address or list (an empty
-  // element, a bad port). When no server answers it throws, with every server's failure in the
-  // message: AuthError if one refused the secret, else ProtocolError if one did not speak the
-  // protocol, else ConnectionError (none reachable within connect_timeout).
+  // Connects (resolve, TCP connect, TLS handshake when options.tls says so, `hello` with the
+  // user, secret and name) and returns once a daemon has answered: the first of
+  // options.server's list that does, tried in order, each once. Throws std::invalid_argument
+  // for a malformed server address or list (an empty element, a bad port), a bad $KEYLOCK_TLS,
+  // or a TLS file that cannot be loaded. When no server answers it throws, with every server's
+  // failure in the message: AuthError if one refused the user or secret, else ProtocolError if
+  // one did not speak the protocol, else ConnectionError (none reachable within
+  // connect_timeout; a failed TLS handshake, such as a certificate that the CA file does not
+  // vouch for or that names another host, is one: its message says "TLS" and OpenSSL's
+  // reason).
   explicit Client(client_options options = {});
   // A client with no thread of its own: its I/O runs on `io`, like any Asio object's (`io`
   // may be run by any number of threads). For asynchronous code
@@ -435,7 +478,8 @@ class Client {
   // when unset; waiters are granted in FIFO order). Returns the lease, already being renewed
   // when options.auto_extend. Throws Timeout when the key stayed busy for the whole wait,
   // Conflict on a limit mismatch, LimitExceeded, ProtocolError for an invalid key/ttl/limit,
-  // AuthError, Cancelled (options.stop), and ConnectionError on an outage (the README's rule:
+  // AuthError, Denied (the user may not lock `key`), Cancelled (options.stop), and
+  // ConnectionError on an outage (the README's rule:
   // a wait that ends while disconnected, or no daemon reachable for connect_timeout; a waiting
   // acquire survives shorter reconnects) or when the Client is closed.
   Lease acquire(std::string_view key, const AcquireOptions& options = {});
@@ -493,19 +537,20 @@ class Client {
   // Round trip of one `ping`, measured on the I/O thread from write to reply. Throws
   // ConnectionError.
   std::chrono::nanoseconds ping();
-  // The holders, waiters and limit of `key`. Throws ConnectionError, ProtocolError.
+  // The holders, waiters and limit of `key`. Throws ConnectionError, ProtocolError, Denied
+  // (the user may not inspect `key`).
   key_info inspect(std::string_view key);
   // Whether anyone holds `key` now (one round trip; inspect(key).held).
   bool locked(std::string_view key);
   // Ends the lease `token` on `key`, whoever holds it: an operator's force release (the CLI's
   // `keylock release KEY TOKEN`). Any connection that knows key and token may release. The
   // holder's process learns at its next renewal, which the daemon answers not_held. Throws
-  // NotHeld when `key` has no live lease with that token.
+  // NotHeld when `key` has no live lease with that token, Denied when the user may not.
   void release(std::string_view key, std::uint64_t token);
-  // The daemon's gauges and counters. Throws ConnectionError.
+  // The daemon's gauges and counters. Throws ConnectionError, Denied (the user lacks admin).
   stats_info stats();
   // The stats plus up to `n` (1..100) longest queues and oldest leases. Throws
-  // ConnectionError, ProtocolError (n out of range).
+  // ConnectionError, ProtocolError (n out of range), Denied (the user lacks admin).
   top_info top(std::size_t n = 10);
 
   // The address of the daemon this client uses, as configured ("host:port"): the one whose
