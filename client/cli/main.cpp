@@ -8,9 +8,14 @@
 //   keylock top [-n N] [--interval S] [--once]
 //
 // Global: --server HOST:PORT[,HOST:PORT...] ($KEYLOCK_SERVER, else 127.0.0.1:7400), --auth
-// SECRET ($KEYLOCK_AUTH). With several servers (a cluster) every subcommand uses the first that
-// answers and fails over to the others as the library does (include/keylock/client.hpp).
-// Exit codes follow sysexits.h; `run` passes its command's status through.
+// SECRET ($KEYLOCK_AUTH), --user NAME ($KEYLOCK_USER: --auth is then that user's secret), and
+// TLS: --tls ($KEYLOCK_TLS=1), --tls-ca FILE ($KEYLOCK_TLS_CA; implies --tls), --tls-cert FILE
+// and --tls-key FILE ($KEYLOCK_TLS_CERT, $KEYLOCK_TLS_KEY: a client certificate for mutual
+// TLS), --tls-server-name NAME ($KEYLOCK_TLS_SERVER_NAME; default: the host of --server).
+// With several servers (a cluster) every subcommand uses the first that answers and fails over
+// to the others as the library does (include/keylock/client.hpp).
+// Exit codes follow sysexits.h; `run` passes its command's status through. 77 is a refused
+// user or secret, 78 an operation that the daemon's ACL denies the user (see exit_denied).
 //
 // `run` is flock(1) across hosts: it holds the lock while COMMAND runs (renewing it at ttl/3),
 // forwards SIGINT/SIGTERM/SIGHUP, and never lets the command go on once the lock is lost.
@@ -58,6 +63,9 @@ constexpr int exit_unavailable = 69;  // EX_UNAVAILABLE: daemon unreachable
 constexpr int exit_lost = 70;         // EX_SOFTWARE: the lease was lost while COMMAND ran
 constexpr int exit_tempfail = 75;     // EX_TEMPFAIL: not acquired within --wait (default)
 constexpr int exit_noperm = 77;       // EX_NOPERM: authentication refused
+// EX_CONFIG: authenticated, but the daemon's ACL does not grant this user the operation on
+// this key (Denied): a matter of the users file, not of the secret (77) or of the key (1).
+constexpr int exit_denied = 78;
 constexpr int exit_cannot_exec = 126;
 constexpr int exit_not_found = 127;
 
@@ -685,6 +693,30 @@ int run_main(int argc, char** argv) {
   CLI::Option* auth_option =
       app.add_option("--auth", auth, "shared secret of the daemon (default: $KEYLOCK_AUTH)");
   app.add_option("--name", options.name, "client name shown by inspect");
+  std::string user;
+  CLI::Option* user_option = app.add_option(
+      "--user", user,
+      "daemon user to authenticate as (its users file); --auth is then that user's secret "
+      "(default: $KEYLOCK_USER)");
+  bool tls = false;
+  app.add_flag("--tls", tls,
+               "connect with TLS, verifying the daemon's certificate against the system's CAs "
+               "or --tls-ca (default: on when $KEYLOCK_TLS=1 or a CA file is given)");
+  app.add_option("--tls-ca", options.tls.ca_file,
+                 "PEM file of the CAs that sign the daemon's certificate; implies --tls "
+                 "(default: $KEYLOCK_TLS_CA)");
+  app.add_option("--tls-cert", options.tls.cert_file,
+                 "PEM client certificate, for a daemon that requires one (mutual TLS) "
+                 "(default: $KEYLOCK_TLS_CERT)");
+  app.add_option("--tls-key", options.tls.key_file,
+                 "private key of --tls-cert (default: $KEYLOCK_TLS_KEY, else in --tls-cert)");
+  app.add_option("--tls-server-name", options.tls.server_name,
+                 "name (or IP address) the daemon's certificate must carry (default: "
+                 "$KEYLOCK_TLS_SERVER_NAME, else the host of --server)");
+  app.footer(
+      "exit status: 64 bad arguments, 69 daemon unreachable (also a failed TLS handshake), 77 "
+      "user or secret refused, 78 the daemon's ACL denies this user the operation, 1 another "
+      "refusal; run: its command's status, 75 not acquired within --wait, 70 lease lost");
 
   run_args run;
   CLI::App* run_cmd = app.add_subcommand(
@@ -770,6 +802,8 @@ int run_main(int argc, char** argv) {
     return code == 0 ? 0 : exit_usage;
   }
   if (auth_option->count() > 0) options.auth = auth;
+  if (user_option->count() > 0) options.user = user;
+  if (tls) options.tls.enabled = true;
   if (run_cmd->parsed()) {
     if (!split) {
       // Without `--` (as before several keys): the first word is the key, the rest the command.
@@ -796,6 +830,9 @@ int run_main(int argc, char** argv) {
   } catch (const keylock::AuthError& e) {
     complain(e.what());
     return exit_noperm;
+  } catch (const keylock::Denied& e) {
+    complain(std::string("permission denied: ") + e.what());
+    return exit_denied;
   } catch (const keylock::ConnectionError& e) {
     complain(e.what());
     return exit_unavailable;
