@@ -77,11 +77,14 @@ std::vector<std::string> lines_of(const std::string& text);
 // same port).
 std::uint16_t free_port();
 
-// Client options for the daemon on `port` on loopback, with no secret from the environment.
+// Client options for the daemon on `port` on loopback, with no secret, user or TLS from the
+// environment.
 inline keylock::client_options options_for(std::uint16_t port, std::string name = "client-test") {
   keylock::client_options options;
   options.server = "127.0.0.1:" + std::to_string(port);
   options.auth = "";  // not from the environment
+  options.user = "";
+  options.tls.enabled = false;
   options.name = std::move(name);
   return options;
 }
