@@ -23,6 +23,13 @@
 //   posted to the I/O thread.
 // `mtx_` guards only `closed_` and `server_version_`.
 //
+// TLS (tls.hpp) changes none of this: Asio still connects; the handshake is driven by
+// async_wait on the I/O thread (state `securing`); then `tls_` stands in for recv and send
+// (read_ready_tls, flush_tls), under io_mtx_ like them, so one thread at a time uses the
+// session. A TLS reader reads until OpenSSL wants the socket again, and a leader checks
+// SSL_pending before it polls: decrypted bytes buffered in OpenSSL do not make the socket
+// readable. Without TLS the only cost is a test of `tls_` where recv and send are called.
+//
 // Time is kept in one ordered deadline index (`deadlines_`, one steady_timer): lease renewals
 // (ttl/3), local lease expiry (no renewal confirmed within the ttl), request timeouts, waits of
 // queued acquires, connect timeouts and reconnect backoff.
@@ -1251,11 +1258,9 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
 
   // The socket readiness a TLS write waits for (want_read: a TLS-level read must come first).
   void wait_tls_ready(tls_status want) {
-    socket_.async_wait(want == tls_status::want_read ? tcp::socket::wait_read
-                                                     : tcp::socket::wait_write,
-                       guarded([this, gen = gen_](boost::system::error_code ec) {
-                         on_tls_ready(ec, gen);
-                       }));
+    socket_.async_wait(
+        want == tls_status::want_read ? tcp::socket::wait_read : tcp::socket::wait_write,
+        guarded([this, gen = gen_](boost::system::error_code ec) { on_tls_ready(ec, gen); }));
   }
 
   void on_tls_ready(boost::system::error_code ec, std::uint64_t gen) {
@@ -1758,8 +1763,8 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
   // certificate is verified.
   void start_tls(std::uint64_t gen) {
     state_ = conn_state::securing;
-    const std::string& name = options_.tls.server_name.empty() ? servers_[attempt_].host
-                                                               : options_.tls.server_name;
+    const std::string& name =
+        options_.tls.server_name.empty() ? servers_[attempt_].host : options_.tls.server_name;
     tls_ = std::make_unique<tls_stream>(*tls_context_, fd_, name);
     continue_tls(gen);
   }
@@ -1772,18 +1777,18 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
         return;
       case tls_status::want_read:
       case tls_status::want_write:
-        socket_.async_wait(
-            result.status == tls_status::want_read ? tcp::socket::wait_read
-                                                   : tcp::socket::wait_write,
-            guarded([this, gen](boost::system::error_code ec) {
-              if (gen != gen_ || state_ != conn_state::securing) return;
-              if (ec) {
-                connect_failed(failure_kind::connection, "keylock: TLS handshake with keylockd at " +
-                                                             address() + " failed: " + ec.message());
-                return;
-              }
-              continue_tls(gen);
-            }));
+        socket_.async_wait(result.status == tls_status::want_read ? tcp::socket::wait_read
+                                                                  : tcp::socket::wait_write,
+                           guarded([this, gen](boost::system::error_code ec) {
+                             if (gen != gen_ || state_ != conn_state::securing) return;
+                             if (ec) {
+                               connect_failed(failure_kind::connection,
+                                              "keylock: TLS handshake with keylockd at " +
+                                                  address() + " failed: " + ec.message());
+                               return;
+                             }
+                             continue_tls(gen);
+                           }));
         return;
       case tls_status::closed:
       case tls_status::failed:
@@ -1811,8 +1816,10 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
   void close_socket() {
     boost::system::error_code ignored;
     resolver_.cancel();
-    if (tls_ != nullptr) {  // before the socket it uses closes
-      if (!writing_) tls_->close_notify();  // not into the middle of a record being written
+    // The TLS session goes before the socket it uses. No close_notify into the middle of a
+    // record being written.
+    if (tls_ != nullptr) {
+      if (!writing_) tls_->close_notify();
       tls_.reset();
     }
     if (socket_.is_open()) {

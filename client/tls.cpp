@@ -1,11 +1,12 @@
 // TLS for the client: OpenSSL over a socket that client.cpp connected (see tls.hpp).
 #include "tls.hpp"
 
-#include <arpa/inet.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+
+#include <arpa/inet.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -135,7 +136,8 @@ struct ctx_free {
 tls_context::tls_context(const tls_files& files) {
   ERR_clear_error();
   std::unique_ptr<SSL_CTX, ctx_free> ctx(SSL_CTX_new(TLS_client_method()));
-  if (!ctx) throw std::runtime_error("keylock: TLS: cannot create a context: " + take_openssl_error());
+  if (!ctx)
+    throw std::runtime_error("keylock: TLS: cannot create a context: " + take_openssl_error());
   auto fail = [](const std::string& what, const std::string& file) {
     return std::invalid_argument("keylock: TLS: cannot load " + what + " '" + file +
                                  "': " + take_openssl_error());

@@ -25,7 +25,9 @@
 //   must not call blocking Client or Lease functions (those throw std::logic_error there).
 //   Exceptions thrown by a callback are swallowed.
 // - After a connection loss the client reconnects with exponential backoff and jitter, and
-//   sends `hello` (with the auth secret) first on every connection. Waiting acquires are sent
+//   sends `hello` (with the user and secret) first on every connection; with TLS
+//   (client_options::tls) every connection first completes a TLS handshake that verifies the
+//   daemon's certificate. Waiting acquires are sent
 //   again with the wait they have left; other requests in flight fail with ConnectionError.
 // - Failover (cluster mode): with several servers configured ("a:7400,b:7400") the client uses
 //   one at a time. When its connection cannot be made or drops, it tries the others, in list

@@ -11,16 +11,16 @@
 #include "keylock/client.hpp"
 #include "support.hpp"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
+#include <boost/asio/io_context.hpp>
+#include <catch2/catch.hpp>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <boost/asio/io_context.hpp>
-#include <catch2/catch.hpp>
 
 #include <atomic>
 #include <csignal>
@@ -102,9 +102,10 @@ enum class client_certs : std::uint8_t { optional, required };
 // argument that starts with --listen for one (and would leave the daemon on 7400).
 std::vector<std::string> tls_args(client_certs clients = client_certs::optional,
                                   std::uint16_t port = 0) {
-  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:" + std::to_string(port),
-                                   "--tls-cert-file", certs().pem("server"), "--tls-key-file",
-                                   certs().key("server")};
+  std::vector<std::string> args = {"--listen",        "127.0.0.1:0",
+                                   "--listen-tls",    "127.0.0.1:" + std::to_string(port),
+                                   "--tls-cert-file", certs().pem("server"),
+                                   "--tls-key-file",  certs().key("server")};
   if (clients == client_certs::required) {
     args.insert(args.end(), {"--tls-ca-file", certs().pem("ca")});
   }
@@ -164,8 +165,8 @@ bool daemon_has_users() {
 
 std::string base64(const unsigned char* data, std::size_t size) {
   std::string out(4 * ((size + 2) / 3) + 1, '\0');
-  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data,
-                                static_cast<int>(size));
+  const int n =
+      EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data, static_cast<int>(size));
   out.resize(static_cast<std::size_t>(n));
   return out;
 }
@@ -186,9 +187,11 @@ std::string hashed_secret(const std::string& secret) {
 std::string users_file(const temp_dir& dir) {
   const std::string path = dir.file("users.json");
   write_file(path, R"({"users":[)"
-                   R"({"name":"billing","secret":")" + hashed_secret("billing-secret") +
+                   R"({"name":"billing","secret":")" +
+                       hashed_secret("billing-secret") +
                        R"(","rules":[{"prefix":"billing:","allow":["lock","inspect"]}]},)"
-                       R"({"name":"ops","secret":")" + hashed_secret("ops-secret") +
+                       R"({"name":"ops","secret":")" +
+                       hashed_secret("ops-secret") +
                        R"(","rules":[{"prefix":"","allow":["lock","inspect","admin"]}]}]})");
   return path;
 }
@@ -201,12 +204,12 @@ keylock::client_options as_user(keylock::client_options options, const std::stri
 }
 
 // Returns from the test case, passing with a warning, when keylockd has no users file.
-#define SKIP_WITHOUT_USERS()                                                                   \
-  do {                                                                                         \
-    if (!daemon_has_users()) {                                                                 \
+#define SKIP_WITHOUT_USERS()                                                                    \
+  do {                                                                                          \
+    if (!daemon_has_users()) {                                                                  \
       WARN("skipped: this keylockd has no --users-file (issue 15's daemon side not built in)"); \
-      return;                                                                                  \
-    }                                                                                          \
+      return;                                                                                   \
+    }                                                                                           \
   } while (false)
 
 // One accepted connection on a loopback port of our own: sees what a client sends.
@@ -343,7 +346,8 @@ TEST_CASE("over TLS replies longer than a TLS record and bursts that fill the so
     for (int t = 0; t < 4; ++t) {
       threads.emplace_back([&, t] {
         for (int i = 0; i < 100; ++i) {
-          client.with_lock("tls:thread:" + std::to_string(t), [&] { ++granted; }, bounded());
+          client.with_lock(
+              "tls:thread:" + std::to_string(t), [&] { ++granted; }, bounded());
         }
       });
     }
@@ -426,11 +430,11 @@ TEST_CASE("a Client on the caller's io_context speaks TLS", "[client][tls][on_io
   std::atomic<bool> done{false};
   std::optional<keylock::Lease> by_callback;
   std::exception_ptr callback_error;
-  client.start_acquire({"io:a"}, false, bounded(), [&](std::exception_ptr error,
-                                                       keylock::Lease lease) {
-    callback_error = error;
-    by_callback = std::move(lease);
-  });
+  client.start_acquire({"io:a"}, false, bounded(),
+                       [&](std::exception_ptr error, keylock::Lease lease) {
+                         callback_error = error;
+                         by_callback = std::move(lease);
+                       });
   std::optional<keylock::key_info> seen;
   std::thread caller([&] {  // a blocking call from another thread while io runs
     keylock::Lease lease = client.acquire("io:b", bounded());
@@ -580,8 +584,7 @@ TEST_CASE("TLS and users together", "[client][users][tls]") {
   std::vector<std::string> args = tls_args(client_certs::required);
   args.insert(args.end(), {"--users-file", users_file(dir)});
   keylock_daemon d(args);
-  keylock::client_options options =
-      as_user(tls_options(tls_port(d)), "billing", "billing-secret");
+  keylock::client_options options = as_user(tls_options(tls_port(d)), "billing", "billing-secret");
   options.tls.cert_file = certs().pem("client");
   options.tls.key_file = certs().key("client");
   keylock::Client client(options);
@@ -605,9 +608,10 @@ TEST_CASE("keylock with users: allowed runs, Denied exits 78, a wrong secret 77"
     CHECK(run.wait() == 0);
   }
   SECTION("denied") {
-    child_process run(dir, cli({"--user", "billing", "--auth", "billing-secret", "run",
-                                "other:cli", "--", "true"}),
-                      {server});
+    child_process run(
+        dir,
+        cli({"--user", "billing", "--auth", "billing-secret", "run", "other:cli", "--", "true"}),
+        {server});
     CHECK(run.wait() == 78);
     CHECK(contains(run.err(), "denied"));
   }
