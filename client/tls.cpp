@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -27,9 +28,9 @@ std::string take_openssl_error() {
     if (reason != nullptr) {
       out = reason;
     } else {
-      char buf[256];
-      ERR_error_string_n(code, buf, sizeof buf);
-      out = buf;
+      std::array<char, 256> buf{};
+      ERR_error_string_n(code, buf.data(), buf.size());
+      out = buf.data();
     }
   }
   ERR_clear_error();
@@ -120,9 +121,9 @@ const BIO_METHOD* socket_method() {
 }
 
 bool is_ip_address(const std::string& name) {
-  unsigned char buf[sizeof(in6_addr)];
-  return ::inet_pton(AF_INET, name.c_str(), buf) == 1 ||
-         ::inet_pton(AF_INET6, name.c_str(), buf) == 1;
+  in6_addr buf{};  // large enough for either
+  return ::inet_pton(AF_INET, name.c_str(), &buf) == 1 ||
+         ::inet_pton(AF_INET6, name.c_str(), &buf) == 1;
 }
 
 struct ctx_free {

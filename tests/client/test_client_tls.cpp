@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <csignal>
 #include <fstream>
@@ -174,18 +175,19 @@ std::string base64(const unsigned char* data, std::size_t size) {
 // A users-file secret entry for `secret`: pbkdf2-sha256$ITER$SALT_B64$HASH_B64.
 std::string hashed_secret(const std::string& secret) {
   constexpr int iterations = 1000;  // low: a test, not a password store
-  unsigned char salt[16];
-  unsigned char hash[32];
-  REQUIRE(RAND_bytes(salt, sizeof salt) == 1);
-  REQUIRE(PKCS5_PBKDF2_HMAC(secret.data(), static_cast<int>(secret.size()), salt, sizeof salt,
-                            iterations, EVP_sha256(), sizeof hash, hash) == 1);
-  return "pbkdf2-sha256$" + std::to_string(iterations) + "$" + base64(salt, sizeof salt) + "$" +
-         base64(hash, sizeof hash);
+  std::array<unsigned char, 16> salt{};
+  std::array<unsigned char, 32> hash{};
+  REQUIRE(RAND_bytes(salt.data(), static_cast<int>(salt.size())) == 1);
+  REQUIRE(PKCS5_PBKDF2_HMAC(secret.data(), static_cast<int>(secret.size()), salt.data(),
+                            static_cast<int>(salt.size()), iterations, EVP_sha256(),
+                            static_cast<int>(hash.size()), hash.data()) == 1);
+  return "pbkdf2-sha256$" + std::to_string(iterations) + "$" + base64(salt.data(), salt.size()) +
+         "$" + base64(hash.data(), hash.size());
 }
 
 // A users file in `dir`: "billing" may lock and inspect billing:*, "ops" may do everything.
 std::string users_file(const temp_dir& dir) {
-  const std::string path = dir.file("users.json");
+  std::string path = dir.file("users.json");
   write_file(path, R"({"users":[)"
                    R"({"name":"billing","secret":")" +
                        hashed_secret("billing-secret") +
@@ -305,6 +307,7 @@ TEST_CASE("over TLS replies longer than a TLS record and bursts that fill the so
     keylock::AcquireOptions options = bounded();
     options.limit = 400;
     std::vector<keylock::Lease> leases;
+    leases.reserve(400);
     for (int i = 0; i < 400; ++i) leases.push_back(client.acquire("tls:many", options));
     const keylock::key_info info = client.inspect("tls:many");  // about 60 KB of JSON
     CHECK(info.holders.size() == 400);
@@ -323,7 +326,7 @@ TEST_CASE("over TLS replies longer than a TLS record and bursts that fill the so
     for (int i = 0; i < count; ++i) {
       std::string key = "tls:" + std::to_string(i) + ":" + std::string(1000, 'x');
       client.start_acquire({std::move(key)}, false, bounded(),
-                           [&](std::exception_ptr error, keylock::Lease lease) {
+                           [&](const std::exception_ptr& error, keylock::Lease lease) {
                              if (error) {
                                ++failed;
                              } else {
@@ -343,6 +346,7 @@ TEST_CASE("over TLS replies longer than a TLS record and bursts that fill the so
   SECTION("threads sharing one client over TLS") {
     std::atomic<int> granted{0};
     std::vector<std::thread> threads;
+    threads.reserve(4);
     for (int t = 0; t < 4; ++t) {
       threads.emplace_back([&, t] {
         for (int i = 0; i < 100; ++i) {
@@ -432,7 +436,7 @@ TEST_CASE("a Client on the caller's io_context speaks TLS", "[client][tls][on_io
   std::exception_ptr callback_error;
   client.start_acquire({"io:a"}, false, bounded(),
                        [&](std::exception_ptr error, keylock::Lease lease) {
-                         callback_error = error;
+                         callback_error = std::move(error);
                          by_callback = std::move(lease);
                        });
   std::optional<keylock::key_info> seen;
