@@ -157,7 +157,7 @@ constexpr std::string_view bad_keys_message = "field 'keys' must be an array of 
 constexpr std::string_view too_many_keys_message = "field 'keys' holds more than 64 keys";
 
 // In field-bit order, which is also the order append_request writes them in.
-constexpr std::array<member_spec, 13> request_fields = {{
+constexpr std::array<member_spec, 14> request_fields = {{
     {"id", field::id, value_type::integer, nullptr, &request::id},
     {"key", field::key, value_type::string, &request::key, nullptr},
     {"token", field::token, value_type::integer, nullptr, &request::token},
@@ -171,6 +171,7 @@ constexpr std::array<member_spec, 13> request_fields = {{
     {"noreply", field::noreply, value_type::boolean, nullptr, nullptr, &request::noreply},
     {"keys", field::keys, value_type::strings, nullptr, nullptr},
     {"mode", field::mode, value_type::mode, nullptr, nullptr},
+    {"user", field::user, value_type::string, &request::user, nullptr},
 }};
 
 constexpr member_spec op_member = {"op", field{}, value_type::op, nullptr, nullptr};
@@ -201,6 +202,7 @@ void reset_request(request& out) noexcept {
   out.mode = lock_mode::exclusive;
   out.auth.clear();
   out.client.clear();
+  out.user.clear();
   out.op_name.clear();
   out.noreply = false;
 }
