@@ -1,11 +1,10 @@
 #include "users.hpp"
 
+#include <nlohmann/json.hpp>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
-
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <charconv>
@@ -24,8 +23,8 @@ verify_counters work;
 
 std::string base64(const unsigned char* data, std::size_t n) {
   std::string out(4 * ((n + 2) / 3), '\0');
-  const int len = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data,
-                                  static_cast<int>(n));
+  const int len =
+      EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data, static_cast<int>(n));
   out.resize(static_cast<std::size_t>(len));
   return out;
 }
@@ -172,8 +171,8 @@ std::optional<secret_hash> parse_secret_hash(std::string_view text, std::string&
     return std::nullopt;
   }
   secret_hash h;
-  auto [end, ec] = std::from_chars(iterations.data(), iterations.data() + iterations.size(),
-                                   h.iterations);
+  auto [end, ec] =
+      std::from_chars(iterations.data(), iterations.data() + iterations.size(), h.iterations);
   if (ec != std::errc() || end != iterations.data() + iterations.size() ||
       h.iterations < min_hash_iterations || h.iterations > max_hash_iterations) {
     error = "iterations must be " + std::to_string(min_hash_iterations) + ".." +
@@ -327,7 +326,8 @@ std::shared_ptr<const user_account> user_directory::find(std::string_view name) 
   return *it;
 }
 
-std::shared_ptr<const user_account> user_directory::find_by_subject(std::string_view subject) const {
+std::shared_ptr<const user_account> user_directory::find_by_subject(
+    std::string_view subject) const {
   for (const auto& u : users_) {
     if (!u->cert_subject.empty() && u->cert_subject == subject) return u;
   }

@@ -42,7 +42,8 @@ inline constexpr std::uint32_t max_hash_iterations = 10'000'000;
 std::optional<secret_hash> parse_secret_hash(std::string_view text, std::string& error);
 
 // The text form of `secret` hashed with a fresh random 16-byte salt.
-std::string hash_secret(std::string_view secret, std::uint32_t iterations = default_hash_iterations);
+std::string hash_secret(std::string_view secret,
+                        std::uint32_t iterations = default_hash_iterations);
 
 // PBKDF2 of `secret` under `h`'s salt and iterations, compared with `h.hash` in constant time
 // (CRYPTO_memcmp over the fixed 32 bytes: the time does not depend on where, or whether, the
@@ -51,9 +52,9 @@ bool secret_matches(const secret_hash& h, std::string_view secret);
 
 // How much verification work was done, for tests that check every path does the same work.
 struct verify_counters {
-  std::uint64_t derivations = 0;      // PBKDF2 runs
-  std::uint64_t iterations = 0;       // their iterations, summed
-  std::uint64_t compared_bytes = 0;   // bytes compared by CRYPTO_memcmp
+  std::uint64_t derivations = 0;     // PBKDF2 runs
+  std::uint64_t iterations = 0;      // their iterations, summed
+  std::uint64_t compared_bytes = 0;  // bytes compared by CRYPTO_memcmp
 };
 const verify_counters& verification_work() noexcept;
 
@@ -79,7 +80,9 @@ struct user_account {
 
   // The permissions the user has on `key` (union of the matching rules).
   std::uint8_t allowed(std::string_view key) const noexcept;
-  bool may(permission p, std::string_view key) const noexcept { return (allowed(key) & bit(p)) != 0; }
+  bool may(permission p, std::string_view key) const noexcept {
+    return (allowed(key) & bit(p)) != 0;
+  }
   // Whether some rule grants `p` (stats and top need admin somewhere).
   bool may_somewhere(permission p) const noexcept { return (any_allow & bit(p)) != 0; }
 
