@@ -2006,6 +2006,8 @@ class Client:
         except (OSError, ValueError) as e:
             if isinstance(e, ssl.SSLCertVerificationError):
                 why = f"the server's certificate was refused for {name!r}: {e.verify_message}"
+            elif isinstance(e, (ssl.SSLEOFError, ConnectionResetError)):
+                why = f"the daemon closed the connection (is this its TLS port?): {e}"
             else:
                 why = str(e) or type(e).__name__
             raise ConnectionError(
