@@ -6,7 +6,8 @@ pipelined over the connection and matched to their replies by ``id``. Each call 
 own thread. Times are in **seconds** (floats), as in redis-py's ``Lock`` (``timeout``,
 ``blocking_timeout``); they are sent to the daemon in whole milliseconds.
 
-    client = keylock.Client()            # $KEYLOCK_SERVER, else 127.0.0.1:7400; $KEYLOCK_AUTH
+    client = keylock.Client()            # $KEYLOCK_SERVER, else 127.0.0.1:7400; $KEYLOCK_AUTH,
+                                         # $KEYLOCK_USER, $KEYLOCK_TLS_* (see Client)
     with client.lock("report:monthly", ttl=30, wait=5) as lease:
         write_report(lease.token)        # pass the fencing token on to storage
     with client.lock("config:prices", shared=True):      # readers together, writers alone
@@ -31,7 +32,8 @@ Invariants (the same as the C++ client's, include/keylock/client.hpp):
   thread (and, inside an asyncio event loop, the calling task): see :meth:`Client.acquire`.
   There is none on the wire.
 - After a connection loss the client reconnects with exponential backoff and jitter and sends
-  ``hello`` (with the secret) first on every connection. Waiting acquires are sent again with
+  ``hello`` (with the secret, and the user if any) first on every connection, over TLS when
+  TLS is configured: every connection is made the same way. Waiting acquires are sent again with
   the wait they have left; other requests in flight fail with ConnectionError.
 - Failover (cluster mode): with several servers the client moves to the next one when its own
   is unreachable; leases held through the lost daemon are lost as on any drop (see Client).
@@ -691,7 +693,7 @@ class Client:
 
         Raises Timeout when not granted within ``wait``, Conflict on a limit mismatch,
         LimitExceeded, ProtocolError for an invalid key/ttl/limit (and shared with limit > 1),
-        ReentrancyError, AuthError, and ConnectionError when the daemon cannot be reached at
+        ReentrancyError, AuthError, Denied when our user may not lock the key, and ConnectionError when the daemon cannot be reached at
         first use, the Client is closed, or the daemon did not answer within ``wait`` +
         request_timeout. A waiting acquire survives reconnects (it is sent again with the wait
         it has left).
@@ -2149,7 +2151,8 @@ _default_lock = threading.Lock()
 
 def default_client() -> Client:
     """The process-wide Client that ``lock_decorator`` uses when given none: made on first use
-    from $KEYLOCK_SERVER and $KEYLOCK_AUTH. Fork-safe like every Client."""
+    from $KEYLOCK_SERVER, $KEYLOCK_AUTH, $KEYLOCK_USER and the $KEYLOCK_TLS_* variables (see
+    Client). Fork-safe like every Client."""
     global _default
     client = _default
     if client is None:
