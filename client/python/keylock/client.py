@@ -33,8 +33,8 @@ Invariants (the same as the C++ client's, include/keylock/client.hpp):
   There is none on the wire.
 - After a connection loss the client reconnects with exponential backoff and jitter and sends
   ``hello`` (with the secret, and the user if any) first on every connection, over TLS when
-  TLS is configured: every connection is made the same way. Waiting acquires are sent again with
-  the wait they have left; other requests in flight fail with ConnectionError.
+  TLS is configured: every connection is made the same way. Waiting acquires are sent again
+  with the wait they have left; other requests in flight fail with ConnectionError.
 - Failover (cluster mode): with several servers the client moves to the next one when its own
   is unreachable; leases held through the lost daemon are lost as on any drop (see Client).
 - Fork safety: a forked child (uWSGI/gunicorn workers) never uses its parent's connection. The
@@ -693,10 +693,10 @@ class Client:
 
         Raises Timeout when not granted within ``wait``, Conflict on a limit mismatch,
         LimitExceeded, ProtocolError for an invalid key/ttl/limit (and shared with limit > 1),
-        ReentrancyError, AuthError, Denied when our user may not lock the key, and ConnectionError when the daemon cannot be reached at
-        first use, the Client is closed, or the daemon did not answer within ``wait`` +
-        request_timeout. A waiting acquire survives reconnects (it is sent again with the wait
-        it has left).
+        ReentrancyError, AuthError, Denied when our user may not lock the key, and
+        ConnectionError when the daemon cannot be reached at first use, the Client is closed,
+        or the daemon did not answer within ``wait`` + request_timeout. A waiting acquire
+        survives reconnects (it is sent again with the wait it has left).
         """
         if not isinstance(key, str):
             raise TypeError(f"keylock: key must be a str, not {type(key).__name__}")
