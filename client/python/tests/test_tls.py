@@ -199,3 +199,42 @@ def test_the_asyncio_client_speaks_tls(start_daemon, certs):
                 assert (await c.inspect("aio:tls")).holders[0].token == lease.token
 
     asyncio.run(main())
+
+
+def test_a_client_without_tls_on_the_tls_port_gets_the_daemons_refusal(start_daemon, certs):
+    d = start_daemon(*tls_args(certs))
+    with keylock.Client(d.tls_address, ssl_context=False) as c:
+        with pytest.raises(keylock.ConnectionError, match="TLS"):
+            c.ping()
+
+
+@pytest.mark.parametrize("hooks", [True, False], ids=["at_fork_hook", "pid_check_only"])
+def test_a_forked_child_makes_its_own_tls_connection_and_leaves_the_parents_alone(
+    start_daemon, certs, hooks
+):
+    from keylock import client as client_module
+    from test_connection import _fork_and_report
+
+    d = start_daemon(*tls_args(certs, mutual=True))
+    c = tls_client(d.tls_address, client_context(certs, cert="client"))
+    try:
+        parent_lease = c.acquire("tls:fork:parent", ttl=30)
+        parent_peer = c.inspect("tls:fork:parent").holders[0].peer
+        if not hooks:
+            client_module._clients.discard(c)  # as under uWSGI: no fork hooks
+
+        def child():
+            out = {"inherited_valid": parent_lease.valid}
+            with c.lock("tls:fork:child", ttl=10):
+                out["child_peer"] = c.inspect("tls:fork:child").holders[0].peer
+            c.close()
+            return out
+
+        out = _fork_and_report(child)
+        assert "error" not in out, out
+        assert out["inherited_valid"] is False and out["child_peer"] != parent_peer
+        # The parent's TLS session went on untouched by the child's use and exit.
+        assert c.inspect("tls:fork:parent").holders[0].token == parent_lease.token
+        parent_lease.release()
+    finally:
+        c.close()
