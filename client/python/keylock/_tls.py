@@ -78,16 +78,19 @@ def recv_available(sock: ssl.SSLSocket, lock) -> Tuple[bytes, bool]:
     OSError when the connection failed."""
     chunks = []
     total = 0
-    while total < _READ_BATCH or sock.pending():
+    while True:
         try:
             with lock:
                 data = sock.recv(65536)
+                left = sock.pending()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             break
         if not data:
             return b"".join(chunks), True
         chunks.append(data)
         total += len(data)
+        if total >= _READ_BATCH and not left:
+            break  # the rest, if any, is still on the descriptor: poll reports it
     if not chunks:
         raise BlockingIOError("nothing to read yet")
     return b"".join(chunks), False
