@@ -115,8 +115,10 @@ std::string_view utf8_prefix(std::string_view s, std::size_t limit) noexcept {
 // syntax error while parsing CONTEXT - REASON[; last read: 'TOKEN'][; expected WHAT]". Only
 // TOKEN is client input; it is re-quoted from `last_token` under the quoting rules. Everything
 // is still passed through append_quote so that a different what() layout cannot leak input.
+// With `secret` (the fault is in the value of `auth`) TOKEN is not quoted at all: messages are
+// logged, and a secret must never be.
 std::string json_fault_message(std::size_t position, std::string_view last_token,
-                               std::string_view what) {
+                               std::string_view what, bool secret = false) {
   static constexpr std::string_view reason_start = " - ";
   static constexpr std::string_view token_start = "; last read: '";
   std::string msg = "invalid JSON at column ";
@@ -129,7 +131,9 @@ std::string json_fault_message(std::size_t position, std::string_view last_token
   }
   const auto token_at = reason.find(token_start);
   append_quote(msg, reason.substr(0, token_at), 96);
-  if (token_at != std::string_view::npos) {
+  if (token_at != std::string_view::npos && secret) {
+    msg += "; in the value of 'auth' (not quoted)";
+  } else if (token_at != std::string_view::npos) {
     msg += token_start;
     append_quote(msg, last_token);
     msg += '\'';
@@ -316,7 +320,8 @@ class request_handler {
   }
 
   bool parse_error(std::size_t position, const std::string& last_token, const json::exception& ex) {
-    error_ = json_fault_message(position, last_token, ex.what());
+    const bool in_secret = depth_ == 1 && current_ != nullptr && current_->bit == field::auth;
+    error_ = json_fault_message(position, last_token, ex.what(), in_secret);
     return false;
   }
 
