@@ -184,6 +184,7 @@ std::exception_ptr error_from_reply(const reply& rep) {
     case errc::cancelled:
     case errc::not_found:
     case errc::unavailable:  // the daemon cannot grant for now: a generic failure, retry later
+    case errc::denied:
       break;
   }
   return error_ptr<Error>(message, *code);

@@ -115,8 +115,10 @@ std::string_view utf8_prefix(std::string_view s, std::size_t limit) noexcept {
 // syntax error while parsing CONTEXT - REASON[; last read: 'TOKEN'][; expected WHAT]". Only
 // TOKEN is client input; it is re-quoted from `last_token` under the quoting rules. Everything
 // is still passed through append_quote so that a different what() layout cannot leak input.
+// With `secret` (the fault is in the value of `auth`) TOKEN is not quoted at all: messages are
+// logged, and a secret must never be.
 std::string json_fault_message(std::size_t position, std::string_view last_token,
-                               std::string_view what) {
+                               std::string_view what, bool secret = false) {
   static constexpr std::string_view reason_start = " - ";
   static constexpr std::string_view token_start = "; last read: '";
   std::string msg = "invalid JSON at column ";
@@ -129,7 +131,9 @@ std::string json_fault_message(std::size_t position, std::string_view last_token
   }
   const auto token_at = reason.find(token_start);
   append_quote(msg, reason.substr(0, token_at), 96);
-  if (token_at != std::string_view::npos) {
+  if (token_at != std::string_view::npos && secret) {
+    msg += "; in the value of 'auth' (not quoted)";
+  } else if (token_at != std::string_view::npos) {
     msg += token_start;
     append_quote(msg, last_token);
     msg += '\'';
@@ -157,7 +161,7 @@ constexpr std::string_view bad_keys_message = "field 'keys' must be an array of 
 constexpr std::string_view too_many_keys_message = "field 'keys' holds more than 64 keys";
 
 // In field-bit order, which is also the order append_request writes them in.
-constexpr std::array<member_spec, 13> request_fields = {{
+constexpr std::array<member_spec, 14> request_fields = {{
     {"id", field::id, value_type::integer, nullptr, &request::id},
     {"key", field::key, value_type::string, &request::key, nullptr},
     {"token", field::token, value_type::integer, nullptr, &request::token},
@@ -171,6 +175,7 @@ constexpr std::array<member_spec, 13> request_fields = {{
     {"noreply", field::noreply, value_type::boolean, nullptr, nullptr, &request::noreply},
     {"keys", field::keys, value_type::strings, nullptr, nullptr},
     {"mode", field::mode, value_type::mode, nullptr, nullptr},
+    {"user", field::user, value_type::string, &request::user, nullptr},
 }};
 
 constexpr member_spec op_member = {"op", field{}, value_type::op, nullptr, nullptr};
@@ -201,6 +206,7 @@ void reset_request(request& out) noexcept {
   out.mode = lock_mode::exclusive;
   out.auth.clear();
   out.client.clear();
+  out.user.clear();
   out.op_name.clear();
   out.noreply = false;
 }
@@ -314,7 +320,8 @@ class request_handler {
   }
 
   bool parse_error(std::size_t position, const std::string& last_token, const json::exception& ex) {
-    error_ = json_fault_message(position, last_token, ex.what());
+    const bool in_secret = depth_ == 1 && current_ != nullptr && current_->bit == field::auth;
+    error_ = json_fault_message(position, last_token, ex.what(), in_secret);
     return false;
   }
 

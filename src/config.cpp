@@ -39,6 +39,8 @@ const std::vector<setting>& settings() {
        "Directory for durable state (fencing tokens); empty: none"},
       {"auth", &config::auth, "Shared secret clients must send in hello (never logged)"},
       {"auth_file", &config::auth_file, "File whose first line is the shared secret"},
+      {"users_file", &config::users_file,
+       "JSON file of users, their hashed secrets and key ACLs (see --hash-secret)"},
       {"log_level", &config::log_level, "trace, debug, info, warn, error, critical or off"},
       {"log_format", &config::log_format, "text, or json for one JSON object per line"},
       {"metrics_listen", &config::metrics_listen,
@@ -263,10 +265,10 @@ std::optional<std::string> validate(const config& c) {
       return "etcd_user and etcd_password_file go together";
     }
   }
-  if (!is_loopback_host(host) && c.auth.empty()) {
+  if (!is_loopback_host(host) && c.auth.empty() && c.users_file.empty()) {
     return "refusing to listen on " + c.listen +
            " without auth: anyone who can reach it could take or break any lock. "
-           "Set --auth or --auth-file, or listen on 127.0.0.1";
+           "Set --auth, --auth-file or --users-file, or listen on 127.0.0.1";
   }
   if (c.listen_tls.empty()) {
     if (!c.tls_cert_file.empty() || !c.tls_key_file.empty() || !c.tls_ca_file.empty()) {
@@ -280,10 +282,11 @@ std::optional<std::string> validate(const config& c) {
   if (c.tls_cert_file.empty() || c.tls_key_file.empty()) {
     return "listen_tls needs tls_cert_file and tls_key_file";
   }
-  if (!is_loopback_host(host) && c.auth.empty() && c.tls_ca_file.empty()) {
+  if (!is_loopback_host(host) && c.auth.empty() && c.users_file.empty() &&
+      c.tls_ca_file.empty()) {
     return "refusing to listen on " + c.listen_tls +
            " without auth or client certificates: anyone who can reach it could take or break "
-           "any lock. Set --auth or --auth-file, require client certificates with "
+           "any lock. Set --auth, --auth-file or --users-file, require client certificates with "
            "--tls-ca-file, or listen on 127.0.0.1";
   }
   return std::nullopt;
@@ -298,6 +301,11 @@ parse_outcome parse_command_line(int argc, const char* const* argv) {
   bool version = false;
   app.add_option("-c,--config", config_path, "JSON configuration file (see config/keylockd.json)");
   app.add_flag("--version", version, "Print the version and exit");
+  app.add_flag("--hash-secret", out.hash_secret,
+               "Read a secret from stdin and print its hash for a users_file, then exit");
+  app.add_option("--hash-iterations", out.hash_iterations,
+                 "PBKDF2 iterations for --hash-secret [default 100000]")
+      ->check(CLI::Range(1000u, 10'000'000u));
 
   config given;
   const config defaults;
@@ -328,6 +336,7 @@ parse_outcome parse_command_line(int argc, const char* const* argv) {
     out.output = std::string("keylockd ") + KEYLOCK_VERSION + "\n";
     return out;
   }
+  if (out.hash_secret) return out;  // main reads the secret
 
   config c;
   auto fail = [&out](std::string message) {

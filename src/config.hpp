@@ -22,6 +22,10 @@ struct config {
   std::string auth;
   // File holding the secret (first line); alternative to `auth`, which it overrides.
   std::string auth_file;
+  // Users, their hashed secrets and key ACLs (PROTOCOL.md "Users and access control"; README
+  // "Users and ACLs"). Empty: none. Clients must then log in (hello with user, or a client
+  // certificate a user claims); `auth`, when also set, still logs in with every permission.
+  std::string users_file;
   // trace, debug, info, warn, error, critical, off.
   std::string log_level = "info";
   // text (human-readable lines) or json (one JSON object per line, for log shippers).
@@ -86,6 +90,9 @@ struct parse_outcome {
   int exit_code = 0;     // for action::exit
   std::string output;    // for action::exit: text for stdout (help, version) or stderr (error)
   config settings;
+  // --hash-secret: print the users_file hash of the secret read from stdin, then exit.
+  bool hash_secret = false;
+  std::uint32_t hash_iterations = 0;  // 0: the default
 };
 
 // Builds the configuration: built-in defaults, then the file named by --config (if any), then

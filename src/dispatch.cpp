@@ -21,7 +21,7 @@ constexpr std::uint64_t max_top_n = 100;
 // Field names for messages, in bit order of `field`.
 constexpr std::string_view field_names[] = {"id",     "key",    "token",  "ttl_ms", "wait_ms",
                                             "limit",  "target", "auth",   "client", "n",
-                                            "noreply", "keys",  "mode"};
+                                            "noreply", "keys",  "mode", "user"};
 
 std::array<unsigned char, 32> sha256(std::string_view s) {
   std::array<unsigned char, 32> d{};
@@ -54,6 +54,14 @@ reply& fresh(reply& r, const request* req) {
   return r;
 }
 
+// The longest prefix of `s` (valid UTF-8) of at most `limit` bytes that splits no sequence.
+std::string_view utf8_prefix(std::string_view s, std::size_t limit) noexcept {
+  if (s.size() <= limit) return s;
+  std::size_t n = limit;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return s.substr(0, n);
+}
+
 std::string range_message(std::string_view name, std::uint64_t lo, std::uint64_t hi) {
   std::string m(name);
   m += " must be ";
@@ -71,7 +79,8 @@ std::span<const op_spec> op_table() {
   constexpr auto token = static_cast<std::uint16_t>(field::token);
   constexpr std::uint16_t key_or_keys = field::key | field::keys;
   static constexpr op_spec specs[] = {
-      {"hello", op::hello, 0, field::auth | field::client, 0, before_auth, &dispatcher::do_hello},
+      {"hello", op::hello, 0, field::auth | field::client | field::user, 0, before_auth,
+       &dispatcher::do_hello},
       {"ping", op::ping, 0, 0, 0, 0, &dispatcher::do_ping},
       {"acquire", op::acquire, 0,
        key_or_keys | field::ttl_ms | field::wait_ms | field::limit | field::mode, key_or_keys, 0,
@@ -120,7 +129,7 @@ void dispatcher::reply_error(connection_info& conn, const request* req, errc cod
 
 void dispatcher::handle_decode_error(connection_info& conn, const decode_error& err,
                                      std::string& out) {
-  if (!settings_.auth.empty() && !conn.authenticated) {
+  if (auth_required() && !conn.authenticated) {
     // Before authentication nothing but a well-formed hello is heard.
     conn.close_after_reply = true;
     request none;
@@ -149,14 +158,17 @@ void dispatcher::handle_oversized_frame(connection_info& conn, std::string& out)
               out);
 }
 
-bool dispatcher::authorize_or_reply(connection_info& conn, const request& req, std::string& out) {
-  if (settings_.auth.empty() || conn.authenticated) return true;
-  const op_spec* spec = req.kind == op::unknown ? nullptr : specs_[static_cast<std::size_t>(req.kind)];
-  if (spec != nullptr && spec->has(op_flag::before_auth) && req.has(field::auth)) {
+bool dispatcher::authorize_or_reply(connection_info& conn, const request& req, tick now,
+                                    std::string& out) {
+  const bool hello = req.kind == op::hello;
+  if (hello && req.has(field::user)) return log_in_or_reply(conn, req, now, out);
+  if (!auth_required() || conn.authenticated) return true;
+  if (hello && req.has(field::auth) && !settings_.auth.empty()) {
     // Compare digests: constant time, and independent of the secrets' lengths.
     auto given = sha256(req.auth);
     if (CRYPTO_memcmp(given.data(), auth_digest_.data(), given.size()) == 0) {
       conn.authenticated = true;
+      conn.user.reset();
       return true;
     }
     conn.close_after_reply = true;
@@ -164,8 +176,108 @@ bool dispatcher::authorize_or_reply(connection_info& conn, const request& req, s
     return false;
   }
   conn.close_after_reply = true;
-  reply_error(conn, &req, errc::unauthenticated, "authenticate with hello first", out);
+  reply_error(conn, &req, errc::unauthenticated,
+              hello && req.has(field::auth) ? "this server has no shared secret: log in with 'user'"
+                                            : "authenticate with hello first",
+              out);
   return false;
+}
+
+// hello with `user`: a login, also on a connection that is already authenticated (it changes
+// user). Any failure closes the connection.
+bool dispatcher::log_in_or_reply(connection_info& conn, const request& req, tick now,
+                                 std::string& out) {
+  auto refuse = [&](std::string_view why) {
+    conn.close_after_reply = true;
+    reply_error(conn, &req, errc::unauthenticated, why, out);
+    return false;
+  };
+  if (users_ == nullptr) return refuse("this server has no users_file: log in with 'auth' alone");
+  if (!req.has(field::auth)) return refuse("a login with 'user' needs 'auth', the user's secret");
+  // A secret verified before costs a SHA-256; only the rest count against the budget.
+  auto account = users_->find(req.user);
+  if (account == nullptr || !account->verified_before(req.auth)) {
+    if (now - failed_logins_since_ >= std::chrono::seconds(1)) {
+      failed_logins_since_ = now;
+      failed_logins_ = 0;
+    }
+    if (failed_logins_ >= max_failed_logins_per_second) {
+      return refuse("too many failed logins in the last second; retry later");
+    }
+    account = users_->authenticate(req.user, req.auth);
+    if (account == nullptr) {
+      ++failed_logins_;
+      return refuse("unknown user or wrong secret");
+    }
+  }
+  conn.user = std::move(account);
+  conn.authenticated = true;
+  return true;
+}
+
+bool dispatcher::deny(connection_info& conn, const request& req, std::string_view what,
+                      std::string_view key, std::string& out) {
+  std::string m = "user '" + conn.user->name + "' may not " + std::string(what);
+  if (!key.empty()) {
+    m += " '";
+    m += utf8_prefix(key, 64);
+    m += key.size() > 64 ? "...'" : "'";
+  }
+  reply_error(conn, &req, errc::denied, m, out);
+  return false;
+}
+
+// The ACL check (PROTOCOL.md "Users and access control"), for a connection with a user, after
+// validation and before the op runs.
+bool dispatcher::permitted_or_reply(connection_info& conn, const request& req, tick now,
+                                    std::string& out) {
+  const user_account& u = *conn.user;
+  constexpr std::uint8_t see = bit(permission::inspect) | bit(permission::admin);
+  switch (req.kind) {
+    case op::acquire:
+      for (std::string_view k : keys_of(req)) {
+        if (!u.may(permission::lock, k)) return deny(conn, req, "lock", k, out);
+      }
+      return true;
+    case op::release:
+    case op::extend: {
+      const auto keys = keys_of(req);
+      bool admin_everywhere = true;
+      for (std::string_view k : keys) {
+        const std::uint8_t bits = u.allowed(k);
+        if ((bits & (bit(permission::lock) | bit(permission::admin))) == 0) {
+          return deny(conn, req, "lock", k, out);
+        }
+        admin_everywhere = admin_everywhere && (bits & bit(permission::admin)) != 0;
+      }
+      if (admin_everywhere) return true;
+      // Without admin on every key: only a lease of this same user (or none: not_held).
+      const std::optional<owner_id> owner = table_.lease_owner(keys[0], req.token, now);
+      if (!owner) return true;
+      const connection_info* other = delivery_.info_for(*owner);
+      if (other != nullptr && other->user != nullptr && other->user->name == u.name) {
+        return true;
+      }
+      for (std::string_view k : keys) {
+        if (!u.may(permission::admin, k)) {
+          return deny(conn, req,
+                      req.kind == op::release ? "release another user's lease on"
+                                              : "extend another user's lease on",
+                      k, out);
+        }
+      }
+      return true;
+    }
+    case op::inspect:
+      return (u.allowed(req.key) & see) != 0 || deny(conn, req, "inspect", req.key, out);
+    case op::stats:
+    case op::top:
+      return u.may_somewhere(permission::admin) ||
+             deny(conn, req, req.kind == op::top ? "see top (needs admin)" : "see stats (needs admin)",
+                  {}, out);
+    default:
+      return true;
+  }
 }
 
 bool dispatcher::validate_or_reply(connection_info& conn, const request& req, std::string& out) {
@@ -226,6 +338,8 @@ bool dispatcher::validate_or_reply(connection_info& conn, const request& req, st
       return check(field::n, "n", req.n, 1, max_top_n);
     case op::hello:
       return check(field::client, "client name length in bytes", req.client.size(), 0,
+                   max_client_name_bytes) &&
+             check(field::user, "user name length in bytes", req.user.size(), 1,
                    max_client_name_bytes);
     default:
       return true;
@@ -269,12 +383,13 @@ std::span<const std::string_view> dispatcher::keys_of(const request& req) {
 }
 
 void dispatcher::handle(connection_info& conn, const request& req, tick now, std::string& out) {
-  if (!authorize_or_reply(conn, req, out)) return;
+  if (!authorize_or_reply(conn, req, now, out)) return;
   if (req.kind == op::unknown) {
     reply_error(conn, &req, errc::unknown_op, "unknown op '" + req.op_name + "'", out);
     return;
   }
   if (!validate_or_reply(conn, req, out)) return;
+  if (conn.user != nullptr && !permitted_or_reply(conn, req, now, out)) return;
   (this->*specs_[static_cast<std::size_t>(req.kind)]->run)(conn, req, now, out);
 }
 
@@ -455,8 +570,16 @@ void dispatcher::do_stats(connection_info& conn, const request& req, tick now,
 }
 
 void dispatcher::do_top(connection_info& conn, const request& req, tick now, std::string& out) {
-  (void)conn;
-  top_result top = table_.top(req.has(field::n) ? req.n : default_top_n, now);
+  const std::size_t n = req.has(field::n) ? req.n : default_top_n;
+  top_result top;
+  if (conn.user == nullptr) {
+    top = table_.top(n, now);
+  } else {
+    const user_account& u = *conn.user;
+    top = table_.top(n, now, [&u](std::string_view key) {
+      return (u.allowed(key) & (bit(permission::inspect) | bit(permission::admin))) != 0;
+    });
+  }
   reply& r = fresh(reply_, &req);
   r.stats = current_stats(now);
   r.queues.emplace();

@@ -13,6 +13,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -22,6 +23,7 @@
 #include "keylock/codec.hpp"
 #include "keylock/protocol.hpp"
 #include "lock_table.hpp"
+#include "users.hpp"
 
 namespace keylock {
 
@@ -33,6 +35,9 @@ struct connection_info {
   bool warned = false;             // a client fault of this connection was logged already
   std::string client;              // name from hello
   std::string peer;                // "ip:port"
+  // The users_file user this connection logged in as (hello with user, or a client
+  // certificate); nullptr: every permission (no auth, or the shared secret).
+  std::shared_ptr<const user_account> user;
 };
 
 // Implemented by the server: where replies for a connection go.
@@ -111,6 +116,19 @@ class dispatcher {
   // keep their session; later hellos are checked against the new secret.
   void set_auth_secret(std::string_view secret);
 
+  // The users of the users_file (nullptr: none). Set at start and on SIGHUP; the server moves
+  // logged-in connections to the new directory's accounts itself.
+  void set_users(std::shared_ptr<const user_directory> users) { users_ = std::move(users); }
+  const std::shared_ptr<const user_directory>& users() const { return users_; }
+
+  // Whether a connection must authenticate before anything but hello (auth or users_file).
+  bool auth_required() const { return !settings_.auth.empty() || users_ != nullptr; }
+
+  // At most this many failed logins (hello with user) per second run PBKDF2; beyond it a
+  // login whose secret is not already verified is refused without the work (it would stall
+  // the event loop for every client).
+  static constexpr std::uint32_t max_failed_logins_per_second = 5;
+
   // Runs `fn` (cluster mode: the coordinator acting on the table) and delivers the events it
   // appends to their connections.
   void run_and_deliver(const std::function<void(std::vector<table_event>&)>& fn);
@@ -143,7 +161,11 @@ class dispatcher {
   void reply_error(connection_info& conn, const request* req, errc code,
                    std::string_view message, std::string& out);
   void deliver_events(const connection_info* current, std::string* current_out);
-  bool authorize_or_reply(connection_info& conn, const request& req, std::string& out);
+  bool authorize_or_reply(connection_info& conn, const request& req, tick now, std::string& out);
+  bool log_in_or_reply(connection_info& conn, const request& req, tick now, std::string& out);
+  bool permitted_or_reply(connection_info& conn, const request& req, tick now, std::string& out);
+  bool deny(connection_info& conn, const request& req, std::string_view what,
+            std::string_view key, std::string& out);
   bool validate_or_reply(connection_info& conn, const request& req, std::string& out);
 
   // Handlers: one per op, all of op_spec::handler's shape.
@@ -164,6 +186,9 @@ class dispatcher {
   tick started_;
   std::array<const op_spec*, static_cast<std::size_t>(op::unknown)> specs_{};  // by op
   std::array<unsigned char, 32> auth_digest_{};  // SHA-256 of the secret, when auth is set
+  std::shared_ptr<const user_directory> users_;
+  tick failed_logins_since_{0};          // start of the current one-second window
+  std::uint32_t failed_logins_ = 0;      // failed logins in that window
   // The request's keys as views, for the table (`keys`, or `key` alone). Scratch, reused.
   std::span<const std::string_view> keys_of(const request& req);
   bool validate_keys_or_reply(connection_info& conn, const request& req, std::string& out);

@@ -1219,13 +1219,27 @@ inspect_result lock_table::inspect(std::string_view key, tick now) const {
   return out;
 }
 
-top_result lock_table::top(std::size_t n, tick now) const {
+top_result lock_table::top(std::size_t n, tick now) const { return top(n, now, nullptr); }
+
+std::optional<owner_id> lock_table::lease_owner(std::string_view key, std::uint64_t token,
+                                                tick now) const {
+  std::uint32_t e = find_entry(key);
+  if (e == nil) return std::nullopt;
+  for (std::uint32_t l = entries_[e].first_lease; l != nil; l = leases_[l].key_next) {
+    if (leases_[l].token == token && lease_deadline(l) > now) return leases_[l].owner;
+  }
+  return std::nullopt;
+}
+
+top_result lock_table::top(std::size_t n, tick now,
+                           const std::function<bool(std::string_view key)>& visible) const {
   top_result out;
   if (n == 0) return out;
   // queues_ is in the documented order; keys without waiters sit at its tail.
   for (std::uint32_t e : queues_) {
     const entry_rec& ent = entries_[e];
     if (ent.waiting == 0 || out.queues.size() == n) break;
+    if (visible && !visible(ent.key)) continue;
     out.queues.push_back({ent.key, ent.waiting, live_holders(ent, now), ent.limit});
   }
   // Grant order is token order and, as `now` never goes back, longest-held-first order.
@@ -1234,6 +1248,7 @@ top_result lock_table::top(std::size_t n, tick now) const {
     const lease_rec& rec = leases_[l];
     tick deadline = lease_deadline(l);
     if (deadline <= now) continue;  // over: its timer has not run yet
+    if (visible && !visible(entries_[rec.entry].key)) continue;
     out.oldest.push_back({entries_[rec.entry].key, rec.token, now - as_tick(rec.granted),
                           ms_left(deadline, now), rec.owner, rec.mode});
   }

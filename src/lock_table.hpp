@@ -363,6 +363,12 @@ class lock_table {
   // Up to `n` of each list, leaving out leases whose deadline passed. Costs O(n log keys) plus
   // the due leases skipped, independent of the keys and leases not shown.
   top_result top(std::size_t n, tick now) const;
+  // The same, listing only keys for which `visible` is true (a user's ACL): it reads past the
+  // keys it skips, so it costs in proportion to what it skips as well.
+  top_result top(std::size_t n, tick now,
+                 const std::function<bool(std::string_view key)>& visible) const;
+  // The connection that acquired the live lease `token` on `key`, or nullopt when there is none.
+  std::optional<owner_id> lease_owner(std::string_view key, std::uint64_t token, tick now) const;
 
   std::size_t keys() const { return index_count_; }
   // Leases (each key of a set counts one), including those whose deadline has passed but were

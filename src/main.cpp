@@ -1,4 +1,5 @@
-// keylockd: parse the configuration, raise the open-files limit, serve until a signal.
+// keylockd: parse the configuration, raise the open-files limit, serve until a signal (or, with
+// --hash-secret, print a users_file hash and exit).
 #include <sys/resource.h>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -6,10 +7,13 @@
 
 #include <cstdio>
 #include <exception>
+#include <iostream>
+#include <string>
 
 #include "config.hpp"
 #include "log_format.hpp"
 #include "server.hpp"
+#include "users.hpp"
 
 namespace {
 
@@ -31,11 +35,32 @@ void raise_open_files_limit(std::uint32_t max_connections) {
   }
 }
 
+// --hash-secret: the secret is read from stdin (one line), never from the command line, where
+// `ps` and shell history would show it.
+int print_secret_hash(std::uint32_t iterations) {
+  std::string secret;
+  std::getline(std::cin, secret);
+  while (!secret.empty() && (secret.back() == '\r' || secret.back() == '\n')) secret.pop_back();
+  if (secret.empty()) {
+    std::fputs("keylockd: --hash-secret reads the secret from stdin; it was empty\n", stderr);
+    return 2;
+  }
+  const std::string hash = keylock::hash_secret(
+      secret, iterations == 0 ? keylock::default_hash_iterations : iterations);
+  if (hash.empty()) {
+    std::fputs("keylockd: no random bytes for the salt\n", stderr);
+    return 1;
+  }
+  std::printf("%s\n", hash.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     auto parsed = keylock::parse_command_line(argc, argv);
+    if (parsed.hash_secret) return print_secret_hash(parsed.hash_iterations);
     if (parsed.what == keylock::parse_outcome::action::exit) {
       std::fputs(parsed.output.c_str(), parsed.exit_code == 0 ? stdout : stderr);
       return parsed.exit_code;

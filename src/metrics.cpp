@@ -20,6 +20,7 @@ constexpr std::array all_codes = {
     errc::bad_request, errc::unknown_op,     errc::frame_too_large, errc::unauthenticated,
     errc::timeout,     errc::not_held,       errc::cancelled,       errc::not_found,
     errc::conflict,    errc::limit_exceeded, errc::shutting_down,   errc::unavailable,
+    errc::denied,
 };
 static_assert(all_codes.size() == std::tuple_size_v<decltype(metrics_snapshot::errors)>,
               "metrics_snapshot::errors has one slot per errc");

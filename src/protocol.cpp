@@ -32,6 +32,8 @@ std::string_view to_string(errc code) noexcept {
       return "shutting_down";
     case errc::unavailable:
       return "unavailable";
+    case errc::denied:
+      return "denied";
   }
   // Only reachable through a cast of an out-of-range value. A name that is no code makes a
   // client treat the reply as a generic failure, which is the honest reading.
@@ -43,6 +45,7 @@ std::optional<errc> errc_from_string(std::string_view name) noexcept {
       errc::bad_request, errc::unknown_op,     errc::frame_too_large, errc::unauthenticated,
       errc::timeout,     errc::not_held,       errc::cancelled,       errc::not_found,
       errc::conflict,    errc::limit_exceeded, errc::shutting_down,   errc::unavailable,
+      errc::denied,
   };
   for (errc code : all) {
     if (to_string(code) == name) return code;

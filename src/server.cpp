@@ -141,7 +141,7 @@ struct server::impl final : session_host, delivery {
     return l;
   }
 
-  bool auth_required() const { return !settings_.auth.empty(); }
+  bool auth_required() const { return dispatcher_.auth_required(); }
 
   // --- cluster mode
   std::unique_ptr<coordinator> make_coordinator() {
@@ -317,6 +317,22 @@ struct server::impl final : session_host, delivery {
     if (auth_required()) --unauthenticated_;
   }
 
+  void on_peer_certificate(session& s, std::string_view subject) override {
+    const auto& users = dispatcher_.users();
+    auto user = users ? users->find_by_subject(subject) : nullptr;
+    if (user == nullptr) {
+      spdlog::debug("peer {}: client certificate {}", s.info().peer, subject);
+      return;
+    }
+    s.info().user = std::move(user);
+    spdlog::info("peer {}: logged in as user '{}' by its certificate", s.info().peer,
+                 s.info().user->name);
+    if (!s.info().authenticated) {
+      s.info().authenticated = true;
+      on_authenticated(s);
+    }
+  }
+
   // --- delivery
   std::string* output_for(owner_id owner) override {
     if (owner >= sessions_.size() || !sessions_[owner] || sessions_[owner]->closed()) {
@@ -393,6 +409,13 @@ struct server::impl final : session_host, delivery {
   std::optional<std::string> open() {
     if (!coordinator_) {
       if (auto err = tokens_.open()) return *err;
+    }
+    if (!settings_.users_file.empty()) {
+      std::string err;
+      auto users = user_directory::load(settings_.users_file, err);
+      if (!users) return err;
+      spdlog::info("users_file {}: {} users", settings_.users_file, users->size());
+      dispatcher_.set_users(std::move(users));
     }
     tcp::endpoint bound;
     if (auto err = open_listener(acceptor_, settings_.listen, bound)) return "listen: " + *err;
@@ -690,14 +713,47 @@ struct server::impl final : session_host, delivery {
     });
   }
 
-  // SIGHUP: re-read auth_file and the TLS files. What cannot be read keeps the old setting.
+  // SIGHUP: re-read auth_file, users_file and the TLS files. What cannot be read keeps the
+  // old setting.
   void reload() {
-    if (settings_.auth_file.empty() && settings_.listen_tls.empty()) {
-      spdlog::info("SIGHUP: no auth_file or TLS files to re-read; nothing to reload");
+    if (settings_.auth_file.empty() && settings_.users_file.empty() &&
+        settings_.listen_tls.empty()) {
+      spdlog::info("SIGHUP: no auth_file, users_file or TLS files to re-read; nothing to reload");
       return;
     }
     reload_auth_file();
+    reload_users_file();
     reload_tls();
+  }
+
+  // Logged-in connections move to the new accounts of their users (changed rules apply from
+  // their next op); those whose user is gone are closed, which releases their leases.
+  void reload_users_file() {
+    if (settings_.users_file.empty()) return;
+    std::string err;
+    auto users = user_directory::load(settings_.users_file, err);
+    if (!users) {
+      spdlog::error("SIGHUP: {}; keeping the current users", err);
+      return;
+    }
+    std::size_t closed = 0;
+    for (std::size_t i = 0; i < sessions_.size(); ++i) {
+      std::shared_ptr<session> s = sessions_[i];  // a copy: closing it empties its slot
+      if (!s || s->closed() || s->info().user == nullptr) continue;
+      if (auto now_user = users->find(s->info().user->name)) {
+        s->info().user = std::move(now_user);
+        continue;
+      }
+      spdlog::info("peer {}: user '{}' is no longer in users_file; closing", s->info().peer,
+                   s->info().user->name);
+      s->info().user.reset();
+      close_with_error(*s, "your user was removed from the server's users_file");
+      ++closed;
+    }
+    spdlog::info("SIGHUP: re-read users_file {}: {} users; {} connections of removed users closed",
+                 settings_.users_file, users->size(), closed);
+    dispatcher_.set_users(std::move(users));
+    after_batch();
   }
 
   // New TLS connections get the new certificate, key and CA; open ones keep what they have.

@@ -55,6 +55,9 @@ class session_host {
   virtual void on_closed(session& s, bool draining) = 0;
   virtual void on_socket_closed(session& s) = 0;  // its descriptor is released
   virtual void on_authenticated(session& s) = 0;  // its hello passed auth
+  // A TLS peer presented a verified certificate with this subject (RFC 2253): the server may
+  // log the connection in as the user who claims it.
+  virtual void on_peer_certificate(session& s, std::string_view subject) = 0;
   virtual void count_bytes(std::size_t received, std::size_t sent) = 0;  // for metrics
 };
 

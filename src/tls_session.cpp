@@ -131,8 +131,27 @@ class tls_session final : public session {
     }
     handshaken_ = true;
     handshake_timer_.cancel();
+    if (auto subject = peer_subject(); !subject.empty()) host().on_peer_certificate(*this, subject);
     mark_connected();
     do_read();
+  }
+
+  // The verified client certificate's subject in RFC 2253 form ("CN=billing,O=Acme"), or empty
+  // when the client sent none.
+  std::string peer_subject() {
+    X509* cert = SSL_get_peer_certificate(stream_.native_handle());
+    if (cert == nullptr) return {};
+    std::string out;
+    if (BIO* bio = BIO_new(BIO_s_mem())) {
+      if (X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
+        char* data = nullptr;
+        const long n = BIO_get_mem_data(bio, &data);
+        if (n > 0) out.assign(data, static_cast<std::size_t>(n));
+      }
+      BIO_free(bio);
+    }
+    X509_free(cert);
+    return out;
   }
 
   void do_read() {

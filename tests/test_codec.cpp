@@ -539,6 +539,25 @@ TEST_CASE("messages quote at most 64 bytes of input and are valid UTF-8", "[code
   for (const std::string& frame : frames) require_carriable(require_bad_request(frame));
 }
 
+TEST_CASE("a fault inside the value of auth never quotes the secret", "[codec]") {
+  // Messages are logged (once per connection): a malformed hello must not put its secret there.
+  const std::vector<std::string> frames = {
+      R"({"op":"hello","auth":"Hidden-Secret\q"})",
+      "{\"op\":\"hello\",\"user\":\"u\",\"auth\":\"Hidden-Secret\x01\"}",
+      "{\"op\":\"hello\",\"auth\":\"Hidden-Secret\xFF\"}",
+      R"({"op":"hello","auth":Hidden-Secret})",
+      R"({"op":"hello","auth":"Hidden-Secret)",
+  };
+  for (const std::string& frame : frames) {
+    const decode_error error = require_bad_request(frame);
+    INFO(error.message);
+    CHECK(error.message.find("Hidden") == std::string::npos);
+  }
+  // Elsewhere the token is still quoted, which is what makes the message useful.
+  CHECK_THAT(require_bad_request(R"({"op":"hello","client":"Shown-Name\q"})").message,
+             Catch::Contains("Shown-Name"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // decode_request: valid frames
 

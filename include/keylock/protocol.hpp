@@ -35,10 +35,11 @@ enum class errc : std::uint8_t {
   limit_exceeded,   // a server limit (connections, keys, waiters, pending) was hit
   shutting_down,    // the server is stopping; waiting acquires get this
   unavailable,      // the server cannot grant now (fencing state not durable); retry later
+  denied,           // the user lacks the permission for this op on a key it names (ACL)
 };
 
 // The number of error codes (the last enumerator's value + 1), for tables indexed by errc.
-inline constexpr std::size_t errc_count = static_cast<std::size_t>(errc::unavailable) + 1;
+inline constexpr std::size_t errc_count = static_cast<std::size_t>(errc::denied) + 1;
 
 // The wire spelling of `code` ("bad_request", ...).
 std::string_view to_string(errc code) noexcept;
@@ -91,6 +92,7 @@ enum class field : std::uint16_t {
   noreply = 1u << 10,
   keys = 1u << 11,
   mode = 1u << 12,
+  user = 1u << 13,
 };
 
 constexpr std::uint16_t operator|(field a, field b) noexcept {
@@ -120,6 +122,7 @@ struct request {
   std::uint64_t n = 0;        // top: how many keys and leases to list
   std::string auth;           // hello
   std::string client;         // hello: a name for people (shown by inspect)
+  std::string user;           // hello: log in as this user of the users_file
   std::string op_name;        // the op string as sent when kind == op::unknown (<= 64 bytes)
   bool noreply = false;       // release: do not answer (PROTOCOL.md "noreply")
 

@@ -59,9 +59,10 @@ class _AsyncLockContext:
 
 
 class Client:
-    """keylock.Client for asyncio. Takes the same arguments (server, auth, name, timeouts,
-    health_check_interval), or ``client=`` an existing keylock.Client to share its connection
-    with blocking code. Safe to use from several event loops and threads."""
+    """keylock.Client for asyncio. Takes the same arguments (server, auth, name, user,
+    ssl_context, server_hostname, timeouts, health_check_interval), or ``client=`` an existing
+    keylock.Client to share its connection with blocking code. Safe to use from several event
+    loops and threads."""
 
     def __init__(self, *args: Any, client: Optional[_SyncClient] = None, **kwargs: Any) -> None:
         if client is not None and (args or kwargs):

@@ -6,7 +6,8 @@ pipelined over the connection and matched to their replies by ``id``. Each call 
 own thread. Times are in **seconds** (floats), as in redis-py's ``Lock`` (``timeout``,
 ``blocking_timeout``); they are sent to the daemon in whole milliseconds.
 
-    client = keylock.Client()            # $KEYLOCK_SERVER, else 127.0.0.1:7400; $KEYLOCK_AUTH
+    client = keylock.Client()            # $KEYLOCK_SERVER, else 127.0.0.1:7400; $KEYLOCK_AUTH,
+                                         # $KEYLOCK_USER, $KEYLOCK_TLS_* (see Client)
     with client.lock("report:monthly", ttl=30, wait=5) as lease:
         write_report(lease.token)        # pass the fencing token on to storage
     with client.lock("config:prices", shared=True):      # readers together, writers alone
@@ -31,8 +32,9 @@ Invariants (the same as the C++ client's, include/keylock/client.hpp):
   thread (and, inside an asyncio event loop, the calling task): see :meth:`Client.acquire`.
   There is none on the wire.
 - After a connection loss the client reconnects with exponential backoff and jitter and sends
-  ``hello`` (with the secret) first on every connection. Waiting acquires are sent again with
-  the wait they have left; other requests in flight fail with ConnectionError.
+  ``hello`` (with the secret, and the user if any) first on every connection, over TLS when
+  TLS is configured: every connection is made the same way. Waiting acquires are sent again
+  with the wait they have left; other requests in flight fail with ConnectionError.
 - Failover (cluster mode): with several servers the client moves to the next one when its own
   is unreachable; leases held through the lost daemon are lost as on any drop (see Client).
 - Fork safety: a forked child (uWSGI/gunicorn workers) never uses its parent's connection. The
@@ -53,13 +55,16 @@ import math
 import os
 import select
 import socket
+import ssl
 import sys
 import threading
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Tuple, Type
+from typing import (
+    Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Tuple, Type, Union,
+)
 
 from ._core import (
     CONFIRMED,
@@ -82,6 +87,9 @@ from ._core import (
 )
 from ._core import encode as _encode
 from ._core import json_str as _json_str
+from ._tls import context_from_env as _tls_context_from_env
+from ._tls import recv_available as _tls_recv_available
+from ._tls import send_all as _tls_send_all
 from .errors import (
     AuthError,
     Cancelled,
@@ -525,8 +533,22 @@ class Client:
     "127.0.0.1:7400". Several servers (the daemons of a cluster) may be given as one
     comma-separated string ("a:7400,b:7400", also in $KEYLOCK_SERVER) or as a list of addresses:
     see "Failover" below. ``auth``: the daemon's shared secret, sent in ``hello`` on every
-    connection; None: $KEYLOCK_AUTH when set and non-empty; "" forces none. ``name``: a name for
+    connection; None: $KEYLOCK_AUTH when set and non-empty; "" forces none. ``user``: log in as
+    this user of the daemon's users_file, with ``auth`` that user's secret (sent in ``hello``
+    with it); None: $KEYLOCK_USER when set and non-empty, else no user; "" forces none. A user
+    may only do what the daemon's rules grant it: other ops raise Denied. ``name``: a name for
     people, shown by ``inspect``.
+
+    TLS: ``ssl_context`` (an ssl.SSLContext) wraps every connection, the first, reconnects and
+    failover to other servers alike; ``server_hostname`` is the name the server's certificate
+    must carry, by default the host of the address being connected. With ``ssl_context`` None,
+    the environment decides: when $KEYLOCK_TLS_CA is set or $KEYLOCK_TLS is "1", the context
+    is ``ssl.create_default_context(cafile=$KEYLOCK_TLS_CA or None)`` (TLS 1.2 at least) with
+    the client certificate $KEYLOCK_TLS_CERT and its key $KEYLOCK_TLS_KEY when
+    $KEYLOCK_TLS_CERT is set (mutual TLS), and $KEYLOCK_TLS_SERVER_NAME, when set, is the
+    server name unless ``server_hostname`` is given. ``ssl_context=False`` forces plain TCP. A
+    failed handshake (a server certificate the context does not trust, a wrong name, a client
+    certificate the daemon refused) is a ConnectionError that says it was TLS.
 
     ``connect_timeout`` bounds each connection attempt (connect + hello); ``request_timeout``
     bounds the reply to every request other than acquire, and how long such a request waits for
@@ -555,7 +577,9 @@ class Client:
     if one refused the secret, else ProtocolError if one did not speak the protocol, else
     ConnectionError.
 
-    Raises ValueError for a malformed server address or list (an empty element, a bad port).
+    Raises ValueError for a malformed server address or list (an empty element, a bad port),
+    or a TLS file of the environment that cannot be loaded; TypeError for an ``ssl_context``
+    that is not an ssl.SSLContext.
     """
 
     def __init__(
@@ -564,6 +588,9 @@ class Client:
         auth: Optional[str] = None,
         name: Optional[str] = None,
         *,
+        user: Optional[str] = None,
+        ssl_context: Union[ssl.SSLContext, bool, None] = None,
+        server_hostname: Optional[str] = None,
         connect_timeout: float = 5.0,
         request_timeout: float = 10.0,
         backoff_initial: float = 0.05,
@@ -574,9 +601,25 @@ class Client:
             server = os.environ.get("KEYLOCK_SERVER") or "127.0.0.1:%d" % DEFAULT_PORT
         if auth is None:
             auth = os.environ.get("KEYLOCK_AUTH") or None
+        if user is None:
+            user = os.environ.get("KEYLOCK_USER") or None
+        if user is not None and not isinstance(user, str):
+            raise TypeError(f"keylock: user must be a str, not {type(user).__name__}")
+        if ssl_context is None:
+            ssl_context, env_name = _tls_context_from_env()
+            server_hostname = server_hostname or env_name
+        elif ssl_context is False:
+            ssl_context = None
+        elif not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(
+                f"keylock: ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}"
+            )
         self._servers = _split_servers(server)  # (text, host, port) per daemon; never changes
         self._server = ",".join(t for t, _, _ in self._servers)  # the list, for names
         self._auth = auth or None
+        self._user = user or None
+        self._ssl_context: Optional[ssl.SSLContext] = ssl_context
+        self._server_hostname = server_hostname or None
         self._name = name
         self._connect_timeout = float(connect_timeout)
         self._request_timeout = float(request_timeout)
@@ -650,10 +693,10 @@ class Client:
 
         Raises Timeout when not granted within ``wait``, Conflict on a limit mismatch,
         LimitExceeded, ProtocolError for an invalid key/ttl/limit (and shared with limit > 1),
-        ReentrancyError, AuthError, and ConnectionError when the daemon cannot be reached at
-        first use, the Client is closed, or the daemon did not answer within ``wait`` +
-        request_timeout. A waiting acquire survives reconnects (it is sent again with the wait
-        it has left).
+        ReentrancyError, AuthError, Denied when our user may not lock the key, and
+        ConnectionError when the daemon cannot be reached at first use, the Client is closed,
+        or the daemon did not answer within ``wait`` + request_timeout. A waiting acquire
+        survives reconnects (it is sent again with the wait it has left).
         """
         if not isinstance(key, str):
             raise TypeError(f"keylock: key must be a str, not {type(key).__name__}")
@@ -1062,6 +1105,9 @@ class Client:
         # Held around each read of the socket and the handling of what it brought, so that
         # frames are handled in the order they came, whichever thread reads them.
         self._rlock = threading.Lock()
+        # Over TLS: held around every call into the connection's SSL object, which two threads
+        # must not use at once (a reader and a writer). Each such call is non-blocking.
+        self._tls_lock = threading.Lock()
         # The caller thread reading its own answer (_lead), if any: while there is one, the
         # I/O thread leaves the socket alone. _io_watches: the I/O thread's current poll
         # includes the socket (a new leader wakes it to take the socket out).
@@ -1214,7 +1260,6 @@ class Client:
                 poller.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
                 self._lead_poll = (sock, poller)
             poller = self._lead_poll[1]
-        fd = sock.fileno()
         handed_back = False
         try:
             end = time.monotonic() + _LEAD_WINDOW
@@ -1231,25 +1276,23 @@ class Client:
                         if self._sock is not sock:
                             return  # dropped meanwhile (fd may even be reused): not ours
                     try:
-                        data = os.read(fd, 65536)
+                        data, eof = self._recv(sock)
                     except BlockingIOError:
                         continue
                     except OSError:
                         handed_back = True  # the I/O thread reads the error and drops
                         return
-                    if not data:
-                        handed_back = True  # likewise for the daemon's close
-                        return
                     try:
-                        self._feed(sock, data)
+                        if data:
+                            self._feed(sock, data)
+                        if eof:
+                            handed_back = True  # likewise for the daemon's close
+                            return
                     except BaseException:
                         # Interrupted (a signal handler's exception) with frames half handled:
                         # end the connection, so that the daemon frees all it held for us and
                         # the I/O thread fails or re-sends every call, as after any drop.
-                        try:
-                            sock.shutdown(socket.SHUT_RDWR)
-                        except OSError:
-                            pass
+                        _shutdown(sock)
                         handed_back = True
                         raise
         finally:
@@ -1408,13 +1451,23 @@ class Client:
     def _send(self, sock: socket.socket, data: bytes) -> None:
         with self._wlock:
             try:
-                sock.sendall(data)
+                if isinstance(sock, ssl.SSLSocket):
+                    _tls_send_all(sock, data, self._tls_lock, self._request_timeout)
+                else:
+                    sock.sendall(data)
             except OSError:
                 # Let the I/O thread notice (its read fails) and handle the drop.
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                _shutdown(sock)
+
+    def _recv(self, sock: socket.socket) -> Tuple[bytes, bool]:
+        """What the connection has now: (bytes, whether the daemon closed it). Raises
+        BlockingIOError when nothing came, OSError when the connection failed."""
+        if isinstance(sock, ssl.SSLSocket):
+            return _tls_recv_available(sock, self._tls_lock)
+        # os.read, not recv: the socket has a timeout, and recv would wait for data a caller
+        # may have read since the poll.
+        data = os.read(sock.fileno(), 65536)
+        return data, not data
 
     # ---- releasing and extending -----------------------------------------------------------
 
@@ -1681,18 +1734,16 @@ class Client:
                 if self._leader is not None or self._sock is not sock:
                     return  # a caller reads now (_lead), or the socket is gone
             try:
-                # os.read, not recv: the socket has a timeout, and recv would wait for data a
-                # caller may have read since the poll.
-                data = os.read(sock.fileno(), 65536)
+                data, eof = self._recv(sock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
                 self._drop(sock, f"read failed: {e}")
                 return
-            if not data:
+            if data:
+                self._feed(sock, data)
+            if eof:
                 self._drop(sock, "closed by the daemon")
-                return
-            self._feed(sock, data)
 
     def _feed(self, sock: socket.socket, data: bytes) -> None:
         """Splits what was read into frames and handles each."""
@@ -1872,14 +1923,19 @@ class Client:
         self._connect_failed(cls, msg, failure.code)
 
     def _attempt(self, server: str, host: str, port: int):
-        """One attempt at one daemon: TCP connect, hello, its answer. Returns (socket, hello
-        answer, bytes read past it); raises an Error."""
+        """One attempt at one daemon: TCP connect, the TLS handshake when TLS is on, hello, its
+        answer. Returns (socket, hello answer, bytes read past it); raises an Error."""
         sock = None
+        tls = self._ssl_context is not None
         try:
             sock = socket.create_connection((host, port), self._connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if tls:
+                sock = self._handshake(sock, server, host)
             hello: Dict[str, Any] = {"op": "hello", "id": 0}
+            if self._user:
+                hello["user"] = self._user
             if self._auth:
                 hello["auth"] = self._auth
             if self._name:
@@ -1892,13 +1948,26 @@ class Client:
                 if left <= 0:
                     raise socket.timeout("no answer to hello")
                 sock.settimeout(left)
-                chunk = sock.recv(65536)
+                try:
+                    chunk = sock.recv(65536)
+                except ssl.SSLError as e:
+                    # With TLS 1.3 the daemon judges our certificate after our side of the
+                    # handshake is done: its refusal comes as an alert on the first read.
+                    raise ConnectionError(
+                        f"keylock: TLS error from keylockd at {server} during hello (a client "
+                        f"certificate the daemon refused?): {e}"
+                    ) from None
                 if not chunk:
+                    why = " (over TLS: a client certificate the daemon refused?)" if tls else ""
                     raise ConnectionError(
                         f"keylock: keylockd at {server} closed the connection during "
-                        f"hello{': ' + self._last_error if self._last_error else ''}"
+                        f"hello{why}{': ' + self._last_error if self._last_error else ''}"
                     )
                 buf += chunk
+            if tls:
+                # Frames OpenSSL decrypted with the answer: poll would not report them.
+                while sock.pending():
+                    buf += sock.recv(sock.pending())
             line, rest = buf.split(b"\n", 1)
             try:
                 rep = json.loads(line)
@@ -1918,7 +1987,10 @@ class Client:
                 if code == "limit_exceeded" or rep.get("id") is None:
                     raise ConnectionError(f"keylock: keylockd at {server}: {msg}", code)
                 raise ProtocolError(f"keylock: hello refused by keylockd at {server}: {msg}")
-            sock.settimeout(self._request_timeout)  # bounds a sendall the daemon never drains
+            if tls:
+                sock.setblocking(False)  # _tls.send_all bounds a write the daemon never drains
+            else:
+                sock.settimeout(self._request_timeout)  # bounds a sendall it never drains
         except Error:
             self._close_socket(sock)
             raise
@@ -1926,6 +1998,23 @@ class Client:
             self._close_socket(sock)
             raise ConnectionError(f"keylock: cannot connect to keylockd at {server}: {e}") from None
         return sock, rep, rest
+
+    def _handshake(self, sock: socket.socket, server: str, host: str) -> ssl.SSLSocket:
+        """The TLS handshake on a fresh connection (bounded by connect_timeout, the socket's
+        timeout). Raises ConnectionError saying it was TLS (the socket is closed then)."""
+        name = self._server_hostname or host
+        try:
+            return self._ssl_context.wrap_socket(sock, server_hostname=name)
+        except (OSError, ValueError) as e:
+            if isinstance(e, ssl.SSLCertVerificationError):
+                why = f"the server's certificate was refused for {name!r}: {e.verify_message}"
+            elif isinstance(e, (ssl.SSLEOFError, ConnectionResetError)):
+                why = f"the daemon closed the connection (is this its TLS port?): {e}"
+            else:
+                why = str(e) or type(e).__name__
+            raise ConnectionError(
+                f"keylock: TLS handshake with keylockd at {server} failed: {why}"
+            ) from None
 
     def _connected(self, index: int, sock: socket.socket, rep: dict, rest: bytes) -> None:
         """An attempt at _servers[index] succeeded: the connection is the client's."""
@@ -2018,15 +2107,22 @@ class Client:
     def _close_socket(self, sock: Optional[socket.socket]) -> None:
         if sock is None:
             return
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        with self._wlock:  # no sendall is using the descriptor while it closes
+        _shutdown(sock)
+        with self._wlock, self._tls_lock:  # no write or SSL call uses it while it closes
             try:
                 sock.close()
             except OSError:
                 pass
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Ends the connection both ways, so that a thread polling or reading it sees the end. On
+    an SSLSocket too this is the TCP shutdown: SSLSocket.shutdown would also detach the SSL
+    object, and a later read would return the raw records as if they were frames."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 # ---- fork safety and the default client ---------------------------------------------------
@@ -2055,7 +2151,8 @@ _default_lock = threading.Lock()
 
 def default_client() -> Client:
     """The process-wide Client that ``lock_decorator`` uses when given none: made on first use
-    from $KEYLOCK_SERVER and $KEYLOCK_AUTH. Fork-safe like every Client."""
+    from $KEYLOCK_SERVER, $KEYLOCK_AUTH, $KEYLOCK_USER and the $KEYLOCK_TLS_* variables (see
+    Client). Fork-safe like every Client."""
     global _default
     client = _default
     if client is None:

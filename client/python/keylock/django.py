@@ -4,9 +4,16 @@
     KEYLOCK = {
         "SERVER": "127.0.0.1:7400",  # default: $KEYLOCK_SERVER, else 127.0.0.1:7400
                                      # a cluster: "a:7400,b:7400" or ["a:7400", "b:7400"]
-        "AUTH": None,                # the daemon's secret; default: $KEYLOCK_AUTH
+        "AUTH": None,                # the daemon's secret, or USER's; default: $KEYLOCK_AUTH
+        "USER": None,                # a user of the daemon's users_file; default: $KEYLOCK_USER
         "TTL": 30,                   # seconds; the lease is renewed while the function runs
         "WAIT": None,                # seconds to wait for the lock; None: until granted
+        "TLS": {                     # TLS to the daemon's listen_tls port; default: $KEYLOCK_TLS_*
+            "CA": "/etc/keylock/ca.pem",         # None: the system's CAs
+            "CERT": "/etc/keylock/client.pem",   # mutual TLS: our certificate ...
+            "KEY": "/etc/keylock/client.key",    # ... and its key
+            "SERVER_NAME": "keylock.internal",   # None: the host of the SERVER address
+        },
     }
 
     # views.py: the one-import switch from a django-redis cache.lock decorator
@@ -20,11 +27,19 @@ and shared by its threads. With several servers (a cluster's daemons) the client
 from one to the next as keylock.Client does. Optional settings: "NAME" (shown by ``inspect``; default
 "django:HOSTNAME"), "CONNECT_TIMEOUT" and "REQUEST_TIMEOUT" (seconds). Changing the KEYLOCK
 setting (``override_settings`` in tests) closes the client; the next call makes a new one.
+
+TLS: "TLS" (a dict of the optional keys above; ``{}`` is TLS with the system's CAs) or
+"SSL_CONTEXT" (an ssl.SSLContext made by the site, with "TLS": {"SERVER_NAME": ...} beside it
+if needed), not both; ``False`` for either forces plain TCP. Without them the client follows
+the KEYLOCK_TLS_* environment variables, as keylock.Client does. A file that cannot be loaded,
+or an unknown key in "TLS", is ImproperlyConfigured. An op the USER may not do raises
+keylock.Denied.
 """
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 import threading
 from typing import Any, Callable, Optional
 
@@ -33,11 +48,16 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 from . import decorator as _decorator
+from ._tls import make_context
 from .client import Client
 
 __all__ = ["get_client", "lock_decorator", "lock", "lock_all", "reset"]
 
-_KNOWN = {"SERVER", "AUTH", "TTL", "WAIT", "NAME", "CONNECT_TIMEOUT", "REQUEST_TIMEOUT"}
+_KNOWN = {
+    "SERVER", "AUTH", "USER", "TTL", "WAIT", "NAME", "CONNECT_TIMEOUT", "REQUEST_TIMEOUT", "TLS",
+    "SSL_CONTEXT",
+}
+_KNOWN_TLS = {"CA", "CERT", "KEY", "SERVER_NAME"}
 _UNSET: Any = object()
 
 _client: Optional[Client] = None
@@ -56,6 +76,38 @@ def _config() -> dict:
     return cfg
 
 
+def _tls_kwargs(cfg: dict) -> dict:
+    """Client's ssl_context and server_hostname from "TLS" and "SSL_CONTEXT"; {} when neither
+    is set (the environment decides). Raises ImproperlyConfigured."""
+    tls, context = cfg.get("TLS"), cfg.get("SSL_CONTEXT")
+    if tls is None and context is None:
+        return {}
+    if tls is False or context is False:
+        return {"ssl_context": False}
+    tls = tls if tls is not None else {}
+    if not isinstance(tls, dict):
+        raise ImproperlyConfigured('settings.KEYLOCK["TLS"] must be a dict')
+    unknown = set(tls) - _KNOWN_TLS
+    if unknown:
+        raise ImproperlyConfigured(
+            f'settings.KEYLOCK["TLS"] has unknown keys {sorted(unknown)}; '
+            f"known: {sorted(_KNOWN_TLS)}"
+        )
+    if context is not None:
+        if not isinstance(context, ssl.SSLContext):
+            raise ImproperlyConfigured('settings.KEYLOCK["SSL_CONTEXT"] must be an ssl.SSLContext')
+        if set(tls) - {"SERVER_NAME"}:
+            raise ImproperlyConfigured(
+                'settings.KEYLOCK: give "SSL_CONTEXT" or the files of "TLS", not both'
+            )
+    else:
+        try:
+            context = make_context(tls.get("CA"), tls.get("CERT"), tls.get("KEY"))
+        except ValueError as e:
+            raise ImproperlyConfigured(f"settings.KEYLOCK: {e}") from e
+    return {"ssl_context": context, "server_hostname": tls.get("SERVER_NAME")}
+
+
 def get_client() -> Client:
     """This process's Client, made from settings.KEYLOCK on first use (thread-safe). The Client
     is fork-safe: a forked worker gets its own connection on its first call."""
@@ -70,10 +122,12 @@ def get_client() -> Client:
                     kwargs["connect_timeout"] = cfg["CONNECT_TIMEOUT"]
                 if cfg.get("REQUEST_TIMEOUT") is not None:
                     kwargs["request_timeout"] = cfg["REQUEST_TIMEOUT"]
+                kwargs.update(_tls_kwargs(cfg))
                 try:
                     _client = Client(
                         server=cfg.get("SERVER"),
                         auth=cfg.get("AUTH"),
+                        user=cfg.get("USER"),
                         name=cfg.get("NAME") or f"django:{socket.gethostname()}",
                         **kwargs,
                     )

@@ -19,6 +19,7 @@ __all__ = [
     "ConnectionError",
     "ProtocolError",
     "AuthError",
+    "Denied",
     "LimitExceeded",
     "Conflict",
     "ReentrancyError",
@@ -56,7 +57,14 @@ class ProtocolError(Error):
 
 
 class AuthError(Error):
-    """The daemon requires a secret and refused ours (``unauthenticated``)."""
+    """The daemon requires a secret and refused ours, or does not know our ``user``
+    (``unauthenticated``)."""
+
+
+class Denied(Error):
+    """The daemon knows who we are (``hello`` with ``user``) and that user lacks the permission
+    this op needs on one of its keys, or on the server for ``stats`` and ``top`` (``denied``).
+    Nothing was done; the connection stays open and usable."""
 
 
 class LimitExceeded(Error):
@@ -87,6 +95,7 @@ _BY_CODE = {
     "conflict": Conflict,
     "limit_exceeded": LimitExceeded,
     "unauthenticated": AuthError,
+    "denied": Denied,
     "bad_request": ProtocolError,
     "unknown_op": ProtocolError,
     "frame_too_large": ProtocolError,

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -24,6 +25,31 @@ def metrics_daemon():
     d = Daemon(metrics=True).start()
     yield d
     d.cleanup()
+
+
+@pytest.fixture(scope="session")
+def certs():
+    """The test PKI (tlsutil.make_certs), made once per run in a temporary directory."""
+    from tlsutil import make_certs
+
+    with tempfile.TemporaryDirectory(prefix="keylock-py-tls-") as d:
+        yield make_certs(d)
+
+
+@pytest.fixture
+def start_daemon():
+    """start_daemon(*args) -> a started Daemon; every one is stopped at the end of the test,
+    also one that failed to start."""
+    started = []
+
+    def start(*args):
+        d = Daemon(*args)
+        started.append(d)
+        return d.start()
+
+    yield start
+    for d in started:
+        d.cleanup()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import List, Optional
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 LISTEN_RE = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 METRICS_RE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/")
+TLS_RE = re.compile(r"TLS on 127\.0\.0\.1:(\d+)")
 
 
 def keylockd_path() -> str:
@@ -65,13 +66,16 @@ def stop_process(
 
 
 class Daemon:
-    """One keylockd on 127.0.0.1. ``port`` stays the same across restart()."""
+    """One keylockd on 127.0.0.1. ``port`` stays the same across restart(). With
+    ``--listen-tls`` among the arguments, ``tls_port`` is its TLS port (the same across
+    restart() only when the arguments name one)."""
 
     def __init__(self, *args: str, metrics: bool = False) -> None:
         self.args: List[str] = list(args)
         self.metrics = metrics
         self.port = 0
         self.metrics_port = 0
+        self.tls_port = 0
         self.proc: Optional[subprocess.Popen] = None
         self._log = tempfile.NamedTemporaryFile(prefix="keylockd-", suffix=".log", delete=False)
         self._log.close()
@@ -79,6 +83,10 @@ class Daemon:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def tls_address(self) -> str:
+        return f"127.0.0.1:{self.tls_port}"
 
     def start(self) -> "Daemon":
         with open(self._log.name, "w"):
@@ -107,6 +115,10 @@ class Daemon:
         self.port = wait_for(bound, what="keylockd's 'listening on' line")
         if self.metrics:
             self.metrics_port = int(METRICS_RE.search(self.log()).group(1))
+        if "--listen-tls" in self.args:
+            # Logged after the plain listener's line; the daemon may still be starting.
+            found = wait_for(lambda: TLS_RE.search(self.log()), what="keylockd's 'TLS on' line")
+            self.tls_port = int(found.group(1))
         return self
 
     def log(self) -> str:

@@ -2,6 +2,8 @@
 
 Django is a hard requirement of this suite (scripts/install-deps.sh installs
 python3-django): a missing Django fails here, it is not skipped."""
+import ssl
+
 import django
 from django.conf import settings
 
@@ -98,6 +100,47 @@ def test_the_server_setting_takes_a_cluster_list_and_fails_over_past_a_dead_daem
                 assert c.server == daemon.address
                 assert c.inspect("django:cluster").held
     with override_settings(KEYLOCK={"SERVER": f"{daemon.address},"}):
+        with pytest.raises(ImproperlyConfigured):
+            kd.get_client()
+    kd.reset()
+
+
+def test_tls_settings_make_a_tls_client(start_daemon, certs, monkeypatch):
+    from tlsutil import client_context, tls_args
+
+    for name in ("KEYLOCK_TLS", "KEYLOCK_TLS_CA", "KEYLOCK_TLS_CERT", "KEYLOCK_TLS_KEY",
+                 "KEYLOCK_TLS_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    d = start_daemon(*tls_args(certs, mutual=True))
+    files = {"CA": certs("ca.pem"), "CERT": certs("client.pem"), "KEY": certs("client.key")}
+    try:
+        with override_settings(KEYLOCK={"SERVER": d.tls_address, "TLS": files}):
+            with kd.lock("django:tls", ttl=10) as lease:
+                assert kd.get_client().inspect("django:tls").holders[0].token == lease.token
+        ctx = client_context(certs, cert="client")
+        with override_settings(KEYLOCK={"SERVER": f"127.0.0.1:{d.tls_port}", "SSL_CONTEXT": ctx,
+                                        "TLS": {"SERVER_NAME": "localhost"}, "USER": "billing"}):
+            c = kd.get_client()
+            assert c._ssl_context is ctx and c._server_hostname == "localhost"
+            assert c._user == "billing"
+        with override_settings(KEYLOCK={"SERVER": d.tls_address,
+                                        "TLS": dict(files, SERVER_NAME="wrong.example")}):
+            with pytest.raises(keylock.ConnectionError, match="TLS handshake"):
+                kd.get_client().ping()
+    finally:
+        kd.reset()
+
+
+@pytest.mark.parametrize("tls_settings", [
+    {"TLS": {"CAFILE": "x"}},                                  # an unknown key
+    {"TLS": {"CA": "/nonexistent/ca.pem"}},                    # a file that cannot be loaded
+    {"TLS": {"CA": "x"}, "SSL_CONTEXT": ssl.create_default_context()},  # both
+    {"SSL_CONTEXT": "not a context"},
+])
+def test_bad_tls_settings_are_improperly_configured(tls_settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    with override_settings(KEYLOCK=dict(SERVER="127.0.0.1:1", **tls_settings)):
         with pytest.raises(ImproperlyConfigured):
             kd.get_client()
     kd.reset()
