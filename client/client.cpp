@@ -158,9 +158,6 @@ std::exception_ptr make_failure(failure_kind kind, const std::string& message) {
 std::exception_ptr error_from_reply(const reply& rep) {
   const std::string message =
       rep.message.empty() ? "keylockd answered " + std::string(code_of(rep)) : rep.message;
-  // By name: `denied` (issue 15) is newer than protocol.hpp's errc; code() stays nullopt until
-  // errc knows it.
-  if (code_of(rep) == "denied") return error_ptr<Denied>(message, errc_from_string("denied"));
   const std::optional<errc> code =
       rep.code_name.empty() ? std::optional<errc>(rep.code) : errc_from_string(rep.code_name);
   if (!code) return error_ptr<Error>(message);
@@ -175,6 +172,8 @@ std::exception_ptr error_from_reply(const reply& rep) {
       return error_ptr<LimitExceeded>(message, *code);
     case errc::unauthenticated:
       return error_ptr<AuthError>(message, *code);
+    case errc::denied:
+      return error_ptr<Denied>(message, *code);
     case errc::bad_request:
     case errc::unknown_op:
     case errc::frame_too_large:
@@ -184,7 +183,6 @@ std::exception_ptr error_from_reply(const reply& rep) {
     case errc::cancelled:
     case errc::not_found:
     case errc::unavailable:  // the daemon cannot grant for now: a generic failure, retry later
-    case errc::denied:
       break;
   }
   return error_ptr<Error>(message, *code);
@@ -288,19 +286,6 @@ void tls_from_environment(tls_options& tls) {
   } else {
     throw std::invalid_argument("keylock: KEYLOCK_TLS must be 1 or 0, not '" + flag + "'");
   }
-}
-
-// The `hello` frame of a connection. `user` (issue 15) is spliced in as a JSON member until
-// protocol.hpp's request carries it; the daemon ignores members it does not know.
-void append_hello(std::string& out, const request& hello, const std::string& user) {
-  const std::size_t start = out.size();
-  append_request(out, hello);
-  if (user.empty()) return;
-  const std::size_t close = out.rfind('}');
-  if (close == std::string::npos || close < start) return;
-  std::string member = ",\"user\":";
-  append_json_string(member, user);
-  out.insert(close, member);
 }
 
 }  // namespace
@@ -1189,11 +1174,7 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
       p.req.wait_ms = static_cast<std::uint64_t>(std::max(left, milliseconds(0)).count());
       p.req.set(field::wait_ms);
     }
-    if (p.req.kind == op::hello && !options_.user->empty()) {
-      append_hello(out_, p.req, *options_.user);
-    } else {
-      append_request(out_, p.req);
-    }
+    append_request(out_, p.req);
     p.state = call_state::sent;
     p.sent_at = now;
     flush();
@@ -1806,6 +1787,10 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
     if (!options_.auth->empty()) {
       p.req.auth = *options_.auth;
       p.req.set(field::auth);
+    }
+    if (!options_.user->empty()) {
+      p.req.user = *options_.user;
+      p.req.set(field::user);
     }
     if (!options_.name.empty()) {
       p.req.client = options_.name;

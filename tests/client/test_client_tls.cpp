@@ -186,12 +186,15 @@ std::string hashed_secret(const std::string& secret) {
 }
 
 // A users file in `dir`: "billing" may lock and inspect billing:*, "ops" may do everything.
-std::string users_file(const temp_dir& dir) {
+// With `billing_subject`, a client certificate with that subject logs in as "billing".
+std::string users_file(const temp_dir& dir, const std::string& billing_subject = "") {
   std::string path = dir.file("users.json");
+  const std::string subject =
+      billing_subject.empty() ? "" : R"(,"cert_subject":")" + billing_subject + R"(")";
   write_file(path, R"({"users":[)"
                    R"({"name":"billing","secret":")" +
-                       hashed_secret("billing-secret") +
-                       R"(","rules":[{"prefix":"billing:","allow":["lock","inspect"]}]},)"
+                       hashed_secret("billing-secret") + R"(")" + subject +
+                       R"(,"rules":[{"prefix":"billing:","allow":["lock","inspect"]}]},)"
                        R"({"name":"ops","secret":")" +
                        hashed_secret("ops-secret") +
                        R"(","rules":[{"prefix":"","allow":["lock","inspect","admin"]}]}]})");
@@ -595,6 +598,22 @@ TEST_CASE("TLS and users together", "[client][users][tls]") {
   keylock::Lease lease = client.acquire("billing:tls", bounded());
   CHECK_THROWS_AS(client.acquire("other:tls", bounded()), keylock::Denied);
   CHECK(lease.owned());
+  lease.release();
+}
+
+TEST_CASE("a client certificate that a user claims logs in as that user, with no secret",
+          "[client][users][tls]") {
+  SKIP_WITHOUT_USERS();
+  temp_dir dir;
+  std::vector<std::string> args = tls_args(client_certs::required);
+  args.insert(args.end(), {"--users-file", users_file(dir, "CN=client")});
+  keylock_daemon d(args);
+  keylock::client_options options = tls_options(tls_port(d));
+  options.tls.cert_file = certs().pem("client");
+  options.tls.key_file = certs().key("client");
+  keylock::Client client(options);
+  keylock::Lease lease = client.acquire("billing:cert", bounded());
+  CHECK_THROWS_AS(client.acquire("other:cert", bounded()), keylock::Denied);
   lease.release();
 }
 
