@@ -268,24 +268,14 @@ std::string env_or(const char* name, const char* fallback) {
   return value != nullptr && *value != '\0' ? value : fallback;
 }
 
-// Fills what the caller left unset in options.tls from the environment (tls_options says how).
-// Throws std::invalid_argument for a $KEYLOCK_TLS that is not a yes or a no.
+// Fills what the caller left unset in options.tls from the environment (tls_options says how;
+// the Python client reads the same variables the same way).
 void tls_from_environment(tls_options& tls) {
   if (tls.ca_file.empty()) tls.ca_file = env_or("KEYLOCK_TLS_CA", "");
   if (tls.cert_file.empty()) tls.cert_file = env_or("KEYLOCK_TLS_CERT", "");
   if (tls.key_file.empty()) tls.key_file = env_or("KEYLOCK_TLS_KEY", "");
   if (tls.server_name.empty()) tls.server_name = env_or("KEYLOCK_TLS_SERVER_NAME", "");
-  if (tls.enabled) return;
-  const std::string flag = env_or("KEYLOCK_TLS", "");
-  if (flag == "1" || flag == "true" || flag == "yes" || flag == "on") {
-    tls.enabled = true;
-  } else if (flag == "0" || flag == "false" || flag == "no" || flag == "off") {
-    tls.enabled = false;
-  } else if (flag.empty()) {
-    tls.enabled = !tls.ca_file.empty();
-  } else {
-    throw std::invalid_argument("keylock: KEYLOCK_TLS must be 1 or 0, not '" + flag + "'");
-  }
+  if (!tls.enabled) tls.enabled = env_or("KEYLOCK_TLS", "") == "1" || !tls.ca_file.empty();
 }
 
 }  // namespace

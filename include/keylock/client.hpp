@@ -196,9 +196,8 @@ class Conflict : public Error {
 // TLS to the daemon (its `listen_tls` port). Every field left at its default is taken from the
 // environment, so that an unchanged program can be pointed at a TLS daemon.
 struct tls_options {
-  // Whether to speak TLS. nullopt: $KEYLOCK_TLS when set ("1", "true", "yes", "on" or "0",
-  // "false", "no", "off"; anything else is std::invalid_argument), else on exactly when a CA
-  // file is given (ca_file or $KEYLOCK_TLS_CA). false forces plain TCP whatever the rest says.
+  // Whether to speak TLS. nullopt: on when $KEYLOCK_TLS is "1" or a CA file is given (ca_file
+  // or $KEYLOCK_TLS_CA), else off. false forces plain TCP whatever the environment says.
   std::optional<bool> enabled;
   // PEM file of the CAs that may sign the daemon's certificate. Empty: $KEYLOCK_TLS_CA, else
   // the system's default CAs (OpenSSL's default paths).
@@ -442,16 +441,15 @@ class Lease {
 // NOLINTNEXTLINE(readability-identifier-naming): public name fixed by issue 3
 class Client {
  public:
-  // Connects (resolve, TCP connect, TLS handshake when options.tls says so, `hello` with the
-  // user, secret and name) and returns once a daemon has answered: the first of
-  // options.server's list that does, tried in order, each once. Throws std::invalid_argument
-  // for a malformed server address or list (an empty element, a bad port), a bad $KEYLOCK_TLS,
-  // or a TLS file that cannot be loaded. When no server answers it throws, with every server's
-  // failure in the message: AuthError if one refused the user or secret, else ProtocolError if
-  // one did not speak the protocol, else ConnectionError (none reachable within
-  // connect_timeout; a failed TLS handshake, such as a certificate that the CA file does not
-  // vouch for or that names another host, is one: its message says "TLS" and OpenSSL's
-  // reason).
+  // Connects (resolve, TCP connect, TLS handshake when options.tls says so, `hello` with the user,
+  // secret and name) and returns once a daemon has answered: the first of options.server's list
+  // that does, tried in order, each once. Throws std::invalid_argument for a malformed server
+  // address or list (an empty element, a bad port), or a TLS file that cannot be loaded. When no
+  // server answers it throws, with every server's failure in the message: AuthError if one refused
+  // the user or secret, else ProtocolError if one did not speak the protocol, else ConnectionError
+  // (none reachable within connect_timeout; a failed TLS handshake, such as a certificate that the
+  // CA file does not vouch for or that names another host, is one: its message says "TLS" and
+  // OpenSSL's reason).
   explicit Client(client_options options = {});
   // A client with no thread of its own: its I/O runs on `io`, like any Asio object's (`io`
   // may be run by any number of threads). For asynchronous code

@@ -293,6 +293,12 @@ TEST_CASE("over TLS a client verifies the daemon's certificate, then locks as ov
     CHECK(lease.owned());
     lease.release();
   }
+  SECTION("tls.enabled false speaks plain TCP, even with a CA file given") {
+    keylock::client_options options = tls_options(d.port());
+    options.tls.enabled = false;
+    keylock::Client client(options);
+    CHECK(client.ping() > 0ns);
+  }
   SECTION("tls.server_name names the certificate when the address does not") {
     keylock::client_options options = tls_options(port);
     options.tls.server_name = "localhost";
