@@ -56,6 +56,10 @@ const std::vector<setting>& settings() {
        "TLS)"},
       {"tls_handshake_timeout_ms", &config::tls_handshake_timeout_ms,
        "TLS: close a connection whose handshake is not done within this long", 100, 600'000},
+      {"metrics_tls", &config::metrics_tls,
+       "1: serve metrics_listen over HTTPS with tls_cert_file and tls_key_file (with "
+       "tls_ca_file, scrapers must present a client certificate); 0: plain HTTP",
+       0, 1},
       {"max_connections", &config::max_connections, "Most client connections at once", 1,
        1'000'000},
       {"max_frame_bytes", &config::max_frame_bytes, "Longest request line in bytes", 256,
@@ -270,9 +274,16 @@ std::optional<std::string> validate(const config& c) {
            " without auth: anyone who can reach it could take or break any lock. "
            "Set --auth, --auth-file or --users-file, or listen on 127.0.0.1";
   }
+  if (c.metrics_tls != 0) {
+    if (c.metrics_listen.empty()) return "metrics_tls needs metrics_listen";
+    if (c.tls_cert_file.empty() || c.tls_key_file.empty()) {
+      return "metrics_tls needs tls_cert_file and tls_key_file";
+    }
+  }
   if (c.listen_tls.empty()) {
-    if (!c.tls_cert_file.empty() || !c.tls_key_file.empty() || !c.tls_ca_file.empty()) {
-      return "tls_cert_file, tls_key_file and tls_ca_file need listen_tls";
+    if (c.metrics_tls == 0 &&
+        (!c.tls_cert_file.empty() || !c.tls_key_file.empty() || !c.tls_ca_file.empty())) {
+      return "tls_cert_file, tls_key_file and tls_ca_file need listen_tls or metrics_tls";
     }
     return std::nullopt;
   }

@@ -66,6 +66,9 @@ struct config {
   std::uint32_t lock_delay_ms = 0;             // see PROTOCOL.md "Lock delay"
   std::uint32_t shutdown_grace_ms = 500;       // time to flush replies on SIGTERM before exit
   std::uint32_t tls_handshake_timeout_ms = 5'000;  // a TLS handshake not done by then: close
+  // 1: the metrics port serves HTTPS with tls_cert_file and tls_key_file (and, with
+  // tls_ca_file, asks scrapers for a client certificate). 0: plain HTTP.
+  std::uint32_t metrics_tls = 0;
 
   // Cluster mode (PROTOCOL.md "Cluster mode", README "Cluster mode"). Empty etcd_endpoints:
   // standalone, exactly as without these settings.

@@ -3,13 +3,17 @@
 // flight, through do_read/on_read/do_write/on_write/do_close. Requests are answered one at a
 // time (the next read starts after the response is written), so nothing queues up.
 //
+// With metrics_tls, sessions run over beast::ssl_stream (http_session<Stream> serves both).
+//
 // The only TU of keylock that includes Beast. Runs on the io_context thread only.
 #include "metrics_http.hpp"
 
 #include "asio_common.hpp"  // first: <utility> before any Asio/Beast header
 
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <spdlog/spdlog.h>
 
 #include <array>
@@ -24,6 +28,7 @@ namespace {
 
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace ssl = boost::asio::ssl;
 
 // Limits of the listener. It serves a scraper and probes, so they are small and fixed: what
 // they bound is how much any peer of this port can cost the daemon's one thread.
@@ -70,7 +75,29 @@ bool is_parse_error(const beast::error_code& ec) {
   return ec.category() == http::make_error_code(http::error::need_more).category();
 }
 
-class http_session;
+// What the listener's registry and eviction policy see of a session, plain or TLS.
+class http_session_base {
+ public:
+  virtual ~http_session_base() = default;
+  // Closes the socket now; pending operations complete with operation_aborted and end.
+  virtual void close_now() = 0;
+  // For the eviction policy: closed (on its way out), reading (waiting for a request) since
+  // the stamp read_since(), or else writing or draining. Stamps come from next_stamp().
+  bool closed() const { return closed_; }
+  bool reading() const { return reading_; }
+  std::uint64_t read_since() const { return read_since_; }
+  std::uint64_t accepted() const { return accepted_; }
+  const std::string& peer() const { return peer_; }
+
+ protected:
+  http_session_base(std::string peer, std::uint64_t accepted)
+      : peer_(std::move(peer)), accepted_(accepted) {}
+  std::string peer_;  // "ip:port", for logs
+  std::uint64_t accepted_;        // stamp of the accept
+  std::uint64_t read_since_ = 0;  // stamp of the start of the current read
+  bool reading_ = false;
+  bool closed_ = false;
+};
 
 // The acceptor and the registry of open sessions. Shared by the pending accept and every
 // session, so that it outlives them whatever order metrics_http and the handlers end in.
@@ -84,8 +111,9 @@ class listener : public std::enable_shared_from_this<listener> {
 
   const metrics_http::hooks& hooks() const { return hooks_; }
   bool stopped() const { return stopped_; }
-  void add(http_session* s) { sessions_.insert(s); }
-  void remove(http_session* s) { sessions_.erase(s); }
+  void add(http_session_base* s) { sessions_.insert(s); }
+  void remove(http_session_base* s) { sessions_.erase(s); }
+  void set_tls(std::shared_ptr<ssl::context> context) { tls_ = std::move(context); }
   // Increasing stamps that order accepts and the starts of reads (no clock needed).
   std::uint64_t next_stamp() { return ++stamp_; }
 
@@ -98,45 +126,76 @@ class listener : public std::enable_shared_from_this<listener> {
   metrics_http::hooks hooks_;
   tcp::acceptor acceptor_;
   asio::steady_timer retry_timer_;
-  std::unordered_set<http_session*> sessions_;  // every live session; each erases itself
+  std::unordered_set<http_session_base*> sessions_;  // every live session; each erases itself
+  std::shared_ptr<ssl::context> tls_;               // set: new connections speak HTTPS
   std::uint64_t stamp_ = 0;
   std::uint64_t evicted_ = 0;
   std::chrono::steady_clock::time_point last_eviction_log_{};
   bool stopped_ = false;
 };
 
-class http_session : public std::enable_shared_from_this<http_session> {
+// One connection, over `Stream`: beast::tcp_stream (HTTP) or an ssl_stream over it (HTTPS).
+template <class Stream>
+class http_session final : public http_session_base,
+                           public std::enable_shared_from_this<http_session<Stream>> {
+  static constexpr bool tls = !std::is_same_v<Stream, beast::tcp_stream>;
+
  public:
-  http_session(tcp::socket&& socket, std::string peer, std::shared_ptr<listener> owner)
-      : stream_(std::move(socket)),
+  http_session(tcp::socket&& socket, std::string peer, std::shared_ptr<listener> owner,
+               std::shared_ptr<ssl::context> context)
+      : http_session_base(std::move(peer), owner->next_stamp()),
+        stream_(make_stream(std::move(socket), context)),
         buffer_(max_buffer_bytes),
         owner_(std::move(owner)),
-        peer_(std::move(peer)),
-        accepted_(owner_->next_stamp()) {
+        context_(std::move(context)) {
     owner_->add(this);
   }
-  ~http_session() { owner_->remove(this); }
+  ~http_session() override { owner_->remove(this); }
   http_session(const http_session&) = delete;
   http_session& operator=(const http_session&) = delete;
 
-  void start() { do_read(); }
-
-  // Closes the socket now; pending operations complete with operation_aborted and end.
-  void close_now() {
-    if (closed_) return;
-    closed_ = true;
-    stream_.close();
+  void start() {
+    if constexpr (tls) {
+      // The handshake has the deadline of a request: a peer that stalls in it is cut.
+      reading_ = true;
+      read_since_ = owner_->next_stamp();
+      lowest().expires_after(io_timeout);
+      stream_.async_handshake(ssl::stream_base::server,
+                              beast::bind_front_handler(&http_session::on_handshake, self()));
+    } else {
+      do_read();
+    }
   }
 
-  // For the eviction policy: closed (on its way out), reading (waiting for a request) since
-  // the stamp read_since(), or else writing or draining. Stamps come from next_stamp().
-  bool closed() const { return closed_; }
-  bool reading() const { return reading_; }
-  std::uint64_t read_since() const { return read_since_; }
-  std::uint64_t accepted() const { return accepted_; }
-  const std::string& peer() const { return peer_; }
+  void close_now() override {
+    if (closed_) return;
+    closed_ = true;
+    lowest().close();
+  }
 
  private:
+  static Stream make_stream(tcp::socket&& socket, const std::shared_ptr<ssl::context>& context) {
+    if constexpr (tls) {
+      return Stream(std::move(socket), *context);
+    } else {
+      return Stream(std::move(socket));
+    }
+  }
+
+  beast::tcp_stream& lowest() { return beast::get_lowest_layer(stream_); }
+  std::shared_ptr<http_session> self() { return this->shared_from_this(); }
+
+  void on_handshake(beast::error_code ec) {
+    reading_ = false;
+    if (closed_) return;
+    if (ec) {
+      // Debug, not warn: this port may face scanners (see on_read).
+      spdlog::debug("metrics https: peer {}: TLS handshake failed: {}", peer_, ec.message());
+      return close_now();
+    }
+    do_read();
+  }
+
   void do_read() {
     reading_ = true;
     read_since_ = owner_->next_stamp();
@@ -144,9 +203,9 @@ class http_session : public std::enable_shared_from_this<http_session> {
     parser_->header_limit(max_header_bytes);
     parser_->body_limit(0);  // GET and HEAD have no body: any body fails the read (400)
     // One deadline for the whole request, not per byte: a trickled header is cut at 5 s.
-    stream_.expires_after(io_timeout);
+    lowest().expires_after(io_timeout);
     http::async_read(stream_, buffer_, *parser_,
-                     beast::bind_front_handler(&http_session::on_read, shared_from_this()));
+                     beast::bind_front_handler(&http_session::on_read, self()));
   }
 
   void on_read(beast::error_code ec, std::size_t /*bytes*/) {
@@ -234,9 +293,8 @@ class http_session : public std::enable_shared_from_this<http_session> {
   }
 
   void do_write() {
-    stream_.expires_after(io_timeout);
-    http::async_write(stream_, res_,
-                      beast::bind_front_handler(&http_session::on_write, shared_from_this()));
+    lowest().expires_after(io_timeout);
+    http::async_write(stream_, res_, beast::bind_front_handler(&http_session::on_write, self()));
   }
 
   void on_write(beast::error_code ec, std::size_t /*bytes*/) {
@@ -247,17 +305,22 @@ class http_session : public std::enable_shared_from_this<http_session> {
     do_read();
   }
 
-  // Graceful close: FIN, then drain (see drain_timeout), then close.
+  // Graceful close: FIN (over TLS, close_notify first), then drain (see drain_timeout), then
+  // close.
   void do_close() {
-    beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    stream_.expires_after(drain_timeout);
-    do_drain();
+    lowest().expires_after(drain_timeout);
+    if constexpr (tls) {
+      stream_.async_shutdown([me = self()](beast::error_code) { me->close_now(); });
+    } else {
+      beast::error_code ignored;
+      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      do_drain();
+    }
   }
 
   void do_drain() {
     stream_.async_read_some(asio::buffer(drain_buf_),
-                            beast::bind_front_handler(&http_session::on_drain, shared_from_this()));
+                            beast::bind_front_handler(&http_session::on_drain, self()));
   }
 
   void on_drain(beast::error_code ec, std::size_t bytes) {
@@ -267,22 +330,18 @@ class http_session : public std::enable_shared_from_this<http_session> {
     do_drain();
   }
 
-  beast::tcp_stream stream_;
+  Stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::empty_body>> parser_;
   http::response<http::string_body> res_;
   std::shared_ptr<listener> owner_;
-  std::string peer_;  // "ip:port", for logs
+  std::shared_ptr<ssl::context> context_;  // kept alive while the stream uses it (TLS)
   std::array<char, 2048> drain_buf_{};
   std::size_t drained_ = 0;
-  std::uint64_t accepted_;        // stamp of the accept
-  std::uint64_t read_since_ = 0;  // stamp of the start of the current read
   unsigned requests_ = 0;
   unsigned version_ = 11;
   bool head_ = false;
   bool close_after_write_ = false;
-  bool reading_ = false;
-  bool closed_ = false;
 };
 
 std::optional<std::string> listener::listen(const std::string& host_port, std::string* bound) {
@@ -302,8 +361,8 @@ void listener::stop() {
   retry_timer_.cancel();
   // close_now() only starts the end of a session (its handlers run later), so the set does
   // not change under the loop; iterate a copy all the same.
-  std::vector<http_session*> open(sessions_.begin(), sessions_.end());
-  for (http_session* s : open) s->close_now();
+  std::vector<http_session_base*> open(sessions_.begin(), sessions_.end());
+  for (http_session_base* s : open) s->close_now();
 }
 
 void listener::do_accept() {
@@ -328,7 +387,15 @@ void listener::on_accept(const error_code& ec, tcp::socket socket) {
   std::string peer = pe ? std::string("?") : endpoint_text(remote);
   if (sessions_.size() >= max_http_connections) evict_one(peer);
   try {
-    std::make_shared<http_session>(std::move(socket), std::move(peer), shared_from_this())->start();
+    if (tls_) {
+      std::make_shared<http_session<beast::ssl_stream<beast::tcp_stream>>>(
+          std::move(socket), std::move(peer), shared_from_this(), tls_)
+          ->start();
+    } else {
+      std::make_shared<http_session<beast::tcp_stream>>(std::move(socket), std::move(peer),
+                                                        shared_from_this(), nullptr)
+          ->start();
+    }
   } catch (const std::exception&) {
     // bad_alloc: this connection is dropped (its socket closes with it); keep accepting.
   }
@@ -339,9 +406,9 @@ void listener::evict_one(const std::string& newcomer) {
   // Sessions already closed stay in the set until their aborted handlers have run (in this
   // turn of the loop); they do not count against the cap and cannot be evicted again.
   std::size_t open = 0;
-  http_session* oldest_reading = nullptr;
-  http_session* oldest = nullptr;
-  for (http_session* s : sessions_) {
+  http_session_base* oldest_reading = nullptr;
+  http_session_base* oldest = nullptr;
+  for (http_session_base* s : sessions_) {
     if (s->closed()) continue;
     ++open;
     if (s->reading() &&
@@ -351,7 +418,7 @@ void listener::evict_one(const std::string& newcomer) {
     if (oldest == nullptr || s->accepted() < oldest->accepted()) oldest = s;
   }
   if (open < max_http_connections) return;
-  http_session* victim = oldest_reading != nullptr ? oldest_reading : oldest;
+  http_session_base* victim = oldest_reading != nullptr ? oldest_reading : oldest;
   ++evicted_;
   auto now = std::chrono::steady_clock::now();
   if (now - last_eviction_log_ >= eviction_log_interval) {
@@ -379,6 +446,10 @@ metrics_http::~metrics_http() { impl_->l->stop(); }
 
 std::optional<std::string> metrics_http::listen(const std::string& host_port, std::string* bound) {
   return impl_->l->listen(host_port, bound);
+}
+
+void metrics_http::set_tls(std::shared_ptr<ssl::context> context) {
+  impl_->l->set_tls(std::move(context));
 }
 
 void metrics_http::stop() { impl_->l->stop(); }

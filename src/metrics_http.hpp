@@ -6,6 +6,10 @@
 //   GET /readyz   200 "ready", or 503 with the reason (hooks::ready)
 //   other paths   404; methods other than GET/HEAD: 405; malformed or oversized: 400
 //
+// With metrics_tls the port speaks HTTPS only (the server's certificate; with tls_ca_file
+// scrapers must present a client certificate), the handshake within the same 5 s deadline as a
+// request.
+//
 // It is isolated from the lock protocol: its own acceptor, its own limits (a few concurrent
 // connections, small header limit, short deadlines), and nothing it receives reaches the
 // lock table. Runs on the io_context thread only.
@@ -28,7 +32,10 @@
 
 namespace boost::asio {
 class io_context;
-}
+namespace ssl {
+class context;
+}  // namespace ssl
+}  // namespace boost::asio
 
 namespace keylock {
 
@@ -53,6 +60,10 @@ class metrics_http {
   // Binds "HOST:PORT" (port 0 = ephemeral) and starts accepting. On success returns nullopt
   // and sets *bound to the address actually bound ("127.0.0.1:43121"); else an error message.
   std::optional<std::string> listen(const std::string& host_port, std::string* bound);
+
+  // Serve HTTPS with `context` from now on (nullptr: plain HTTP). Connections already open
+  // keep what they have; SIGHUP's reload hands over a new context this way.
+  void set_tls(std::shared_ptr<boost::asio::ssl::context> context);
 
   // Stops accepting and closes every HTTP connection.
   void stop();

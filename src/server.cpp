@@ -419,10 +419,12 @@ struct server::impl final : session_host, delivery {
     }
     tcp::endpoint bound;
     if (auto err = open_listener(acceptor_, settings_.listen, bound)) return "listen: " + *err;
-    if (!settings_.listen_tls.empty()) {
+    if (!settings_.listen_tls.empty() || settings_.metrics_tls != 0) {
       auto made = make_tls_context(settings_);
       if (auto* err = std::get_if<std::string>(&made)) return "TLS: " + *err;
       tls_context_ = std::get<std::shared_ptr<asio::ssl::context>>(std::move(made));
+    }
+    if (!settings_.listen_tls.empty()) {
       tcp::endpoint tls_bound;
       if (auto err = open_listener(tls_acceptor_, settings_.listen_tls, tls_bound)) {
         return "listen_tls: " + *err;
@@ -437,12 +439,13 @@ struct server::impl final : session_host, delivery {
           io_, metrics_http::hooks{[this] { return render_prometheus(snapshot()); },
                                    [this] { return health_probe(); },
                                    [this] { return readiness_probe(); }});
+      if (settings_.metrics_tls != 0) metrics_->set_tls(tls_context_);
       std::string metrics_bound;
       if (auto err = metrics_->listen(settings_.metrics_listen, &metrics_bound)) {
         return "cannot serve metrics on " + settings_.metrics_listen + ": " + *err;
       }
-      spdlog::info("metrics on http://{}/metrics (health: /healthz, readiness: /readyz)",
-                   metrics_bound);
+      spdlog::info("metrics on {}://{}/metrics (health: /healthz, readiness: /readyz)",
+                   settings_.metrics_tls != 0 ? "https" : "http", metrics_bound);
     }
     spdlog::info(
         "keylockd {} listening on {} (protocol {}, max_connections {}, max_keys {}, "
@@ -717,7 +720,7 @@ struct server::impl final : session_host, delivery {
   // old setting.
   void reload() {
     if (settings_.auth_file.empty() && settings_.users_file.empty() &&
-        settings_.listen_tls.empty()) {
+        settings_.listen_tls.empty() && settings_.metrics_tls == 0) {
       spdlog::info("SIGHUP: no auth_file, users_file or TLS files to re-read; nothing to reload");
       return;
     }
@@ -758,13 +761,14 @@ struct server::impl final : session_host, delivery {
 
   // New TLS connections get the new certificate, key and CA; open ones keep what they have.
   void reload_tls() {
-    if (settings_.listen_tls.empty()) return;
+    if (settings_.listen_tls.empty() && settings_.metrics_tls == 0) return;
     auto made = make_tls_context(settings_);
     if (auto* err = std::get_if<std::string>(&made)) {
       spdlog::error("SIGHUP: TLS: {}; keeping the current certificate and key", *err);
       return;
     }
     tls_context_ = std::get<std::shared_ptr<asio::ssl::context>>(std::move(made));
+    if (metrics_ && settings_.metrics_tls != 0) metrics_->set_tls(tls_context_);
     spdlog::info(
         "SIGHUP: re-read tls_cert_file {}, tls_key_file {}{}; new TLS connections use "
         "them",

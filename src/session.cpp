@@ -1,10 +1,12 @@
 #include "session.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
-#include <spdlog/spdlog.h>
+#include <array>
 
 namespace keylock {
 
@@ -205,8 +207,12 @@ void session::finish_close() {
 
 namespace {
 
-// Reads wait for readability and go to the server's shared scratch buffer, drained per wake-up
-// (bounded); writes go straight to the kernel when it takes them.
+// Reads are speculative async_read_some calls into a small buffer of the session's own, so the
+// reactor's edge-triggered registration stays as it is and no read costs an epoll_ctl (a
+// readiness wait, async_wait(wait_read), re-arms the descriptor with one each time). A read
+// that fills the small buffer goes on into the server's shared scratch buffer, drained per
+// wake-up (bounded), so a long pipeline still costs few reads and an idle connection costs
+// only the small buffer. Writes go straight to the kernel when it takes them.
 class tcp_session final : public session {
  public:
   tcp_session(tcp::socket socket, session_host& host, owner_id owner, std::string peer)
@@ -220,49 +226,57 @@ class tcp_session final : public session {
 
  private:
   void do_read() {
-    socket_.async_wait(tcp::socket::wait_read, [this, keep = shared_from_this()](
-                                                   const error_code& ec) { on_readable(ec); });
+    socket_.async_read_some(
+        asio::buffer(first_),
+        [this, keep = shared_from_this()](const error_code& ec, std::size_t n) { on_read(ec, n); });
   }
 
-  void on_readable(const error_code& ec) {
+  void on_read(const error_code& ec, std::size_t n) {
     if (closed()) return;
-    if (ec) {
-      if (ec != asio::error::operation_aborted) {
-        close(false);
-        host().after_batch();
-      }
-      return;
-    }
+    if (ec == asio::error::operation_aborted) return;
     begin_batch();  // one clock read per wake-up
-    std::vector<char>& buf = host().scratch();
-    for (int round = 0; round < max_reads_per_wakeup && !closed(); ++round) {
-      error_code rec;
-      std::size_t n = socket_.read_some(asio::buffer(buf), rec);
-      if (would_block(rec)) break;
-      if (rec == asio::error::eof) {
-        on_peer_finished();
-        break;
+    if (!ec && take(first_.data(), n) && n == first_.size()) {
+      // More may be waiting: go on into the big buffer.
+      std::vector<char>& buf = host().scratch();
+      for (int round = 0; round < max_reads_per_wakeup && !closed(); ++round) {
+        error_code rec;
+        const std::size_t got = socket_.read_some(asio::buffer(buf), rec);
+        if (would_block(rec)) break;
+        if (rec) {
+          failed(rec);
+          break;
+        }
+        if (!take(buf.data(), got) || got < buf.size()) break;
       }
-      if (rec) {
-        spdlog::debug("peer {}: read failed: {}", info().peer, rec.message());
-        close(false);
-        break;
-      }
-      host().count_bytes(n, 0);
-      if (!heard_ && n > 0 && buf[0] == tls_handshake_byte) {
-        spdlog::warn(
-            "peer {}: sent a TLS handshake to the plain-TCP lock port; closing (this "
-            "port speaks newline-delimited JSON without TLS)",
-            info().peer);
-        close(false);
-        break;
-      }
-      heard_ = true;
-      consume(buf.data(), n);
-      if (n < buf.size()) break;
+    } else if (ec) {
+      failed(ec);
     }
     host().after_batch();
     if (!closed()) do_read();
+  }
+
+  // Bytes read: checked (a TLS handshake on this port) and framed. False when the session
+  // closed on them.
+  bool take(const char* data, std::size_t n) {
+    host().count_bytes(n, 0);
+    if (!heard_ && n > 0 && data[0] == tls_handshake_byte) {
+      spdlog::warn(
+          "peer {}: sent a TLS handshake to the plain-TCP lock port; closing (this "
+          "port speaks newline-delimited JSON without TLS)",
+          info().peer);
+      close(false);
+      return false;
+    }
+    heard_ = true;
+    consume(data, n);
+    return !closed();
+  }
+
+  // A read ended the stream (EOF: the peer half-closed) or failed.
+  void failed(const error_code& ec) {
+    if (ec == asio::error::eof) return on_peer_finished();
+    spdlog::debug("peer {}: read failed: {}", info().peer, ec.message());
+    close(false);
   }
 
   std::size_t write_now(const char* data, std::size_t n, error_code& ec) override {
@@ -317,6 +331,7 @@ class tcp_session final : public session {
   }
 
   tcp::socket socket_;
+  std::array<char, 512> first_{};  // each read's first bytes (see the class comment)
   bool heard_ = false;  // a byte has come: a TLS handshake would have been its first
 };
 

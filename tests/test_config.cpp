@@ -146,6 +146,23 @@ TEST_CASE("TLS settings go together, and client certificates allow a public TLS 
               .exit_code != 0);
 }
 
+TEST_CASE("metrics_tls needs the certificate and key, and a users_file allows a public bind",
+          "[config]") {
+  REQUIRE(parse({"--metrics-tls", "1", "--tls-cert-file", "s.pem", "--tls-key-file", "s.key"}).what ==
+          parse_outcome::action::run);
+  auto out = parse({"--metrics-tls", "1"});
+  REQUIRE(out.exit_code != 0);
+  REQUIRE(out.output.find("metrics_tls needs tls_cert_file and tls_key_file") != std::string::npos);
+  out = parse({"--metrics-tls", "1", "--metrics-listen", "", "--tls-cert-file", "s.pem",
+               "--tls-key-file", "s.key"});
+  REQUIRE(out.output.find("metrics_tls needs metrics_listen") != std::string::npos);
+  REQUIRE(parse({"--metrics-tls", "2"}).exit_code != 0);
+  // The users_file is read when the daemon starts, not here.
+  REQUIRE(parse({"--listen", "0.0.0.0:7400", "--users-file", "users.json"}).what ==
+          parse_outcome::action::run);
+  REQUIRE(parse({"--listen", "0.0.0.0:7400"}).exit_code != 0);
+}
+
 TEST_CASE("the auth file's first line is the secret", "[config]") {
   std::string path = temp_file("hunter2\nignored\n");
   auto out = parse({"--auth-file", path});

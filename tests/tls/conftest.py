@@ -64,16 +64,20 @@ def certs():
 
 
 class Daemon:
-    def __init__(self, args, listen="127.0.0.1:0"):
+    def __init__(self, args, listen="127.0.0.1:0", metrics=""):
         self.log_file = tempfile.NamedTemporaryFile(prefix="keylockd-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [KEYLOCKD, "--listen", listen, "--metrics-listen", "", *args],
+            [KEYLOCKD, "--listen", listen, "--metrics-listen", metrics, *args],
             stdout=subprocess.DEVNULL, stderr=self.log_file)
         try:
             self.port = int(self.wait_log(r"listening on [0-9.]+:(\d+)").group(1))
             self.tls_port = None
             if "--listen-tls" in args:
                 self.tls_port = int(self.wait_log(r"TLS on [0-9.]+:(\d+)").group(1))
+            self.metrics_port = None
+            if metrics:
+                self.metrics_port = int(
+                    self.wait_log(r"metrics on https?://[0-9.]+:(\d+)/").group(1))
         except BaseException:  # never leave it running
             self.proc.kill()
             self.proc.wait()

@@ -2,6 +2,7 @@
 
 Certificates, the daemon and the line client come from conftest.py.
 """
+import http.client
 import re
 import signal
 import socket
@@ -143,3 +144,54 @@ def test_sighup_reloads_the_certificate_without_dropping_a_connection(daemon, ce
         holder.close()
     finally:
         d.stop()
+
+
+def metrics_daemon(certs, *extra):
+    return Daemon(["--metrics-tls", "1", "--tls-cert-file", certs("server.pem"),
+                   "--tls-key-file", certs("server.key"), *extra], metrics="127.0.0.1:0")
+
+
+def get_metrics(port, ctx):
+    conn = http.client.HTTPSConnection("localhost", port, timeout=BOUND, context=ctx)
+    try:
+        conn.request("GET", "/metrics")
+        res = conn.getresponse()
+        return res.status, res.read().decode()
+    finally:
+        conn.close()
+
+
+def test_the_metrics_port_serves_https_with_metrics_tls(certs):
+    d = metrics_daemon(certs)
+    try:
+        d.wait_log(r"metrics on https://")
+        status, body = get_metrics(d.metrics_port, client_context(certs))
+        assert status == 200 and "keylock_connections" in body
+        # Plain HTTP on that port gets no HTTP answer.
+        plain = http.client.HTTPConnection("127.0.0.1", d.metrics_port, timeout=BOUND)
+        try:
+            with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
+                plain.request("GET", "/metrics")
+                plain.getresponse().read()
+        finally:
+            plain.close()
+        # The lock port is untouched: plain, as configured.
+        c = Conn(socket.create_connection(("127.0.0.1", d.port), timeout=BOUND))
+        try:
+            assert c.call({"op": "ping", "id": 1})["ok"] is True
+        finally:
+            c.close()
+    finally:
+        d.stop()
+
+
+def test_metrics_over_https_asks_scrapers_for_a_certificate_with_tls_ca_file(certs):
+    d = metrics_daemon(certs, "--tls-ca-file", certs("ca.pem"))
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+            get_metrics(d.metrics_port, client_context(certs))
+        status, _ = get_metrics(d.metrics_port, client_context(certs, cert="client"))
+        assert status == 200
+    finally:
+        d.stop()
+
