@@ -2,8 +2,10 @@
 """Chaos run and history checker for keylock's mutual exclusion (see tests/chaos/README.md).
 
   chaos.py run --keylockd PATH --worker PATH [--seconds S] [--workers N] [--keys K] [--seed X]
-               [--out DIR]      start keylockd and N workers (each through its own TCP
-                                relay), inject faults, then check
+               [--out DIR] [--tls]
+                                start keylockd and N workers (each through its own TCP
+                                relay), inject faults, then check; with --tls every worker
+                                connection is TLS, to keylockd's listen_tls port
   chaos.py check DIR            check the logs of an earlier run
   chaos.py selftest             the checker on made-up correct and broken histories
 
@@ -324,6 +326,8 @@ class Workers:
         self.ongoing = {}  # index -> (monotonic time to end the fault, "stop" or "partition")
         self.counts = collections.Counter()
 
+    env = None  # the workers' environment (None: the driver's)
+
     def spawn(self, slot, port, daemon=None):
         i = self.next_index
         self.next_index += 1
@@ -334,7 +338,7 @@ class Workers:
         self.procs[i] = spawn_child(
             [self.args.worker, "127.0.0.1:%d" % relayed, os.path.join(self.out, "worker.%d.log" % i),
              str(self.rng.getrandbits(32)), str(left), str(self.args.keys)],
-            os.path.join(self.out, "worker.%d.err" % i))
+            os.path.join(self.out, "worker.%d.err" % i), env=self.env)
         self.slot_of[i] = slot
         return i
 
@@ -433,6 +437,26 @@ def run(args):
     return run_cluster(args) if args.cluster else run_standalone(args)
 
 
+def make_tls_files(out):
+    """A throwaway CA and a server certificate for 127.0.0.1, made by the openssl command in
+    out/tls (never committed). Returns (ca, cert, key) paths."""
+    d = os.path.join(out, "tls")
+    os.makedirs(d)
+
+    def openssl(*argv):
+        subprocess.run(["openssl", *argv], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=chaos CA")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            "server.key", "-out", "server.csr", "-subj", "/CN=chaos keylockd")
+    with open(os.path.join(d, "server.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    return tuple(os.path.join(d, n) for n in ("ca.pem", "server.pem", "server.key"))
+
+
 def run_standalone(args):
     out = open_out(args)
     state = os.path.join(out, "state")
@@ -443,10 +467,22 @@ def run_standalone(args):
     def fault(kind, detail=""):
         faults.write("%s %d %s\n" % (kind, mono_ns(), detail))
 
-    daemon = Daemon(args.keylockd, free_port(), out, ["--state-dir", state, "--log-level", "warn"])
+    daemon_args = ["--state-dir", state, "--log-level", "warn"]
+    worker_env = None
+    if args.tls:
+        # Workers reach only the TLS port: a worker that did not speak TLS would get nothing
+        # done there (its client would never connect), and the check fails a run without
+        # grants.
+        ca, cert, key = make_tls_files(out)
+        tls_port = free_port()
+        daemon_args += ["--listen-tls", "127.0.0.1:%d" % tls_port, "--tls-cert-file", cert,
+                        "--tls-key-file", key]
+        worker_env = dict(os.environ, KEYLOCK_TLS_CA=ca)
+    daemon = Daemon(args.keylockd, free_port(), out, daemon_args)
     relay = Relay()
     end = time.monotonic() + args.seconds
     workers = Workers(args, out, rng, relay, fault, end)
+    workers.env = worker_env
     counts = workers.counts
     # The first five faults are one of each kind, in random order (so that even a short run
     # injects every kind); later ones are drawn with these weights.
@@ -457,7 +493,7 @@ def run_standalone(args):
     try:
         daemon.start()
         fault("DAEMON_START", str(daemon.proc.pid))
-        respawn = lambda slot: workers.spawn(slot, daemon.port)
+        respawn = lambda slot: workers.spawn(slot, tls_port if args.tls else daemon.port)
         for slot in range(args.workers):
             respawn(slot)
         while time.monotonic() < end - 1.0:
@@ -486,8 +522,9 @@ def run_standalone(args):
             counts["daemon_unclean"] += 1
         relay.stop()
         faults.close()
-    print("chaos run: %.0f s, %d workers (%d processes in all), %d keys, seed %s, logs in %s"
-          % (args.seconds, args.workers, workers.next_index, args.keys, args.seed, out))
+    print("chaos run: %.0f s, %d workers (%d processes in all), %d keys, seed %s%s, logs in %s"
+          % (args.seconds, args.workers, workers.next_index, args.keys, args.seed,
+             ", over TLS" if args.tls else "", out))
     print("faults injected: %d SIGKILL of a worker, %d SIGSTOP/SIGCONT of a worker, "
           "%d connections of a worker cut, %d partitions of a worker, %d daemon restarts" % (
               counts["kill"], counts["stop"], counts["cut"], counts["partition"],
@@ -1505,6 +1542,8 @@ def main():
     r.add_argument("--seed", type=int, default=int(time.time()))
     r.add_argument("--out", default=None)
     r.add_argument("--keep", action="store_true", help="keep the logs even when the check passes")
+    r.add_argument("--tls", action="store_true",
+                   help="standalone mode: workers connect over TLS to keylockd's listen_tls port")
     r.add_argument("--cluster", action="store_true",
                    help="3 etcd members and --nodes keylockd in cluster mode, workers spread "
                         "over them, daemon and etcd faults too")

@@ -40,10 +40,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <sys/time.h>
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cerrno>
@@ -88,6 +94,8 @@ class raw_conn {
   raw_conn& operator=(const raw_conn&) = delete;
 
   void close() {
+    if (ssl_ != nullptr) SSL_free(ssl_);
+    ssl_ = nullptr;
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
     buf_.clear();
@@ -153,13 +161,65 @@ class raw_conn {
     }
     int one = 1;
     ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return tls_context() == nullptr || start_tls(server_.substr(0, colon));
+  }
+
+  // With $KEYLOCK_TLS_CA (chaos.py --tls) this connection speaks TLS too, like the client's:
+  // the server verified against that CA and its IP address. One context per process.
+  static SSL_CTX* tls_context() {
+    static SSL_CTX* ctx = [] {
+      const char* ca = std::getenv("KEYLOCK_TLS_CA");
+      if (ca == nullptr || *ca == '\0') return static_cast<SSL_CTX*>(nullptr);
+      SSL_CTX* c = SSL_CTX_new(TLS_client_method());
+      SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+      SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nullptr);
+      if (SSL_CTX_load_verify_locations(c, ca, nullptr) != 1) {
+        std::fprintf(stderr, "chaos_worker: cannot load KEYLOCK_TLS_CA %s\n", ca);
+        std::exit(2);
+      }
+      return c;
+    }();
+    return ctx;
+  }
+
+  // The handshake, blocking, bounded by a receive and send timeout on the socket.
+  bool start_tls(const std::string& ip) {
+    timeval bound{5, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &bound, sizeof bound);
+    ssl_ = SSL_new(tls_context());
+    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_), ip.c_str());
+    SSL_set_fd(ssl_, fd_);
+    if (SSL_connect(ssl_) != 1) {
+      fail("TLS handshake failed: " + tls_reason());
+      return false;
+    }
     return true;
+  }
+
+  static std::string tls_reason() {
+    char text[256];
+    ERR_error_string_n(ERR_get_error(), text, sizeof text);
+    return text;
+  }
+
+  // One send or receive, through TLS when it is on.
+  ssize_t put(const char* data, std::size_t n) {
+    if (ssl_ == nullptr) return ::send(fd_, data, n, MSG_NOSIGNAL);
+    const int r = SSL_write(ssl_, data, static_cast<int>(n));
+    return r > 0 ? r : -1;
+  }
+  ssize_t get(char* data, std::size_t n) {
+    if (ssl_ == nullptr) return ::recv(fd_, data, n, 0);
+    const int r = SSL_read(ssl_, data, static_cast<int>(n));
+    if (r > 0) return r;
+    return SSL_get_error(ssl_, r) == SSL_ERROR_ZERO_RETURN ? 0 : -1;
   }
 
   bool send_all(const std::string& data) {
     std::size_t sent = 0;
     while (sent < data.size()) {
-      const ssize_t n = ::send(fd_, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+      const ssize_t n = put(data.data() + sent, data.size() - sent);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
         fail(std::string("send: ") + std::strerror(errno));
@@ -178,15 +238,18 @@ class raw_conn {
         fail("no reply in time");
         return false;
       }
+      // Bytes OpenSSL has decrypted already would never wake poll.
       pollfd p{fd_, POLLIN, 0};
-      const int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count(), 1000)));
+      const int r = ssl_ != nullptr && SSL_pending(ssl_) > 0
+                        ? 1
+                        : ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count(), 1000)));
       if (r < 0 && errno != EINTR) {
         fail(std::string("poll: ") + std::strerror(errno));
         return false;
       }
       if (r <= 0) continue;
       char chunk[16384];
-      const ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
+      const ssize_t n = get(chunk, sizeof chunk);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
         fail(n == 0 ? "connection closed" : std::string("recv: ") + std::strerror(errno));
@@ -199,6 +262,7 @@ class raw_conn {
 
   std::string server_;
   int fd_ = -1;
+  SSL* ssl_ = nullptr;
   std::string buf_;
   std::string error_;
   std::uint64_t next_id_ = 1;
@@ -214,6 +278,9 @@ std::string one_line(std::string what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // SSL_write on a connection the daemon (or a fault) closed would raise SIGPIPE: the raw
+  // connection must see EPIPE instead, as its plain send does through MSG_NOSIGNAL.
+  std::signal(SIGPIPE, SIG_IGN);
   if (argc != 6) {
     std::fprintf(stderr, "usage: chaos_worker SERVER LOGFILE SEED DURATION_MS KEYS\n");
     return 2;

@@ -54,7 +54,7 @@ struct daemon::state {
     bool has_listen = false;
     bool has_metrics = false;
     for (const auto& a : args) {
-      has_listen = has_listen || a.rfind("--listen", 0) == 0;
+      has_listen = has_listen || a == "--listen" || a.rfind("--listen=", 0) == 0;
       has_metrics = has_metrics || a.rfind("--metrics-listen", 0) == 0;
     }
     if (!has_listen) {
