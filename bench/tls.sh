@@ -275,6 +275,9 @@ uk1=$(num uc1-plain keylock ops_per_s) ur1=$(num uc1-plain redis ops_per_s)
 tk1=$(num uc1-tls keylocks ops_per_s) tr1=$(num uc1-tls rediss ops_per_s)
 hk=$(num hs-tls keylocks ops_per_s) hr=$(num hs-tls rediss ops_per_s)
 pk=$(num hs-plain keylock ops_per_s) pr=$(num hs-plain redis ops_per_s)
+hkc=$(num hs-tls keylocks server_cpu_us_per_connection) hrc=$(num hs-tls rediss server_cpu_us_per_connection)
+pkc=$(num hs-plain keylock server_cpu_us_per_connection) prc=$(num hs-plain redis server_cpu_us_per_connection)
+hkg=$(num hs-tls keylocks generator_cpu_pct) hrg=$(num hs-tls rediss generator_cpu_pct)
 hk50=$(num hs-tls keylocks p50_us) hr50=$(num hs-tls rediss p50_us)
 hk99=$(num hs-tls keylocks p99_us) hr99=$(num hs-tls rediss p99_us)
 nk=$(negotiated uc32-tls keylocks) nr=$(negotiated uc32-tls rediss)
@@ -311,8 +314,15 @@ report() {
   echo "| TLS / plain, 1 client | $(ratio "$tk1" "$uk1")× | $(ratio "$tr1" "$ur1")× | | | |"
   echo "| handshakes/s (connect, TLS handshake, ping, close), $hs_clients clients | $(calc "$hk") | $(calc "$hr") | $(ratio "$hk" "$hr")× | hs-tls | $(other hs-tls) |"
   echo "| handshake p50 / p99 µs | $(calc "$hk50") / $(calc "$hk99") | $(calc "$hr50") / $(calc "$hr99") | | hs-tls | |"
+  echo "| server CPU µs per TLS connection (lower is better) | $(calc "$hkc") | $(calc "$hrc") | $(ratio "$hkc" "$hrc")× | hs-tls | |"
+  echo "| load generator CPU % during handshakes | $(calc "$hkg") | $(calc "$hrg") | | hs-tls | |"
   echo "| connections/s without TLS (connect, ping, close), $hs_clients clients | $(calc "$pk") | $(calc "$pr") | $(ratio "$pk" "$pr")× | hs-plain | $(other hs-plain) |"
+  echo "| server CPU µs per connection without TLS | $(calc "$pkc") | $(calc "$prc") | $(ratio "$pkc" "$prc")× | hs-plain | |"
   echo "| TLS / plain, connections/s | $(ratio "$hk" "$pk")× | $(ratio "$hr" "$pr")× | | | |"
+  echo
+  echo "A handshake costs the client about what it costs the server: when the load generator is" \
+    "near 100 % of its core during handshakes, its core set the rate, and the server CPU per" \
+    "connection is the figure that compares the servers."
   echo
   echo "Target of issue 15: keylockd over TLS ≥ 1.5× Redis over TLS, uncontended (32 clients):" \
     "$(calc "$tk") vs $(calc "$tr") = $(ratio "$tk" "$tr")× — met: $met. Errors in every run:" \

@@ -1639,6 +1639,12 @@ run_result run_handshakes(const bench_options& o, const target& t, int pid) {
   latency_histogram all;
   merge_into(r, stats, all);
   finish_rates(r, win);
+  // A handshake costs the client about what it costs the server, so the generator's core may
+  // set the rate: the server's CPU time per connection compares servers either way.
+  if (const extra_metric* cpu = r.find_extra("server_cpu_pct"); cpu != nullptr && r.ops_per_s > 0) {
+    r.extras.push_back({"server_cpu_us_per_connection", "server CPU µs per connection",
+                        cpu->value / 100.0 / r.ops_per_s * 1e6});
+  }
   return r;
 }
 
