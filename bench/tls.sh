@@ -328,6 +328,16 @@ report() {
     "$(calc "$tk") vs $(calc "$tr") = $(ratio "$tk" "$tr")× — met: $met. Errors in every run:" \
     "$errs; mutual-exclusion violations: $viol."
   echo
+  local noisy="" label
+  for label in uc32-plain uc32-tls uc1-plain uc1-tls hs-tls hs-plain; do
+    [ "$(other "$label")" -le "$max_interference" ] || noisy+=" $label"
+  done
+  if [ -n "$noisy" ]; then
+    echo "**The machine was not quiet for every run: other processes used more than" \
+      "$max_interference % of a core during${noisy} (repeats exhausted), so those figures are" \
+      "skewed; see \"other CPU %\".**"
+    echo
+  fi
   echo "Commands (CA.pem: the throwaway CA; WORK: the run's temporary directory; ports as in this run):"
   echo
   for label in uc32-plain uc32-tls uc1-plain uc1-tls hs-tls hs-plain; do
