@@ -260,9 +260,9 @@ calc() {
     if (a >= 100 || v == int(v)) printf \"%.0f\", v; else printf \"%.3g\", v }"
 }
 ratio() { calc "$2 > 0 ? $1 / $2 : 0"; }
-other() {  # the most CPU other processes used during a run (% of one core)
+other() {  # the most CPU other processes used during a run (% of one core, cut as run() cuts it)
   awk -F'\t' -v l="$1" '$1 == l && $4 == "other_cpu_pct" { if ($5 > m) m = $5 }
-    END { printf "%.0f", m + 0 }' "$tsv"
+    END { printf "%d", m + 0 }' "$tsv"
 }
 # What each TLS target negotiated, from the tables' "tls (...)" lines.
 negotiated() {  # negotiated LABEL KIND
@@ -334,7 +334,7 @@ report() {
   done
   if [ -n "$noisy" ]; then
     echo "**The machine was not quiet for every run: other processes used more than" \
-      "$max_interference % of a core during${noisy} (repeats exhausted), so those figures are" \
+      "$max_interference % of a core during${noisy} (repeats used up), so those figures are" \
       "skewed; see \"other CPU %\".**"
     echo
   fi
