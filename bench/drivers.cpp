@@ -1,7 +1,12 @@
 #include "drivers.hpp"
 
 #include <hiredis/hiredis.h>
+#include <hiredis/read.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -9,6 +14,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -26,7 +32,153 @@ timeval to_timeval(std::chrono::milliseconds ms) {
 
 std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
+// The reason of OpenSSL's last error (and the queue emptied), or `fallback`.
+std::string ssl_error_text(const char* what, const char* fallback = "unknown error") {
+  std::string out = what;
+  out += ": ";
+  const unsigned long e = ::ERR_get_error();
+  if (e != 0) {
+    std::array<char, 256> buf{};
+    ::ERR_error_string_n(e, buf.data(), buf.size());
+    out += buf.data();
+  } else {
+    out += fallback;
+  }
+  ::ERR_clear_error();
+  return out;
+}
+
+// What a failed SSL_read/SSL_write on a blocking socket with SO_RCVTIMEO means.
+std::string ssl_io_error(ssl_st* ssl, int rc, const char* what) {
+  const int saved = errno;
+  switch (::SSL_get_error(ssl, rc)) {
+    case SSL_ERROR_ZERO_RETURN:
+      return "server closed the connection";
+    case SSL_ERROR_SYSCALL:
+      if (::ERR_peek_error() == 0) {
+        ::ERR_clear_error();
+        if (rc == 0 || saved == 0) return "server closed the connection";
+        if (saved == EAGAIN || saved == EWOULDBLOCK) return "no reply within the i/o timeout";
+        errno = saved;
+        return errno_text(what);
+      }
+      return ssl_error_text(what);
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+      // A blocking socket only wants more when its timeout expired.
+      ::ERR_clear_error();
+      return "no reply within the i/o timeout";
+    default:
+      return ssl_error_text(what);
+  }
+}
+
+// Writes all of `data` (SSL_write on a blocking socket writes it all or fails).
+bool ssl_write_all(ssl_st* ssl, std::string_view data, std::string& error) {
+  if (data.empty()) return true;
+  const int n = ::SSL_write(ssl, data.data(), static_cast<int>(data.size()));
+  if (n > 0) return true;
+  error = ssl_io_error(ssl, n, "SSL_write");
+  return false;
+}
+
+// Ends a TLS session: sends our close_notify without waiting for the peer's, frees the SSL.
+void ssl_close(ssl_st*& ssl) {
+  if (ssl == nullptr) return;
+  ::SSL_shutdown(ssl);
+  ::SSL_free(ssl);
+  ::ERR_clear_error();
+  ssl = nullptr;
+}
+
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// tls_client
+
+tls_client::~tls_client() {
+  if (ctx_ != nullptr) ::SSL_CTX_free(ctx_);
+}
+
+std::string tls_client::init(const tls_options& o) {
+  ctx_ = ::SSL_CTX_new(::TLS_client_method());
+  if (ctx_ == nullptr) return ssl_error_text("SSL_CTX_new");
+  // What the servers accept anyway (keylockd: TLS 1.2+); a cipher named by the options decides.
+  ::SSL_CTX_set_min_proto_version(ctx_, TLS1_2_VERSION);
+  ::SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
+  if (o.ca_file.empty()) return "a TLS target needs --tls-ca (the CA that signed the server)";
+  if (::SSL_CTX_load_verify_locations(ctx_, o.ca_file.c_str(), nullptr) != 1) {
+    return ssl_error_text(("--tls-ca " + o.ca_file).c_str());
+  }
+  if (!o.cert_file.empty() &&
+      ::SSL_CTX_use_certificate_chain_file(ctx_, o.cert_file.c_str()) != 1) {
+    return ssl_error_text(("--tls-cert " + o.cert_file).c_str());
+  }
+  if (!o.key_file.empty()) {
+    if (::SSL_CTX_use_PrivateKey_file(ctx_, o.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+      return ssl_error_text(("--tls-key " + o.key_file).c_str());
+    }
+    if (::SSL_CTX_check_private_key(ctx_) != 1) {
+      return ssl_error_text("--tls-key does not match --tls-cert");
+    }
+  }
+  if (!o.ciphers.empty() && ::SSL_CTX_set_cipher_list(ctx_, o.ciphers.c_str()) != 1) {
+    return ssl_error_text(("--tls-ciphers " + o.ciphers).c_str());
+  }
+  if (!o.ciphersuites.empty() && ::SSL_CTX_set_ciphersuites(ctx_, o.ciphersuites.c_str()) != 1) {
+    return ssl_error_text(("--tls-ciphersuites " + o.ciphersuites).c_str());
+  }
+  // No client session cache: each connection of the handshakes workload pays a full handshake.
+  ::SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_OFF);
+  return {};
+}
+
+ssl_st* tls_client::handshake(int fd, const std::string& host, std::string& error) const {
+  ssl_st* ssl = ::SSL_new(ctx_);
+  if (ssl == nullptr) {
+    error = ssl_error_text("SSL_new");
+    return nullptr;
+  }
+  // The server's certificate must name the target's host: its IP address, or its DNS name
+  // (also sent as SNI).
+  std::array<unsigned char, 16> addr{};
+  const bool is_ip = ::inet_pton(AF_INET, host.c_str(), addr.data()) == 1 ||
+                     ::inet_pton(AF_INET6, host.c_str(), addr.data()) == 1;
+  X509_VERIFY_PARAM* param = ::SSL_get0_param(ssl);
+  const bool named =
+      is_ip ? ::X509_VERIFY_PARAM_set1_ip_asc(param, host.c_str()) == 1
+            : ::SSL_set1_host(ssl, host.c_str()) == 1 &&
+                  // SSL_set_tlsext_host_name, without its macro's C cast.
+                  ::SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+                             const_cast<char*>(host.c_str())) == 1;
+  if (!named || ::SSL_set_fd(ssl, fd) != 1) {
+    error = ssl_error_text("TLS setup");
+    ::SSL_free(ssl);
+    return nullptr;
+  }
+  const int rc = ::SSL_connect(ssl);
+  if (rc != 1) {
+    const long verify = ::SSL_get_verify_result(ssl);
+    error = verify != X509_V_OK ? std::string("TLS handshake: server certificate: ") +
+                                      ::X509_verify_cert_error_string(verify)
+                                : ssl_io_error(ssl, rc, "TLS handshake");
+    if (error == "no reply within the i/o timeout") error = "TLS handshake: no answer in time";
+    ::ERR_clear_error();
+    ::SSL_free(ssl);
+    return nullptr;
+  }
+  if (!have_first_.load(std::memory_order_acquire)) {
+    std::call_once(first_, [&] {
+      first_session_ = std::string(::SSL_get_version(ssl)) + ", " + ::SSL_get_cipher_name(ssl);
+      have_first_.store(true, std::memory_order_release);
+    });
+  }
+  return ssl;
+}
+
+std::string tls_client::negotiated() const {
+  return have_first_.load(std::memory_order_acquire) ? first_session_ : std::string();
+}
 
 std::int64_t mono_ns() noexcept {
   timespec ts{};
@@ -92,21 +244,32 @@ bool send_all(int fd, std::string_view data) {
 keylock_conn::~keylock_conn() { close(); }
 
 void keylock_conn::close() {
+  ssl_close(ssl_);
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
 }
 
-std::string keylock_conn::connect(const target& t, std::chrono::milliseconds io_timeout) {
+std::string keylock_conn::connect(const target& t, std::chrono::milliseconds io_timeout,
+                                  const tls_client* tls) {
   close();
   head_ = tail_ = 0;
-  return tcp_connect(t.host, t.port, io_timeout, fd_);
+  std::string err = tcp_connect(t.host, t.port, io_timeout, fd_);
+  if (!err.empty() || !t.tls) return err;
+  if (tls == nullptr) err = "a TLS target needs --tls-ca";
+  if (err.empty()) ssl_ = tls->handshake(fd_, t.host, err);
+  if (ssl_ == nullptr) close();
+  return err;
 }
 
 bool keylock_conn::send(std::string_view bytes) {
+  if (ssl_ != nullptr) [[unlikely]]
+    return send_tls(bytes);
   if (send_all(fd_, bytes)) return true;
   error_ = errno_text("send");
   return false;
 }
+
+bool keylock_conn::send_tls(std::string_view bytes) { return ssl_write_all(ssl_, bytes, error_); }
 
 bool keylock_conn::has_buffered_frame() const noexcept {
   return std::memchr(buf_.data() + head_, '\n', tail_ - head_) != nullptr;
@@ -120,6 +283,16 @@ bool keylock_conn::fill() {
     head_ = 0;
   }
   if (tail_ == buf_.size()) buf_.resize(buf_.size() * 2);
+  if (ssl_ != nullptr) [[unlikely]] {
+    const int n = ::SSL_read(ssl_, buf_.data() + tail_, static_cast<int>(buf_.size() - tail_));
+    if (n > 0) {
+      tail_ += static_cast<std::size_t>(n);
+      received_ns_ = mono_ns();
+      return true;
+    }
+    error_ = ssl_io_error(ssl_, n, "SSL_read");
+    return false;
+  }
   for (;;) {
     ssize_t n = ::recv(fd_, buf_.data() + tail_, buf_.size() - tail_, 0);
     if (n > 0) {
@@ -165,12 +338,34 @@ bool keylock_conn::next_reply(reply_view& out) {
 
 void redis_reply_deleter::operator()(redisReply* r) const noexcept { freeReplyObject(r); }
 
-redis_conn::~redis_conn() {
+redis_conn::~redis_conn() { close(); }
+
+void redis_conn::close() {
   if (ctx_ != nullptr) redisFree(ctx_);
+  ctx_ = nullptr;
+  ssl_close(ssl_);
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  if (reader_ != nullptr) redisReaderFree(reader_);
+  reader_ = nullptr;
+  out_.clear();
 }
 
-std::string redis_conn::connect(const target& t, std::chrono::milliseconds io_timeout) {
-  if (ctx_ != nullptr) redisFree(ctx_);
+std::string redis_conn::connect(const target& t, std::chrono::milliseconds io_timeout,
+                                const tls_client* tls) {
+  close();
+  if (t.tls) {
+    // hiredis 0.14 has no TLS: our own socket and SSL, and hiredis only to parse replies.
+    std::string err = tcp_connect(t.host, t.port, io_timeout, fd_);
+    if (err.empty() && tls == nullptr) err = "a TLS target needs --tls-ca";
+    if (err.empty()) ssl_ = tls->handshake(fd_, t.host, err);
+    if (err.empty()) {
+      reader_ = redisReaderCreate();
+      if (reader_ == nullptr) err = "cannot allocate a redis reply reader";
+    }
+    if (!err.empty()) close();
+    return err;
+  }
   ctx_ = redisConnectWithTimeout(t.host.c_str(), t.port, to_timeval(io_timeout));
   if (ctx_ == nullptr) return "cannot allocate a redis context";
   if (ctx_->err != 0) return "connect to " + t.url + ": " + ctx_->errstr;
@@ -179,12 +374,18 @@ std::string redis_conn::connect(const target& t, std::chrono::milliseconds io_ti
 }
 
 bool redis_conn::append(std::string_view resp) {
+  if (ssl_ != nullptr) [[unlikely]] {
+    out_.append(resp);
+    return true;
+  }
   if (redisAppendFormattedCommand(ctx_, resp.data(), resp.size()) == REDIS_OK) return true;
   error_ = ctx_->errstr;
   return false;
 }
 
 redis_reply_ptr redis_conn::next_reply() {
+  if (ssl_ != nullptr) [[unlikely]]
+    return next_reply_tls();
   void* r = nullptr;
   if (redisGetReply(ctx_, &r) != REDIS_OK || r == nullptr) {
     error_ = ctx_->err != 0 ? std::string(ctx_->errstr) : std::string("no reply");
@@ -194,6 +395,35 @@ redis_reply_ptr redis_conn::next_reply() {
     return nullptr;
   }
   return redis_reply_ptr(static_cast<redisReply*>(r));
+}
+
+// What redisGetReply does: a reply already parsed, else flush the queued commands, then read
+// (16 KiB at a time, as hiredis does) until the parser has one.
+redis_reply_ptr redis_conn::next_reply_tls() {
+  void* r = nullptr;
+  if (redisReaderGetReply(reader_, &r) != REDIS_OK) {
+    error_ = std::string("bad reply: ") + reader_->errstr;
+    return nullptr;
+  }
+  if (r != nullptr) return redis_reply_ptr(static_cast<redisReply*>(r));
+  if (!out_.empty()) {
+    if (!ssl_write_all(ssl_, out_, error_)) return nullptr;
+    out_.clear();
+  }
+  std::array<char, 16 * 1024> buf{};
+  for (;;) {
+    const int n = ::SSL_read(ssl_, buf.data(), static_cast<int>(buf.size()));
+    if (n <= 0) {
+      error_ = ssl_io_error(ssl_, n, "SSL_read");
+      return nullptr;
+    }
+    if (redisReaderFeed(reader_, buf.data(), static_cast<std::size_t>(n)) != REDIS_OK ||
+        redisReaderGetReply(reader_, &r) != REDIS_OK) {
+      error_ = std::string("bad reply: ") + reader_->errstr;
+      return nullptr;
+    }
+    if (r != nullptr) return redis_reply_ptr(static_cast<redisReply*>(r));
+  }
 }
 
 redis_reply_ptr redis_conn::call(std::string_view resp) {

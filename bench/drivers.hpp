@@ -2,20 +2,26 @@
 // wrapper of a hiredis context. One per client thread; neither is thread-safe.
 //
 // Both block with a receive timeout (io_timeout), so a server that stops answering ends the
-// client's run with an error instead of hanging the bench.
+// client's run with an error instead of hanging the bench. Over TLS (keylocks://, rediss://)
+// both run OpenSSL on the same blocking socket; the plain path pays one branch for it.
 #pragma once
 
 #include "wire.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
 
 struct redisContext;
+struct redisReader;
 struct redisReply;
+struct ssl_ctx_st;
+struct ssl_st;
 
 namespace keylock::bench {
 
@@ -31,6 +37,44 @@ std::string tcp_connect(const std::string& host, std::uint16_t port,
 // Sends all of `data` on a blocking socket. False on error (errno says why).
 bool send_all(int fd, std::string_view data);
 
+// The TLS settings of the client side (--tls-ca, --tls-cert, --tls-key, --tls-ciphers,
+// --tls-ciphersuites). Empty strings: OpenSSL's defaults.
+struct tls_options {
+  std::string ca_file;       // CA bundle the server's certificate must chain to (required)
+  std::string cert_file;     // client certificate (PEM), for servers that ask for one
+  std::string key_file;      // its private key (PEM)
+  std::string ciphers;       // TLS 1.2 cipher list (SSL_CTX_set_cipher_list)
+  std::string ciphersuites;  // TLS 1.3 suites (SSL_CTX_set_ciphersuites)
+};
+
+// A client TLS context (one SSL_CTX) for one target, shared by all its client threads: OpenSSL
+// allows SSL objects to be made from one configured SSL_CTX on many threads. Every handshake
+// verifies the server's certificate against the CA and its name (or IP address) against the
+// target's host. Sessions are not resumed: every handshake is a full one.
+class tls_client {
+ public:
+  // Empty on success, else what failed (unreadable CA, certificate or key, a cipher list that
+  // names nothing OpenSSL knows).
+  std::string init(const tls_options& options);
+  ~tls_client();
+  tls_client() = default;
+  tls_client(const tls_client&) = delete;
+  tls_client& operator=(const tls_client&) = delete;
+
+  // Runs the client handshake on the connected blocking socket `fd` for `host`. Returns the
+  // SSL object (owned by the caller: SSL_free), or null with `error` set (the socket stays open).
+  ssl_st* handshake(int fd, const std::string& host, std::string& error) const;
+
+  // "TLSv1.3, TLS_AES_128_GCM_SHA256" of the first handshake that succeeded; empty before.
+  std::string negotiated() const;
+
+ private:
+  ssl_ctx_st* ctx_ = nullptr;
+  mutable std::once_flag first_;
+  mutable std::atomic<bool> have_first_{false};
+  mutable std::string first_session_;
+};
+
 class keylock_conn {
  public:
   keylock_conn() = default;
@@ -38,8 +82,11 @@ class keylock_conn {
   keylock_conn(const keylock_conn&) = delete;
   keylock_conn& operator=(const keylock_conn&) = delete;
 
-  // Empty on success, else what failed.
-  std::string connect(const target& t, std::chrono::milliseconds io_timeout);
+  // Empty on success, else what failed. A TLS target (t.tls) needs `tls`, which must outlive
+  // the connection.
+  std::string connect(const target& t, std::chrono::milliseconds io_timeout,
+                      const tls_client* tls = nullptr);
+  // Closes the connection (over TLS: sends close_notify first, without waiting for the peer's).
   void close();
 
   // Sends `bytes` (whole frames). False on error; see error().
@@ -61,8 +108,10 @@ class keylock_conn {
 
  private:
   bool fill();
+  bool send_tls(std::string_view bytes);
 
   int fd_ = -1;
+  ssl_st* ssl_ = nullptr;  // null: plain TCP
   std::vector<char> buf_ = std::vector<char>(64 * 1024);
   std::size_t head_ = 0;
   std::size_t tail_ = 0;
@@ -90,7 +139,11 @@ class redis_conn {
   redis_conn(const redis_conn&) = delete;
   redis_conn& operator=(const redis_conn&) = delete;
 
-  std::string connect(const target& t, std::chrono::milliseconds io_timeout);
+  // Plain targets go through hiredis; a TLS target (t.tls, with `tls`, which must outlive the
+  // connection) through OpenSSL on a blocking socket, replies parsed by hiredis's redisReader.
+  std::string connect(const target& t, std::chrono::milliseconds io_timeout,
+                      const tls_client* tls = nullptr);
+  void close();
 
   // Queues one RESP-formatted command (append_resp_command) without sending it.
   bool append(std::string_view resp);
@@ -105,7 +158,14 @@ class redis_conn {
   static redis_outcome outcome_of(const redisReply& r, long long& integer, std::string& text);
 
  private:
-  redisContext* ctx_ = nullptr;
+  redis_reply_ptr next_reply_tls();
+
+  redisContext* ctx_ = nullptr;  // plain: hiredis owns socket and buffers
+  // TLS: our socket, its SSL, the queued commands and hiredis's reply parser.
+  int fd_ = -1;
+  ssl_st* ssl_ = nullptr;
+  redisReader* reader_ = nullptr;
+  std::string out_;
   std::string error_;
 };
 

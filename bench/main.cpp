@@ -3,6 +3,7 @@
 //
 // The only TU that includes CLI11. It parses options, pins the process, runs every workload
 // against every target (in that order: one table per workload), and prints the results.
+#include "drivers.hpp"
 #include "keylock_version.hpp"
 #include "procinfo.hpp"
 #include "report.hpp"
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -62,8 +64,8 @@ std::string command_line(int argc, char** argv) {
 int run(int argc, char** argv) {
   CLI::App app{
       "keylock-bench: load-test keylockd and Redis as lock servers, side by side.\n"
-      "Workloads: rtt, uncontended, contended, zipf, overhead, hold-many, connections, rw, multi "
-      "(see bench/README.md)."};
+      "Workloads: rtt, uncontended, contended, zipf, overhead, hold-many, connections, rw, multi, "
+      "handshakes (see bench/README.md)."};
   app.get_formatter()->column_width(34);
   // A flag given twice takes its last value, so that scripts can append overrides.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -78,8 +80,8 @@ int run(int argc, char** argv) {
 
   app.add_option("-t,--target", target_urls,
                  "keylock://HOST:PORT[,HOST:PORT...] (a cluster: clients spread over its daemons), "
-                 "redis://HOST:PORT or etcd://HOST:PORT[,...] (etcd's own Lock); give several "
-                 "to compare")
+                 "redis://HOST:PORT or etcd://HOST:PORT[,...] (etcd's own Lock); keylocks:// and "
+                 "rediss:// over TLS; give several to compare")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("-w,--workload", workload_names,
                  "Workloads to run, in order (repeat or comma-separate); default rtt")
@@ -147,6 +149,20 @@ int run(int argc, char** argv) {
   app.add_option("--connections", o.connections, "connections: idle connections to open")
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1'000'000}))
       ->capture_default_str();
+  app.add_option("--handshakes", o.handshakes,
+                 "handshakes: most connections in all (the window ends the run too)")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{100'000'000}))
+      ->capture_default_str();
+  tls_options tls;
+  app.add_option("--tls-ca", tls.ca_file,
+                 "TLS targets: CA bundle (PEM) the server's certificate must chain to (required)");
+  app.add_option("--tls-cert", tls.cert_file, "TLS targets: client certificate (PEM)");
+  app.add_option("--tls-key", tls.key_file, "TLS targets: the client certificate's key (PEM)");
+  app.add_option("--tls-ciphers", tls.ciphers,
+                 "TLS targets: TLS 1.2 cipher list (OpenSSL syntax); default: OpenSSL's");
+  app.add_option("--tls-ciphersuites", tls.ciphersuites,
+                 "TLS targets: TLS 1.3 cipher suites, e.g. TLS_AES_128_GCM_SHA256; default: "
+                 "OpenSSL's");
   app.add_option("--server-pid", server_pids,
                  "Server process of each target, in --target order (0: find the process "
                  "listening on the port); for RSS, CPU time and placement")
@@ -158,7 +174,7 @@ int run(int argc, char** argv) {
   auto* json_flag = app.add_flag("--json", json, "Print JSON instead of tables");
   app.add_flag("--markdown", markdown, "Print the tables as Markdown")->excludes(json_flag);
   app.add_flag("--compare", compare,
-               "Needs one keylock and one redis target: print the keylock/redis ratios");
+               "Needs one keylock(s) and one redis(s) target: print the keylock/redis ratios");
   app.add_flag("-q,--quiet", quiet, "No progress lines on stderr");
   app.add_option("--tsv", tsv_path, "Append tab-separated metrics to this file (for scripts)");
   app.add_option("--label", label, "Label of this run in --tsv lines")->needs("--tsv");
@@ -192,8 +208,8 @@ int run(int argc, char** argv) {
     }
     if (keylock_count != 1 || redis_count != 1) {
       std::fprintf(stderr,
-                   "keylock-bench: --compare needs exactly one keylock:// and one "
-                   "redis:// target\n");
+                   "keylock-bench: --compare needs exactly one keylock:// (or keylocks://) and "
+                   "one redis:// (or rediss://) target\n");
       return 2;
     }
   }
@@ -204,11 +220,25 @@ int run(int argc, char** argv) {
     if (!w) {
       std::fprintf(stderr,
                    "keylock-bench: unknown workload '%s' (rtt, uncontended, contended, zipf, "
-                   "overhead, hold-many, connections, rw, multi)\n",
+                   "overhead, hold-many, connections, rw, multi, handshakes)\n",
                    name.substr(0, 64).c_str());
       return 2;
     }
     workloads.push_back(*w);
+  }
+  // One TLS context per TLS target, so that each reports its own negotiated session.
+  std::vector<std::unique_ptr<tls_client>> tls_contexts(targets.size());
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    if (!targets[i].tls) continue;
+    if (targets[i].kind == target_kind::etcd) {
+      std::fprintf(stderr, "keylock-bench: no TLS for etcd targets\n");
+      return 2;
+    }
+    tls_contexts[i] = std::make_unique<tls_client>();
+    if (std::string err = tls_contexts[i]->init(tls); !err.empty()) {
+      std::fprintf(stderr, "keylock-bench: %s: %s\n", targets[i].url.c_str(), err.c_str());
+      return 2;
+    }
   }
   if (server_pids.size() > targets.size()) {
     std::fprintf(stderr, "keylock-bench: more --server-pid than --target\n");
@@ -245,6 +275,8 @@ int run(int argc, char** argv) {
     const std::size_t first = results.size();
     std::string note;
     for (std::size_t i = 0; i < targets.size(); ++i) {
+      bench_options ot = o;  // this target's TLS context
+      ot.tls = tls_contexts[i].get();
       if (!supports(w, targets[i].kind)) {
         note = "note: " + std::string(to_string(w)) + " skips " + targets[i].url +
                ": redis-py's Lock has no shared mode, so Redis has no read-write lock to compare\n";
@@ -254,13 +286,13 @@ int run(int argc, char** argv) {
         // One row per way of taking the set, the (keys) first.
         for (multi_variant v : {multi_variant::keys, multi_variant::one_at_a_time}) {
           if (multi_keylock != "both" && multi_keylock != to_string(v)) continue;
-          bench_options ov = o;
+          bench_options ov = ot;
           ov.multi = v;
           results.push_back(run_workload(w, ov, targets[i], pids[i]));
         }
         continue;
       }
-      results.push_back(run_workload(w, o, targets[i], pids[i]));
+      results.push_back(run_workload(w, ot, targets[i], pids[i]));
     }
     if (!note.empty()) std::fputs(note.c_str(), stderr);
     if (!json) {

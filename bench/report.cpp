@@ -113,6 +113,7 @@ std::string ratio_label(const run_result& keylock_row) {
 
 std::string row_kind(const run_result& r) {
   std::string out(to_string(r.kind));
+  if (r.tls) out += 's';
   if (!r.variant.empty()) out += ":" + r.variant;
   return out;
 }
@@ -314,6 +315,12 @@ std::string format_table(std::span<const run_result> rows, output_style style, b
   for (const auto& row : rows) {
     out += md ? "- " : "";
     out += "placement (" + row_kind(row) + "): " + row.placement + "\n";
+    if (row.tls) {
+      out += md ? "- " : "";
+      out += "tls (" + row_kind(row) + "): " +
+             (row.tls_session.empty() ? std::string("no handshake completed") : row.tls_session) +
+             "\n";
+    }
     if (!row.first_error.empty()) {
       out += md ? "- " : "";
       out += "first error (" + row_kind(row) + "): " + row.first_error + "\n";
@@ -339,7 +346,8 @@ std::string format_json(std::span<const run_result> results, const run_meta& met
            json_number(r.ops_per_s) + R"(,"requests_per_s":)" + json_number(r.requests_per_s) + ",";
     append_latency_json(out, r);
     out += R"(,"errors":)" + json_uint(r.errors) + R"(,"violations":)" + json_uint(r.violations) +
-           R"(,"placement":)" + json_quote(r.placement) + R"(,"extras":{)";
+           R"(,"placement":)" + json_quote(r.placement) + R"(,"tls":)" +
+           (r.tls ? json_quote(r.tls_session) : std::string("null")) + R"(,"extras":{)";
     for (std::size_t j = 0; j < r.extras.size(); ++j) {
       if (j > 0) out += ',';
       out += json_quote(r.extras[j].key) + ":" + json_number(r.extras[j].value);

@@ -59,6 +59,10 @@ struct run_result {
   std::uint64_t errors = 0;
   std::uint64_t violations = 0;
   std::string placement;  // "generator CPU 0; server pid 123 on CPUs 1"
+  // TLS targets (keylocks://, rediss://): the protocol and cipher of the target's first
+  // connection, "TLSv1.3, TLS_AES_128_GCM_SHA256"; empty when no handshake completed.
+  bool tls = false;
+  std::string tls_session;
   std::vector<extra_metric> extras;
   std::string first_error;  // the first error seen, for people; empty when none
 
@@ -103,7 +107,8 @@ struct run_meta {
 std::string format_json(std::span<const run_result> results, const run_meta& meta,
                         bool with_ratios);
 
-// The name of a row for people and scripts: "keylock", or with a variant "keylock:keys".
+// The name of a row for people and scripts: "keylock", or with a variant "keylock:keys"; over
+// TLS the URL scheme's "keylocks", "rediss".
 std::string row_kind(const run_result& r);
 
 // One line per metric: "LABEL\tWORKLOAD\tKIND\tMETRIC\tVALUE\n" (KIND as row_kind), for scripts (run-peers.sh

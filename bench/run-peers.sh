@@ -400,6 +400,11 @@ errs=$(awk -F'\t' '$4 == "errors" { s += $5 } END { print s + 0 }' "$tsv")
     echo
     cat "$here/CLUSTER.md"
   fi
+  # TLS against plain text and Redis over TLS comes from bench/tls.sh (its own run).
+  if [ -f "$here/TLS.md" ]; then
+    echo
+    cat "$here/TLS.md"
+  fi
 } >"$results"
 
 echo "run-peers: wrote $results in ${elapsed} s" >&2

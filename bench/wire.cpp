@@ -1,5 +1,6 @@
 #include "wire.hpp"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 
@@ -82,20 +83,26 @@ std::optional<target> parse_target(std::string_view url, std::string& error) {
   target t;
   t.url = std::string(url);
   std::string_view rest;
-  if (url.starts_with("keylock://")) {
-    t.kind = target_kind::keylock;
-    rest = url.substr(10);
-  } else if (url.starts_with("redis://")) {
-    t.kind = target_kind::redis;
-    rest = url.substr(8);
-  } else if (url.starts_with("etcd://")) {
-    t.kind = target_kind::etcd;
-    rest = url.substr(7);
-  } else {
-    error = "target must start with keylock://, redis:// or etcd://: '" +
+  struct scheme {
+    std::string_view prefix;
+    target_kind kind;
+    bool tls;
+  };
+  static constexpr std::array<scheme, 5> schemes{{{"keylock://", target_kind::keylock, false},
+                                                  {"keylocks://", target_kind::keylock, true},
+                                                  {"redis://", target_kind::redis, false},
+                                                  {"rediss://", target_kind::redis, true},
+                                                  {"etcd://", target_kind::etcd, false}}};
+  const auto* found = std::find_if(schemes.begin(), schemes.end(),
+                                   [url](const scheme& s) { return url.starts_with(s.prefix); });
+  if (found == schemes.end()) {
+    error = "target must start with keylock://, keylocks://, redis://, rediss:// or etcd://: '" +
             std::string(url.substr(0, 64)) + "'";
     return std::nullopt;
   }
+  t.kind = found->kind;
+  t.tls = found->tls;
+  rest = url.substr(found->prefix.size());
   if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
   for (std::size_t start = 0;;) {
     const std::size_t comma = rest.find(',', start);

@@ -30,16 +30,17 @@ struct endpoint {
 };
 
 // A server to load: `keylock://HOST:PORT`, `redis://HOST:PORT` or `etcd://HOST:PORT` (HOST may
-// be a bracketed IPv6 address). keylock and etcd targets may list several servers,
-// `keylock://H1:P1,H2:P2,...`: the daemons of one cluster (clients are spread over them,
-// client i on server i mod n), or the members of one etcd cluster (each client's channel
-// balances over all of them).
+// be a bracketed IPv6 address); `keylocks://` and `rediss://` are the same over TLS. keylock and
+// etcd targets may list several servers, `keylock://H1:P1,H2:P2,...`: the daemons of one cluster
+// (clients are spread over them, client i on server i mod n), or the members of one etcd cluster
+// (each client's channel balances over all of them).
 struct target {
   target_kind kind = target_kind::keylock;
   std::string host;        // of the first server
   std::uint16_t port = 0;  // of the first server
   std::vector<endpoint> endpoints;  // every server, in order (one for redis)
   std::string url;  // as given
+  bool tls = false;  // keylocks:// or rediss:// (the scheme's 's')
 };
 
 // Parses a target URL. On failure returns nullopt and sets `error`: unknown scheme, missing or

@@ -186,7 +186,7 @@ struct redis_scripts {
 
 std::string load_redis_scripts(const target& t, const bench_options& o, redis_scripts& out) {
   redis_conn conn;
-  if (std::string err = conn.connect(t, o.io_timeout); !err.empty()) return err;
+  if (std::string err = conn.connect(t, o.io_timeout, o.tls); !err.empty()) return err;
   auto load = [&conn](std::string_view script, std::string& sha) -> std::string {
     std::string cmd;
     append_resp_command(cmd, {"SCRIPT", "LOAD", script});
@@ -206,7 +206,7 @@ std::string load_redis_scripts(const target& t, const bench_options& o, redis_sc
 std::optional<double> redis_info_number(const target& t, const bench_options& o,
                                         std::string_view field) {
   redis_conn conn;
-  if (!conn.connect(t, o.io_timeout).empty()) return std::nullopt;
+  if (!conn.connect(t, o.io_timeout, o.tls).empty()) return std::nullopt;
   std::string cmd;
   append_resp_command(cmd, {"INFO", "memory"});
   redis_reply_ptr r = conn.call(cmd);
@@ -260,7 +260,8 @@ struct grant_info {
 class locker {
  public:
   virtual ~locker() = default;
-  virtual std::string connect(const target& t, std::chrono::milliseconds io_timeout) = 0;
+  virtual std::string connect(const target& t, std::chrono::milliseconds io_timeout,
+                              const tls_client* tls) = 0;
   // Acquires `key` with `limit`: waits until granted (redis: polls, giving up once the next
   // try would start after `give_up_ns`), or tries once with try_once. Server error replies are
   // counted in `s` and return true with g.granted false; false means the connection failed.
@@ -281,8 +282,9 @@ class keylock_locker final : public locker {
  public:
   explicit keylock_locker(const bench_options& o) : options_(o) {}
 
-  std::string connect(const target& t, std::chrono::milliseconds io_timeout) override {
-    return conn_.connect(t, io_timeout);
+  std::string connect(const target& t, std::chrono::milliseconds io_timeout,
+                      const tls_client* tls) override {
+    return conn_.connect(t, io_timeout, tls);
   }
 
   bool acquire(std::string_view key, std::uint32_t limit, std::int64_t, grant_info& g,
@@ -376,8 +378,9 @@ class redis_locker final : public locker {
   redis_locker(const bench_options& o, const redis_scripts& scripts, std::uint64_t seed)
       : options_(o), scripts_(scripts), rng_(seed), ttl_text_(number_text(o.ttl_ms)) {}
 
-  std::string connect(const target& t, std::chrono::milliseconds io_timeout) override {
-    return conn_.connect(t, io_timeout);
+  std::string connect(const target& t, std::chrono::milliseconds io_timeout,
+                      const tls_client* tls) override {
+    return conn_.connect(t, io_timeout, tls);
   }
 
   bool acquire(std::string_view key, std::uint32_t limit, std::int64_t give_up_ns, grant_info& g,
@@ -473,7 +476,8 @@ class redis_locker final : public locker {
 // lives as long as the client's lease.
 class etcd_locker final : public locker {
  public:
-  std::string connect(const target& t, std::chrono::milliseconds io_timeout) override {
+  std::string connect(const target& t, std::chrono::milliseconds io_timeout,
+                      const tls_client*) override {
     return conn_.connect(endpoint_list(t), io_timeout);
   }
 
@@ -548,7 +552,7 @@ void keylock_pipeline_client(const bench_options& o, const target& t, bool cycle
                              exclusion_checker& checker) {
   const std::uint32_t depth = std::max<std::uint32_t>(1, o.pipeline);
   keylock_conn conn;
-  const std::string err = conn.connect(client_target(t, client), o.io_timeout);
+  const std::string err = conn.connect(client_target(t, client), o.io_timeout, o.tls);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
 
@@ -650,7 +654,7 @@ void redis_pipeline_client(const bench_options& o, const target& t, bool cycle,
                            exclusion_checker& checker, const redis_scripts& scripts) {
   const std::uint32_t depth = std::max<std::uint32_t>(1, o.pipeline);
   redis_conn conn;
-  const std::string err = conn.connect(t, o.io_timeout);
+  const std::string err = conn.connect(t, o.io_timeout, o.tls);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
 
@@ -736,7 +740,7 @@ void contended_client(const bench_options& o, const target& t, std::uint32_t me,
                       client_stats& s, exclusion_checker& checker, handoff_board& board,
                       locker& lk) {
   static const std::string key = "ct:shared";
-  const std::string err = lk.connect(client_target(t, me), o.io_timeout);
+  const std::string err = lk.connect(client_target(t, me), o.io_timeout, o.tls);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
   for (;;) {
@@ -781,7 +785,7 @@ void zipf_client(const bench_options& o, const target& t, std::uint32_t me, run_
                  locker& lk) {
   fast_rng rng(o.seed * 104729 + me);
   std::string key;
-  const std::string err = lk.connect(client_target(t, me), o.io_timeout);
+  const std::string err = lk.connect(client_target(t, me), o.io_timeout, o.tls);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
   for (;;) {
@@ -817,7 +821,7 @@ void overhead_client(const bench_options& o, const target& t, std::uint32_t me, 
   const std::string key = "ov:" + number_text(me);
   volatile std::uint64_t sink = 0;
   std::uint64_t x = me + 1;
-  const std::string err = lk.connect(client_target(t, me), o.io_timeout);
+  const std::string err = lk.connect(client_target(t, me), o.io_timeout, o.tls);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
   for (;;) {
@@ -856,7 +860,7 @@ void rw_client(const bench_options& o, const target& t, std::uint32_t me, unsign
   static const std::string key = "rw:shared";
   fast_rng rng(o.seed * 6151 + me);
   keylock_locker lk(o);
-  const std::string err = lk.connect(client_target(t, me), o.io_timeout);
+  const std::string err = lk.connect(client_target(t, me), o.io_timeout, o.tls);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
   for (;;) {
@@ -915,7 +919,7 @@ void multi_client(const bench_options& o, const target& t, std::uint32_t me, boo
   std::vector<std::uint64_t> set;
   std::vector<std::string> names;
   std::vector<grant_info> grants;
-  const std::string err = lk.connect(client_target(t, me), o.io_timeout);
+  const std::string err = lk.connect(client_target(t, me), o.io_timeout, o.tls);
   const std::int64_t deadline = gate.arrive_and_wait();
   if (!err.empty()) return s.fail(err);
   for (;;) {
@@ -971,6 +975,7 @@ void multi_client(const bench_options& o, const target& t, std::uint32_t me, boo
 
 struct window {
   double seconds = 0;
+  double elapsed = 0;  // start to the deadline, or to the last client's end when all ended early
   std::optional<double> server_cpu_pct;
   double generator_cpu_pct = 0;
   std::optional<double> other_cpu_pct;  // everything else on the machine: interference
@@ -1029,6 +1034,7 @@ window run_timed(const bench_options& o, std::uint32_t n, std::string_view label
   const auto machine1 = read_machine_cpu();
   const double elapsed = static_cast<double>(mono_ns() - start) / ns_per_s;
   w.seconds = static_cast<double>(length) / ns_per_s;
+  w.elapsed = elapsed;
   if (server_cpu0 && server_cpu1)
     w.server_cpu_pct = 100.0 * (*server_cpu1 - *server_cpu0) / elapsed;
   w.generator_cpu_pct = 100.0 * (self_cpu1 - self_cpu0) / elapsed;
@@ -1059,6 +1065,8 @@ run_result base_result(workload w, const bench_options& o, const target& t, int 
   r.clients = o.clients;
   r.pipeline = 1;
   r.placement = placement_text(o, pid);
+  r.tls = t.tls;
+  if (t.tls && o.tls != nullptr) r.tls_session = o.tls->negotiated();
   return r;
 }
 
@@ -1360,7 +1368,7 @@ void keylock_fill_client(const bench_options& o, const target& t, std::uint32_t 
                          client_stats& s, std::latch& connected) {
   const std::uint32_t depth = o.pipeline > 1 ? o.pipeline : default_fill_depth;
   keylock_conn conn;
-  std::string err = conn.connect(t, o.io_timeout);
+  std::string err = conn.connect(t, o.io_timeout, o.tls);
   connected.count_down();
   fs.go.wait(false);
   if (err.empty()) {
@@ -1426,7 +1434,7 @@ void redis_fill_client(const bench_options& o, const target& t, std::uint32_t cl
                        std::latch& connected) {
   const std::uint32_t depth = o.pipeline > 1 ? o.pipeline : default_fill_depth;
   redis_conn conn;
-  std::string err = conn.connect(t, o.io_timeout);
+  std::string err = conn.connect(t, o.io_timeout, o.tls);
   connected.count_down();
   fs.go.wait(false);
   std::vector<std::uint64_t> taken;
@@ -1561,6 +1569,86 @@ run_result run_hold_many(const bench_options& o, const target& t, int pid) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// handshakes: each client opens a connection (TCP, then the TLS handshake on a TLS target),
+// makes one round trip (ping / PING) and closes it, again and again, until the window ends or
+// the shared budget of --handshakes connections is spent.
+
+void handshake_client(const bench_options& o, const target& t, std::uint32_t me, run_gate& gate,
+                      client_stats& s, std::atomic<std::uint64_t>& budget) {
+  const target mine = client_target(t, me);
+  const std::int64_t deadline = gate.arrive_and_wait();
+  keylock_conn kconn;
+  redis_conn rconn;
+  std::string ping_frame;
+  if (t.kind == target_kind::keylock) {
+    append_ping(ping_frame, 1);
+  } else {
+    append_resp_command(ping_frame, {"PING"});
+  }
+  std::string text;
+  for (;;) {
+    const std::int64_t t0 = mono_ns();
+    if (t0 >= deadline) break;
+    // fetch_sub below zero wraps: a client that finds the budget spent stops.
+    if (budget.fetch_sub(1, std::memory_order_relaxed) - 1 >= o.handshakes) break;
+    if (t.kind == target_kind::keylock) {
+      if (std::string err = kconn.connect(mine, o.io_timeout, o.tls); !err.empty()) {
+        return s.fail(err);
+      }
+      reply_view r;
+      if (!kconn.send(ping_frame) || !kconn.next_reply(r)) return s.fail(kconn.error());
+      if (!r.ok) return s.fail("ping: " + std::string(r.error));
+      kconn.close();
+    } else {
+      if (std::string err = rconn.connect(mine, o.io_timeout, o.tls); !err.empty()) {
+        return s.fail(err);
+      }
+      redis_reply_ptr reply = rconn.call(ping_frame);
+      if (!reply) return s.fail(rconn.error());
+      long long ignored = 0;
+      text.clear();
+      if (redis_conn::outcome_of(*reply, ignored, text) != redis_outcome::ok || text != "PONG") {
+        return s.fail("PING: " + text);
+      }
+      rconn.close();
+    }
+    const std::int64_t now = mono_ns();
+    if (now <= deadline) {
+      s.latency.record(static_cast<std::uint64_t>(now - t0));
+      ++s.ops;
+      ++s.requests;
+      gate.count(me);
+    }
+  }
+}
+
+run_result run_handshakes(const bench_options& o, const target& t, int pid) {
+  // Counts down from the cap; the window also ends the run.
+  std::atomic<std::uint64_t> budget{o.handshakes};
+  std::vector<client_stats> stats;
+  window win = run_timed(o, o.clients, run_label(workload::handshakes, t), pid, stats,
+                         [&](std::uint32_t i, run_gate& gate, client_stats& s) {
+                           handshake_client(o, t, i, gate, s, budget);
+                         });
+  // Spent the budget early: the rate is over the time it took, not the whole window.
+  win.seconds = std::min(win.seconds, win.elapsed);
+  run_result r = base_result(workload::handshakes, o, t, pid);
+  r.op_label = t.tls ? "connection: TCP connect, TLS handshake, ping, close"
+                     : "connection: TCP connect, ping, close";
+  r.latency_label = t.tls ? "connect → handshake → ping answered" : "connect → ping answered";
+  latency_histogram all;
+  merge_into(r, stats, all);
+  finish_rates(r, win);
+  // A handshake costs the client about what it costs the server, so the generator's core may
+  // set the rate: the server's CPU time per connection compares servers either way.
+  if (const extra_metric* cpu = r.find_extra("server_cpu_pct"); cpu != nullptr && r.ops_per_s > 0) {
+    r.extras.push_back({"server_cpu_us_per_connection", "server CPU µs per connection",
+                        cpu->value / 100.0 / r.ops_per_s * 1e6});
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
 // connections: open N, each answering one ping, measure, close.
 
 run_result run_connections(const bench_options& o, const target& t, int pid) {
@@ -1664,6 +1752,8 @@ std::string_view to_string(workload w) noexcept {
       return "rw";
     case workload::multi:
       return "multi";
+    case workload::handshakes:
+      return "handshakes";
   }
   return "?";
 }
@@ -1680,7 +1770,7 @@ bool supports(workload w, target_kind kind) noexcept {
 std::optional<workload> workload_from_string(std::string_view name) noexcept {
   for (workload w : {workload::rtt, workload::uncontended, workload::contended, workload::zipf,
                      workload::overhead, workload::hold_many, workload::connections, workload::rw,
-                     workload::multi}) {
+                     workload::multi, workload::handshakes}) {
     if (name == to_string(w)) return w;
   }
   return std::nullopt;
@@ -1724,6 +1814,9 @@ std::string describe_params(workload w, const bench_options& o) {
     case workload::multi:
       return clients + ", " + std::to_string(o.set_size) + " distinct keys of " +
              std::to_string(o.keys) + " per cycle (uniform), " + hold_think + ", " + poll + mode;
+    case workload::handshakes:
+      return clients + ", a new connection per ping, at most " + std::to_string(o.handshakes) +
+             " connections";
   }
   return {};
 }
@@ -1749,8 +1842,14 @@ run_result run_workload(workload w, const bench_options& options, const target& 
     r.first_error = "keylock-bench was built without cluster mode: no etcd target";
     return r;
   }
+  if (t.tls && w == workload::connections) {
+    run_result r = base_result(w, o, t, server_pid);
+    r.errors = 1;
+    r.first_error = "connections opens plain sockets: use handshakes on a TLS target";
+    return r;
+  }
   redis_scripts scripts;
-  if (t.kind == target_kind::redis && w != workload::connections) {
+  if (t.kind == target_kind::redis && w != workload::connections && w != workload::handshakes) {
     if (std::string err = load_redis_scripts(t, o, scripts); !err.empty()) {
       run_result r = base_result(w, o, t, server_pid);
       r.errors = 1;
@@ -1774,6 +1873,8 @@ run_result run_workload(workload w, const bench_options& options, const target& 
       return run_rw(o, t, server_pid);
     case workload::multi:
       return run_multi(o, t, server_pid, scripts);
+    case workload::handshakes:
+      return run_handshakes(o, t, server_pid);
   }
   return base_result(w, o, t, server_pid);
 }

@@ -14,6 +14,8 @@
 
 namespace keylock::bench {
 
+class tls_client;
+
 enum class workload : std::uint8_t {
   rtt,          // ping round trips (pipelined with --pipeline)
   uncontended,  // acquire + release of the client's own key(s) (pipelined with --pipeline)
@@ -24,6 +26,7 @@ enum class workload : std::uint8_t {
   connections,  // N idle connections; server RSS
   rw,           // one key as a read-write lock: a share of acquires shared (keylock only)
   multi,        // each cycle locks a set of distinct keys: all in one request, or one at a time
+  handshakes,   // connect, TLS handshake (TLS targets), one ping, close; again
 };
 
 // How the multi workload takes its set of keys on a keylock target.
@@ -64,6 +67,8 @@ struct bench_options {
   unsigned shared_pct = 90;            // rw: share of acquires in shared mode
   std::uint32_t set_size = 4;          // multi: keys per cycle (drawn from `keys`)
   multi_variant multi = multi_variant::keys;  // multi on keylock: how the set is taken
+  std::uint64_t handshakes = 1'000'000;       // handshakes: most connections in all
+  const tls_client* tls = nullptr;  // the TLS context of the target being run (TLS targets)
 };
 
 // Clients of rw and multi when --clients is not given (the figure).
