@@ -1089,6 +1089,35 @@ void append_reply(std::string& out, const reply& rep) {
   out += "}\n";
 }
 
+void append_ok_reply(std::string& out, std::optional<std::uint64_t> id,
+                     std::optional<std::uint64_t> token, std::optional<std::uint64_t> ttl_ms) {
+  // 13 + 3 * 20 digits + the members' names: under 128 bytes whatever the values.
+  std::array<char, 128> buf;
+  char* p = buf.data();
+  char* const end = buf.data() + buf.size();
+  auto put = [&p](std::string_view s) {
+    std::memcpy(p, s.data(), s.size());
+    p += s.size();
+  };
+  put("{");
+  if (id) {
+    put("\"id\":");
+    p = std::to_chars(p, end, *id).ptr;
+    put(",");
+  }
+  put("\"ok\":true");
+  if (token) {
+    put(",\"token\":");
+    p = std::to_chars(p, end, *token).ptr;
+  }
+  if (ttl_ms) {
+    put(",\"ttl_ms\":");
+    p = std::to_chars(p, end, *ttl_ms).ptr;
+  }
+  put("}\n");
+  out.append(buf.data(), p);
+}
+
 void append_json_string(std::string& out, std::string_view s, json_escape mode) {
   static constexpr char hex[] = "0123456789abcdef";
   out += '"';

@@ -29,6 +29,10 @@ std::array<unsigned char, 32> sha256(std::string_view s) {
   return d;
 }
 
+std::optional<std::uint64_t> id_of(const request& req) {
+  return req.has(field::id) ? std::optional<std::uint64_t>(req.id) : std::nullopt;
+}
+
 // Resets a reusable reply, keeping its buffers' capacity.
 reply& fresh(reply& r, const request* req) {
   r.type = reply::kind::ok;
@@ -405,7 +409,7 @@ void dispatcher::do_hello(connection_info& conn, const request& req, tick /*now*
 
 void dispatcher::do_ping(connection_info& /*conn*/, const request& req, tick /*now*/,
                          std::string& out) {
-  append_reply(out, fresh(reply_, &req));
+  append_ok_reply(out, id_of(req));
 }
 
 void dispatcher::do_acquire(connection_info& conn, const request& req, tick now,
@@ -427,13 +431,8 @@ void dispatcher::do_acquire(connection_info& conn, const request& req, tick now,
   acquire_result res = table_.acquire(conn.owner, args, now, events_);
   deliver_events(&conn, &out);
   switch (res.status) {
-    case acquire_status::granted: {
-      reply& r = fresh(reply_, &req);
-      r.token = res.token;
-      r.ttl_ms = args.ttl_ms;
-      append_reply(out, r);
-      return;
-    }
+    case acquire_status::granted:
+      return append_ok_reply(out, id_of(req), res.token, args.ttl_ms);
     case acquire_status::queued:
       return;  // answered later by a granted / wait_timeout / cancelled / aborted event
     case acquire_status::busy:
@@ -476,7 +475,7 @@ void dispatcher::do_release(connection_info& conn, const request& req, tick now,
   deliver_events(&conn, &out);
   if (req.noreply) return;  // the client asked not to wait a round trip for this
   if (st == lease_status::ok) {
-    append_reply(out, fresh(reply_, &req));
+    append_ok_reply(out, id_of(req));
   } else {
     reply_error(conn, &req, errc::not_held, "no lease with this key and token", out);
   }
@@ -499,9 +498,7 @@ void dispatcher::do_extend(connection_info& conn, const request& req, tick now,
           : table_.extend(req.key, req.token, ttl, now, events_, &applied);
   deliver_events(&conn, &out);
   if (st == lease_status::ok) {
-    reply& r = fresh(reply_, &req);
-    r.ttl_ms = applied;
-    append_reply(out, r);
+    append_ok_reply(out, id_of(req), std::nullopt, applied);
   } else {
     reply_error(conn, &req, errc::not_held, "no lease with this key and token", out);
   }
@@ -610,12 +607,14 @@ void dispatcher::deliver_events(const connection_info* current, std::string* cur
                            ? current_out
                            : delivery_.output_for(ev.owner);
     if (out == nullptr) continue;
+    if (ev.kind == event_kind::granted) {  // the common case, without a reply to fill
+      append_ok_reply(*out, ev.request_id, ev.token, ev.ttl_ms);
+      continue;
+    }
     reply& r = fresh(reply_, nullptr);
     r.id = ev.request_id;
     switch (ev.kind) {
       case event_kind::granted:
-        r.token = ev.token;
-        r.ttl_ms = ev.ttl_ms;
         break;
       case event_kind::wait_timeout:
         r.type = reply::kind::error;

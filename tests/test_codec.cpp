@@ -539,6 +539,33 @@ TEST_CASE("messages quote at most 64 bytes of input and are valid UTF-8", "[code
   for (const std::string& frame : frames) require_carriable(require_bad_request(frame));
 }
 
+TEST_CASE("append_ok_reply writes what append_reply writes for the same reply", "[codec]") {
+  const std::vector<std::optional<std::uint64_t>> values = {
+      std::nullopt,
+      0u,
+      1u,
+      9u,
+      10u,
+      4294967295u,
+      1764214523000001u,
+      std::numeric_limits<std::uint64_t>::max()};
+  for (const auto& id : values) {
+    for (const auto& token : values) {
+      for (const auto& ttl : values) {
+        reply rep;
+        rep.id = id;
+        rep.token = token;
+        rep.ttl_ms = ttl;
+        std::string expected = "prefix";
+        append_reply(expected, rep);
+        std::string got = "prefix";
+        keylock::append_ok_reply(got, id, token, ttl);
+        REQUIRE(got == expected);
+      }
+    }
+  }
+}
+
 TEST_CASE("a fault inside the value of auth never quotes the secret", "[codec]") {
   // Messages are logged (once per connection): a malformed hello must not put its secret there.
   const std::vector<std::string> frames = {

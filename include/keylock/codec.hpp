@@ -45,6 +45,13 @@ std::optional<decode_error> decode_reply(std::string_view frame, reply& out);
 // non-ASCII UTF-8 is written as is. Never allocates beyond growing `out`.
 void append_reply(std::string& out, const reply& rep);
 
+// The daemon's hot replies, `{"id":N,"ok":true[,"token":T][,"ttl_ms":X]}` and '\n' (each
+// member only when given), written with one append: byte for byte what append_reply writes
+// for a success reply with only those members.
+void append_ok_reply(std::string& out, std::optional<std::uint64_t> id,
+                     std::optional<std::uint64_t> token = std::nullopt,
+                     std::optional<std::uint64_t> ttl_ms = std::nullopt);
+
 // What append_json_string does with well-formed non-ASCII UTF-8.
 enum class json_escape {
   wire,  // writes it as is (the codec's encoders; PROTOCOL.md)
