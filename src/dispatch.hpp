@@ -167,6 +167,9 @@ class dispatcher {
   bool deny(connection_info& conn, const request& req, std::string_view what,
             std::string_view key, std::string& out);
   bool validate_or_reply(connection_info& conn, const request& req, std::string& out);
+  [[gnu::cold, gnu::noinline]] bool reject_range(connection_info& conn, const request& req,
+                                                 std::string_view name, std::uint64_t lo,
+                                                 std::uint64_t hi, std::string& out);
 
   // Handlers: one per op, all of op_spec::handler's shape.
   void do_hello(connection_info& conn, const request& req, tick now, std::string& out);
