@@ -1,11 +1,11 @@
 #include "dispatch.hpp"
 
-#include "keylock_version.hpp"
-
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
 #include <string>
+
+#include "keylock_version.hpp"
 
 namespace keylock {
 
