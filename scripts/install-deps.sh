@@ -12,6 +12,7 @@ packages=(
   nlohmann-json3-dev                      # JSON
   catch2                                  # tests (Catch2 v2)
   libssl-dev                              # libcrypto: MD5, constant-time compare; libssl: TLS
+  libsystemd-dev                          # sd_notify: readiness and watchdog under systemd
   openssl                                 # the TLS tests make their certificates with it
   libhiredis-dev redis-server             # keylock-bench's Redis target and its peer server
   util-linux procps                       # taskset, ps/pgrep for scripts

@@ -1,6 +1,7 @@
 #include "server.hpp"
 
 #include <sys/random.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
@@ -114,6 +115,7 @@ struct server::impl final : session_host, delivery {
         tls_accept_timer_(io_),
         reservation_timer_(io_),
         cluster_timer_(io_),
+        watchdog_timer_(io_),
         scratch_(scratch_bytes) {
     if (coordinator_) {
       coordinator_->attach(table_);
@@ -707,6 +709,26 @@ struct server::impl final : session_host, delivery {
     after_batch();
   }
 
+  // --- systemd (sd_notify; each call is a no-op without $NOTIFY_SOCKET)
+
+  // With WatchdogSec, systemd restarts a daemon that stops pinging. The pings come from a
+  // timer on the event loop, at half the interval: a wedged loop stops them.
+  void start_watchdog() {
+    std::uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return;
+    watchdog_every_ = std::chrono::microseconds(usec / 2);
+    spdlog::info("systemd watchdog: pinging every {} ms", watchdog_every_.count() / 1000);
+    ping_watchdog();
+  }
+
+  void ping_watchdog() {
+    sd_notify(0, "WATCHDOG=1");
+    watchdog_timer_.expires_after(watchdog_every_);
+    watchdog_timer_.async_wait([this](const error_code& ec) {
+      if (!ec && !stopping_) ping_watchdog();
+    });
+  }
+
   // --- shutdown
   void wait_reload_signal() {
     reload_signal_.async_wait([this](const error_code& ec, int) {
@@ -724,9 +746,11 @@ struct server::impl final : session_host, delivery {
       spdlog::info("SIGHUP: no auth_file, users_file or TLS files to re-read; nothing to reload");
       return;
     }
+    sd_notify(0, "RELOADING=1");
     reload_auth_file();
     reload_users_file();
     reload_tls();
+    sd_notify(0, "READY=1");
   }
 
   // Logged-in connections move to the new accounts of their users (changed rules apply from
@@ -801,6 +825,8 @@ struct server::impl final : session_host, delivery {
     spdlog::info("signal {}: shutting down ({} connections, {} leases, {} waiters)", signo,
                  sessions_live_, table_.held(now()), table_.waiting());
     stopping_ = true;
+    sd_notify(0, "STOPPING=1");
+    watchdog_timer_.cancel();
     signals_.async_wait([this](const error_code& e, int n) { on_signal(e, n); });
     error_code ignored;
     acceptor_.close(ignored);
@@ -835,6 +861,9 @@ struct server::impl final : session_host, delivery {
     do_accept();
     if (tls_acceptor_.is_open()) do_accept(true);
     do_housekeeping();
+    // Listening, state loaded: tell systemd (Type=notify), and keep its watchdog fed.
+    sd_notifyf(0, "READY=1\nSTATUS=serving\nMAINPID=%lu", static_cast<unsigned long>(::getpid()));
+    start_watchdog();
     io_.run();
 #ifdef KEYLOCK_CLUSTER
     if (runtime_) runtime_->stop();  // revokes the etcd lease: our rights go at once
@@ -865,6 +894,8 @@ struct server::impl final : session_host, delivery {
   asio::steady_timer reservation_timer_;
   bool reservation_waiting_ = false;  // a failed reservation waits for its retry timer
   asio::steady_timer cluster_timer_;   // the coordinator's idle timers
+  asio::steady_timer watchdog_timer_;  // systemd's watchdog (WatchdogSec), when it is on
+  std::chrono::microseconds watchdog_every_{0};
   std::optional<tick> cluster_armed_;
   std::string node_name_;
   std::string etcd_problem_;           // why etcd could not be reached; empty when it could
