@@ -21,6 +21,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
+tag=run-peers
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 cd "$root"
 
 build_dir=${BUILD_DIR:-build/release}
@@ -68,18 +71,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A loopback port nobody listens on right now (a connect to it is refused).
-free_port() {
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return 0
-    fi
-  done
-  return 1
-}
 
 # keylockd's metrics listener (when this build has one) on an ephemeral port: no clash with
 # another daemon on the machine.
@@ -128,30 +119,7 @@ start_servers() {
     "127.0.0.1:$rport, both on CPU $server_cpu" >&2
 }
 
-# Percent of all CPUs busy over the next second.
-cpu_busy_pct() {
-  local u1 n1 s1 i1 w1 q1 sq1 st1 u2 n2 s2 i2 w2 q2 sq2 st2
-  read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ </proc/stat
-  sleep 1
-  read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ </proc/stat
-  local busy=$(((u2 + n2 + s2 + q2 + sq2 + st2) - (u1 + n1 + s1 + q1 + sq1 + st1)))
-  local idle=$(((i2 + w2) - (i1 + w1)))
-  echo $((100 * busy / (busy + idle > 0 ? busy + idle : 1)))
-}
 
-# Waits up to $1 seconds for the machine to be under 10 % busy (our idle servers use ~0).
-wait_for_idle() {
-  local cap=$1 waited=0 b
-  b=$(cpu_busy_pct)
-  while [ "$b" -gt 10 ] && [ "$waited" -lt "$cap" ]; do
-    [ "$waited" -eq 0 ] && echo "run-peers: machine ${b} % busy; waiting up to ${cap} s for it to fall idle" >&2
-    sleep 1
-    waited=$((waited + 2))
-    b=$(cpu_busy_pct)
-  done
-  [ "$b" -gt 10 ] && echo "run-peers: machine still ${b} % busy; running anyway (see 'other processes CPU %')" >&2
-  echo "$b"
-}
 
 busy=$(wait_for_idle "$wait_idle")
 

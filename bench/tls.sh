@@ -27,6 +27,9 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+tag=tls
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 root=$(cd "$here/.." && pwd)
 cd "$root"
 
@@ -71,35 +74,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- A throwaway CA and a server certificate signed by it, in $work only.
-certs() {
-  local d=$work/pki
-  mkdir -p "$d"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=keylock tls.sh throwaway CA" -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -subj "/CN=localhost" -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
-  printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
-    "keyUsage=digitalSignature" "extendedKeyUsage=serverAuth" >"$d/ext.cnf"
-  openssl x509 -req -days 2 -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
-    -CAcreateserial -extfile "$d/ext.cnf" -out "$d/server.pem" 2>/dev/null
-}
-certs
+make_test_certs "$work/pki"
 ca=$work/pki/ca.pem
 cert=$work/pki/server.pem
 key=$work/pki/server.key
 
-# A loopback port nobody listens on right now (a connect to it is refused).
-free_port() {
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return 0
-    fi
-  done
-  return 1
-}
 
 # --- keylockd: plain and TLS listeners on ephemeral ports, which its log names.
 kargs=(--listen 127.0.0.1:0 --listen-tls 127.0.0.1:0 --tls-cert-file "$cert" --tls-key-file "$key")
@@ -150,30 +129,7 @@ done
 echo "tls: keylockd pid $kpid on 127.0.0.1:$kport (TLS :$ktport), redis-server pid $rpid on" \
   "127.0.0.1:$rport (TLS :$rtport), both on CPU $server_cpu" >&2
 
-# Percent of all CPUs busy over the next second.
-cpu_busy_pct() {
-  local u1 n1 s1 i1 w1 q1 sq1 st1 u2 n2 s2 i2 w2 q2 sq2 st2
-  read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ </proc/stat
-  sleep 1
-  read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ </proc/stat
-  local busy=$(((u2 + n2 + s2 + q2 + sq2 + st2) - (u1 + n1 + s1 + q1 + sq1 + st1)))
-  local idle=$(((i2 + w2) - (i1 + w1)))
-  echo $((100 * busy / (busy + idle > 0 ? busy + idle : 1)))
-}
 
-# Waits up to $1 seconds for the machine to be under 10 % busy (our idle servers use ~0).
-wait_for_idle() {
-  local cap=$1 waited=0 b
-  b=$(cpu_busy_pct)
-  while [ "$b" -gt 10 ] && [ "$waited" -lt "$cap" ]; do
-    [ "$waited" -eq 0 ] && echo "tls: machine ${b} % busy; waiting up to ${cap} s for it to fall idle" >&2
-    sleep 1
-    waited=$((waited + 2))
-    b=$(cpu_busy_pct)
-  done
-  [ "$b" -gt 10 ] && echo "tls: machine still ${b} % busy; running anyway (see 'other processes CPU %')" >&2
-  echo "$b"
-}
 
 busy=$(wait_for_idle "$wait_idle")
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)

@@ -10,6 +10,9 @@ set -euo pipefail
 
 keylockd=$1
 bench=$2
+tag=tls_smoke
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/keylock-tls-smoke.XXXXXX")
 pids=()
@@ -26,26 +29,8 @@ fail() {
 }
 
 command -v openssl >/dev/null 2>&1 || fail "the openssl command is needed to make certificates"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-  -subj "/CN=tls_smoke CA" -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
-  -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
-printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" >"$work/ext.cnf"
-openssl x509 -req -days 1 -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
-  -CAcreateserial -extfile "$work/ext.cnf" -out "$work/server.pem" 2>/dev/null
+make_test_certs "$work"
 
-# A loopback port nobody listens on right now (a connect to it is refused).
-free_port() {
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return 0
-    fi
-  done
-  return 1
-}
 
 kargs=(--listen 127.0.0.1:0 --listen-tls 127.0.0.1:0 --tls-cert-file "$work/server.pem"
   --tls-key-file "$work/server.key" --log-level info)
