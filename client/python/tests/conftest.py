@@ -5,12 +5,20 @@ import tempfile
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # the keylock package, straight from the tree
+# $KEYLOCK_TEST_INSTALLED=1 (tests/python/wheel.sh): test the keylock package installed in the
+# interpreter's environment (a venv with the wheel), never the source tree's.
+INSTALLED = os.environ.get("KEYLOCK_TEST_INSTALLED") == "1"
+if not INSTALLED:
+    sys.path.insert(0, os.path.dirname(HERE))  # the keylock package, straight from the tree
 sys.path.insert(0, HERE)
 
 from harness import Daemon  # noqa: E402
 
 import keylock  # noqa: E402
+
+if INSTALLED and not os.path.abspath(keylock.__file__).startswith(sys.prefix + os.sep):
+    raise RuntimeError("KEYLOCK_TEST_INSTALLED=1 but keylock was not imported from the "
+                       "environment's installed packages: " + keylock.__file__)
 
 
 @pytest.fixture
