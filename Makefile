@@ -2,7 +2,7 @@
 JOBS ?= $(shell nproc)
 CONFIG ?= config/keylockd.json
 
-.PHONY: deps build run run-cluster test test-asan test-tsan clean
+.PHONY: deps build run run-cluster test test-asan test-tsan packages test-packages clean
 
 deps:
 	./scripts/install-deps.sh
@@ -35,6 +35,16 @@ test-tsan: deps
 	cmake --preset tsan
 	cmake --build --preset tsan -j $(JOBS)
 	ctest --preset tsan -j $(JOBS)
+
+# The Debian packages keylockd and libkeylock-dev (build/package/*.deb), from their own Release
+# build with prefix /usr; then their contents, the unpacked daemon, CLI and consumer, lintian.
+packages: deps
+	cmake --preset package
+	cmake --build --preset package -j $(JOBS)
+	cpack --preset package
+
+test-packages: packages
+	tests/package/deb.sh build/package $(CURDIR)
 
 clean:
 	rm -rf build

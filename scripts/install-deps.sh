@@ -19,6 +19,7 @@ packages=(
   clang libclang-rt-14-dev python3        # libFuzzer targets (scripts/fuzz.sh); chaos driver
   python3-pytest python3-django python3-django-redis python3-redis uwsgi uwsgi-plugin-python3 wrk  # Python client tests, Django example and bench (issue 6)
   python3-build python3-venv python3-setuptools python3-wheel  # the Python sdist and wheel, tested in a venv (issue 16)
+  dpkg-dev lintian help2man               # the Debian packages: dpkg-shlibdeps for Depends, lintian, man pages (issue 16)
   # Cluster mode (issue 13): etcd's v3 gRPC API generated at build time from the protos Debian
   # ships, the gRPC C++ runtime, and etcd itself for the tests.
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc

@@ -7,6 +7,9 @@
 # pkg-config (the same prefix, compiled with g++ and `pkg-config --cflags --libs keylock` only),
 # subdirectory (the consumer's build adds SOURCE_DIR with add_subdirectory). Everything goes to
 # a temporary directory, removed at the end with the daemon it started.
+#
+# With KEYLOCK_CONSUMER_PREFIX set (tests/package/deb.sh: an unpacked libkeylock-dev), the
+# package and pkg-config modes build against that prefix instead of installing BUILD_DIR.
 set -euo pipefail
 mode=$1 build=$2 src=$3 keylockd=$4
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,20 +21,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
+prefix=${KEYLOCK_CONSUMER_PREFIX:-}
 install_prefix() {
-  cmake --install "$build" --prefix "$work/prefix" > "$work/install.log"
+  if [ -z "$prefix" ]; then
+    prefix=$work/prefix
+    cmake --install "$build" --prefix "$prefix" --component dev > "$work/install.log"
+  fi
 }
 
 case $mode in
   package)
     install_prefix
-    cmake -S "$here" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" > "$work/configure.log"
+    cmake -S "$here" -B "$work/build" -DCMAKE_PREFIX_PATH="$prefix" > "$work/configure.log"
     cmake --build "$work/build" -j 2 > "$work/build.log"
     consumer=$work/build/consumer
     ;;
   pkg-config)
     install_prefix
-    pc=$(find "$work/prefix" -name keylock.pc)
+    pc=$(find "$prefix" -name keylock.pc)
     flags=$(PKG_CONFIG_PATH=$(dirname "$pc") pkg-config --cflags --libs keylock)
     # shellcheck disable=SC2086 # the flags are words
     g++ -std=c++20 "$here/main.cpp" -o "$work/consumer" $flags
