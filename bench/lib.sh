@@ -1,4 +1,5 @@
-# Shell helpers shared by bench/run-peers.sh, bench/tls.sh and bench/tls_smoke.sh: source it.
+# Shell helpers shared by bench/run-peers.sh, bench/tls.sh, bench/tls_smoke.sh and
+# tests/bench/smoke.sh: source it.
 # Messages go to stderr, prefixed with $tag (set it before sourcing; default "bench").
 tag=${tag:-bench}
 

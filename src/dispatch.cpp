@@ -1,7 +1,6 @@
 #include "dispatch.hpp"
 
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
 
 #include <string>
 
@@ -21,12 +20,6 @@ constexpr std::uint64_t max_top_n = 100;
 constexpr std::string_view field_names[] = {"id",     "key",    "token",  "ttl_ms", "wait_ms",
                                             "limit",  "target", "auth",   "client", "n",
                                             "noreply", "keys",  "mode", "user"};
-
-std::array<unsigned char, 32> sha256(std::string_view s) {
-  std::array<unsigned char, 32> d{};
-  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d.data());
-  return d;
-}
 
 std::optional<std::uint64_t> id_of(const request& req) {
   return req.has(field::id) ? std::optional<std::uint64_t>(req.id) : std::nullopt;

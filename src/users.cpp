@@ -58,12 +58,6 @@ bool equal_digests(const std::array<unsigned char, 32>& a, const std::array<unsi
   return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
-std::array<unsigned char, 32> sha256(std::string_view s) {
-  std::array<unsigned char, 32> d{};
-  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d.data());
-  return d;
-}
-
 std::optional<std::uint8_t> parse_permission(std::string_view name) {
   if (name == "lock") return bit(permission::lock);
   if (name == "inspect") return bit(permission::inspect);
@@ -153,6 +147,12 @@ std::optional<std::string> parse_user(const json& j, user_account& u) {
 }
 
 }  // namespace
+
+std::array<unsigned char, 32> sha256(std::string_view s) {
+  std::array<unsigned char, 32> d{};
+  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d.data());
+  return d;
+}
 
 std::optional<secret_hash> parse_secret_hash(std::string_view text, std::string& error) {
   auto next = [&](std::string_view& part) {

@@ -38,6 +38,9 @@ inline constexpr std::uint32_t default_hash_iterations = 100'000;
 inline constexpr std::uint32_t min_hash_iterations = 1'000;
 inline constexpr std::uint32_t max_hash_iterations = 10'000'000;
 
+// SHA-256 of `s`: the digest the shared secret and the verified-secret cache compare.
+std::array<unsigned char, 32> sha256(std::string_view s);
+
 // Parses the text form; nullopt with `error` set when it is not one.
 std::optional<secret_hash> parse_secret_hash(std::string_view text, std::string& error);
 

@@ -25,18 +25,10 @@ fail() {
   exit 1
 }
 
-# A loopback port nobody listens on right now (a connect to it is refused).
-free_port() {
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return 0
-    fi
-  done
-  return 1
-}
+# free_port: a loopback port nobody listens on right now.
+tag=smoke
+# shellcheck source=../../bench/lib.sh
+source "$(dirname "$0")/../../bench/lib.sh"
 
 # --- keylockd on an ephemeral port: its log line says which. Its metrics listener (when this
 # build has one) goes to an ephemeral port too, so that it cannot clash with another daemon.
