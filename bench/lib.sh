@@ -16,6 +16,18 @@ free_port() {
   return 1
 }
 
+# 0 once the redis-server of pid $1 logs to $2 that it accepts connections (within 10 s);
+# 1 if it exits or never does.
+redis_ready() {
+  local pid=$1 log=$2
+  for _ in $(seq 200); do
+    grep -q "Ready to accept connections" "$log" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+
 # Percent of all CPUs busy over the next second.
 cpu_busy_pct() {
   local u1 n1 s1 i1 w1 q1 sq1 st1 u2 n2 s2 i2 w2 q2 sq2 st2

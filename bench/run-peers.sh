@@ -101,15 +101,10 @@ start_servers() {
       --appendonly no --daemonize no --maxclients 20000 --logfile "$work/redis.log" \
       --dir "$work" >/dev/null 2>&1 &
     rpid=$!
-    for _ in $(seq 200); do
-      if grep -q "Ready to accept connections" "$work/redis.log" 2>/dev/null; then
-        rport=$p
-        break
-      fi
-      kill -0 "$rpid" 2>/dev/null || break
-      sleep 0.05
-    done
-    [ -n "$rport" ] && break
+    if redis_ready "$rpid" "$work/redis.log"; then
+      rport=$p
+      break
+    fi
     kill "$rpid" 2>/dev/null || true
     wait "$rpid" 2>/dev/null || true
     rpid=""

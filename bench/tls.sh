@@ -112,15 +112,10 @@ for _ in 1 2 3; do
     --tls-auth-clients no --save '' --appendonly no --daemonize no --maxclients 20000 \
     --logfile "$work/redis.log" --dir "$work" >/dev/null 2>&1 &
   rpid=$!
-  for _ in $(seq 200); do
-    if grep -q "Ready to accept connections" "$work/redis.log" 2>/dev/null; then
-      rport=$p rtport=$tp
-      break
-    fi
-    kill -0 "$rpid" 2>/dev/null || break
-    sleep 0.05
-  done
-  [ -n "$rport" ] && break
+  if redis_ready "$rpid" "$work/redis.log"; then
+    rport=$p rtport=$tp
+    break
+  fi
   kill "$rpid" 2>/dev/null || true
   wait "$rpid" 2>/dev/null || true
   rpid=""

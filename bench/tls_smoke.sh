@@ -64,16 +64,7 @@ if command -v redis-server >/dev/null 2>&1; then
       --logfile "$work/redis.log" --dir "$work" >/dev/null 2>&1 &
     rpid=$!
     pids+=("$rpid")
-    up=""
-    for _ in $(seq 200); do
-      if grep -q "Ready to accept connections" "$work/redis.log" 2>/dev/null; then
-        up=1
-        break
-      fi
-      kill -0 "$rpid" 2>/dev/null || break
-      sleep 0.05
-    done
-    if [ -n "$up" ]; then
+    if redis_ready "$rpid" "$work/redis.log"; then
       targets+=(--target "rediss://127.0.0.1:$p")
       kinds+=(rediss)
       break

@@ -25,7 +25,7 @@ fail() {
   exit 1
 }
 
-# free_port: a loopback port nobody listens on right now.
+# free_port (a loopback port nobody listens on right now) and redis_ready.
 tag=smoke
 # shellcheck source=../../bench/lib.sh
 source "$(dirname "$0")/../../bench/lib.sh"
@@ -62,15 +62,10 @@ if command -v redis-server >/dev/null 2>&1; then
       --logfile "$work/redis.log" --dir "$work" >/dev/null 2>&1 &
     rpid=$!
     pids+=("$rpid")
-    for _ in $(seq 200); do
-      if grep -q "Ready to accept connections" "$work/redis.log" 2>/dev/null; then
-        rport=$p
-        break
-      fi
-      kill -0 "$rpid" 2>/dev/null || break
-      sleep 0.05
-    done
-    [ -n "$rport" ] && break
+    if redis_ready "$rpid" "$work/redis.log"; then
+      rport=$p
+      break
+    fi
     echo "smoke: redis-server attempt $attempt on port $p failed" >&2
   done
   [ -n "$rport" ] || { cat "$work/redis.log" >&2; fail "redis-server did not start"; }
