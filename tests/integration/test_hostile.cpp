@@ -500,6 +500,11 @@ TEST_CASE("when the fencing state cannot be made durable no token reaches the st
   REQUIRE(still.held == std::optional<bool>(false));
   REQUIRE(still.waiters == std::optional<std::uint64_t>(1));
 
+  // The daemon has seen a write fail, not merely run out of tokens while its first write
+  // waited for the disk thread (a loaded machine): else that write could run only after the
+  // disk recovers, succeed, and there would be no failure to recover from.
+  REQUIRE(d.wait_log("cannot reserve tokens"));
+
   // The disk recovers: the retry succeeds and the waiter is granted, above every earlier token.
   std::filesystem::remove(dir.path / "fencing.tmp");
   reply grant = parse_reply(waiter.recv_line());
