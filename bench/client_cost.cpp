@@ -65,6 +65,10 @@ int main(int argc, char** argv) {
   keylock::client_options options;
   options.server = argv[1];
   options.auth = "";
+  // CLIENT_SPIN_US: client_options::spin, to compare (default: the library's).
+  if (const char* spin = std::getenv("CLIENT_SPIN_US")) {
+    options.spin = std::chrono::microseconds(std::atoi(spin));
+  }
   keylock::Client client(options);
   keylock::AcquireOptions acquire;
 

@@ -53,6 +53,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -895,7 +896,11 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
   // The leader's turn (io held on entry and on return): polls the socket and handles what it
   // reads until `w` is complete, the connection ends, or lead_window has passed.
   void lead(waiter& w, std::unique_lock<std::mutex>& io) {
-    const auto until = steady::now() + lead_window;
+    const auto start = steady::now();
+    const auto until = start + lead_window;
+    // Spin only while recent answers came within options_.spin: a daemon across a network, or
+    // a lock that is held, answers later, and spinning would only burn CPU.
+    const auto spin_until = recent_answer_ <= options_.spin ? start + options_.spin : start;
     if (!w.done) unwatch();
     while (!w.done && open()) {
       const auto left = std::chrono::ceil<milliseconds>(until - steady::now());
@@ -908,7 +913,13 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
       }
       std::array<pollfd, 2> fds{{{fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}}};
       io.unlock();
-      const int ready = ::poll(fds.data(), fds.size(), static_cast<int>(left.count()));
+      // Spin first: a reply within options_.spin is read without this thread going to sleep
+      // and being woken again, which costs more than the poll calls on a VM.
+      int ready = 0;
+      while ((ready = ::poll(fds.data(), fds.size(), 0)) == 0 && steady::now() < spin_until) {
+        ::sched_yield();  // a daemon on this core runs now instead of after the spin
+      }
+      if (ready == 0) ready = ::poll(fds.data(), fds.size(), static_cast<int>(left.count()));
       io.lock();
       if (fds[1].revents != 0) {
         std::uint64_t count = 0;
@@ -920,6 +931,7 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
     leading_ = false;
     lead_waiter_ = nullptr;
     lead_ended_ = steady::now();
+    if (w.done) recent_answer_ = (7 * recent_answer_ + (lead_ended_ - start)) / 8;
     if (!connected() || watching_) return;
     if (awaiting_frames()) {
       watch();  // someone else's answer is due: the I/O thread reads it
@@ -2249,6 +2261,7 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
   waiter* lead_waiter_ = nullptr;  // the leader's own call
   std::thread::id lead_thread_;
   steady::time_point lead_ended_{};
+  steady::duration recent_answer_{};  // moving average of a leader's wait for its answer
   bool lag_armed_ = false;
   std::vector<std::function<void()>> deferred_;  // user code for the I/O thread (defer)
   bool deferring_ = false;                       // a thread is running it (run_deferred)

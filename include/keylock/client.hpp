@@ -255,6 +255,13 @@ struct client_options {
   // connection, as for any dropped connection. So a dead connection is noticed within two
   // intervals. Zero: no heartbeat.
   std::chrono::milliseconds health_check_interval{5000};
+  // How long a blocking call that reads its own answer polls the socket without sleeping
+  // before it blocks in poll(2), yielding the CPU between polls (so a daemon on the same core
+  // runs). An answer that comes within it is read without the thread being put to sleep and
+  // woken again, which on a VM costs about as much as the daemon's work. It spins only while a
+  // moving average of recent answers is within this bound, so a daemon across a network or a
+  // held lock costs no spinning. Zero: never spin.
+  std::chrono::microseconds spin{50};
 };
 
 // Why a lease stopped being valid, as told to on_lost.
