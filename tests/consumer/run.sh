@@ -14,9 +14,10 @@ set -euo pipefail
 mode=$1 build=$2 src=$3 keylockd=$4
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/keylock-consumer.XXXXXX)
-daemon=
+# shellcheck source=../lib.sh
+. "$here/../lib.sh"
 cleanup() {
-  if [ -n "$daemon" ]; then kill "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true; fi
+  stop_keylockd
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -60,13 +61,5 @@ case $mode in
   *) echo "run.sh: unknown mode $mode" >&2; exit 2 ;;
 esac
 
-"$keylockd" --listen 127.0.0.1:0 --metrics-listen '' 2> "$work/keylockd.log" &
-daemon=$!
-port=
-for _ in $(seq 100); do
-  port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$work/keylockd.log" | head -n 1)
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || { cat "$work/keylockd.log" >&2; exit 1; }
-"$consumer" "127.0.0.1:$port"
+start_keylockd "$work/keylockd.log" "$keylockd" --listen 127.0.0.1:0 --metrics-listen ''
+"$consumer" "127.0.0.1:$keylockd_port"

@@ -16,9 +16,10 @@ pkgdir=$1 src=$2
 version=$(sed -n 's/^CMAKE_PROJECT_VERSION:STATIC=//p' "$pkgdir/CMakeCache.txt")
 [ -n "$version" ] || { echo "deb.sh: no project version in $pkgdir/CMakeCache.txt" >&2; exit 1; }
 work=$(mktemp -d /tmp/keylock-deb.XXXXXX)
-daemon=
+# shellcheck source=../lib.sh
+. "$(dirname "$0")/../lib.sh"
 cleanup() {
-  if [ -n "$daemon" ]; then kill "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true; fi
+  stop_keylockd
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -111,16 +112,10 @@ grep -qx 'User=keylock' "$unit" || fail "the unit does not run as keylock"
 "$root/usr/bin/keylock" --version
 
 mkdir "$work/state"
-"$root/usr/bin/keylockd" --config "$root/etc/keylock/keylockd.json" --listen 127.0.0.1:0 \
-  --metrics-listen '' --state-dir "$work/state" 2> "$work/keylockd.log" &
-daemon=$!
-port=
-for _ in $(seq 100); do
-  port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$work/keylockd.log" | head -n 1)
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || { cat "$work/keylockd.log" >&2; fail "the unpacked keylockd did not listen"; }
+start_keylockd "$work/keylockd.log" "$root/usr/bin/keylockd" \
+  --config "$root/etc/keylock/keylockd.json" --listen 127.0.0.1:0 --metrics-listen '' \
+  --state-dir "$work/state" || fail "the unpacked keylockd did not listen"
+port=$keylockd_port
 out=$("$root/usr/bin/keylock" --server "127.0.0.1:$port" run deb-smoke --wait 10s -- echo held-by-the-package)
 [ "$out" = held-by-the-package ] || fail "keylock run printed: $out"
 "$root/usr/bin/keylock" --server "127.0.0.1:$port" stats | grep -q . || fail "keylock stats printed nothing"
