@@ -931,7 +931,8 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
     leading_ = false;
     lead_waiter_ = nullptr;
     lead_ended_ = steady::now();
-    if (w.done) recent_answer_ = (7 * recent_answer_ + (lead_ended_ - start)) / 8;
+    // A turn that ended unanswered (a held lock, after lead_window) counts at its length.
+    recent_answer_ = (7 * recent_answer_ + (lead_ended_ - start)) / 8;
     if (!connected() || watching_) return;
     if (awaiting_frames()) {
       watch();  // someone else's answer is due: the I/O thread reads it

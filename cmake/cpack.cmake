@@ -69,7 +69,7 @@ add_custom_command(OUTPUT ${KEYLOCK_DEB_DIR}/changelog.Debian.gz
                            > ${KEYLOCK_DEB_DIR}/changelog.Debian.gz
                    DEPENDS ${PROJECT_SOURCE_DIR}/cmake/debian/changelog VERBATIM)
 add_custom_target(keylock_deb_changelog ALL DEPENDS ${KEYLOCK_DEB_DIR}/changelog.Debian.gz)
-# lintian-overrides: the tags left on purpose, each with its reason (README, "Install").
+# lintian-overrides: the tags left on purpose, each with its reason in the file.
 foreach(pair daemon:keylockd dev:libkeylock-dev)
   string(REPLACE ":" ";" pair ${pair})
   list(GET pair 0 component)
