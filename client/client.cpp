@@ -44,6 +44,7 @@
 #include "tls.hpp"
 
 #include <boost/asio/connect.hpp>
+#include <boost/asio/defer.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -325,6 +326,9 @@ struct waiter {
   std::optional<reply> rep;  // ping, inspect, stats, top: the answer (built only for those)
   std::shared_ptr<lease_state> lease;
   std::chrono::nanoseconds rtt{0};
+  // When an asynchronous operation's request was set up: its answer time feeds the spin
+  // decision (client_impl::note_answer). Unset for blocking calls, whose leader measures it.
+  std::chrono::steady_clock::time_point asked{};
   // An asynchronous operation's waiter (a heap-allocated operation that derives from waiter,
   // nobody blocked on it): complete() has the I/O thread run this (deferred, without
   // io_mtx_) instead of waking anyone, and it frees the operation.
@@ -627,7 +631,9 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
             complete(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
             return;
           }
+          w->asked = steady::now();
           setup_acquire(*w, *slot, keys, shape, options);
+          spin_for_answer();
         });
   }
 
@@ -932,13 +938,54 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
     lead_waiter_ = nullptr;
     lead_ended_ = steady::now();
     // A turn that ended unanswered (a held lock, after lead_window) counts at its length.
-    recent_answer_ = (7 * recent_answer_ + (lead_ended_ - start)) / 8;
+    note_answer(lead_ended_ - start);
     if (!connected() || watching_) return;
     if (awaiting_frames()) {
       watch();  // someone else's answer is due: the I/O thread reads it
     } else {
       arm_lag();
     }
+  }
+
+  // One answer's wait, into the moving average that decides whether to spin (capped at
+  // lead_window, the longest a leader's turn lasts, so that one long wait does not stop the
+  // spinning for long).
+  void note_answer(steady::duration took) {
+    recent_answer_ = (7 * recent_answer_ + std::min<steady::duration>(took, lead_window)) / 8;
+  }
+
+  // The asynchronous operations' counterpart of a leader's spin: after an asynchronous
+  // request is sent, while recent answers came within options_.spin, the thread that runs our
+  // handlers (the I/O thread, or the user's io_context) does not sleep in epoll_wait for up to
+  // options_.spin. A handler that yields, reads the socket, and queues itself again keeps the
+  // io_context busy, so the reactor polls (epoll_wait without a timeout) between the turns:
+  // the user's other handlers and I/O keep running, and the answer is read the moment it comes
+  // instead of after a sleep and a wake-up. Not while a leader reads the socket.
+  void spin_for_answer() {
+    if (options_.spin <= std::chrono::microseconds::zero() || recent_answer_ > options_.spin) {
+      return;
+    }
+    spin_until_ = steady::now() + options_.spin;
+    if (spinning_) return;
+    spinning_ = true;
+    asio::defer(ex_, [this, keep = keep_alive()] { spin_step(); });
+  }
+
+  bool spin_goes_on() const {
+    return awaiting_frames() && !leading_ && open() && !closing_ && steady::now() < spin_until_;
+  }
+
+  // One turn of that spin: a yield without io_mtx_ (it holds up no caller), then a read of
+  // the socket as a handler of ours, whose completions run as it ends.
+  void spin_step() {
+    ::sched_yield();  // a daemon on this core runs now
+    guarded([this] {
+      if (spin_goes_on() && read_ready() && spin_goes_on()) {
+        asio::defer(ex_, [this, keep = keep_alive()] { spin_step(); });
+      } else {
+        spinning_ = false;
+      }
+    })();
   }
 
   // Wakes a leader blocked in poll (its call completed elsewhere, or its socket is closing).
@@ -972,7 +1019,9 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
       if (closing_) {
         complete(*w, error_ptr<ConnectionError>("keylock: the client is closed"));
       } else {
+        w->asked = steady::now();
         setup(*w);
+        spin_for_answer();
       }
     });
   }
@@ -1097,6 +1146,7 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
   // completion on the I/O thread.
   void complete(waiter& w, std::exception_ptr error = nullptr) {
     if (w.on_complete != nullptr) {
+      if (w.asked != steady::time_point{}) note_answer(steady::now() - w.asked);
       w.error = std::move(error);
       w.done = true;
       defer([&w] { w.on_complete(w); });  // frees w
@@ -1340,7 +1390,15 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
       return;
     }
     if (leading_) return;  // parked: the leader reads, and re-arms the watch when it leaves
-    if (read_ready()) watch();
+    if (!read_ready()) return;
+    if (deferred_.empty()) {
+      watch();
+      return;
+    }
+    // Completions run as this handler ends. The watch is re-armed after them: the next call
+    // they send arms it anyway (write), after its request is out, so the re-arm's syscall is
+    // not spent between an answer and its completion.
+    asio::defer(ex_, guarded([this] { watch(); }));
   }
 
   // Reads what the socket holds and handles every whole frame in it. False when that ended
@@ -2262,7 +2320,9 @@ class client_impl : public std::enable_shared_from_this<client_impl> {
   waiter* lead_waiter_ = nullptr;  // the leader's own call
   std::thread::id lead_thread_;
   steady::time_point lead_ended_{};
-  steady::duration recent_answer_{};  // moving average of a leader's wait for its answer
+  steady::duration recent_answer_{};  // moving average of the wait for an answer (note_answer)
+  bool spinning_ = false;             // spin_step is queued (spin_for_answer)
+  steady::time_point spin_until_{};
   bool lag_armed_ = false;
   std::vector<std::function<void()>> deferred_;  // user code for the I/O thread (defer)
   bool deferring_ = false;                       // a thread is running it (run_deferred)

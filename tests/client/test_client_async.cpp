@@ -9,11 +9,13 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <ctime>
 #include <filesystem>
 #include <future>
 #include <memory>
@@ -280,6 +282,58 @@ TEST_CASE("a Client on the caller's io_context runs no thread of its own",
     REQUIRE(run_until(io, [&] { return completed; }));
     CHECK(returned_first);
   }
+}
+
+namespace {
+
+// This thread's CPU time so far.
+std::chrono::nanoseconds thread_cpu() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+}  // namespace
+
+TEST_CASE("a Client on the caller's io_context spins for an answer without holding up the "
+          "caller's handlers",
+          "[client][async][on_io]") {
+  keylock::test::daemon d;
+  keylock::Client holder(options_for(d.port(), "holder"));
+  keylock::Lease held = holder.acquire("k");
+  asio::io_context io;
+  auto options = options_for(d.port(), "on-io");
+  options.spin = 60s;  // longer than the test: the whole wait below is spent spinning
+  keylock::Client client(io, options);
+  std::optional<keylock::Lease> warm;  // a first answer: connected, and answers come fast
+  keylock::async_acquire(client, "warm", {},
+                         asio::bind_executor(io, [&](std::exception_ptr error, keylock::Lease l) {
+                           REQUIRE_FALSE(error);
+                           warm = std::move(l);
+                         }));
+  REQUIRE(run_until(io, [&] { return warm.has_value(); }));
+
+  std::optional<keylock::Lease> granted;
+  keylock::async_acquire(client, "k", {},
+                         asio::bind_executor(io, [&](std::exception_ptr error, keylock::Lease l) {
+                           REQUIRE_FALSE(error);
+                           granted = std::move(l);
+                         }));
+  // While the acquire waits in the daemon's queue, the caller's timer still fires: the spin
+  // yields the io_context between its turns. And the thread did not sleep meanwhile: it spent
+  // CPU time, where a wait in epoll_wait spends next to none.
+  bool fired = false;
+  asio::steady_timer timer(io, 100ms);
+  timer.async_wait([&](boost::system::error_code) { fired = true; });
+  const auto cpu_before = thread_cpu();
+  REQUIRE(run_until(io, [&] { return fired; }));
+  const auto spent = thread_cpu() - cpu_before;
+  CHECK_FALSE(granted.has_value());
+  CHECK(spent >= 20ms);  // of the >= 100 ms the timer took; unspun, well under 1 ms
+
+  held.release();
+  REQUIRE(run_until(io, [&] { return granted.has_value(); }));
+  CHECK(granted->valid());
 }
 
 TEST_CASE("destroying a Client on the caller's io_context ends its waiting acquires and work",
