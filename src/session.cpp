@@ -251,7 +251,7 @@ class tcp_session final : public session {
     } else if (ec) {
       failed(ec);
     }
-    host().after_batch();
+    host().after_reads();
     if (!closed()) do_read();
   }
 

@@ -52,6 +52,9 @@ class session_host {
   virtual request& scratch_request() = 0;      // shared decode target
   virtual void mark_dirty(owner_id owner) = 0;  // this session has output to flush
   virtual void after_batch() = 0;              // flush dirty sessions, re-arm the deadline timer
+  // after_batch once the reads of this wake-up are all handled: replies to every ready
+  // session go out together.
+  virtual void after_reads() = 0;
   virtual void on_closed(session& s, bool draining) = 0;
   virtual void on_socket_closed(session& s) = 0;  // its descriptor is released
   virtual void on_authenticated(session& s) = 0;  // its hello passed auth
