@@ -21,8 +21,9 @@
 // that thread to the handler's executor, one thread wake per operation. With a Client on the
 // handler's io_context (Client(io, options)), the reply is read on the thread that runs that
 // io_context, and the handler runs right there, at once (dispatch), when the operation
-// completes after its initiation: no queueing and no wake, so an operation costs what a
-// blocking call does.
+// completes after its initiation: no queueing and no wake. While the answer is due within
+// client_options::spin, that thread polls for it between your handlers rather than sleeping
+// in epoll_wait (see `spin`), so an operation costs what a blocking call does.
 //
 // Cancelling a pending operation: Debian's Boost 1.74 (Asio 1.18) has no per-operation
 // cancellation slots, so the operation takes a std::stop_token in AcquireOptions::stop;

@@ -255,12 +255,16 @@ struct client_options {
   // connection, as for any dropped connection. So a dead connection is noticed within two
   // intervals. Zero: no heartbeat.
   std::chrono::milliseconds health_check_interval{5000};
-  // How long a blocking call that reads its own answer polls the socket without sleeping
-  // before it blocks in poll(2), yielding the CPU between polls (so a daemon on the same core
-  // runs). An answer that comes within it is read without the thread being put to sleep and
-  // woken again, which on a VM costs about as much as the daemon's work. It spins only while a
-  // moving average of recent answers is within this bound, so a daemon across a network or a
-  // held lock costs no spinning. Zero: never spin.
+  // How long the thread that reads an answer polls the socket without sleeping before it
+  // sleeps, yielding the CPU between polls (so a daemon on the same core runs). An answer that
+  // comes within it is read without the thread being put to sleep and woken again, which on a
+  // VM costs about as much as the daemon's work. A blocking call polls in its own thread before
+  // it blocks in poll(2). An asynchronous operation's reader (the I/O thread, or the thread
+  // running your io_context for Client(io, options)) queues a handler that yields and reads
+  // and queues itself again, instead of sleeping in epoll_wait: your other handlers and I/O
+  // run between its turns. It spins only while a moving average of recent answers is within
+  // this bound, so a daemon across a network or a held lock costs no spinning. Zero: never
+  // spin (and set it to zero when the client shares a core with its daemon).
   std::chrono::microseconds spin{50};
 };
 
