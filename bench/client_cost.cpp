@@ -69,6 +69,9 @@ int main(int argc, char** argv) {
   if (const char* spin = std::getenv("CLIENT_SPIN_US")) {
     options.spin = std::chrono::microseconds(std::atoi(spin));
   }
+  // The io_context of the callback path, declared first: it must outlive the Client whose I/O
+  // thread posts completions to it.
+  boost::asio::io_context callback_io;
   keylock::Client client(options);
   keylock::AcquireOptions acquire;
 
@@ -88,7 +91,8 @@ int main(int argc, char** argv) {
     }
   };
   auto callback = [&](int n, marks& m) {
-    boost::asio::io_context io;
+    boost::asio::io_context& io = callback_io;
+    io.restart();
     int left = n;
     std::function<void()> next = [&] {
       m.push_back(clock_type::now());

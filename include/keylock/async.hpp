@@ -25,6 +25,11 @@
 // client_options::spin, that thread polls for it between your handlers rather than sleeping
 // in epoll_wait (see `spin`), so an operation costs what a blocking call does.
 //
+// Lifetimes: an io_context that a Client with its own I/O thread completes operations on must
+// outlive that Client, as with any object that posts to it: declare the io_context first. The
+// I/O thread may still be returning from its post to the io_context when the handler has
+// already run there, so destroying the io_context after the last handler is not enough.
+//
 // Cancelling a pending operation: Debian's Boost 1.74 (Asio 1.18) has no per-operation
 // cancellation slots, so the operation takes a std::stop_token in AcquireOptions::stop;
 // requesting stop completes it with Cancelled after withdrawing the acquire on the daemon (a

@@ -46,8 +46,8 @@ bool run_until(asio::io_context& io, Pred done) {
 
 TEST_CASE("async_acquire completes a callback on the caller's executor", "[client][async]") {
   keylock::test::daemon d;
+  asio::io_context io;  // outlives the Client, whose I/O thread posts to it (async.hpp)
   keylock::Client client(options_for(d.port()));
-  asio::io_context io;
   const auto io_thread = std::this_thread::get_id();
   std::optional<keylock::Lease> got;
   bool on_io_thread = false;
@@ -84,8 +84,8 @@ TEST_CASE("async_acquire with use_future rethrows the typed exception", "[client
 
 TEST_CASE("async_acquire with use_awaitable in a coroutine", "[client][async]") {
   keylock::test::daemon d;
+  asio::io_context io;  // outlives the Client, whose I/O thread posts to it (async.hpp)
   keylock::Client client(options_for(d.port()));
-  asio::io_context io;
   std::uint64_t token = 0;
   bool timed_out = false;
   bool finished = false;
@@ -131,6 +131,7 @@ TEST_CASE("a pending async_acquire is cancelled through its stop_token", "[clien
 TEST_CASE("async_extend and async_release complete as extend and release would",
           "[client][async]") {
   keylock::test::daemon d({"--max-ttl-ms", "60000"});
+  asio::io_context io;  // outlives the Client, whose I/O thread posts to it (async.hpp)
   keylock::Client client(options_for(d.port()));
   keylock::AcquireOptions options;
   options.ttl = 5s;
@@ -148,7 +149,6 @@ TEST_CASE("async_extend and async_release complete as extend and release would",
   CHECK(client.locked("k"));
 
   // A callback on the caller's executor; the Lease is empty from the call on.
-  asio::io_context io;
   std::optional<std::exception_ptr> released;
   keylock::async_release(
       lease, keylock::release_mode::confirmed,
