@@ -5,6 +5,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -74,9 +75,15 @@ struct daemon::state {
       log.clear();
       eof = false;
     }
+    const pid_t parent = ::getpid();
     pid = ::fork();
     if (pid < 0) throw std::runtime_error("fork failed");
     if (pid == 0) {
+      // Stopped with the test process even when that one dies without running ~daemon (a
+      // crash, a sanitizer's abort): an orphan would keep ctest's output pipe open, and ctest
+      // would wait for it until its timeout. (The test's main thread forks, and outlives us.)
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() != parent) ::_exit(1);
       ::dup2(fds[1], 2);
       ::execv(argv[0], argv.data());
       ::_exit(127);
