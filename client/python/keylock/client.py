@@ -1275,7 +1275,8 @@ class Client:
         answered: Optional[float] = None  # when the socket first had something to read
         # Spin only while recent answers came within the bound: a daemon across a network, or
         # a held lock, answers later, and spinning would only burn CPU.
-        spin_until = start + self._spin if 0 < self._spin and self._recent_answer <= self._spin else 0.0
+        spinning = 0 < self._spin and self._recent_answer <= self._spin
+        spin_until = start + self._spin if spinning else 0.0
         try:
             end = start + _LEAD_WINDOW
             if until is not None:
