@@ -81,7 +81,8 @@ struct daemon::state {
     if (pid == 0) {
       // Stopped with the test process even when that one dies without running ~daemon (a
       // crash, a sanitizer's abort): an orphan would keep ctest's output pipe open, and ctest
-      // would wait for it until its timeout. (The test's main thread forks, and outlives us.)
+      // would wait for it until its timeout. The signal comes when the forking thread ends:
+      // that is the test's main thread, which lives as long as the test process.
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);
       if (::getppid() != parent) ::_exit(1);
       ::dup2(fds[1], 2);
