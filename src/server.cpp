@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -228,13 +229,15 @@ struct server::impl final : session_host, delivery {
     ev.watch = [this](const etcd_watch_batch& batch) {
       cluster_step([&](tick t, auto& out) { coordinator_->on_watch(batch, t, out); });
     };
-    ev.health = [this](bool reachable, const std::string& reason) {
-      if (!reachable && etcd_problem_ != reason) {
-        spdlog::warn("cluster: etcd: {}", reason);
-      } else if (reachable && !etcd_problem_.empty()) {
-        spdlog::info("cluster: etcd reachable again");
+    ev.health = [this](etcd_path path, bool reachable, const std::string& reason) {
+      std::string& problem = etcd_problems_[static_cast<std::size_t>(path)];
+      const char* what = path == etcd_path::lease ? "lease" : "watch";
+      if (!reachable && problem != reason) {
+        spdlog::warn("cluster: etcd: {} (the {} path)", reason, what);
+      } else if (reachable && !problem.empty()) {
+        spdlog::info("cluster: etcd reachable again (the {} path)", what);
       }
-      etcd_problem_ = reachable ? std::string() : reason;
+      problem = reachable ? std::string() : reason;
     };
     ev.round_trip = [this](std::chrono::nanoseconds d) { etcd_rtt_.observe(d); };
     runtime_ = std::make_unique<cluster_runtime>(
@@ -412,16 +415,19 @@ struct server::impl final : session_host, delivery {
   // Why the daemon cannot grant, for /healthz and /readyz; empty when it can.
   std::string degraded_reason() const {
     if (coordinator_) {
+      // The lease's problem first: without a lease nothing is granted.
+      const std::string& problem =
+          etcd_problems_[0].empty() ? etcd_problems_[1] : etcd_problems_[0];
       if (!coordinator_->up() || now() >= cluster_proven_until()) {
         return "cluster: no etcd lease proven alive" +
-               (etcd_problem_.empty() ? std::string() : " (" + etcd_problem_ + ")") +
+               (problem.empty() ? std::string() : " (" + problem + ")") +
                "; acquires answer unavailable";
       }
       if (!coordinator_->mirrored()) {
         return "cluster: etcd watch not synced yet" +
-               (etcd_problem_.empty() ? std::string() : " (" + etcd_problem_ + ")");
+               (problem.empty() ? std::string() : " (" + problem + ")");
       }
-      if (!etcd_problem_.empty()) return "cluster: etcd: " + etcd_problem_;
+      if (!problem.empty()) return "cluster: etcd: " + problem;
       return {};
     }
     if (tokens_.ready()) return {};
@@ -919,7 +925,8 @@ struct server::impl final : session_host, delivery {
   std::chrono::microseconds watchdog_every_{0};
   std::optional<tick> cluster_armed_;
   std::string node_name_;
-  std::string etcd_problem_;           // why etcd could not be reached; empty when it could
+  // Why etcd could not be reached, per etcd_path (lease, watch); empty when it could.
+  std::array<std::string, 2> etcd_problems_;
   duration_histogram etcd_rtt_;
   std::optional<tick> armed_;
   std::uint64_t timer_generation_ = 0;

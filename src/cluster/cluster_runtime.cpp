@@ -69,7 +69,7 @@ void cluster_runtime::lease_loop() {
       wake_.notify_all();
     });
     if (!st.ok()) {
-      post_([this, msg = st.message] { events_.health(false, msg); });
+      post_([this, msg = st.message] { events_.health(etcd_path::lease, false, msg); });
       if (!pause(retry_pause)) return;
       continue;
     }
@@ -81,7 +81,7 @@ void cluster_runtime::lease_loop() {
     }
     current_.store(s, std::memory_order_release);
     post_([this, lease] {
-      events_.health(true, "");
+      events_.health(etcd_path::lease, true, "");
       events_.session_up(lease);
     });
     {
@@ -93,7 +93,7 @@ void cluster_runtime::lease_loop() {
     // effort: if etcd is unreachable it runs out by itself) and a new one is taken.
     current_.store(nullptr, std::memory_order_release);
     post_([this] {
-      events_.health(false, "etcd lease could not be kept alive");
+      events_.health(etcd_path::lease, false, "etcd lease could not be kept alive");
       events_.session_lost();
     });
     s->stop();
@@ -111,11 +111,14 @@ void cluster_runtime::watch_loop() {
     std::int64_t revision = 0;
     etcd_status st = client_.list_prefix(range, &kvs, &revision);
     if (!st.ok()) {
-      post_([this, msg = st.message] { events_.health(false, msg); });
+      post_([this, msg = st.message] { events_.health(etcd_path::watch, false, msg); });
       if (!pause(retry_pause)) return;
       continue;
     }
-    post_([this, revision, kvs] { events_.snapshot(revision, kvs); });
+    post_([this, revision, kvs] {
+      events_.health(etcd_path::watch, true, "");
+      events_.snapshot(revision, kvs);
+    });
     st = client_.watch_prefix(range, revision + 1, [this](const etcd_watch_batch& batch) {
       post_([this, batch] { events_.watch(batch); });
       std::lock_guard lock(mutex_);
@@ -159,7 +162,8 @@ void cluster_runtime::create(const std::string& key, const std::string& etcd_key
     std::int64_t rev = 0;
     std::string value;
     const auto t0 = steady_clock::now();
-    etcd_status st = client_.create(etcd_key, options_.node, lease, &created, &rev, &value, leaving);
+    etcd_status st =
+        client_.create(etcd_key, options_.node, lease, &created, &rev, &value, leaving);
     const auto rtt = steady_clock::now() - t0;
     // Not created: the key existed. Ours (an earlier try that timed out) counts; another
     // lease's cannot happen (the lease id is in the key).

@@ -34,6 +34,9 @@ struct cluster_runtime_options {
   std::string node;
 };
 
+// The runtime's paths to etcd, each failing and recovering on its own.
+enum class etcd_path { lease, watch };
+
 // What the runtime reports, each called on the loop thread (through `post`).
 struct cluster_events {
   std::function<void(std::int64_t lease)> session_up;
@@ -45,8 +48,10 @@ struct cluster_events {
   std::function<void(std::int64_t revision)> revision;
   std::function<void(std::int64_t revision, const std::vector<etcd_kv>& kvs)> snapshot;
   std::function<void(const etcd_watch_batch& batch)> watch;
-  // etcd could (not) be reached; the reason is for /readyz and the log.
-  std::function<void(bool reachable, const std::string& reason)> health;
+  // etcd could (not) be reached on one path; the reason is for /readyz and the log. Each path
+  // reports its own recovery: the lease loop when a lease is granted, the watch loop when a
+  // list succeeds.
+  std::function<void(etcd_path path, bool reachable, const std::string& reason)> health;
   // One etcd request's round trip (ops, lists, lease grants, keep-alives are not included).
   std::function<void(std::chrono::nanoseconds)> round_trip;
 };

@@ -337,6 +337,27 @@ TEST_CASE(
   CHECK(*again.token > *r.token);
 }
 
+// A failed list of the watch loop made /readyz say 503 ("cluster: etcd: Deadline Exceeded")
+// for good when the lease loop had reported etcd reachable before it: only a new lease cleared
+// the reason, and the lease, which outlives a short outage, was never taken again.
+TEST_CASE("cluster: a daemon is ready again once etcd is back within its lease's ttl",
+          "[cluster]") {
+  etcd_cluster etcd(1);
+  test::tcp_relay relay(etcd.client_port(0));
+  // A lease ttl that outlasts the cut: the daemon keeps its lease and only its watch breaks.
+  test::daemon a(node_args(test::url(relay.port()), "node-a", {}, "15000"));
+  wait_ready(a);
+  relay.cut(true);
+  // The watch stream breaks; listing again fails (the rpc deadline passes while cut).
+  REQUIRE(eventually([&] {
+    auto resp = test::http_get(a.metrics_port(), "/readyz");
+    return resp.status == 503 && resp.body.find("cluster: etcd: ") != std::string::npos;
+  }));
+  relay.cut(false);
+  wait_ready(a);
+  CHECK(metric(a, "keylock_cluster_sessions_lost_total") == 0);
+}
+
 TEST_CASE("cluster: a dead daemon's keys are granted elsewhere after its etcd lease runs out",
           "[cluster]") {
   etcd_cluster etcd(1);
