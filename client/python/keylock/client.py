@@ -281,6 +281,7 @@ class _LeaseState:
         on_lost,
         mode: str = EXCLUSIVE,
         reentrant: bool = False,
+        pid: int = 0,
     ) -> None:
         self.keys = keys
         self.key = keys[0]  # names the lease in release/extend (the daemon takes any member)
@@ -289,7 +290,7 @@ class _LeaseState:
         self.reentrant = reentrant
         self.depth = 1  # open holds of a reentrant lease
         self.holder: Optional[Tuple[int, Any]] = None  # _holder_id() of a reentrant lease
-        self.pid = os.getpid()
+        self.pid = pid or os.getpid()  # the process it was granted to
         self.status = _HELD
         self.ttl = ttl
         self.auto_extend = auto_extend
@@ -1483,7 +1484,7 @@ class Client:
                 if isinstance(sock, ssl.SSLSocket):
                     _tls_send_all(sock, data, self._tls_lock, self._request_timeout)
                 else:
-                    sock.sendall(data)
+                    _send_all(sock, data)
             except OSError:
                 # Let the I/O thread notice (its read fails) and handle the drop.
                 _shutdown(sock)
@@ -1854,6 +1855,7 @@ class Client:
                 call.on_lost,
                 call.fields.get("mode", EXCLUSIVE),
                 call.reentrant,
+                self._pid,  # current: a fork child resets the client before it reads
             )
             # The grant happened at most one one-way trip ago: count the ttl from its arrival.
             self._leases.add(st, time.monotonic())
@@ -2142,6 +2144,19 @@ class Client:
                 sock.close()
             except OSError:
                 pass
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    """sock.sendall(data), in one write(2) when the socket buffer takes it all, as it almost
+    always does for frames: on a socket with a timeout, sendall polls before every send, a
+    second system call each time. The rest, if any, goes by sendall, bounded by the socket's
+    timeout (socket.timeout, an OSError, when the peer does not read)."""
+    try:
+        sent = os.write(sock.fileno(), data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
 
 
 def _shutdown(sock: socket.socket) -> None:
