@@ -9,8 +9,10 @@
 #
 # Starts and stops its own keylockd and redis-server (both pinned to CPU 1) and uWSGI
 # (4 processes x 4 threads, unpinned); wrk runs pinned to CPU 0 with the same threads,
-# connections and duration for every view. Writes the table, the exact commands, the date and
-# the machine to bench/DJANGO.md (OUT=... to change) and prints it.
+# connections and duration for every view; then none, keylock-own and redis-own again with one
+# connection (wrk -t 1 -c 1): the latency a lock adds to a request that does not queue for a
+# CPU. Writes the tables, the exact commands, the date and the machine to bench/DJANGO.md
+# (OUT=... to change) and prints it.
 #
 # Environment: KEYLOCKD (default build/release/src/keylockd, built if missing), DURATION (10 s),
 # WARMUP (2 s), WRK_THREADS (4), WRK_CONNECTIONS (16), UWSGI_PROCESSES (4), UWSGI_THREADS (4).
@@ -120,19 +122,30 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 declare -A RPS P50 P99 REQS ERRS NON2XX BUSY
 WRK_BASE=(taskset -c 0 wrk -t "$WRK_THREADS" -c "$WRK_CONNECTIONS" --latency --timeout 30s)
+WRK_ONE=(taskset -c 0 wrk -t 1 -c 1 --latency --timeout 30s)
+run_view() {  # name (the results' key), view, wrk command...
+  local name=$1 variant=$2 url; shift 2
+  url="http://127.0.0.1:$HTTP_PORT/bench/$variant"
+  BUSY[$name]=$(wait_idle)
+  "$@" -d "${WARMUP}s" "$url" >/dev/null
+  "$@" -d "${DURATION}s" "$url" >"$TMP/wrk-$name.txt"
+  RPS[$name]=$(awk '/^Requests\/sec:/ {print $2}' "$TMP/wrk-$name.txt")
+  P50[$name]=$(awk '/Latency Distribution/ {d=1} d && $1=="50%" {print $2; exit}' "$TMP/wrk-$name.txt")
+  P99[$name]=$(awk '/Latency Distribution/ {d=1} d && $1=="99%" {print $2; exit}' "$TMP/wrk-$name.txt")
+  REQS[$name]=$(awk '/requests in/ {print $1; exit}' "$TMP/wrk-$name.txt")
+  ERRS[$name]=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10; exit}' "$TMP/wrk-$name.txt")
+  NON2XX[$name]=$(awk '/Non-2xx/ {print $NF; exit}' "$TMP/wrk-$name.txt")
+  echo "django-overhead: $name: ${RPS[$name]} requests/s, p50 ${P50[$name]}, p99 ${P99[$name]}" >&2
+}
 VARIANTS=(none keylock redis keylock-own redis-own)
 for variant in "${VARIANTS[@]}"; do
-  url="http://127.0.0.1:$HTTP_PORT/bench/$variant"
-  BUSY[$variant]=$(wait_idle)
-  "${WRK_BASE[@]}" -d "${WARMUP}s" "$url" >/dev/null
-  "${WRK_BASE[@]}" -d "${DURATION}s" "$url" >"$TMP/wrk-$variant.txt"
-  RPS[$variant]=$(awk '/^Requests\/sec:/ {print $2}' "$TMP/wrk-$variant.txt")
-  P50[$variant]=$(awk '/Latency Distribution/ {d=1} d && $1=="50%" {print $2; exit}' "$TMP/wrk-$variant.txt")
-  P99[$variant]=$(awk '/Latency Distribution/ {d=1} d && $1=="99%" {print $2; exit}' "$TMP/wrk-$variant.txt")
-  REQS[$variant]=$(awk '/requests in/ {print $1; exit}' "$TMP/wrk-$variant.txt")
-  ERRS[$variant]=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10; exit}' "$TMP/wrk-$variant.txt")
-  NON2XX[$variant]=$(awk '/Non-2xx/ {print $NF; exit}' "$TMP/wrk-$variant.txt")
-  echo "django-overhead: $variant: ${RPS[$variant]} requests/s, p50 ${P50[$variant]}, p99 ${P99[$variant]}" >&2
+  run_view "$variant" "$variant" "${WRK_BASE[@]}"
+done
+# The same uncontended views, one request at a time: the latency a lock adds to a request
+# when no request queues for a CPU behind another.
+ONE_VARIANTS=(none keylock-own redis-own)
+for variant in "${ONE_VARIANTS[@]}"; do
+  run_view "one-$variant" "$variant" "${WRK_ONE[@]}"
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -184,6 +197,23 @@ REDISPY_V=$($PY -c 'import redis; print(redis.__version__)')
   echo "at the right moment win: a request that finds the key free goes at once (a low p50), one"
   echo "that found it taken sleeps 0.1 s per retry (a p99 of hundreds of milliseconds)."
   echo
+  echo "The same views one request at a time (\`wrk -t 1 -c 1\`, same duration):"
+  echo
+  echo "| view, one connection | requests/s | latency p50 | latency p99 | requests | socket errors | non-2xx | CPUs busy before |"
+  echo "|:--|--:|--:|--:|--:|--:|--:|--:|"
+  for variant in "${ONE_VARIANTS[@]}"; do
+    name=one-$variant
+    echo "| \`/bench/$variant\` | ${RPS[$name]} | ${P50[$name]} | ${P99[$name]} | ${REQS[$name]} | ${ERRS[$name]:-0} | ${NON2XX[$name]:-0} | ${BUSY[$name]} % |"
+  done
+  echo
+  echo "A key per request, one connection: latency p50 added over no lock, keylock"
+  echo "$(added "${P50[one-keylock-own]}" "${P50[one-none]}") µs, django-redis $(added "${P50[one-redis-own]}" "${P50[one-none]}") µs."
+  echo
+  echo "Which to quote: with $WRK_CONNECTIONS connections on $(nproc) CPUs every request queues for a CPU, so"
+  echo "the p50 a lock adds there is mostly the CPU it costs per request (its own, the server's"
+  echo "and the kernel's), multiplied by the queue; one request at a time, it is the latency the"
+  echo "lock adds to a request."
+  echo
   echo "## Setup"
   echo
   echo "- Date: $START; git $GIT$DIRTY"
@@ -198,7 +228,7 @@ REDISPY_V=$($PY -c 'import redis; print(redis.__version__)')
   echo "- Placement: keylockd and redis-server pinned to CPU 1, wrk to CPU 0, uWSGI unpinned."
   echo "- uWSGI: $UWSGI_PROCESSES processes x $UWSGI_THREADS threads, HTTP/1.1 keep-alive socket, request logging off;"
   echo "  SQLite is configured but these views do not touch it."
-  echo "- wrk: $WRK_THREADS threads, $WRK_CONNECTIONS connections, ${WARMUP} s warm-up then ${DURATION} s measured per view."
+  echo "- wrk: $WRK_THREADS threads, $WRK_CONNECTIONS connections (then 1 and 1), ${WARMUP} s warm-up then ${DURATION} s measured per view."
   echo
   echo "## Commands"
   echo
@@ -211,10 +241,13 @@ REDISPY_V=$($PY -c 'import redis; print(redis.__version__)')
   for variant in "${VARIANTS[@]}"; do
     echo "${WRK_BASE[*]} -d ${DURATION}s http://127.0.0.1:$HTTP_PORT/bench/$variant"
   done
+  for variant in "${ONE_VARIANTS[@]}"; do
+    echo "${WRK_ONE[*]} -d ${DURATION}s http://127.0.0.1:$HTTP_PORT/bench/$variant"
+  done
   echo '```'
   echo
   echo "## wrk output"
-  for variant in "${VARIANTS[@]}"; do
+  for variant in "${VARIANTS[@]}" "${ONE_VARIANTS[@]/#/one-}"; do
     echo
     echo "### $variant"
     echo
