@@ -14,8 +14,9 @@
 # CPU. Writes the tables, the exact commands, the date and the machine to bench/DJANGO.md
 # (OUT=... to change) and prints it.
 #
-# Environment: KEYLOCKD (default build/release/src/keylockd, built if missing), DURATION (10 s),
-# WARMUP (2 s), WRK_THREADS (4), WRK_CONNECTIONS (16), UWSGI_PROCESSES (4), UWSGI_THREADS (4).
+# Environment: KEYLOCKD (default build/release/src/keylockd, built if missing), ROUNDS (3: each
+# runs every view once; the report gives medians), DURATION (10 s), WARMUP (2 s),
+# WRK_THREADS (4), WRK_CONNECTIONS (16), UWSGI_PROCESSES (4), UWSGI_THREADS (4).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,6 +24,7 @@ SITE=$REPO/examples/django_site
 OUT=${OUT:-$REPO/bench/DJANGO.md}
 PY=/usr/bin/python3  # Debian's: it has python3-django, python3-django-redis, python3-redis
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}
 WRK_THREADS=${WRK_THREADS:-4}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-16}
@@ -118,44 +120,79 @@ wait_idle() {  # up to IDLE_WAIT s (30) for the machine to be below 25 % busy; p
   done
   echo "$busy"
 }
+us() {  # wrk's "812.00us", "1.23ms", "2.01s" -> microseconds
+  awk -v t="$1" 'BEGIN { n = t + 0; if (t ~ /us$/) m = 1; else if (t ~ /ms$/) m = 1000;
+    else if (t ~ /s$/) m = 1000000; else m = 1; printf "%.0f", n * m }'
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+# Per run, keyed "name round": requests/s, p50 and p99 (µs), requests, errors, busy before.
 declare -A RPS P50 P99 REQS ERRS NON2XX BUSY
 WRK_BASE=(taskset -c 0 wrk -t "$WRK_THREADS" -c "$WRK_CONNECTIONS" --latency --timeout 30s)
 WRK_ONE=(taskset -c 0 wrk -t 1 -c 1 --latency --timeout 30s)
-run_view() {  # name (the results' key), view, wrk command...
-  local name=$1 variant=$2 url; shift 2
+run_view() {  # name (the results' key), view, round, wrk command...
+  local name=$1 variant=$2 round=$3 url out; shift 3
   url="http://127.0.0.1:$HTTP_PORT/bench/$variant"
-  BUSY[$name]=$(wait_idle)
+  out=$TMP/wrk-$name.txt  # the last round's is kept for the report
+  BUSY[$name $round]=$(wait_idle)
   "$@" -d "${WARMUP}s" "$url" >/dev/null
-  "$@" -d "${DURATION}s" "$url" >"$TMP/wrk-$name.txt"
-  RPS[$name]=$(awk '/^Requests\/sec:/ {print $2}' "$TMP/wrk-$name.txt")
-  P50[$name]=$(awk '/Latency Distribution/ {d=1} d && $1=="50%" {print $2; exit}' "$TMP/wrk-$name.txt")
-  P99[$name]=$(awk '/Latency Distribution/ {d=1} d && $1=="99%" {print $2; exit}' "$TMP/wrk-$name.txt")
-  REQS[$name]=$(awk '/requests in/ {print $1; exit}' "$TMP/wrk-$name.txt")
-  ERRS[$name]=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10; exit}' "$TMP/wrk-$name.txt")
-  NON2XX[$name]=$(awk '/Non-2xx/ {print $NF; exit}' "$TMP/wrk-$name.txt")
-  echo "django-overhead: $name: ${RPS[$name]} requests/s, p50 ${P50[$name]}, p99 ${P99[$name]}" >&2
+  "$@" -d "${DURATION}s" "$url" >"$out"
+  RPS[$name $round]=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+  P50[$name $round]=$(us "$(awk '/Latency Distribution/ {d=1} d && $1=="50%" {print $2; exit}' "$out")")
+  P99[$name $round]=$(us "$(awk '/Latency Distribution/ {d=1} d && $1=="99%" {print $2; exit}' "$out")")
+  REQS[$name $round]=$(awk '/requests in/ {print $1; exit}' "$out")
+  ERRS[$name $round]=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10; exit}' "$out")
+  NON2XX[$name $round]=$(awk '/Non-2xx/ {print $NF; exit}' "$out")
+  echo "django-overhead: round $round: $name: ${RPS[$name $round]} requests/s, p50 ${P50[$name $round]} µs, p99 ${P99[$name $round]} µs" >&2
 }
 VARIANTS=(none keylock redis keylock-own redis-own)
-for variant in "${VARIANTS[@]}"; do
-  run_view "$variant" "$variant" "${WRK_BASE[@]}"
-done
 # The same uncontended views, one request at a time: the latency a lock adds to a request
 # when no request queues for a CPU behind another.
 ONE_VARIANTS=(none keylock-own redis-own)
-for variant in "${ONE_VARIANTS[@]}"; do
-  run_view "one-$variant" "$variant" "${WRK_ONE[@]}"
+# Rounds, each running every view once, so that a slow spell of the machine lands on all
+# views alike; the report gives medians over rounds.
+for round in $(seq "$ROUNDS"); do
+  for variant in "${VARIANTS[@]}"; do
+    run_view "$variant" "$variant" "$round" "${WRK_BASE[@]}"
+  done
+  for variant in "${ONE_VARIANTS[@]}"; do
+    run_view "one-$variant" "$variant" "$round" "${WRK_ONE[@]}"
+  done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- report ----------------------------------------------------------------------------------
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f %%", 100 * a / b }'; }
-us() {  # wrk's "812.00us", "1.23ms", "2.01s" -> microseconds
-  awk -v t="$1" 'BEGIN { n = t + 0; if (t ~ /us$/) m = 1; else if (t ~ /ms$/) m = 1000;
-    else if (t ~ /s$/) m = 1000000; else m = 1; printf "%.0f", n * m }'
+over_rounds() {  # how (median, sum, max), array name, result name: that over the rounds
+  local how=$1 name=$3 r vals=()
+  local -n arr=$2
+  for r in $(seq "$ROUNDS"); do vals+=("${arr[$name $r]:-0}"); done
+  case $how in
+    median) median "${vals[@]}" ;;
+    sum) printf '%s\n' "${vals[@]}" | awk '{s += $1} END {print s}' ;;
+    max) printf '%s\n' "${vals[@]}" | sort -g | tail -1 ;;
+  esac
 }
-added() { echo $(( $(us "$1") - $(us "$2") )); }  # p50 of a view minus p50 of no lock, µs
+# The p50 a view adds over no lock, per round (µs), for result names view and none.
+added_per_round() {
+  local view=$1 none=$2 r out=()
+  for r in $(seq "$ROUNDS"); do out+=($(( ${P50[$view $r]} - ${P50[$none $r]} ))); done
+  echo "${out[@]}"
+}
+row() {  # label, result name, with "vs no lock" (1) or not (0)
+  local label=$1 name=$2 rps vs=
+  rps=$(over_rounds median RPS "$name")
+  [ "$3" = 1 ] && vs=" $(pct "$rps" "$(over_rounds median RPS none)") |"
+  echo "| $label | $rps |$vs $(over_rounds median P50 "$name") µs | $(over_rounds median P99 "$name") µs | $(over_rounds sum REQS "$name") | $(over_rounds sum ERRS "$name") | $(over_rounds sum NON2XX "$name") | $(over_rounds max BUSY "$name") % |"
+}
+added_line() {  # keylock view, redis view, none: medians and every round's values
+  local k r
+  k=$(added_per_round "$1" "$3"); r=$(added_per_round "$2" "$3")
+  # shellcheck disable=SC2086
+  echo "keylock $(median $k) µs, django-redis $(median $r) µs (median of $ROUNDS rounds; per round:"
+  echo "keylock ${k// / / } µs, django-redis ${r// / / } µs)."
+}
 CPU=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 MEM=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 GIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -175,6 +212,10 @@ REDISPY_V=$($PY -c 'import redis; print(redis.__version__)')
   echo "decorator waits in the daemon's FIFO queue and is pushed the grant; django-redis's"
   echo "\`cache.lock\` (redis-py's Lock) retries \`SET NX\` every 0.1 s while the key is taken."
   echo
+  echo "$ROUNDS rounds, each running every view once (in the order of the tables): requests/s and"
+  echo "latencies are medians over the rounds, requests and errors their sums, \"CPUs busy before\""
+  echo "the highest."
+  echo
   echo "| view | requests/s | vs no lock | latency p50 | latency p99 | requests | socket errors | non-2xx | CPUs busy before |"
   echo "|:--|--:|--:|--:|--:|--:|--:|--:|--:|"
   for variant in "${VARIANTS[@]}"; do
@@ -185,11 +226,11 @@ REDISPY_V=$($PY -c 'import redis; print(redis.__version__)')
       keylock-own) label="keylock \`lock_decorator\`, a key per request (\`/bench/keylock-own\`)" ;;
       redis-own) label="django-redis \`cache.lock\`, a key per request (\`/bench/redis-own\`)" ;;
     esac
-    echo "| $label | ${RPS[$variant]} | $(pct "${RPS[$variant]}" "${RPS[none]}") | ${P50[$variant]} | ${P99[$variant]} | ${REQS[$variant]} | ${ERRS[$variant]:-0} | ${NON2XX[$variant]:-0} | ${BUSY[$variant]} % |"
+    row "$label" "$variant" 1
   done
   echo
   echo "A key per request (uncontended, the seed's common case): latency p50 added over no lock,"
-  echo "keylock $(added "${P50[keylock-own]}" "${P50[none]}") µs, django-redis $(added "${P50[redis-own]}" "${P50[none]}") µs."
+  added_line keylock-own redis-own none
   echo
   echo "How to read it: with one key shared by every worker thread, keylockd grants waiters in"
   echo "arrival order, so a request typically waits for the others queued ahead of it (p50 of a"
@@ -203,11 +244,11 @@ REDISPY_V=$($PY -c 'import redis; print(redis.__version__)')
   echo "|:--|--:|--:|--:|--:|--:|--:|--:|"
   for variant in "${ONE_VARIANTS[@]}"; do
     name=one-$variant
-    echo "| \`/bench/$variant\` | ${RPS[$name]} | ${P50[$name]} | ${P99[$name]} | ${REQS[$name]} | ${ERRS[$name]:-0} | ${NON2XX[$name]:-0} | ${BUSY[$name]} % |"
+    row "\`/bench/$variant\`" "$name" 0
   done
   echo
-  echo "A key per request, one connection: latency p50 added over no lock, keylock"
-  echo "$(added "${P50[one-keylock-own]}" "${P50[one-none]}") µs, django-redis $(added "${P50[one-redis-own]}" "${P50[one-none]}") µs."
+  echo "A key per request, one connection: latency p50 added over no lock,"
+  added_line one-keylock-own one-redis-own one-none
   echo
   echo "Which to quote: with $WRK_CONNECTIONS connections on $(nproc) CPUs every request queues for a CPU, so"
   echo "the p50 a lock adds there is mostly the CPU it costs per request (its own, the server's"
@@ -228,7 +269,8 @@ REDISPY_V=$($PY -c 'import redis; print(redis.__version__)')
   echo "- Placement: keylockd and redis-server pinned to CPU 1, wrk to CPU 0, uWSGI unpinned."
   echo "- uWSGI: $UWSGI_PROCESSES processes x $UWSGI_THREADS threads, HTTP/1.1 keep-alive socket, request logging off;"
   echo "  SQLite is configured but these views do not touch it."
-  echo "- wrk: $WRK_THREADS threads, $WRK_CONNECTIONS connections (then 1 and 1), ${WARMUP} s warm-up then ${DURATION} s measured per view."
+  echo "- wrk: $WRK_THREADS threads and $WRK_CONNECTIONS connections (one-connection runs: 1 and 1), ${WARMUP} s warm-up"
+  echo "  then ${DURATION} s measured per view and round."
   echo
   echo "## Commands"
   echo
