@@ -1283,20 +1283,17 @@ class Client:
             if until is not None:
                 end = min(end, until)
             while not call.done:
-                left = end - time.monotonic()
+                now = time.monotonic()
+                left = end - now
                 if left <= 0:
                     return
-                if time.monotonic() < spin_until:
-                    ready = poller.poll(0)
-                    while not ready and time.monotonic() < spin_until:
-                        os.sched_yield()  # a daemon on this core runs now
-                        ready = poller.poll(0)
-                    if not ready and not poller.poll(int(math.ceil(left * 1000))):
-                        continue
+                if now < spin_until:
+                    # Give the core away once (a daemon on this core runs now), then read
+                    # without polling first: an answer from another core is mostly there by
+                    # then, and an empty read costs no more than the poll would.
+                    os.sched_yield()
                 elif not poller.poll(int(math.ceil(left * 1000))):
                     continue
-                if answered is None:
-                    answered = time.monotonic()
                 with self._rlock:
                     with self._mu:
                         if self._sock is not sock:
@@ -1308,6 +1305,8 @@ class Client:
                     except OSError:
                         handed_back = True  # the I/O thread reads the error and drops
                         return
+                    if answered is None:
+                        answered = time.monotonic()
                     try:
                         if data:
                             self._feed(sock, data)

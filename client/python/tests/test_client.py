@@ -81,6 +81,30 @@ def test_waiters_are_granted_in_fifo_order_the_moment_the_key_frees(make_client)
     assert order == [0, 1, 2]
 
 
+@pytest.mark.parametrize("spin", [0, 1.0])
+def test_a_caller_that_spins_for_its_answer_or_never_spins_sees_the_same_answers(
+    make_client, spin
+):
+    # spin=1.0 spins on every call (recent answers always came within it), reading the socket
+    # until the answer is there; spin=0 always sleeps in poll(2).
+    c, holder = make_client(spin=spin), make_client()
+    tokens = []
+    for _ in range(50):
+        with c.lock("spin:free") as lease:
+            tokens.append(lease.token)
+    assert tokens == sorted(tokens) and len(set(tokens)) == 50
+    held = holder.acquire("spin:held")
+    assert c.try_acquire("spin:held") is None
+    got = []
+    t = threading.Thread(target=lambda: got.append(c.acquire("spin:held", wait=10)))
+    t.start()
+    wait_for(lambda: holder.inspect("spin:held").waiters == 1, what="the spinner queued")
+    held.release()
+    t.join(10)
+    assert got and got[0].valid and got[0].token > held.token
+    got[0].release()
+
+
 def test_limit_admits_that_many_holders_and_another_limit_is_a_conflict(make_client):
     a, b, c = make_client(), make_client(), make_client()
     first = a.acquire("pool", limit=2)
