@@ -46,6 +46,24 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str
         time.sleep(interval)
 
 
+def reader_thread(sock, size: int, into: List[bytes]) -> threading.Thread:
+    """A started thread that reads ``size`` bytes (or up to EOF) from ``sock`` into ``into``,
+    for a test whose writer must wait for its reader."""
+
+    def read_all():
+        total = 0
+        while total < size:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            into.append(chunk)
+            total += len(chunk)
+
+    t = threading.Thread(target=read_all)
+    t.start()
+    return t
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,10 +1,10 @@
 """The client's plain-TCP write without a daemon, over a socket pair: one write(2) for what
 the socket buffer takes, sendall for the rest."""
 import socket
-import threading
 
 import pytest
 
+from harness import reader_thread
 from keylock.client import _send_all
 
 
@@ -28,18 +28,7 @@ def test_more_than_the_socket_buffers_hold_arrives_whole_and_in_order(pair):
     a, b = pair
     payload = bytes(range(256)) * 32768  # 8 MB: the first write takes only part of it
     received = []
-
-    def read_all():
-        total = 0
-        while total < len(payload):
-            chunk = b.recv(1 << 16)
-            if not chunk:
-                break
-            received.append(chunk)
-            total += len(chunk)
-
-    t = threading.Thread(target=read_all)
-    t.start()
+    t = reader_thread(b, len(payload), received)
     _send_all(a, payload)
     t.join(30)
     assert b"".join(received) == payload

@@ -10,6 +10,7 @@ import pytest
 import keylock
 from keylock._tls import context_from_env, recv_available, send_all
 from keylock.errors import error_from_reply
+from harness import reader_thread
 from tlsutil import client_context
 
 
@@ -67,18 +68,7 @@ def test_send_all_writes_more_than_the_socket_buffers_hold(tls_pair):
     client, server = tls_pair
     payload = bytes(range(256)) * 16384  # 4 MB: the writer must wait for the reader
     received = []
-
-    def read_all():
-        total = 0
-        while total < len(payload):
-            chunk = server.recv(1 << 16)
-            if not chunk:
-                break
-            received.append(chunk)
-            total += len(chunk)
-
-    t = threading.Thread(target=read_all)
-    t.start()
+    t = reader_thread(server, len(payload), received)
     send_all(client, payload, threading.Lock(), 30)
     t.join(30)
     assert b"".join(received) == payload
