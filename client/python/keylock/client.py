@@ -281,7 +281,8 @@ class _LeaseState:
         on_lost,
         mode: str = EXCLUSIVE,
         reentrant: bool = False,
-        pid: int = 0,
+        *,
+        pid: int,
     ) -> None:
         self.keys = keys
         self.key = keys[0]  # names the lease in release/extend (the daemon takes any member)
@@ -290,7 +291,7 @@ class _LeaseState:
         self.reentrant = reentrant
         self.depth = 1  # open holds of a reentrant lease
         self.holder: Optional[Tuple[int, Any]] = None  # _holder_id() of a reentrant lease
-        self.pid = pid or os.getpid()  # the process it was granted to
+        self.pid = pid  # the process it was granted to
         self.status = _HELD
         self.ttl = ttl
         self.auto_extend = auto_extend
@@ -568,8 +569,8 @@ class Client:
     flow): its leases are lost and its waiting acquires sent again, as on any drop. 0 turns it
     off.
 
-    Spin: a call that reads its own answer polls the socket without sleeping, yielding the CPU
-    between polls, for up to ``spin`` seconds (50 µs) before it sleeps in poll(2), and only
+    Spin: a call that reads its own answer tries to read the socket without sleeping, yielding
+    the CPU before each try, for up to ``spin`` seconds (50 µs) before it sleeps in poll(2); only
     while a moving average of recent answers came within ``spin``: an answer that comes that
     fast is read without the thread being put to sleep and woken again, which on a VM costs
     about as much as the daemon's work. 0 never spins (best when the client shares a core with
@@ -1273,7 +1274,7 @@ class Client:
             poller = self._lead_poll[1]
         handed_back = False
         start = time.monotonic()
-        answered: Optional[float] = None  # when the socket first had something to read
+        answered: Optional[float] = None  # when a read first got something
         # Spin only while recent answers came within the bound: a daemon across a network, or
         # a held lock, answers later, and spinning would only burn CPU.
         spinning = 0 < self._spin and self._recent_answer <= self._spin
@@ -1323,7 +1324,7 @@ class Client:
         finally:
             with self._mu:
                 self._leader = None
-                # The wait until the socket had something to read; a turn that ended
+                # The wait until a read got something; a turn that ended
                 # unanswered (a held lock, after _LEAD_WINDOW) counts at its length.
                 took = min((answered or time.monotonic()) - start, _LEAD_WINDOW)
                 self._recent_answer = (7 * self._recent_answer + took) / 8
@@ -1854,7 +1855,7 @@ class Client:
                 call.on_lost,
                 call.fields.get("mode", EXCLUSIVE),
                 call.reentrant,
-                self._pid,  # current: a fork child resets the client before it reads
+                pid=self._pid,  # current: a fork child resets the client before it reads
             )
             # The grant happened at most one one-way trip ago: count the ttl from its arrival.
             self._leases.add(st, time.monotonic())
