@@ -87,6 +87,7 @@ from ._core import (
 )
 from ._core import encode as _encode
 from ._core import json_str as _json_str
+from ._process import current_pid as _current_pid
 from ._tls import context_from_env as _tls_context_from_env
 from ._tls import recv_available as _tls_recv_available
 from ._tls import send_all as _tls_send_all
@@ -392,14 +393,14 @@ class Lease:
     @property
     def valid(self) -> bool:
         """True while the lease is held by this process: granted, not released, not lost."""
-        return self._state.status == _HELD and self._state.pid == os.getpid()
+        return self._state.status == _HELD and self._state.pid == _current_pid()
 
     def owned(self) -> bool:
         """Asks the daemon (one round trip) whether it still holds this lease: its key has a
         holder with this token. ``valid`` is this process's view; owned() also sees a lease
         ended elsewhere (an operator's ``keylock release``) before the next renewal would.
         Raises ConnectionError."""
-        if self._state.pid != os.getpid():
+        if self._state.pid != _current_pid():
             return False
         info = self._client.inspect(self._state.key)
         return any(h.token == self._state.token for h in info.holders)
@@ -1110,7 +1111,7 @@ class Client:
 
     def _init_state(self) -> None:
         """(Re)creates every piece of per-process state: at construction and in a fork child."""
-        self._pid = os.getpid()
+        self._pid = _current_pid()
         self._mu = threading.Lock()  # guards everything below
         self._state_cv = threading.Condition(self._mu)  # notified when a connect attempt ends
         self._wlock = threading.Lock()  # held around sendall and around closing the socket
@@ -1158,9 +1159,9 @@ class Client:
         self._wake_w = -1
 
     def _check_pid(self) -> None:
-        if self._pid != os.getpid():
+        if self._pid != _current_pid():
             with _fork_lock:
-                if self._pid != os.getpid():
+                if self._pid != _current_pid():
                     self._reset_after_fork()
 
     def _reset_after_fork(self) -> None:
@@ -1502,7 +1503,7 @@ class Client:
     # ---- releasing and extending -----------------------------------------------------------
 
     def _release(self, st: _LeaseState, noreply: bool) -> None:
-        if st.pid != os.getpid():
+        if st.pid != _current_pid():
             return  # inherited from the parent: not ours to release
         if st.reentrant:
             with self._mu:
@@ -1535,7 +1536,7 @@ class Client:
     def _release_later(self, st: _LeaseState) -> None:
         """A Lease was garbage-collected while held: the I/O thread releases it. Called from
         __del__, which may run in any thread at any allocation, so it takes no lock."""
-        if st.pid != os.getpid() or self._closed:
+        if st.pid != _current_pid() or self._closed:
             return
         self._release_later_q.append(st)
         if self._wake_w >= 0:
@@ -1551,7 +1552,7 @@ class Client:
         await self._request_async("extend", self._extend_fields(st, ttl), st)
 
     def _extend_fields(self, st: _LeaseState, ttl: Optional[float]) -> Dict[str, Any]:
-        if st.pid != os.getpid():
+        if st.pid != _current_pid():
             raise NotHeld(f"keylock: lease on {_label(st.keys)} belongs to the parent process")
         with self._mu:
             if st.status != _HELD:
