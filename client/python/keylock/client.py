@@ -899,6 +899,7 @@ class Client:
                 done.set_result(None)
             else:
                 call.notify = wake
+                self._reader_needed_locked()
         try:
             if call.wait_until is None:
                 await done
@@ -1004,6 +1005,7 @@ class Client:
                 self._table.forget(call)
             elif self._state == _READY:  # else the daemon dropped it with the connection
                 self._write_locked(_Call("cancel", {"target": call.id}, user=False))
+                self._reader_needed_locked()  # a grant that crossed the cancel goes back
             call.abandoned = True
             self._complete_locked(
                 call,
@@ -1026,6 +1028,7 @@ class Client:
                     self._table.forget(call)
                 elif self._state == _READY:  # else the daemon dropped it with the connection
                     self._write_locked(_Call("cancel", {"target": call.id}, user=False))
+                    self._reader_needed_locked()  # a grant that crossed the cancel goes back
             else:
                 st = call.lease
                 if st is not None and st.status == _HELD and call.error is None:
@@ -1126,6 +1129,10 @@ class Client:
         # includes the socket (a new leader wakes it to take the socket out).
         self._leader: Optional[int] = None
         self._io_watches = False
+        # When the last leader stopped reading. The I/O thread takes the socket back only once
+        # no caller has read it for _IDLE_WATCH_LAG, or when something is left for it to read:
+        # a caller that calls again and again (a busy web worker) then never has to wake it.
+        self._lead_end = 0.0
         self._lead_poll: Optional[Tuple[socket.socket, Any]] = None  # the leader's poll object
         self._state = _IDLE
         self._sock: Optional[socket.socket] = None
@@ -1325,6 +1332,7 @@ class Client:
         finally:
             with self._mu:
                 self._leader = None
+                self._lead_end = time.monotonic()
                 # The wait until a read got something; a turn that ended
                 # unanswered (a held lock, after _LEAD_WINDOW) counts at its length.
                 took = min((answered or time.monotonic()) - start, _LEAD_WINDOW)
@@ -1352,6 +1360,8 @@ class Client:
 
         call.notify = wake
         self._start(call)
+        with self._mu:
+            self._reader_needed_locked()
         try:
             await asyncio.wait_for(asyncio.shield(done), self._request_timeout)
         except asyncio.TimeoutError:
@@ -1641,11 +1651,12 @@ class Client:
                 )
                 sock = self._sock
                 timeout = self._next_timeout_locked(now)
-                self._io_watches = sock is not None and self._leader is None
+                self._io_watches = sock is not None and self._wants_socket_locked(now)
                 if sock is not None and not self._io_watches:
-                    # A caller reads the socket (_lead); look again soon in case it stops
-                    # with nobody to wake this thread.
-                    timeout = _IDLE_WATCH_LAG if timeout is None else min(timeout, _IDLE_WATCH_LAG)
+                    # A caller reads the socket (_lead), or did a moment ago; look again soon
+                    # in case it stopped with nobody to wake this thread.
+                    lag = self._watch_lag_locked(now)
+                    timeout = lag if timeout is None else min(timeout, lag)
             if connect:
                 self._connect_once()
                 continue
@@ -1664,6 +1675,30 @@ class Client:
                 elif sock is not None:
                     self._read(sock)
             self._housekeeping()
+
+    def _wants_socket_locked(self, now: float) -> bool:
+        """Whether the I/O thread's next poll includes the socket: not while a caller reads it
+        (_lead); else when an answer is due that no caller is reading (calls on the wire, a
+        heartbeat's pong), or once no caller has read for _IDLE_WATCH_LAG (events for held
+        leases wait that long at most)."""
+        if self._leader is not None:
+            return False
+        if self._table.sent or self._ping_out:
+            return True
+        return now - self._lead_end >= _IDLE_WATCH_LAG
+
+    def _watch_lag_locked(self, now: float) -> float:
+        """How long the I/O thread may leave the socket alone before it looks again."""
+        if self._leader is not None:
+            return _IDLE_WATCH_LAG
+        return max(0.0, self._lead_end + _IDLE_WATCH_LAG - now)
+
+    def _reader_needed_locked(self) -> None:
+        """A call went out that no caller thread will read the answer to (an awaited call, a
+        cancel): make sure the I/O thread polls the socket. A leader reads it, and wakes the
+        I/O thread when it stops with answers still due."""
+        if not self._io_watches and self._leader is None:
+            self._wake_locked()
 
     def _next_timeout_locked(self, now: float) -> Optional[float]:
         when = self._leases.earliest()
