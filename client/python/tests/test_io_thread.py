@@ -10,18 +10,19 @@ from keylock import client as client_module
 
 
 def _count_wakes(monkeypatch, c):
-    """Counts the times a caller thread wakes the I/O thread (a write to its wake pipe)."""
+    """Counts the times a caller thread (not c's I/O thread) wakes c's I/O thread: a write to
+    its wake pipe."""
     count = [0]
-    io_ident = []
+    io_ident = c._io_thread.ident
     real = client_module.Client._wake_locked
 
     def counting(self):
-        if self is c and (not io_ident or threading.get_ident() != io_ident[0]):
+        if self is c and threading.get_ident() != io_ident:
             count[0] += 1
         return real(self)
 
     monkeypatch.setattr(client_module.Client, "_wake_locked", counting)
-    return count, io_ident
+    return count
 
 
 def test_a_caller_calling_again_and_again_does_not_wake_the_io_thread_each_time(
@@ -35,8 +36,7 @@ def test_a_caller_calling_again_and_again_does_not_wake_the_io_thread_each_time(
         c.ping()
         with c.lock("io:warm"):
             pass
-        count, io_ident = _count_wakes(monkeypatch, c)
-        io_ident.append(c._io_thread.ident)
+        count = _count_wakes(monkeypatch, c)
         for i in range(calls):
             with c.lock(f"io:{i}"):
                 pass
@@ -47,14 +47,24 @@ def test_a_caller_calling_again_and_again_does_not_wake_the_io_thread_each_time(
         assert count[0] <= calls // 10, count[0]
 
 
-def test_the_io_thread_takes_the_socket_back_when_callers_stop(daemon):
-    with keylock.Client(daemon.address) as c:
-        with c.lock("io:back"):
-            pass
-        deadline = time.monotonic() + 10
-        while not c._io_watches and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert c._io_watches  # so an event for a held lease is read without a caller
+def test_a_daemon_gone_right_after_a_call_is_noticed_with_no_caller_reading(daemon):
+    # The caller read the socket last and then stops calling: the I/O thread must take the
+    # socket back (after its lag) to see the daemon's end of it, and tell the lease's owner long
+    # before the lease's own ttl (30 s) would. No heartbeat and no renewal: only a read can tell.
+    lost = []
+    got = threading.Event()
+
+    def on_lost(e):
+        lost.append(e.reason)
+        got.set()
+
+    with keylock.Client(daemon.address, health_check_interval=0) as c:
+        lease = c.acquire("io:held", ttl=30, auto_extend=False, on_lost=on_lost)
+        daemon.proc.kill()  # no goodbye: the kernel closes its end, the client reads the end
+        daemon.proc.wait(10)
+        assert got.wait(10)
+        assert lost == ["connection_lost"]
+        assert not lease.valid
 
 
 def test_awaited_calls_right_after_a_blocking_call_are_read_by_the_io_thread(
