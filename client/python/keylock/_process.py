@@ -51,8 +51,3 @@ def current_pid() -> int:
     _pid = pid
     _page[0] = 1  # after _pid: a thread that sees the flag set reads this process's pid
     return pid
-
-
-def cached() -> bool:
-    """Whether current_pid() answers from memory (False: it calls os.getpid() each time)."""
-    return _page is not None
