@@ -4,7 +4,10 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <condition_variable>
 #include <mutex>
+#include <string>
+#include <thread>
 #include <utility>
 
 #include "etcd/etcdserver/etcdserverpb/rpc.grpc.pb.h"
@@ -367,38 +370,82 @@ etcd_status etcd_client::wait_deleted(const std::string& key, std::int64_t start
                                       std::chrono::milliseconds timeout, bool* deleted) {
   if (!impl_->watch) return failed("no etcd endpoints");
   *deleted = false;
+  // Two bounds, not one: reaching etcd until it confirms the watch takes at most rpc_timeout,
+  // like any call, and the wait proper then takes `timeout`, counted from the confirmation.
+  // One deadline over both reported a loaded etcd, slow to confirm, as unreachable when the
+  // timeout was short. A synchronous stream's Read has no bound of its own, so a watchdog
+  // thread ends the stream (TryCancel) when the phase it is in runs out.
+  enum class phase : std::uint8_t { confirming, watching, done };
   grpc::ClientContext ctx;
-  impl_->deadline(ctx, timeout);
+  impl_->deadline(ctx, impl_->options.rpc_timeout + timeout);  // a backstop only
+  std::mutex mutex;
+  std::condition_variable changed;
+  phase now = phase::confirming;  // under mutex
+  phase ran_out = phase::done;    // the phase the watchdog ended, if any; read after join
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(mutex);
+    const auto left = [&](phase p) { return [&now, p] { return now != p; }; };
+    if (!changed.wait_for(lock, impl_->options.rpc_timeout, left(phase::confirming))) {
+      ran_out = phase::confirming;
+      ctx.TryCancel();
+    } else if (!changed.wait_for(lock, timeout, left(phase::watching))) {
+      ran_out = phase::watching;
+      ctx.TryCancel();
+    }
+  });
+  const auto enter = [&](phase p) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (now == phase::done) return;
+      now = p;
+    }
+    changed.notify_one();
+  };
+
   auto stream = impl_->watch->Watch(&ctx);
   pb::WatchRequest req;
   pb::WatchCreateRequest* create = req.mutable_create_request();
   create->set_key(key);
   create->set_start_revision(start_revision);
-  if (!stream->Write(req)) return from_grpc(stream->Finish());
+  bool confirmed = false;
+  std::string cancel_reason;
+  bool cancelled = false;
   pb::WatchResponse resp;
-  bool watching = false;  // etcd confirmed the watch: a later deadline means "not deleted"
-  while (stream->Read(&resp)) {
-    watching = watching || resp.created();
-    if (resp.canceled()) {
-      ctx.TryCancel();
-      stream->Finish();
-      return failed("etcd: watch cancelled: " + resp.cancel_reason());
+  if (stream->Write(req)) {
+    while (stream->Read(&resp)) {
+      if (resp.created() && !confirmed) {
+        confirmed = true;
+        enter(phase::watching);
+      }
+      if (resp.canceled()) {
+        cancelled = true;
+        cancel_reason = resp.cancel_reason();
+        break;
+      }
+      for (const mvccpb::Event& ev : resp.events()) {
+        if (ev.type() == mvccpb::Event::DELETE) *deleted = true;
+      }
+      if (*deleted) break;
     }
-    for (const mvccpb::Event& ev : resp.events()) {
-      if (ev.type() == mvccpb::Event::DELETE) *deleted = true;
-    }
-    if (*deleted) break;
   }
-  if (*deleted) {
-    ctx.TryCancel();  // leaving the stream early: its end is ours, not an error
-    stream->Finish();
+  enter(phase::done);
+  watchdog.join();
+  if (*deleted || cancelled) ctx.TryCancel();  // leaving the stream early: its end is ours
+  const grpc::Status end = stream->Finish();
+  if (*deleted) return etcd_status::success();
+  if (cancelled) return failed("etcd: watch cancelled: " + cancel_reason);
+  // Once etcd confirmed the watch, running out of time is the normal "not deleted within
+  // timeout". Before that, nothing is known: etcd was not reached in time.
+  if (confirmed && (ran_out == phase::watching ||
+                    end.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)) {
     return etcd_status::success();
   }
-  grpc::Status end = stream->Finish();  // Read failed: the deadline passed or the stream broke
-  // Once etcd confirmed the watch, the deadline passing is the normal "not deleted within
-  // timeout". Before that, nothing is known: etcd was not reached.
-  if (watching && end.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-    return etcd_status::success();
+  if (ran_out == phase::confirming) {
+    etcd_status st;
+    st.what = etcd_status::code::unavailable;
+    st.message = "etcd: no watch confirmed within " +
+                 std::to_string(impl_->options.rpc_timeout.count()) + " ms";
+    return st;
   }
   etcd_status st = from_grpc(end);
   if (st.ok()) st = failed("etcd: watch ended without an answer");

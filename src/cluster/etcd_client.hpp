@@ -119,6 +119,8 @@ class etcd_client {
   // Watches `key` from `start_revision` and returns once it is deleted (*deleted = true) or
   // `timeout` passes (*deleted = false). A key already deleted at or after start_revision
   // counts. This is etcd's waitDelete: a waiter watches its predecessor, never polls.
+  // `timeout` counts from etcd's confirmation of the watch; reaching etcd until then is
+  // bounded by options.rpc_timeout, and running out of that is `unavailable`.
   etcd_status wait_deleted(const std::string& key, std::int64_t start_revision,
                            std::chrono::milliseconds timeout, bool* deleted);
 

@@ -127,6 +127,35 @@ TEST_CASE("wait_deleted wakes when the watched key is deleted, and times out whe
   REQUIRE(deleted);
 }
 
+TEST_CASE("wait_deleted's timeout counts from etcd's confirmation of the watch, not the call",
+          "[cluster]") {
+  etcd_cluster cluster(1);
+  etcd_client first = ready_client(cluster);
+  bool created = false;
+  std::int64_t rev = 0;
+  REQUIRE(first.create("/s/1", "held", 0, &created, &rev, nullptr).ok());
+
+  etcd_options options;
+  options.endpoints = cluster.endpoints();
+  options.rpc_timeout = event_bound;  // reaching etcd may take long; the wait is 100 ms
+  etcd_client client(options);
+  std::int64_t id = 0;
+  REQUIRE(client.lease_grant(10s, &id).ok());  // connected
+  // etcd stalls (a loaded member) for longer than the wait's timeout, then answers.
+  cluster.stop_member(0, SIGSTOP);
+  auto waiter = std::async(std::launch::async, [&] {
+    bool d = true;
+    etcd_status st = client.wait_deleted("/s/1", rev + 1, 100ms, &d);
+    return std::make_pair(st, d);
+  });
+  std::this_thread::sleep_for(500ms);  // the stall itself, not a wait for an event
+  cluster.stop_member(0, SIGCONT);
+  auto [st, seen] = waiter.get();
+  INFO(st.message);
+  REQUIRE(st.ok());  // not "unavailable": etcd was reached within rpc_timeout
+  REQUIRE_FALSE(seen);
+}
+
 TEST_CASE("an unreachable etcd answers unavailable within the call's bound", "[cluster]") {
   etcd_options options;
   options.endpoints = {url(free_port())};
