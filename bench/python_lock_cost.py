@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Cost of one uncontended lock call from Python: keylock against redis-py's Lock.
 
-    /usr/bin/python3 bench/python_lock_cost.py [--calls N] [--rounds R]
+    /usr/bin/python3 bench/python_lock_cost.py [--calls N] [--rounds R] [--threads T]
 
 Starts keylockd (build/release, or $KEYLOCKD) and redis-server on free loopback ports, both
 pinned to CPU 1 (taskset), pins this process to CPU 0, and times, per call, in one run:
@@ -9,8 +9,11 @@ pinned to CPU 1 (taskset), pins this process to CPU 0, and times, per call, in o
   keylock.aio    async with client.lock(key): ...      (asyncio client, one task)
   redis-py       with redis.lock(key, timeout=30): ... (redis-py's Lock: SET NX PX, Lua release)
 each on one key nobody else uses, N calls per round, R rounds; prints the median round's
-µs per call and the ratio to redis-py. Stops what it started. Numbers only: nothing is
-asserted.
+µs per call and the ratio to redis-py. With --threads T, the blocking targets run in T threads
+that share one client (keylock: one Client, one connection; redis-py: one Redis, its pool
+gives each thread a connection), each thread on its own key, N calls each; µs per call is the
+round's time over all T x N calls, and keylock.aio is left out. Stops what it started. Numbers
+only: nothing is asserted.
 """
 import argparse
 import asyncio
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +56,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--server-cpu", default="1")
     ap.add_argument("--client-cpu", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     import redis  # Debian's python3-redis
 
@@ -84,14 +89,28 @@ def main():
         client = keylock.Client(f"127.0.0.1:{kport}", health_check_interval=5)
         aio_client = keylock.aio.Client(client=client)
 
-        def run_keylock(n):
+        def in_threads(one):  # one(n, key): the calls of one thread
+            def run(n):
+                if args.threads == 1:
+                    return one(n, "bench:py")
+                ts = [threading.Thread(target=one, args=(n, f"bench:py:{t}"))
+                      for t in range(args.threads)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+            return run
+
+        @in_threads
+        def run_keylock(n, key):
             for _ in range(n):
-                with client.lock("bench:py", ttl=30):
+                with client.lock(key, ttl=30):
                     pass
 
-        def run_redis(n):
+        @in_threads
+        def run_redis(n, key):
             for _ in range(n):
-                with r.lock("bench:py", timeout=30):
+                with r.lock(key, timeout=30):
                     pass
 
         def run_aio(n):
@@ -103,19 +122,23 @@ def main():
             asyncio.run(go())
 
         targets = [("keylock", run_keylock), ("keylock.aio", run_aio), ("redis-py", run_redis)]
+        if args.threads > 1:
+            targets.pop(1)  # one asyncio task per thread would measure something else
         for _, fn in targets:
             fn(500)  # warm-up: connections, code paths
         per_call = {name: [] for name, _ in targets}
         for _ in range(args.rounds):  # interleaved, so drift on the machine hits all alike
             for name, fn in targets:
+                calls = args.calls * (1 if fn is run_aio else args.threads)
                 t0 = time.perf_counter()
                 fn(args.calls)
-                per_call[name].append((time.perf_counter() - t0) / args.calls * 1e6)
+                per_call[name].append((time.perf_counter() - t0) / calls * 1e6)
         client.close()
         base = statistics.median(per_call["redis-py"])
         print(f"python_lock_cost: servers on CPU {args.server_cpu}, Python on CPU "
-              f"{args.client_cpu}; {args.rounds} rounds x {args.calls} uncontended calls; "
-              f"redis-py {redis.__version__}, Python {sys.version.split()[0]}")
+              f"{args.client_cpu}; {args.rounds} rounds x {args.calls} uncontended calls"
+              + (f" in each of {args.threads} threads" if args.threads > 1 else "")
+              + f"; redis-py {redis.__version__}, Python {sys.version.split()[0]}")
         print(f"{'target':<14}{'µs/call (median round)':>24}{'min':>8}{'max':>8}{'vs redis-py':>13}")
         for name, _ in targets:
             m = statistics.median(per_call[name])
