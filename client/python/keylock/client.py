@@ -305,13 +305,16 @@ class _LeaseState:
 
 class _Call:
     """One request. ``user`` calls have a caller blocked on ``latch``; internal ones (renewals,
-    cancels) have none. ``done`` is set, under the client's lock, exactly once: by the I/O
-    thread when it completes the call, or by a caller that gives up on it."""
+    cancels) have none. ``done`` is set, under the client's lock, exactly once: by the thread
+    that completes the call (the I/O thread or a reading caller), or by a caller that gives up
+    on it. ``latch`` is released when the call is done, or when a caller that stops reading
+    the socket hands the reading to this call's caller (``signalled``: released, not yet
+    taken)."""
 
     __slots__ = (
         "op", "fields", "user", "latch", "done", "reply", "error", "state", "id", "sent_at",
         "wait", "wait_until", "lease", "auto_extend", "on_lost", "ttl_ms", "abandoned",
-        "reentrant", "notify", "members",
+        "reentrant", "notify", "members", "signalled", "led", "following",
     )
 
     def __init__(self, op: str, fields: Dict[str, Any], user: bool = True) -> None:
@@ -341,6 +344,9 @@ class _Call:
         self.notify: Optional[Callable[[], None]] = None
         # ``fields`` encoded (_members), made once however often the call is sent.
         self.members: Optional[str] = None
+        self.signalled = False
+        self.led = False  # its caller has read the socket for it (_lead) at least once
+        self.following = False  # in the client's _followers
 
 
 class Lease:
@@ -1134,6 +1140,9 @@ class Client:
         # a caller that calls again and again (a busy web worker) then never has to wake it.
         self._lead_end = 0.0
         self._lead_poll: Optional[Tuple[socket.socket, Any]] = None  # the leader's poll object
+        # Callers blocked on their latch for an answer, in the order they began to wait: a
+        # leader that stops reading hands the socket to one of them (_hand_on_locked).
+        self._followers: Deque[_Call] = deque()
         self._state = _IDLE
         self._sock: Optional[socket.socket] = None
         self._reader = FrameReader(_MAX_REPLY_BYTES)
@@ -1255,11 +1264,75 @@ class Client:
 
     def _wait_for(self, call: _Call, until: Optional[float]) -> bool:
         """Blocks until a user call is done or ``until`` (monotonic; None: no bound) passes;
-        whether it is done."""
-        self._lead(call, until)
-        if until is None:
-            return call.latch.acquire()
-        return call.latch.acquire(timeout=max(0.0, until - time.monotonic()))
+        whether it is done. Reads the answer on this thread when no other thread reads
+        (_lead); else waits on the call's latch, until the call is done or the reading
+        thread hands the reading on to this one."""
+        while True:
+            self._lead(call, until)
+            with self._mu:
+                if call.done:
+                    return True
+                if (
+                    self._leader is None
+                    and not call.led
+                    and call.state == _SENT
+                    and self._sock is not None
+                ):
+                    continue  # the reader stopped since _lead looked: read it here
+                self._followers.append(call)
+                call.following = True
+            try:
+                if until is None:
+                    got = call.latch.acquire()
+                else:
+                    got = call.latch.acquire(timeout=max(0.0, until - time.monotonic()))
+            except BaseException:  # interrupted (a signal handler's exception)
+                with self._mu:
+                    if call.following:
+                        self._followers.remove(call)
+                        call.following = False
+                    if call.signalled and not call.done and not self._hand_on_locked():
+                        self._wake_locked()  # it was handed the reading: pass it on
+                raise
+            with self._mu:
+                if call.following:
+                    self._followers.remove(call)
+                    call.following = False
+                if not call.signalled:  # the wait ran out with nothing for us
+                    return call.done
+                if not got:
+                    call.latch.acquire()  # released as the wait ran out: it is free, take it
+                if call.done:
+                    return True
+                call.signalled = False  # handed the reading: read (or wait) again
+                if until is not None and time.monotonic() >= until:
+                    # No time left to read: pass the reading on rather than drop it.
+                    if not self._hand_on_locked():
+                        self._wake_locked()
+                    return False
+
+    def _unread_answer_due_locked(self) -> bool:
+        """Whether a call on the wire has no caller thread that will read its answer: the
+        client's own calls, awaited ones, given up ones, and those whose caller read for a
+        while already (a held lock's waiter). A blocking caller that has not yet begun to wait
+        for its answer reads it itself (_wait_for)."""
+        return any(
+            c.done or not c.user or c.notify is not None or c.led
+            for c in self._table.sent.values()
+        )
+
+    def _hand_on_locked(self) -> bool:
+        """Passes the reading of the socket to a caller waiting for its own answer, which
+        reads it without a hop through the I/O thread; whether there was one. Each call is
+        handed the reading once at most (``led``): one waiting on a held lock then leaves it
+        to the I/O thread instead of passing it round."""
+        while self._followers:
+            call = self._followers.popleft()
+            call.following = False
+            if not call.done and call.state == _SENT and not call.led:
+                self._signal_locked(call)
+                return True
+        return False
 
     def _lead(self, call: _Call, until: Optional[float]) -> None:
         """Reads the answer to ``call`` on this thread, when no other thread is reading: the
@@ -1273,6 +1346,7 @@ class Client:
             if call.done or call.state != _SENT or sock is None or self._leader is not None:
                 return
             self._leader = threading.get_ident()
+            call.led = True
             if self._io_watches:
                 self._wake_locked()  # to take the socket out of its poll
             if self._lead_poll is None or self._lead_poll[0] is not sock:
@@ -1337,11 +1411,18 @@ class Client:
                 # unanswered (a held lock, after _LEAD_WINDOW) counts at its length.
                 took = min((answered or time.monotonic()) - start, _LEAD_WINDOW)
                 self._recent_answer = (7 * self._recent_answer + took) / 8
-                # Others waiting for answers, on_lost callbacks, a dropped socket: the I/O
-                # thread takes over now. Otherwise it takes the socket back within
-                # _IDLE_WATCH_LAG (events for held leases can wait that long).
-                if handed_back or self._table.sent or self._callbacks or self._release_later_q:
-                    self._wake_locked()
+                self._after_lead_locked(handed_back)
+
+    def _after_lead_locked(self, handed_back: bool) -> None:
+        """A leader stopped reading. Others waiting for answers: a caller among them reads
+        next, or else the I/O thread. On_lost callbacks, a dropped socket: the I/O thread
+        takes over now. Otherwise it takes the socket back within _IDLE_WATCH_LAG (events for
+        held leases can wait that long)."""
+        if handed_back or self._callbacks or self._release_later_q:
+            self._wake_locked()
+        elif self._table.sent and not self._hand_on_locked():
+            if self._ping_out or self._unread_answer_due_locked():
+                self._wake_locked()
 
     async def _request_async(
         self, op: str, fields: Dict[str, Any], lease: Optional[_LeaseState] = None
@@ -1600,14 +1681,19 @@ class Client:
     # ---- completing calls (I/O thread, or a thread failing everything) ---------------------
 
     @staticmethod
-    def _complete_locked(call: _Call, reply=None, error: Optional[Error] = None) -> None:
+    def _signal_locked(call: _Call) -> None:
+        if call.latch is not None and not call.signalled:
+            call.signalled = True
+            call.latch.release()
+
+    @classmethod
+    def _complete_locked(cls, call: _Call, reply=None, error: Optional[Error] = None) -> None:
         if call.done:
             return
         call.done = True
         call.reply = reply
         call.error = error
-        if call.latch is not None:
-            call.latch.release()
+        cls._signal_locked(call)
         if call.notify is not None:
             call.notify()
 
