@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -382,17 +383,22 @@ etcd_status etcd_client::wait_deleted(const std::string& key, std::int64_t start
   std::condition_variable changed;
   phase now = phase::confirming;  // under mutex
   phase ran_out = phase::done;    // the phase the watchdog ended, if any; read after join
-  std::thread watchdog([&] {
-    std::unique_lock<std::mutex> lock(mutex);
-    const auto left = [&](phase p) { return [&now, p] { return now != p; }; };
-    if (!changed.wait_for(lock, impl_->options.rpc_timeout, left(phase::confirming))) {
-      ran_out = phase::confirming;
-      ctx.TryCancel();
-    } else if (!changed.wait_for(lock, timeout, left(phase::watching))) {
-      ran_out = phase::watching;
-      ctx.TryCancel();
-    }
-  });
+  std::thread watchdog;
+  try {  // failures are values here, never exceptions (etcd_client.hpp)
+    watchdog = std::thread([&] {
+      std::unique_lock<std::mutex> lock(mutex);
+      const auto left = [&](phase p) { return [&now, p] { return now != p; }; };
+      if (!changed.wait_for(lock, impl_->options.rpc_timeout, left(phase::confirming))) {
+        ran_out = phase::confirming;
+        ctx.TryCancel();
+      } else if (!changed.wait_for(lock, timeout, left(phase::watching))) {
+        ran_out = phase::watching;
+        ctx.TryCancel();
+      }
+    });
+  } catch (const std::system_error& e) {
+    return failed(std::string("etcd: no thread for the watch's timer: ") + e.what());
+  }
   const auto enter = [&](phase p) {
     {
       std::lock_guard<std::mutex> lock(mutex);
@@ -401,6 +407,15 @@ etcd_status etcd_client::wait_deleted(const std::string& key, std::int64_t start
     }
     changed.notify_one();
   };
+  // The watchdog is told and joined before this returns, also if something below throws.
+  const auto stop_watchdog = [&] {
+    enter(phase::done);
+    if (watchdog.joinable()) watchdog.join();
+  };
+  struct joins {
+    const decltype(stop_watchdog)& stop;
+    ~joins() { stop(); }
+  } const joined{stop_watchdog};
 
   auto stream = impl_->watch->Watch(&ctx);
   pb::WatchRequest req;
@@ -428,8 +443,7 @@ etcd_status etcd_client::wait_deleted(const std::string& key, std::int64_t start
       if (*deleted) break;
     }
   }
-  enter(phase::done);
-  watchdog.join();
+  stop_watchdog();
   if (*deleted || cancelled) ctx.TryCancel();  // leaving the stream early: its end is ours
   const grpc::Status end = stream->Finish();
   if (*deleted) return etcd_status::success();
