@@ -186,9 +186,18 @@ std::string daemon::log() const {
   return state_->log;
 }
 
-conn::conn(std::uint16_t port) {
+conn::conn(std::uint16_t port) : conn(port, 0) {}
+
+conn::conn(std::uint16_t port, int receive_buffer) {
   fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd_ < 0) throw std::runtime_error("socket failed");
+  if (receive_buffer > 0 &&
+      ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer) != 0) {
+    int e = errno;
+    ::close(fd_);
+    fd_ = -1;
+    throw std::runtime_error(std::string("SO_RCVBUF failed: ") + std::strerror(e));
+  }
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);

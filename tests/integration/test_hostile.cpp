@@ -6,6 +6,7 @@
 // not a latency figure.
 #include <catch2/catch.hpp>
 
+#include <arpa/inet.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -14,10 +15,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -190,27 +193,105 @@ TEST_CASE("a client pipelining 100000 acquires without reading is cut off while 
 
 namespace {
 
-// Open descriptors of process `pid` (from /proc).
-std::size_t open_fds(pid_t pid) {
-  std::size_t n = 0;
+// The daemon's end of a loopback connection, as /proc/net/tcp shows it.
+struct tcp_entry {
+  unsigned long inode = 0;  // 0 once no process holds the socket
+  std::string state;        // hex, as in include/net/tcp_states.h: 01 ESTABLISHED, 08 CLOSE_WAIT
+};
+
+std::uint16_t local_port(const conn& c) {
+  sockaddr_in addr{};
+  socklen_t len = sizeof addr;
+  REQUIRE(::getsockname(c.fd(), reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  return ntohs(addr.sin_port);
+}
+
+// The socket bound to 127.0.0.1:`local` and connected to 127.0.0.1:`remote`, if there is one.
+std::optional<tcp_entry> find_tcp(std::uint16_t local, std::uint16_t remote) {
+  char want_local[32], want_remote[32];
+  std::snprintf(want_local, sizeof want_local, "0100007F:%04X", local);
+  std::snprintf(want_remote, sizeof want_remote, "0100007F:%04X", remote);
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);  // the header
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string slot, l, r, st, queues, timer, retransmits, uid, timeout;
+    unsigned long inode = 0;
+    fields >> slot >> l >> r >> st >> queues >> timer >> retransmits >> uid >> timeout >> inode;
+    if (l == want_local && r == want_remote) return tcp_entry{inode, st};
+  }
+  return std::nullopt;
+}
+
+// Whether process `pid` has socket `inode` among its open descriptors.
+bool holds_socket(pid_t pid, unsigned long inode) {
+  const std::string target = "socket:[" + std::to_string(inode) + "]";
   std::error_code ec;
   for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
        !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    ++n;
-  }
-  return n;
-}
-
-// Waits (bounded by event_bound) until `pid` has at most `limit` descriptors open.
-bool fds_fall_to(pid_t pid, std::size_t limit) {
-  const auto deadline = std::chrono::steady_clock::now() + event_bound;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (open_fds(pid) <= limit) return true;
-    pollfd none{-1, 0, 0};
-    ::poll(&none, 0, 20);  // paced polling of an observable, not a wait for time to pass
+    std::error_code rec;
+    if (std::filesystem::read_symlink(it->path(), rec).string() == target) return true;
   }
   return false;
 }
+
+// The daemon's end of each connection in `peers`, and whether the daemon (process `pid`,
+// listening on `port`) still holds it.
+class daemon_ends {
+ public:
+  daemon_ends(pid_t pid, std::uint16_t port) : pid_(pid), port_(port) {}
+
+  // Records the daemon's socket of `c`, waiting (bounded) for the daemon to accept it.
+  bool add(const conn& c) {
+    const std::uint16_t peer = local_port(c);
+    const auto deadline = std::chrono::steady_clock::now() + event_bound;
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto e = find_tcp(port_, peer);
+      if (e && e->inode != 0 && holds_socket(pid_, e->inode)) {
+        ends_.push_back({peer, e->inode});
+        return true;
+      }
+      pollfd none{-1, 0, 0};
+      ::poll(&none, 0, 20);  // paced polling of an observable, not a wait for time to pass
+    }
+    return false;
+  }
+
+  // Waits (bounded by event_bound) until the daemon holds none of them.
+  bool all_released() const {
+    const auto deadline = std::chrono::steady_clock::now() + event_bound;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (held() == 0) return true;
+      pollfd none{-1, 0, 0};
+      ::poll(&none, 0, 20);
+    }
+    return false;
+  }
+
+  // Those the daemon still holds, with their TCP state: ESTABLISHED (01) means the peer's FIN
+  // has not reached the daemon's socket, CLOSE_WAIT (08) that it has.
+  std::string report() const {
+    std::string out;
+    for (const auto& [peer, inode] : ends_) {
+      if (!holds_socket(pid_, inode)) continue;
+      auto e = find_tcp(port_, peer);
+      out += " peer port " + std::to_string(peer) + " state " + (e ? e->state : "?") + ";";
+    }
+    return out.empty() ? " none" : out;
+  }
+
+ private:
+  std::size_t held() const {
+    std::size_t n = 0;
+    for (const auto& [peer, inode] : ends_) n += holds_socket(pid_, inode) ? 1 : 0;
+    return n;
+  }
+
+  pid_t pid_;
+  std::uint16_t port_;
+  std::vector<std::pair<std::uint16_t, unsigned long>> ends_;  // peer port, socket inode
+};
 
 // Writes `bytes` without blocking until all is sent or the socket stops taking more for a
 // while (the peer's buffers are full). Returns the bytes sent.
@@ -254,17 +335,17 @@ TEST_CASE("connections that half-close and never read their replies release thei
           "[integration][hostile]") {
   // max_output_bytes far above what the kernel buffers hold: only the bound on a graceful
   // close (1 s from the half-close) can end these connections. (No short idle timeout: the
-  // well-behaved client below idles while the descriptors are counted.)
+  // well-behaved client below idles meanwhile.)
   test::daemon d({"--max-output-bytes", "67108864"});
   conn good(d.port());
   require_served(good, 1);
-  const std::size_t baseline = open_fds(d.pid());
 
   const std::string pings = repeat_frame(R"({"op":"ping","id":123456789})", 200000);
+  daemon_ends ends(d.pid(), d.port());
   std::vector<conn> attackers;
   for (int i = 0; i < 5; ++i) {
-    conn a(d.port());
-    shrink_receive_buffer(a);
+    conn a(d.port(), 4096);  // small from the start: see conn(port, receive_buffer)
+    REQUIRE(ends.add(a));
     std::size_t sent = send_until_full(a, pings);
     INFO("attacker " << i << " sent " << sent << " bytes");
     REQUIRE(sent > 0);
@@ -272,9 +353,10 @@ TEST_CASE("connections that half-close and never read their replies release thei
     attackers.push_back(std::move(a));  // kept open, never read
   }
   require_served(good, 2);
-  // Every attacker's descriptor in the daemon is closed although none of them ever reads.
-  INFO("daemon descriptors: baseline " << baseline << ", now " << open_fds(d.pid()));
-  REQUIRE(fds_fall_to(d.pid(), baseline));
+  // The daemon's socket of every attacker is closed although none of them ever reads.
+  const bool released = ends.all_released();
+  INFO("attackers' sockets the daemon still holds:" << ends.report());
+  REQUIRE(released);
   require_served(good, 3);
   REQUIRE(new_connection_served(d.port()));
 }
