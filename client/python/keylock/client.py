@@ -1288,16 +1288,12 @@ class Client:
                     got = call.latch.acquire(timeout=max(0.0, until - time.monotonic()))
             except BaseException:  # interrupted (a signal handler's exception)
                 with self._mu:
-                    if call.following:
-                        self._followers.remove(call)
-                        call.following = False
+                    self._unfollow_locked(call)
                     if call.signalled and not call.done and not self._hand_on_locked():
                         self._wake_locked()  # it was handed the reading: pass it on
                 raise
             with self._mu:
-                if call.following:
-                    self._followers.remove(call)
-                    call.following = False
+                self._unfollow_locked(call)
                 if not call.signalled:  # the wait ran out with nothing for us
                     return call.done
                 if not got:
@@ -1320,6 +1316,12 @@ class Client:
             c.done or not c.user or c.notify is not None or c.led
             for c in self._table.sent.values()
         )
+
+    def _unfollow_locked(self, call: _Call) -> None:
+        """Takes ``call`` out of the callers waiting to be handed the reading, if it is in."""
+        if call.following:
+            self._followers.remove(call)
+            call.following = False
 
     def _hand_on_locked(self) -> bool:
         """Passes the reading of the socket to a caller waiting for its own answer, which
