@@ -64,9 +64,8 @@ class conn {
   explicit conn(std::uint16_t port);
   // With SO_RCVBUF set to `receive_buffer` bytes before it connects, so the kernel never
   // advertises a window larger than it can hold. (Shrinking the buffer of a connected socket
-  // makes the kernel drop replies sent into the window it advertised before; the daemon's
-  // ACKs then ride on segments out of the window, are dropped too, and what this side sends
-  // crawls on retransmission timers.)
+  // makes the kernel drop what the daemon sends into the window advertised before, and the
+  // daemon retransmit it: nstat's TcpExtRcvPruned and TcpExtTCPRcvQDrop count the drops.)
   conn(std::uint16_t port, int receive_buffer);
   ~conn();
   conn(conn&& other) noexcept;

@@ -15,8 +15,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -236,8 +236,8 @@ bool holds_socket(pid_t pid, unsigned long inode) {
   return false;
 }
 
-// The daemon's end of each connection in `peers`, and whether the daemon (process `pid`,
-// listening on `port`) still holds it.
+// The daemon's ends of the connections given to add(), and whether the daemon (process `pid`,
+// listening on `port`) still holds them.
 class daemon_ends {
  public:
   daemon_ends(pid_t pid, std::uint16_t port) : pid_(pid), port_(port) {}
