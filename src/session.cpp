@@ -252,6 +252,10 @@ class tcp_session final : public session {
       failed(ec);
     }
     host().after_reads();
+    if (!closed() && !host().defer_read(shared_from_this())) do_read();
+  }
+
+  void resume_reading() override {
     if (!closed()) do_read();
   }
 

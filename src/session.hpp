@@ -5,7 +5,8 @@
 // Reading (plain TCP): the session waits for readability, then reads into the server's shared
 // scratch buffer until the socket is drained (bounded per wake-up), handling every complete
 // frame in place; only an unfinished frame is copied into the framer. An idle connection
-// therefore holds no read buffer at all.
+// therefore holds no read buffer at all. Under load the next read starts after the server's
+// next batch (session_host::defer_read), when the client has mostly sent its next request.
 //
 // Writing: replies and pushed events are appended to `out_`. Once per wake-up the server asks
 // every session with new output to flush: the session writes what the kernel takes at once
@@ -55,6 +56,9 @@ class session_host {
   // after_batch once the reads of this wake-up are all handled: replies to every ready
   // session go out together.
   virtual void after_reads() = 0;
+  // A session has read what it was sent and would wait for more: true when the server takes
+  // it to resume_reading() later (after the next batch of reads), false to read again now.
+  virtual bool defer_read(std::shared_ptr<session> s) = 0;
   virtual void on_closed(session& s, bool draining) = 0;
   virtual void on_socket_closed(session& s) = 0;  // its descriptor is released
   virtual void on_authenticated(session& s) = 0;  // its hello passed auth
@@ -79,6 +83,8 @@ class session : public std::enable_shared_from_this<session> {
 
   // Starts reading (and, for TLS, the handshake).
   virtual void start() = 0;
+  // Waits for input again after the host deferred it (session_host::defer_read).
+  virtual void resume_reading() {}
   // Appends to the output queue (caller marks dirty).
   std::string& output() { return out_; }
   // Writes pending output; called by the server once per batch.
