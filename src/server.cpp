@@ -328,9 +328,9 @@ struct server::impl final : session_host, delivery {
   // so the speculative recv reads it, and the reactor's edge for those bytes, consumed while no
   // read waited, loses nothing. A read that was answered at once (a lone client) reads again
   // at once: it has no batch to wait behind.
-  bool defer_read(std::shared_ptr<session> s) override {
+  bool defer_read(session& s) override {
     if (!batch_open_ || (batch_reads_ <= 1 && last_batch_reads_ <= 1)) return false;
-    reads_deferred_.push_back(std::move(s));
+    reads_deferred_.push_back(s.shared_from_this());
     return true;
   }
 

@@ -252,7 +252,7 @@ class tcp_session final : public session {
       failed(ec);
     }
     host().after_reads();
-    if (!closed() && !host().defer_read(shared_from_this())) do_read();
+    if (!closed() && !host().defer_read(*this)) do_read();
   }
 
   void resume_reading() override {

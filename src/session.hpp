@@ -58,7 +58,7 @@ class session_host {
   virtual void after_reads() = 0;
   // A session has read what it was sent and would wait for more: true when the server takes
   // it to resume_reading() later (after the next batch of reads), false to read again now.
-  virtual bool defer_read(std::shared_ptr<session> s) = 0;
+  virtual bool defer_read(session& s) = 0;
   virtual void on_closed(session& s, bool draining) = 0;
   virtual void on_socket_closed(session& s) = 0;  // its descriptor is released
   virtual void on_authenticated(session& s) = 0;  // its hello passed auth
