@@ -1081,7 +1081,9 @@ void merge_into(run_result& r, const std::vector<client_stats>& stats, latency_h
   r.latency = summarize(all);
 }
 
-void finish_rates(run_result& r, const window& w) {
+// `op`: what one op is, for the server's CPU time per op. That figure compares servers even
+// when the load generator's core, not the server's, sets the rate.
+void finish_rates(run_result& r, const window& w, std::string_view op = "op") {
   r.seconds = w.seconds;
   if (w.seconds > 0) {
     r.ops_per_s = static_cast<double>(r.ops) / w.seconds;
@@ -1089,6 +1091,12 @@ void finish_rates(run_result& r, const window& w) {
   }
   if (w.server_cpu_pct)
     r.extras.push_back({"server_cpu_pct", "server CPU %", *w.server_cpu_pct, false});
+  if (w.server_cpu_pct && r.ops > 0) {
+    const double cpu_seconds = *w.server_cpu_pct / 100.0 * w.elapsed;
+    r.extras.push_back({"server_cpu_us_per_" + std::string(op),
+                        "server CPU µs per " + std::string(op),
+                        cpu_seconds / static_cast<double>(r.ops) * 1e6});
+  }
   r.extras.push_back({"generator_cpu_pct", "load generator CPU %", w.generator_cpu_pct, false});
   if (w.other_cpu_pct) {
     r.extras.push_back(
@@ -1638,13 +1646,9 @@ run_result run_handshakes(const bench_options& o, const target& t, int pid) {
   r.latency_label = t.tls ? "connect → handshake → ping answered" : "connect → ping answered";
   latency_histogram all;
   merge_into(r, stats, all);
-  finish_rates(r, win);
   // A handshake costs the client about what it costs the server, so the generator's core may
   // set the rate: the server's CPU time per connection compares servers either way.
-  if (const extra_metric* cpu = r.find_extra("server_cpu_pct"); cpu != nullptr && r.ops_per_s > 0) {
-    r.extras.push_back({"server_cpu_us_per_connection", "server CPU µs per connection",
-                        cpu->value / 100.0 / r.ops_per_s * 1e6});
-  }
+  finish_rates(r, win, "connection");
   return r;
 }
 

@@ -122,6 +122,8 @@ grep -q '"variant":"keys"' "$work/multi.json" || fail "multi: no keys row"
 grep -q "^== rtt — " "$work/text.out" || fail "no rtt table"
 grep -q "^== uncontended — " "$work/text.out" || fail "no uncontended table"
 grep -q "placement (keylock):" "$work/text.out" || fail "no placement line"
+# The servers run on this machine, so the tables give their CPU time per op.
+grep -q "^server CPU µs per op " "$work/text.out" || fail "no server CPU per op"
 "$bench" "${targets[@]}" "${common[@]}" -w rtt --markdown --tsv "$work/m.tsv" --label smoke \
   >"$work/md.out" || fail "markdown run"
 grep -q "^| target" "$work/md.out" || fail "no markdown table"
