@@ -87,6 +87,9 @@ from ._core import (
 )
 from ._core import encode as _encode
 from ._core import json_str as _json_str
+from ._lane import Lane as _Lane
+from ._lane import LaneDead as _LaneDead
+from ._lane import LaneTimeout as _LaneTimeout
 from ._process import current_pid as _current_pid
 from ._tls import context_from_env as _tls_context_from_env
 from ._tls import recv_available as _tls_recv_available
@@ -270,7 +273,7 @@ class _LeaseState:
 
     __slots__ = (
         "keys", "key", "token", "mode", "reentrant", "depth", "holder", "pid", "status", "ttl",
-        "auto_extend", "renewing", "on_lost", "lost_message", "renew_at", "expires_at",
+        "auto_extend", "renewing", "on_lost", "lost_message", "renew_at", "expires_at", "lane",
     )
 
     def __init__(
@@ -301,6 +304,7 @@ class _LeaseState:
         self.lost_message = ""
         self.renew_at: Optional[float] = None
         self.expires_at: Optional[float] = None
+        self.lane: Optional[_Lane] = None  # the thread connection it was acquired on, if any
 
 
 class _Call:
@@ -583,6 +587,24 @@ class Client:
     about as much as the daemon's work. 0 never spins (best when the client shares a core with
     its daemon). As the C++ client's ``client_options::spin``.
 
+    Thread connections: a thread that makes a second blocking ``acquire`` of one key (without
+    ``cancel`` or ``reentrant``) gets a connection of its own (a lane), made like the shared one
+    (hello, secret, user), and from then on such an acquire, while the thread holds no lease
+    taken through its lane, goes over the lane: the thread writes the request and blocks in
+    read(2) for its own answer, with no lock, thread hand-off or dispatcher on the way. The
+    lease's owner releases it over the lane (``noreply``); its renewals and extends, and
+    releases from other threads, go over the shared connection (the daemon takes them from any
+    connection). ``thread_connections`` caps the lanes of a Client (threads beyond it use the
+    shared connection; 0: none). Lanes are made only over plain TCP to a single server, and
+    only while the shared connection is up; a lane idle for the daemon's idle_timeout is
+    closed by the daemon and made again. What the rest of this docstring says holds for lanes
+    too: a lane that fails (closed, a write or read error, no pong within
+    ``health_check_interval``) loses its lease, and its waiting acquire is sent again over the
+    shared connection with the wait left, where the outage rules apply; an exception that
+    interrupts a wait on a lane ends the lane, so the daemon drops the request, and a grant
+    that crossed it, at once (the lane held no other lease); when the shared connection drops,
+    every lane is ended and its lease lost with it; close() and fork end them too.
+
     Failover: with several servers the client uses one at a time. A connection attempt tries
     them in list order, each once (a round), until one answers ``hello``; the first connection
     starts with the first server, a reconnect after a drop with the server after the lost one
@@ -613,6 +635,7 @@ class Client:
         backoff_max: float = 2.0,
         health_check_interval: float = 5.0,
         spin: float = 50e-6,
+        thread_connections: int = 16,
     ) -> None:
         if server is None:
             server = os.environ.get("KEYLOCK_SERVER") or "127.0.0.1:%d" % DEFAULT_PORT
@@ -644,6 +667,12 @@ class Client:
         self._backoff_max = float(backoff_max)
         self._health_check_interval = float(health_check_interval)
         self._spin = max(0.0, float(spin))
+        if isinstance(thread_connections, bool) or not isinstance(thread_connections, int):
+            raise TypeError("keylock: thread_connections must be an int")
+        # Lanes only over plain TCP to a single daemon: see "Thread connections" above.
+        self._max_lanes = (
+            max(0, thread_connections) if ssl_context is None and len(self._servers) == 1 else 0
+        )
         self._recent_answer = 0.0  # moving average of a leader's wait for its answer (_lead)
         self._closed = False
         self._server_version = ""
@@ -853,6 +882,10 @@ class Client:
         on_lost: Optional[Callable[[LeaseLost], None]],
         cancel: Optional[CancelToken] = None,
     ) -> Lease:
+        if self._max_lanes and cancel is None and not reentrant and not as_set:
+            lease, wait = self._lane_acquire(keys[0], ttl, wait, limit, shared, auto_extend, on_lost)
+            if lease is not None:
+                return lease
         call, held = self._begin_acquire(
             keys, as_set, ttl, wait, limit, shared, reentrant, auto_extend, on_lost, cancel
         )
@@ -871,6 +904,173 @@ class Client:
         finally:
             if cancel is not None:
                 cancel._unregister(call)
+
+    # ---- thread connections (lanes) ----------------------------------------------------------
+
+    def _lane_acquire(
+        self,
+        key: str,
+        ttl: float,
+        wait: Optional[float],
+        limit: int,
+        shared: bool,
+        auto_extend: bool,
+        on_lost: Optional[Callable[[LeaseLost], None]],
+    ) -> Tuple[Optional[Lease], Optional[float]]:
+        """An acquire over this thread's lane (see "Thread connections"): (its Lease, None), or
+        (None, the wait left) for the shared connection to carry it, when the thread has no
+        lane to use or its lane failed before an answer came. Raises as acquire() does."""
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError("keylock: limit must be an int")
+        ttl_ms = _ms(ttl, "ttl", 1)
+        body = f'"key":{_json_str(key)},"ttl_ms":{ttl_ms},"limit":{limit}'
+        if shared:
+            body += ',"mode":"shared"'
+        if wait is not None:
+            body += f',"wait_ms":{_ms(wait, "wait", 0)}'
+        self._check_pid()
+        lane = self._take_lane()
+        if lane is None:
+            return None, wait
+        started = time.monotonic()
+        rid = lane.take_id()
+        try:
+            lane.send(f'{{"op":"acquire","id":{rid},{body}}}\n'.encode("ascii"))
+            rep = lane.reply(
+                rid,
+                self._health_check_interval,
+                None if wait is None else started + wait + self._request_timeout,
+            )
+        except (_LaneDead, OSError) as e:
+            # The daemon dropped the request with the connection: the shared one carries it.
+            self._end_lane(lane, str(e))
+            return None, None if wait is None else max(0.0, started + wait - time.monotonic())
+        except _LaneTimeout:
+            self._end_lane(lane, "no reply to acquire")
+            raise ConnectionError(
+                f"keylock: no reply to acquire of {_label((key,))} from keylockd at {self.server}"
+            ) from None
+        except BaseException:
+            # Interrupted (a signal handler's exception), or a frame that does not decode: end
+            # the lane, so that the daemon drops the request, and a grant that crossed it.
+            self._end_lane(lane, "the acquire waiting on it was interrupted")
+            raise
+        ok = rep.get("ok") is True
+        token = rep.get("token")
+        if ok and isinstance(token, int):
+            st = _LeaseState(
+                (key,),
+                token,
+                rep.get("ttl_ms", ttl_ms) / 1000.0,
+                bool(auto_extend),
+                on_lost,
+                SHARED if shared else EXCLUSIVE,
+                pid=self._pid,
+            )
+            st.lane = lane
+            with self._mu:
+                if not lane.dead:
+                    self._leases.add(st, time.monotonic())
+                    lane.lease = st
+                    due = st.renew_at if st.renew_at is not None else st.expires_at
+                    if due < self._io_until:
+                        self._wake_locked()  # the I/O thread renews it, and sleeps longer now
+                    return Lease(self, st), None
+            # Ended meanwhile (the shared connection dropped, close()): the grant went with it.
+            self._end_lane(lane, "ended")
+            return None, None if wait is None else max(0.0, started + wait - time.monotonic())
+        if ok:
+            self._end_lane(lane, "grant without a token")
+            raise ProtocolError("keylock: grant without a token")
+        code = rep.get("error")
+        if code == "shutting_down":
+            self._end_lane(lane, "the daemon is shutting down")
+            return None, None if wait is None else max(0.0, started + wait - time.monotonic())
+        if code == "timeout":
+            raise Timeout(
+                f"keylock: {_label((key,))} not acquired within {wait or 0:g} s: "
+                f"{rep.get('message', '')}",
+                "timeout",
+            )
+        raise error_from_reply(rep)
+
+    def _take_lane(self) -> Optional[_Lane]:
+        """This thread's lane for an acquire, made on its second one; None when the shared
+        connection is to carry it: the lane holds a lease, it is the thread's first acquire,
+        the shared connection is not up, the cap is reached, or a lane could not be made for
+        backoff_max."""
+        local = self._local
+        lane: Optional[_Lane] = getattr(local, "lane", None)
+        if lane is not None:
+            if not lane.dead:
+                return lane if lane.lease is None else None
+            lane.close()
+            local.lane = None
+        acquires = getattr(local, "acquires", 0) + 1
+        local.acquires = acquires
+        io = self._io_thread
+        if (
+            acquires < 2
+            or self._state != _READY
+            or self._outage
+            or self._draining
+            or len(self._lanes) >= self._max_lanes
+            or time.monotonic() < self._lane_retry_at
+            or (io is not None and io.ident == threading.get_ident())
+        ):
+            return None
+        index = self._current
+        try:
+            sock, _, rest = self._attempt(*self._servers[index])
+        except Error:
+            self._lane_retry_at = time.monotonic() + self._backoff_max
+            return None
+        hc = self._health_check_interval
+        lane = _Lane(
+            sock,
+            rest,
+            read_timeout=min(1.0, max(0.005, hc / 2)) if hc > 0 else 1.0,
+            write_timeout=self._request_timeout,
+            max_frame=_MAX_REPLY_BYTES,
+        )
+        with self._mu:
+            if self._closed or self._state != _READY or self._current != index:
+                lane.dead = True
+            else:
+                self._lanes.add(lane)
+        if lane.dead:
+            lane.close()
+            return None
+        local.lane = lane
+        return lane
+
+    def _end_lane(self, lane: _Lane, why: str) -> None:
+        """Ends this thread's ``lane``: its lease, if any, is lost (the daemon drops it with
+        the connection)."""
+        with self._mu:
+            self._lanes.discard(lane)
+            st = lane.lease
+            if st is not None:
+                self._lose_locked(
+                    st,
+                    "connection_lost",
+                    f"keylock: connection to keylockd at {self.server} lost: {why}",
+                )
+                if self._callbacks:
+                    self._wake_locked()  # on_lost runs on the I/O thread
+        lane.close()
+        if getattr(self._local, "lane", None) is lane:
+            self._local.lane = None
+
+    def _end_lanes_locked(self) -> List[_Lane]:
+        """Takes every lane out (the shared connection dropped, or the client closes); the
+        caller shuts them down once it has let go of the lock. Their leases are lost by the
+        caller, with the shared connection's."""
+        lanes = list(self._lanes)
+        self._lanes.clear()
+        for lane in lanes:
+            lane.dead = True
+        return lanes
 
     async def _acquire_async(
         self,
@@ -1103,6 +1303,9 @@ class Client:
             self._fail_all_locked(lambda: ConnectionError(error))
             self._state_cv.notify_all()
             thread = self._io_thread
+            lanes = self._end_lanes_locked()
+        for lane in lanes:
+            lane.shutdown()
         self._wake()
         if thread is not None and thread.ident != threading.get_ident():
             thread.join(self._connect_timeout + 5)
@@ -1121,6 +1324,15 @@ class Client:
     def _init_state(self) -> None:
         """(Re)creates every piece of per-process state: at construction and in a fork child."""
         self._pid = _current_pid()
+        # Thread connections (lanes): each thread's own in _local.lane (with _local.acquires, its
+        # blocking acquires so far), every live one in _lanes; none is made again before
+        # _lane_retry_at after one could not be made.
+        self._local = threading.local()
+        self._lanes: "weakref.WeakSet[_Lane]" = weakref.WeakSet()
+        self._lane_retry_at = 0.0
+        # When the I/O thread's poll ends at the latest (monotonic; inf: no bound): a lease
+        # granted on a lane with an earlier deadline wakes it.
+        self._io_until = math.inf
         self._mu = threading.Lock()  # guards everything below
         self._state_cv = threading.Condition(self._mu)  # notified when a connect attempt ends
         self._wlock = threading.Lock()  # held around sendall and around closing the socket
@@ -1187,6 +1399,12 @@ class Client:
         for st in self._leases.held.values():
             st.status = _LOST
             st.lost_message = why
+        for lane in list(self._lanes):
+            lane.dead = True
+            try:
+                lane.sock.close()  # the parent's connection: no shutdown
+            except OSError:
+                pass
         sock = self._sock
         if sock is not None:
             try:
@@ -1619,9 +1837,21 @@ class Client:
             if st.status == _RELEASED:
                 return
             self._forget_locked(st, _RELEASED)
-            if noreply:
+            lane = st.lane
+            if noreply and (lane is None or lane.dead):
+                lane = None
                 self._send_release_locked(st.key, st.token)
         if noreply:
+            if lane is not None:
+                # Over the lane it was acquired on: the thread's next acquire there comes after.
+                try:
+                    lane.send(
+                        f'{{"op":"release","id":0,"key":{_json_str(st.key)},"token":{st.token},'
+                        '"noreply":true}\n'.encode("ascii")
+                    )
+                except OSError:
+                    lane.shutdown()  # the daemon drops the lease with the connection
+                return
             self._flush()
             return
         self._request("release", {"key": st.key, "token": st.token}, st)
@@ -1664,6 +1894,8 @@ class Client:
     def _forget_locked(self, st: _LeaseState, status: str) -> None:
         """Takes the lease out of the renewal machinery: no renewal of it is queued after."""
         self._leases.forget(st, status)
+        if st.lane is not None and st.lane.lease is st:
+            st.lane.lease = None  # the lane may carry the next acquire
 
     def _lose_locked(self, st: _LeaseState, reason: str, message: str) -> None:
         if st.status != _HELD:
@@ -1745,6 +1977,7 @@ class Client:
                     # in case it stopped with nobody to wake this thread.
                     lag = self._watch_lag_locked(now)
                     timeout = lag if timeout is None else min(timeout, lag)
+                self._io_until = math.inf if timeout is None or connect else now + timeout
             if connect:
                 self._connect_once()
                 continue
@@ -2233,7 +2466,10 @@ class Client:
             self._last_error_code = None
             if self._down_since is None:
                 self._down_since = time.monotonic()
-            # The daemon released every lease of this connection.
+            # The daemon released every lease of this connection. Those of lanes are lost too,
+            # with their lanes: the daemon is most likely gone, and a lease that may be held
+            # is one that nothing would renew or release.
+            lanes = self._end_lanes_locked()
             for st in list(self._leases.held.values()):
                 self._lose_locked(st, "connection_lost", self._last_error)
             for call, outcome in self._table.after_drop(time.monotonic()):
@@ -2257,6 +2493,8 @@ class Client:
             self._next = (self._current + 1) % len(self._servers)
             if not self._closed:
                 self._schedule_reconnect_locked()
+        for lane in lanes:
+            lane.shutdown()
         self._close_socket(sock)
 
     def _close_socket(self, sock: Optional[socket.socket]) -> None:
