@@ -2,9 +2,11 @@
 
 One :class:`Client` is meant to be shared by every thread of a process. It owns one TCP
 connection to keylockd and one private I/O thread; requests from any number of threads are
-pipelined over the connection and matched to their replies by ``id``. Each call blocks only its
-own thread. Times are in **seconds** (floats), as in redis-py's ``Lock`` (``timeout``,
-``blocking_timeout``); they are sent to the daemon in whole milliseconds.
+pipelined over the connection and matched to their replies by ``id``. A thread that acquires
+again and again gets a connection of its own for that (see "Thread connections" in Client).
+Each call blocks only its own thread. Times are in **seconds** (floats), as in redis-py's
+``Lock`` (``timeout``, ``blocking_timeout``); they are sent to the daemon in whole
+milliseconds.
 
     client = keylock.Client()            # $KEYLOCK_SERVER, else 127.0.0.1:7400; $KEYLOCK_AUTH,
                                          # $KEYLOCK_USER, $KEYLOCK_TLS_* (see Client)
@@ -883,7 +885,9 @@ class Client:
         cancel: Optional[CancelToken] = None,
     ) -> Lease:
         if self._max_lanes and cancel is None and not reentrant and not as_set:
-            lease, wait = self._lane_acquire(keys[0], ttl, wait, limit, shared, auto_extend, on_lost)
+            lease, wait = self._lane_acquire(
+                keys[0], ttl, wait, limit, shared, auto_extend, on_lost
+            )
             if lease is not None:
                 return lease
         call, held = self._begin_acquire(
