@@ -3,8 +3,8 @@
 
 The shared connection serves every thread through one socket, which costs each call locks, a
 hand-off between threads and a frame dispatcher. A lane carries one thread's acquire and, once
-granted, that lease's release: the thread writes its request and blocks in read(2) for its own
-answer, with nothing shared in between. The lease's renewals and extends go over the shared
+granted, that lease's release: the thread writes its request and reads its own answer
+(Lane.reply), with nothing shared in between. The lease's renewals and extends go over the shared
 connection (any connection may extend or release a lease: PROTOCOL.md), so the client's I/O
 thread never touches a lane.
 
@@ -32,6 +32,8 @@ class LaneTimeout(Exception):
     """No answer to the request within its bound, while the daemon answered pings."""
 
 
+# A wait longer than this counts as this much in Lane.recent (a held lock's waiter).
+_WAIT_CAP = 0.05
 # A grant, as keylockd writes it: decoded without the JSON decoder (the hot path).
 _GRANT = re.compile(rb'\{"id":(\d+),"ok":true,"token":(\d+),"ttl_ms":(\d+)\}\r?\Z')
 
@@ -47,7 +49,7 @@ class Lane:
     can end the lane without losing anything else). ``dead``: ended; never used again."""
 
     __slots__ = ("sock", "fd", "buf", "max_frame", "next_id", "wlock", "lease", "dead",
-                 "__weakref__")
+                 "recent", "__weakref__")
 
     def __init__(self, sock: socket.socket, rest: bytes, read_timeout: float,
                  write_timeout: float, max_frame: int) -> None:
@@ -64,6 +66,7 @@ class Lane:
         self.wlock = threading.Lock()
         self.lease = None
         self.dead = False
+        self.recent = 0.0  # moving average of the wait for an answer (capped at _WAIT_CAP)
 
     def take_id(self) -> int:
         rid = self.next_id
@@ -104,11 +107,15 @@ class Lane:
                 raise ProtocolError("keylock: undecodable frame from the daemon: not an object")
             return rep
 
-    def read(self) -> bool:
-        """Reads what came, waiting up to the read timeout: whether anything did. Raises
-        LaneDead when the daemon closed the connection or it failed."""
+    def read(self, wait: bool = True) -> bool:
+        """Reads what came, waiting up to the read timeout (``wait`` False: not at all):
+        whether anything did. Raises LaneDead when the daemon closed the connection or it
+        failed."""
         try:
-            data = os.read(self.fd, 65536)
+            if wait:
+                data = os.read(self.fd, 65536)
+            else:
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return False
         except OSError as e:
@@ -118,22 +125,39 @@ class Lane:
         self.buf += data
         return True
 
-    def reply(self, rid: int, health: float, deadline: Optional[float],
+    def reply(self, rid: int, health: float, deadline: Optional[float], spin: float = 0.0,
               clock: Callable[[], float] = time.monotonic) -> dict:
         """Reads until the reply to request ``rid`` and returns it; other frames (pongs, events
         about leases released already) are skipped. With ``health`` > 0, a connection silent
         for ``health`` seconds is pinged, and one silent for another ``health`` is dead
-        (LaneDead). Past ``deadline`` (monotonic; None: none), LaneTimeout."""
-        heard = clock()
+        (LaneDead). Past ``deadline`` (monotonic; None: none), LaneTimeout.
+
+        Spin (Client's ``spin``): while recent answers came within ``spin`` seconds, it first
+        yields the CPU and reads without waiting, for up to ``spin``, before it sleeps in
+        read(2): an answer from a daemon on another core is mostly there by then, and a
+        sleeping thread's wake-up costs a VM about as much as the daemon's work."""
+        start = heard = clock()
+        got = 0.0  # when a read first brought something
+        spin_until = start + spin if 0 < spin and self.recent <= spin else 0.0
         ping_out = False
         while True:
             rep = self.frame()
             while rep is not None:
                 if rep.get("id") == rid:
+                    took = min((got or clock()) - start, _WAIT_CAP)
+                    self.recent = (7 * self.recent + took) / 8
                     return rep
                 rep = self.frame()
+            if spin_until:
+                if clock() < spin_until:
+                    os.sched_yield()
+                    if self.read(wait=False):
+                        got = got or clock()
+                    continue
+                spin_until = 0.0
             if self.read():
                 heard, ping_out = clock(), False
+                got = got or heard
                 continue
             now = clock()
             if deadline is not None and now >= deadline:

@@ -592,8 +592,9 @@ class Client:
     Thread connections: a thread that makes a second blocking ``acquire`` of one key (without
     ``cancel`` or ``reentrant``) gets a connection of its own (a lane), made like the shared one
     (hello, secret, user), and from then on such an acquire, while the thread holds no lease
-    taken through its lane, goes over the lane: the thread writes the request and blocks in
-    read(2) for its own answer, with no lock, thread hand-off or dispatcher on the way. The
+    taken through its lane, goes over the lane: the thread writes the request and reads its
+    own answer (spinning as above, then blocking in read(2)), with no lock, thread hand-off or
+    dispatcher on the way. The
     lease's owner releases it over the lane (``noreply``); its renewals and extends, and
     releases from other threads, go over the shared connection (the daemon takes them from any
     connection). ``thread_connections`` caps the lanes of a Client (threads beyond it use the
@@ -944,6 +945,7 @@ class Client:
                 rid,
                 self._health_check_interval,
                 None if wait is None else started + wait + self._request_timeout,
+                self._spin,
             )
         except (_LaneDead, OSError) as e:
             # The daemon dropped the request with the connection: the shared one carries it.
