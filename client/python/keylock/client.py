@@ -592,21 +592,20 @@ class Client:
     Thread connections: a thread that makes a second blocking ``acquire`` of one key (without
     ``cancel`` or ``reentrant``) gets a connection of its own (a lane), made like the shared one
     (hello, secret, user), and from then on such an acquire, while the thread holds no lease
-    taken through its lane, goes over the lane: the thread writes the request and reads its
-    own answer (spinning as above, then blocking in read(2)), with no lock, thread hand-off or
-    dispatcher on the way. The
-    lease's owner releases it over the lane (``noreply``); its renewals and extends, and
-    releases from other threads, go over the shared connection (the daemon takes them from any
-    connection). ``thread_connections`` caps the lanes of a Client (threads beyond it use the
-    shared connection; 0: none). Lanes are made only over plain TCP to a single server, and
-    only while the shared connection is up; a lane idle for the daemon's idle_timeout is
-    closed by the daemon and made again. What the rest of this docstring says holds for lanes
-    too: a lane that fails (closed, a write or read error, no pong within
+    taken through its lane, goes over the lane: the thread writes the request and reads its own
+    answer (spinning as above, then blocking in read(2)), with no lock, thread hand-off or
+    dispatcher on the way. The lease's owner releases it over the lane (``noreply``); its
+    renewals and extends, and releases from other threads, go over the shared connection (the
+    daemon takes them from any connection). ``thread_connections`` caps the lanes of a Client
+    (threads beyond it use the shared connection; 0: none). Lanes are made only over plain TCP
+    to a single server, and only while the shared connection is up; a lane idle for the daemon's
+    idle_timeout is closed by the daemon and made again. What the rest of this docstring says
+    holds for lanes too: a lane that fails (closed, a write or read error, no pong within
     ``health_check_interval``) loses its lease, and its waiting acquire is sent again over the
     shared connection with the wait left, where the outage rules apply; an exception that
-    interrupts a wait on a lane ends the lane, so the daemon drops the request, and a grant
-    that crossed it, at once (the lane held no other lease); when the shared connection drops,
-    every lane is ended and its lease lost with it; close() and fork end them too.
+    interrupts a wait on a lane ends the lane, so the daemon drops the request, and a grant that
+    crossed it, at once (the lane held no other lease); when the shared connection drops, every
+    lane is ended and its lease lost with it; close() and fork end them too.
 
     Failover: with several servers the client uses one at a time. A connection attempt tries
     them in list order, each once (a round), until one answers ``hello``; the first connection

@@ -25,7 +25,9 @@
 One Client per process, made on first use (so in each uWSGI/gunicorn worker, after the fork)
 and shared by its threads. With several servers (a cluster's daemons) the client fails over
 from one to the next as keylock.Client does. Optional settings: "NAME" (shown by ``inspect``; default
-"django:HOSTNAME"), "CONNECT_TIMEOUT" and "REQUEST_TIMEOUT" (seconds). Changing the KEYLOCK
+"django:HOSTNAME"), "CONNECT_TIMEOUT" and "REQUEST_TIMEOUT" (seconds), "THREAD_CONNECTIONS"
+(Client's ``thread_connections``: a connection of its own for each of up to that many threads
+that lock again and again; default 16, 0: none). Changing the KEYLOCK
 setting (``override_settings`` in tests) closes the client; the next call makes a new one.
 
 TLS: "TLS" (a dict of the optional keys above; ``{}`` is TLS with the system's CAs) or
@@ -55,7 +57,7 @@ __all__ = ["get_client", "lock_decorator", "lock", "lock_all", "reset"]
 
 _KNOWN = {
     "SERVER", "AUTH", "USER", "TTL", "WAIT", "NAME", "CONNECT_TIMEOUT", "REQUEST_TIMEOUT", "TLS",
-    "SSL_CONTEXT",
+    "SSL_CONTEXT", "THREAD_CONNECTIONS",
 }
 _KNOWN_TLS = {"CA", "CERT", "KEY", "SERVER_NAME"}
 _UNSET: Any = object()
@@ -122,6 +124,8 @@ def get_client() -> Client:
                     kwargs["connect_timeout"] = cfg["CONNECT_TIMEOUT"]
                 if cfg.get("REQUEST_TIMEOUT") is not None:
                     kwargs["request_timeout"] = cfg["REQUEST_TIMEOUT"]
+                if cfg.get("THREAD_CONNECTIONS") is not None:
+                    kwargs["thread_connections"] = cfg["THREAD_CONNECTIONS"]
                 kwargs.update(_tls_kwargs(cfg))
                 try:
                     _client = Client(

@@ -32,6 +32,20 @@ def test_the_client_is_made_once_per_process_from_the_settings(daemon):
         assert kd.get_client() is not c
 
 
+@pytest.mark.parametrize("lanes", [None, 0])
+def test_thread_connections_come_from_the_settings(daemon, make_client, lanes):
+    cfg = {"SERVER": daemon.address}
+    if lanes is not None:
+        cfg["THREAD_CONNECTIONS"] = lanes
+    observer = make_client(thread_connections=0)
+    with override_settings(KEYLOCK=cfg):
+        for _ in range(3):
+            with kd.lock("django:lanes"):
+                pass
+        # The shared connection and the observer's, and a lane unless turned off.
+        assert observer.stats()["connections"] == (3 if lanes is None else 2)
+
+
 def test_the_bound_decorator_takes_ttl_and_wait_from_the_settings(daemon, make_client):
     holder = make_client()
 
