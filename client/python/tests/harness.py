@@ -46,6 +46,23 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str
         time.sleep(interval)
 
 
+def connections(client) -> int:
+    """How many connections the daemon has open (Client.stats)."""
+    return client.stats()["connections"]
+
+
+def take_lane(client) -> None:
+    """Two acquires on the calling thread: the second makes its own connection (a lane, see
+    keylock.Client "Thread connections"), which its next acquire of one key uses."""
+    for _ in range(2):
+        client.acquire("lane-warm-up", ttl=5).release(noreply=True)
+
+
+# How a test's waiting client reaches the daemon: the shared connection (its first acquire)
+# or the thread's own (take_lane first). Tests that take this run once each way.
+PATHS = ["shared", "lane"]
+
+
 def reader_thread(sock, size: int, into: List[bytes]) -> threading.Thread:
     """A started thread that reads ``size`` bytes (or up to EOF) from ``sock`` into ``into``,
     for a test whose writer must wait for its reader."""

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from harness import wait_for
+from harness import PATHS, connections, take_lane, wait_for
 
 
 class Interrupted(Exception):
@@ -33,11 +33,16 @@ def alarm():
     signal.signal(signal.SIGALRM, old)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("wait", [None, 30.0])
-def test_an_interrupted_wait_is_withdrawn_and_never_granted(make_client, alarm, wait):
-    holder = make_client(name="holder")
+def test_an_interrupted_wait_is_withdrawn_and_never_granted(make_client, alarm, wait, path):
+    holder = make_client(name="holder", thread_connections=0)
     waiter = make_client(name="waiter")
+    if path == "lane":
+        take_lane(waiter)
     held = holder.acquire("report", ttl=30)
+    if path == "lane":
+        assert connections(holder) == 3  # holder, waiter, the waiter's lane
     alarm(0.3)
     with pytest.raises(Interrupted):
         waiter.acquire("report", ttl=2, wait=wait)
@@ -67,13 +72,18 @@ def test_a_keyboard_interrupt_is_handled_like_any_other(make_client):
     assert not holder.inspect("report").held
 
 
-def test_a_grant_that_crosses_the_interrupt_is_released(make_client, alarm):
-    holder = make_client(name="holder")
-    waiter = make_client(name="waiter")
+@pytest.mark.parametrize("path", PATHS)
+def test_a_grant_that_crosses_the_interrupt_is_released(make_client, alarm, path):
+    holder = make_client(name="holder", thread_connections=0)
+    waiter = make_client(name="waiter", thread_connections=0 if path == "shared" else 16)
     # The interrupt lands around the moment the key frees, so some rounds see the grant
     # arrive first: whichever way each round goes, nothing stays held afterwards.
     for round_ in range(20):
+        if path == "lane":
+            take_lane(waiter)  # again: an interrupted wait on a lane ends the lane
         held = holder.acquire("report", ttl=30)
+        if path == "lane":
+            assert connections(holder) == 3, f"round {round_}: no lane"
         release = threading.Timer(0.2, held.release)
         release.start()
         alarm(0.2)
