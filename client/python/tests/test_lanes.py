@@ -43,9 +43,16 @@ def test_no_lane_with_thread_connections_zero(make_client):
 def test_a_lane_ends_with_its_thread(make_client):
     c = make_client()
     c.ping()
-    thread = threading.Thread(target=_warm, args=(c,))
+    seen = []
+
+    def lock_twice():
+        _warm(c)
+        seen.append(_connections(c))
+
+    thread = threading.Thread(target=lock_twice)
     thread.start()
     thread.join(10)
+    assert seen == [2]  # the thread's lane, beside the shared connection
     del thread
 
     def ended():
