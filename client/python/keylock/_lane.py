@@ -49,7 +49,7 @@ class Lane:
     can end the lane without losing anything else). ``dead``: ended; never used again."""
 
     __slots__ = ("sock", "fd", "buf", "max_frame", "next_id", "wlock", "lease", "dead",
-                 "recent", "__weakref__")
+                 "recent", "unsynced", "__weakref__")
 
     def __init__(self, sock: socket.socket, rest: bytes, read_timeout: float,
                  write_timeout: float, max_frame: int) -> None:
@@ -67,6 +67,10 @@ class Lane:
         self.lease = None
         self.dead = False
         self.recent = 0.0  # moving average of the wait for an answer (capped at _WAIT_CAP)
+        # The frame of the last noreply release sent here, until an answer read here shows
+        # the daemon has handled it (client.py sends it again ahead of shared-connection
+        # requests meanwhile).
+        self.unsynced: Optional[bytes] = None
 
     def take_id(self) -> int:
         rid = self.next_id

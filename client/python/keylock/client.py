@@ -960,6 +960,9 @@ class Client:
             # the lane, so that the daemon drops the request, and a grant that crossed it.
             self._end_lane(lane, "the acquire waiting on it was interrupted")
             raise
+        if lane.unsynced is not None:  # answered after it: the daemon handled that release
+            lane.unsynced = None
+            self._unsynced.discard(lane)
         ok = rep.get("ok") is True
         token = rep.get("token")
         if ok and isinstance(token, int):
@@ -1073,6 +1076,7 @@ class Client:
         caller, with the shared connection's."""
         lanes = list(self._lanes)
         self._lanes.clear()
+        self._unsynced.clear()
         for lane in lanes:
             lane.dead = True
         return lanes
@@ -1335,6 +1339,7 @@ class Client:
         self._local = threading.local()
         self._lanes: "weakref.WeakSet[_Lane]" = weakref.WeakSet()
         self._lane_retry_at = 0.0
+        self._unsynced: "set[_Lane]" = set()  # lanes whose Lane.unsynced is set
         # When the I/O thread's poll ends at the latest (monotonic; inf: no bound): a lease
         # granted on a lane with an earlier deadline wakes it.
         self._io_until = math.inf
@@ -1761,6 +1766,14 @@ class Client:
             self._table.queue(call)
 
     def _write_locked(self, call: _Call) -> None:
+        if self._unsynced:
+            # Lanes' noreply releases not yet known handled go first, so that this request
+            # reaches the daemon after them, as on the shared connection (Lease.release).
+            for lane in list(self._unsynced):
+                self._unsynced.discard(lane)
+                frame = lane.unsynced
+                if frame is not None:
+                    self._out.append(frame)
         self._out.append(self._table.send(call, time.monotonic()))
 
     def _send_release_locked(self, key: str, token: int) -> None:
@@ -1849,13 +1862,20 @@ class Client:
         if noreply:
             if lane is not None:
                 # Over the lane it was acquired on: the thread's next acquire there comes after.
+                # Requests over the shared connection could overtake it: until the lane shows
+                # it handled, _write_locked sends it again ahead of them (a release of a token
+                # no longer held is refused, without an answer, and harms nothing).
+                frame = (
+                    f'{{"op":"release","id":0,"key":{_json_str(st.key)},"token":{st.token},'
+                    '"noreply":true}\n'.encode("ascii")
+                )
                 try:
-                    lane.send(
-                        f'{{"op":"release","id":0,"key":{_json_str(st.key)},"token":{st.token},'
-                        '"noreply":true}\n'.encode("ascii")
-                    )
+                    lane.send(frame)
                 except OSError:
                     lane.shutdown()  # the daemon drops the lease with the connection
+                    return
+                lane.unsynced = frame
+                self._unsynced.add(lane)
                 return
             self._flush()
             return

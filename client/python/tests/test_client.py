@@ -6,7 +6,7 @@ import time
 import pytest
 
 import keylock
-from harness import wait_for
+from harness import PATHS, connections, take_lane, wait_for
 
 
 def test_acquire_returns_a_lease_that_inspect_shows_and_release_ends(client):
@@ -189,11 +189,16 @@ def test_renewals_stop_the_moment_the_lease_is_released(metrics_daemon):
         assert metrics_daemon.metric("keylock_extends_total") == after_release
 
 
-def test_noreply_release_reaches_the_daemon_before_later_requests(client):
-    for _ in range(50):
+@pytest.mark.parametrize("path", PATHS)
+def test_noreply_release_reaches_the_daemon_before_later_requests(make_client, path):
+    client = make_client(thread_connections=0 if path == "shared" else 16)
+    if path == "lane":
+        take_lane(client)  # released over the lane, inspected over the shared connection
+    for _ in range(200):
         lease = client.acquire("noreply")
         lease.release(noreply=True)
         assert not client.inspect("noreply").held
+    assert connections(client) == (2 if path == "lane" else 1)
 
 
 def test_lock_context_releases_when_the_body_raises(client):
