@@ -33,6 +33,22 @@ def members(fields: Dict[str, Any]) -> str:
     return _ENCODER.encode(fields)[1:-1]
 
 
+def one_key_members(key: str, ttl_ms: int, limit: int, shared: bool) -> str:
+    """The members of a one-key acquire without its wait, encoded by hand (the hot path); the
+    same text as members() of those fields. The default mode is not sent: older daemons know
+    no mode."""
+    body = f'"key":{json_str(key)},"ttl_ms":{ttl_ms},"limit":{limit}'
+    return body + ',"mode":"shared"' if shared else body
+
+
+def noreply_release(key: str, token: int, rid: int) -> bytes:
+    """The frame of a release with noreply, as request ``rid``."""
+    return (
+        f'{{"op":"release","id":{rid},"key":{json_str(key)},"token":{int(token)},'
+        '"noreply":true}\n'.encode("ascii")
+    )
+
+
 class FrameReader:
     """Splits the daemon's byte stream into its newline-delimited JSON frames (PROTOCOL.md
     "Framing"). Empty lines are skipped and a trailing CR is stripped."""
@@ -188,10 +204,7 @@ class CallTable:
     def noreply_release(self, key: str, token: int) -> bytes:
         """The frame of a release with noreply. It has an id for a daemon that predates
         noreply; that answer matches no call."""
-        return (
-            f'{{"op":"release","id":{self.take_id()},"key":{json_str(key)},"token":{int(token)},'
-            '"noreply":true}\n'.encode("ascii")
-        )
+        return noreply_release(key, token, self.take_id())
 
     def queue(self, call: Any) -> None:
         call.state = self.QUEUED

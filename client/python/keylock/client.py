@@ -88,7 +88,8 @@ from ._core import (
     label,
 )
 from ._core import encode as _encode
-from ._core import json_str as _json_str
+from ._core import noreply_release as _noreply_release
+from ._core import one_key_members as _one_key_members
 from ._lane import Lane as _Lane
 from ._lane import LaneDead as _LaneDead
 from ._lane import LaneTimeout as _LaneTimeout
@@ -248,6 +249,14 @@ def _ms(seconds: float, what: str, minimum: int) -> int:
 
 
 _label = label
+
+
+def _acquire_ms(ttl: float, wait: Optional[float], limit: int) -> Tuple[int, Optional[int]]:
+    """Checks an acquire's limit, ttl and wait (TypeError, ValueError): (ttl, wait) in ms."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError("keylock: limit must be an int")
+    ttl_ms = _ms(ttl, "ttl", 1)
+    return ttl_ms, None if wait is None else _ms(wait, "wait", 0)
 
 
 def _call_keys(fields: Dict[str, Any]) -> Tuple[str, ...]:
@@ -924,14 +933,10 @@ class Client:
         """An acquire over this thread's lane (see "Thread connections"): (its Lease, None), or
         (None, the wait left) for the shared connection to carry it, when the thread has no
         lane to use or its lane failed before an answer came. Raises as acquire() does."""
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError("keylock: limit must be an int")
-        ttl_ms = _ms(ttl, "ttl", 1)
-        body = f'"key":{_json_str(key)},"ttl_ms":{ttl_ms},"limit":{limit}'
-        if shared:
-            body += ',"mode":"shared"'
-        if wait is not None:
-            body += f',"wait_ms":{_ms(wait, "wait", 0)}'
+        ttl_ms, wait_ms = _acquire_ms(ttl, wait, limit)
+        body = _one_key_members(key, ttl_ms, limit, shared)
+        if wait_ms is not None:
+            body += f',"wait_ms":{wait_ms}'
         self._check_pid()
         lane = self._take_lane()
         if lane is None:
@@ -1165,12 +1170,8 @@ class Client:
     ) -> Tuple[Optional[_Call], Optional[Lease]]:
         """Validates and sends (or queues) an acquire: (call, None), or (None, the held lease)
         for a reentrant acquire that enters a hold of this holder's."""
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError("keylock: limit must be an int")
         mode = SHARED if shared else EXCLUSIVE
-        ttl_ms = _ms(ttl, "ttl", 1)
-        if wait is not None:
-            _ms(wait, "wait", 0)
+        ttl_ms, _ = _acquire_ms(ttl, wait, limit)
         if reentrant:
             held = self._enter_held(frozenset(keys), mode)
             if held is not None:
@@ -1180,8 +1181,8 @@ class Client:
         if shared:  # the default is not sent: older daemons know no mode
             fields["mode"] = SHARED
         call = _Call("acquire", fields)
-        if not as_set and not shared:  # the common frame, encoded by hand: the hot path
-            call.members = f'"key":{_json_str(keys[0])},"ttl_ms":{ttl_ms},"limit":{limit}'
+        if not as_set:  # the common frame, encoded by hand: the hot path
+            call.members = _one_key_members(keys[0], ttl_ms, limit, shared)
         call.ttl_ms = ttl_ms
         call.auto_extend = bool(auto_extend)
         call.on_lost = on_lost
@@ -1865,10 +1866,7 @@ class Client:
                 # Requests over the shared connection could overtake it: until the lane shows
                 # it handled, _write_locked sends it again ahead of them (a release of a token
                 # no longer held is refused, without an answer, and harms nothing).
-                frame = (
-                    f'{{"op":"release","id":0,"key":{_json_str(st.key)},"token":{st.token},'
-                    '"noreply":true}\n'.encode("ascii")
-                )
+                frame = _noreply_release(st.key, st.token, 0)
                 try:
                     lane.send(frame)
                 except OSError:

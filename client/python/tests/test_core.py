@@ -26,6 +26,8 @@ from keylock._core import (
     FrameReader,
     LeaseBook,
     judge_extend,
+    members,
+    one_key_members,
 )
 from keylock.errors import NotHeld, ReentrancyError
 
@@ -265,3 +267,12 @@ def test_an_extends_answer_keeps_or_releases_the_lease_but_never_forgets_it_whil
     # renewal refused so ends the lease on the daemon before it is lost here.
     assert judge_extend(False, False, True) == REFUSED_KEPT
     assert judge_extend(False, False, False) == RELEASE_AND_LOSE
+
+
+@pytest.mark.parametrize("key", ["k", "report:monthly", 'quo"te\\', "ключ", "\u2028 tab\t"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_hand_encoded_acquire_is_the_json_of_its_fields(key, shared):
+    fields = {"key": key, "ttl_ms": 30000, "limit": 3}
+    if shared:
+        fields["mode"] = "shared"
+    assert one_key_members(key, 30000, 3, shared) == members(fields)
