@@ -5,13 +5,15 @@
 #   redis    the same view under the classic django-redis cache.lock decorator, one shared key
 #   keylock-own, redis-own   the same two decorators with a key of its own per request
 #            (uncontended: the seed's common case), and the latency each adds over no lock
+#   floor-own  the floor of any keylockd client: a key per request, one round trip and a
+#            noreply release over the thread's own connection, nothing else (not a lock to use)
 # (examples/django_site: /bench/none, /bench/keylock, /bench/redis, /bench/*-own.)
 #
 # Starts and stops its own keylockd and redis-server (both pinned to CPU 1) and uWSGI
 # (4 processes x 4 threads, unpinned); wrk runs pinned to CPU 0 with the same threads,
-# connections and duration for every view; then none, keylock-own and redis-own again with one
-# connection (wrk -t 1 -c 1): the latency a lock adds to a request that does not queue for a
-# CPU. Writes the tables, the exact commands, the date and the machine to bench/DJANGO.md
+# connections and duration for every view; then none, keylock-own, floor-own and redis-own again
+# with one connection (wrk -t 1 -c 1): the latency a lock adds to a request that does not queue
+# for a CPU. Writes the tables, the exact commands, the date and the machine to bench/DJANGO.md
 # (OUT=... to change) and prints it.
 #
 # Environment: KEYLOCKD (default build/release/src/keylockd, built if missing), ROUNDS (3: each
@@ -100,7 +102,7 @@ UWSGI_CMD=(uwsgi --plugins python3 --http11-socket "127.0.0.1:$HTTP_PORT" --chdi
 setsid "${UWSGI_CMD[@]}" >"$TMP/uwsgi.log" 2>&1 &
 UWSGI_PID=$!
 wait_until "uWSGI" curl -sf "http://127.0.0.1:$HTTP_PORT/bench/none"
-for variant in keylock redis keylock-own redis-own; do  # every worker connects on first use
+for variant in keylock redis keylock-own floor-own redis-own; do  # each worker connects on first use
   curl -sf "http://127.0.0.1:$HTTP_PORT/bench/$variant" >/dev/null || die "/bench/$variant fails: $(tail -20 "$TMP/uwsgi.log")"
 done
 
@@ -146,10 +148,10 @@ run_view() {  # name (the results' key), view, round, wrk command...
   NON2XX[$name $round]=$(awk '/Non-2xx/ {print $NF; exit}' "$out")
   echo "django-overhead: round $round: $name: ${RPS[$name $round]} requests/s, p50 ${P50[$name $round]} µs, p99 ${P99[$name $round]} µs" >&2
 }
-VARIANTS=(none keylock redis keylock-own redis-own)
+VARIANTS=(none keylock redis keylock-own floor-own redis-own)
 # The same uncontended views, one request at a time: the latency a lock adds to a request
 # when no request queues for a CPU behind another.
-ONE_VARIANTS=(none keylock-own redis-own)
+ONE_VARIANTS=(none keylock-own floor-own redis-own)
 # Rounds, each running every view once, so that a slow spell of the machine lands on all
 # views alike; the report gives medians over rounds.
 for round in $(seq "$ROUNDS"); do
@@ -186,12 +188,21 @@ row() {  # label, result name, with "vs no lock" (1) or not (0)
   [ "$3" = 1 ] && vs=" $(pct "$rps" "$(over_rounds median RPS none)") |"
   echo "| $label | $rps |$vs $(over_rounds median P50 "$name") µs | $(over_rounds median P99 "$name") µs | $(over_rounds sum REQS "$name") | $(over_rounds sum ERRS "$name") | $(over_rounds sum NON2XX "$name") | $(over_rounds max BUSY "$name") % |"
 }
-added_line() {  # keylock view, redis view, none: medians and every round's values
-  local k r
-  k=$(added_per_round "$1" "$3"); r=$(added_per_round "$2" "$3")
+ratios() {  # per round: a's added p50 over b's, "0.61 0.58 0.66"
+  local a=($1) b=($2) i out=()
+  for i in "${!a[@]}"; do out+=("$(awk -v x="${a[$i]}" -v y="${b[$i]}" 'BEGIN { printf "%.2f", (y > 0) ? x / y : 0 }')"); done
+  echo "${out[@]}"
+}
+added_line() {  # keylock view, floor view, redis view, none: medians and every round's values
+  local k f r kr fr
+  k=$(added_per_round "$1" "$4"); f=$(added_per_round "$2" "$4"); r=$(added_per_round "$3" "$4")
+  kr=$(ratios "$k" "$r"); fr=$(ratios "$f" "$r")
   # shellcheck disable=SC2086
-  echo "keylock $(median $k) µs, django-redis $(median $r) µs (median of $ROUNDS rounds; per round:"
-  echo "keylock ${k// / / } µs, django-redis ${r// / / } µs)."
+  echo "keylock $(median $k) µs, the floor $(median $f) µs, django-redis $(median $r) µs (median"
+  echo "of $ROUNDS rounds; per round: keylock ${k// / / } µs, the floor ${f// / / } µs, django-redis"
+  echo "${r// / / } µs). Over django-redis's, per round: keylock ${kr// / / }×, the floor"
+  # shellcheck disable=SC2086
+  echo "${fr// / / }× (medians $(median $kr)× and $(median $fr)×)."
 }
 CPU=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 MEM=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
@@ -224,13 +235,14 @@ REDISPY_V=$($PY -c 'import redis; print(redis.__version__)')
       keylock) label="keylock \`lock_decorator\`, one key (\`/bench/keylock\`)" ;;
       redis) label="django-redis \`cache.lock\`, one key (\`/bench/redis\`)" ;;
       keylock-own) label="keylock \`lock_decorator\`, a key per request (\`/bench/keylock-own\`)" ;;
+      floor-own) label="the floor: one round trip, a key per request (\`/bench/floor-own\`)" ;;
       redis-own) label="django-redis \`cache.lock\`, a key per request (\`/bench/redis-own\`)" ;;
     esac
     row "$label" "$variant" 1
   done
   echo
   echo "A key per request (uncontended, the seed's common case): latency p50 added over no lock,"
-  added_line keylock-own redis-own none
+  added_line keylock-own floor-own redis-own none
   echo
   echo "How to read it: with one key shared by every worker thread, keylockd grants waiters in"
   echo "arrival order, so a request typically waits for the others queued ahead of it (p50 of a"
@@ -248,12 +260,19 @@ REDISPY_V=$($PY -c 'import redis; print(redis.__version__)')
   done
   echo
   echo "A key per request, one connection: latency p50 added over no lock,"
-  added_line one-keylock-own one-redis-own one-none
+  added_line one-keylock-own one-floor-own one-redis-own one-none
   echo
   echo "Which to quote: with $WRK_CONNECTIONS connections on $(nproc) CPUs every request queues for a CPU, so"
   echo "the p50 a lock adds there is mostly the CPU it costs per request (its own, the server's"
   echo "and the kernel's), multiplied by the queue; one request at a time, it is the latency the"
   echo "lock adds to a request."
+  echo
+  echo "The floor (\`/bench/floor-own\`) is the least work any client of keylockd can do per"
+  echo "request: the acquire's round trip and a noreply release over the thread's own connection,"
+  echo "with no renewal, reconnect, interrupt or outage handling. It is not a lock to use. With"
+  echo "$WRK_CONNECTIONS connections it shows how much of a lock's cost is the round trip itself on this machine."
+  echo "One request at a time keylock's client can beat it: it spins for a fast answer (Client's"
+  echo "\`spin\`) where the floor sleeps in read(2) and is woken."
   echo
   echo "## Setup"
   echo

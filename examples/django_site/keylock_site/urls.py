@@ -20,4 +20,6 @@ urlpatterns = [
     # ... and under a key of its own per request (uncontended).
     path("bench/keylock-own", views.bench_keylock_own),
     path("bench/redis-own", views.bench_redis_own),
+    # The floor: one round trip and nothing else (not a lock to use; see the view).
+    path("bench/floor-own", views.bench_floor_own),
 ]

@@ -49,6 +49,7 @@ class Site:
         self.log = os.path.join(tmp, "uwsgi.log")
         self.port = 0
         self.procs = []
+        self.keylock_server = ""  # keylockd's address
 
     @property
     def url(self):
@@ -86,6 +87,7 @@ def site(tmp_path_factory):
     s = Site(str(tmp_path_factory.mktemp("django_site")))
 
     keylockd = Daemon().start()
+    s.keylock_server = keylockd.address
     redis_port = free_port()
     redis_proc = subprocess.Popen(
         [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -175,5 +177,27 @@ def test_decorated_views_and_the_stats_view_answer(site):
     assert status == 200 and json.loads(body) == {"hello": "world"}
     status, body = _get(site.url + "/stats")
     assert status == 200 and "fetches" in json.loads(body)
-    for variant in ("none", "keylock", "redis"):
+    for variant in ("none", "keylock", "redis", "keylock-own", "redis-own"):
         assert _get(site.url + "/bench/" + variant)[0] == 200
+
+
+def test_the_floor_bench_view_takes_and_releases_a_lock_per_request(site):
+    # bench/django-overhead.sh's floor: one round trip and a noreply release per request, over
+    # a connection of the worker thread's own.
+    sys.path.insert(0, os.path.join(SITE, "..", "..", "client", "python"))
+    import keylock
+
+    client = keylock.Client(server=site.keylock_server)
+    try:
+        before = client.stats()
+        for _ in range(8):
+            assert _get(site.url + "/bench/floor-own") == (200, "ok\n")
+        wait_for(
+            lambda: client.stats()["releases"] - before["releases"] >= 8,
+            what="the floor view's releases",
+        )
+        after = client.stats()
+        assert after["grants"] - before["grants"] >= 8
+        assert after["held"] == 0
+    finally:
+        client.close()

@@ -8,7 +8,11 @@ The switch from django-redis is the import of lock_decorator:
 Both are imported here, under two names, only so that the example can serve both side by side.
 """
 import itertools
+import json
 import os
+import re
+import socket
+import threading
 import time
 
 from django.conf import settings
@@ -104,4 +108,56 @@ def bench_keylock_own(request):
 
 @redis_lock_decorator(key_maker=_own_key)
 def bench_redis_own(request):
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+# The floor, for bench/django-overhead.sh only: the least any client of keylockd can do per
+# request. A thread's own connection, the acquire's one round trip and a noreply release, and
+# nothing else: no renewal, no reconnect, no handling of an interrupt or an outage. Not a lock
+# to use; it shows how much of a lock's cost is the round trip itself on this machine.
+_floor = threading.local()
+_FLOOR_GRANT = re.compile(rb'\{"id":\d+,"ok":true,"token":(\d+)')
+
+
+def _floor_connection():
+    sock = getattr(_floor, "sock", None)
+    if sock is None:
+        host, port = settings.KEYLOCK["SERVER"].rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)  # blocking: with a timeout, Python would poll(2) before each read
+        hello = {"op": "hello", "id": 0, "client": "floor"}
+        if settings.KEYLOCK.get("AUTH"):
+            hello["auth"] = settings.KEYLOCK["AUTH"]
+        sock.sendall(json.dumps(hello).encode() + b"\n")
+        _floor.sock, _floor.rest, _floor.id = sock, b"", 0
+        if not json.loads(_floor_line()).get("ok"):
+            _floor.sock = None
+            raise RuntimeError("keylockd refused the floor view's hello")
+    return sock
+
+
+def _floor_line():
+    while b"\n" not in _floor.rest:
+        data = _floor.sock.recv(4096)
+        if not data:
+            _floor.sock = None
+            raise ConnectionError("keylockd closed the floor view's connection")
+        _floor.rest += data
+    line, _floor.rest = _floor.rest.split(b"\n", 1)
+    return line
+
+
+def bench_floor_own(request):
+    sock = _floor_connection()
+    _floor.id += 1
+    key = _own_key(request)
+    sock.sendall(b'{"op":"acquire","id":%d,"key":"%s","ttl_ms":30000}\n'
+                 % (_floor.id, key.encode()))
+    line = _floor_line()
+    grant = _FLOOR_GRANT.match(line)
+    if grant is None:
+        return HttpResponse(line, status=500, content_type="application/json")
+    sock.sendall(b'{"op":"release","key":"%s","token":%s,"noreply":true}\n'
+                 % (key.encode(), grant[1]))
     return HttpResponse("ok\n", content_type="text/plain")
