@@ -189,7 +189,9 @@ row() {  # label, result name, with "vs no lock" (1) or not (0)
   echo "| $label | $rps |$vs $(over_rounds median P50 "$name") µs | $(over_rounds median P99 "$name") µs | $(over_rounds sum REQS "$name") | $(over_rounds sum ERRS "$name") | $(over_rounds sum NON2XX "$name") | $(over_rounds max BUSY "$name") % |"
 }
 ratios() {  # per round: a's added p50 over b's, "0.61 0.58 0.66"
-  local a=($1) b=($2) i out=()
+  local a b i out=()
+  read -r -a a <<<"$1"
+  read -r -a b <<<"$2"
   for i in "${!a[@]}"; do out+=("$(awk -v x="${a[$i]}" -v y="${b[$i]}" 'BEGIN { printf "%.2f", (y > 0) ? x / y : 0 }')"); done
   echo "${out[@]}"
 }
