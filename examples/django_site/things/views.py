@@ -131,8 +131,13 @@ def _floor_connection():
             hello["auth"] = settings.KEYLOCK["AUTH"]
         sock.sendall(json.dumps(hello).encode() + b"\n")
         _floor.sock, _floor.rest, _floor.id = sock, b"", 0
-        if not json.loads(_floor_line()).get("ok"):
-            _floor.sock = None
+        try:
+            ok = json.loads(_floor_line()).get("ok")
+        except (OSError, ValueError):
+            _floor_drop()
+            raise
+        if not ok:
+            _floor_drop()
             raise RuntimeError("keylockd refused the floor view's hello")
     return sock
 
@@ -141,23 +146,33 @@ def _floor_line():
     while b"\n" not in _floor.rest:
         data = _floor.sock.recv(4096)
         if not data:
-            _floor.sock = None
             raise ConnectionError("keylockd closed the floor view's connection")
         _floor.rest += data
     line, _floor.rest = _floor.rest.split(b"\n", 1)
     return line
 
 
+def _floor_drop():
+    """Closes the thread's connection (the daemon drops what it held); the next request
+    makes a new one."""
+    _floor.sock.close()
+    _floor.sock = None
+
+
 def bench_floor_own(request):
     sock = _floor_connection()
     _floor.id += 1
     key = _own_key(request)
-    sock.sendall(b'{"op":"acquire","id":%d,"key":"%s","ttl_ms":30000}\n'
-                 % (_floor.id, key.encode()))
-    line = _floor_line()
-    grant = _FLOOR_GRANT.match(line)
-    if grant is None:
-        return HttpResponse(line, status=500, content_type="application/json")
-    sock.sendall(b'{"op":"release","key":"%s","token":%s,"noreply":true}\n'
-                 % (key.encode(), grant[1]))
+    try:
+        sock.sendall(b'{"op":"acquire","id":%d,"key":"%s","ttl_ms":30000}\n'
+                     % (_floor.id, key.encode()))
+        line = _floor_line()
+        grant = _FLOOR_GRANT.match(line)
+        if grant is None:
+            return HttpResponse(line, status=500, content_type="application/json")
+        sock.sendall(b'{"op":"release","key":"%s","token":%s,"noreply":true}\n'
+                     % (key.encode(), grant[1]))
+    except OSError:
+        _floor_drop()
+        raise
     return HttpResponse("ok\n", content_type="text/plain")
